@@ -1,0 +1,279 @@
+"""Diagonal Gaussian mixtures: a chunked float32 EM that fits millions of rows in a few GB, and the shared E-step.
+
+The E-step writes the log-density of every component as one matrix product: with ``xx = [x, x*x]`` (n, 2D),
+
+    log w_k + log N(x | mu_k, var_k) = xx @ W[:, k] + c_k,   W = [mu/var ; -1/(2 var)]^T  (2D, K),
+    c_k = log w_k - 1/2 sum_d (log(2 pi var_kd) + mu_kd^2 / var_kd),
+
+and the sufficient statistics of the M-step (and of the Fisher vector) are ``gamma^T @ xx`` (K, 2D). Rows are processed in
+chunks so memory is the data plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
+"""
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from idtprior.encoding.backend import get_array_module, to_numpy
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class DiagGMM:
+    """A diagonal-covariance Gaussian mixture.
+
+    Attributes:
+        weights: (K,) float32, positive, sums to 1.
+        means: (K, D) float32.
+        variances: (K, D) float32, positive (diagonal covariances, not standard deviations).
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+
+    def __post_init__(self) -> None:
+        k, d = np.shape(self.means)
+        if np.shape(self.weights) != (k,) or np.shape(self.variances) != (k, d):
+            raise ValueError(
+                f"DiagGMM: shapes weights {np.shape(self.weights)}, means {np.shape(self.means)}, "
+                f"variances {np.shape(self.variances)} do not agree (expected (K,), (K, D), (K, D))"
+            )
+
+    @property
+    def n_components(self) -> int:
+        return int(np.shape(self.means)[0])
+
+    @property
+    def dim(self) -> int:
+        return int(np.shape(self.means)[1])
+
+
+@dataclass
+class GMMFit:
+    """The result of :func:`fit_gmm`: the mixture and how EM went.
+
+    Attributes:
+        gmm: the fitted mixture.
+        log_likelihood: mean log-likelihood per row after each EM iteration (E-step of that iteration).
+        converged: whether the change of the mean log-likelihood fell below ``tol``.
+        reseeded: components re-seeded because they lost all their mass.
+    """
+
+    gmm: DiagGMM
+    log_likelihood: list[float] = field(default_factory=list)
+    converged: bool = False
+    reseeded: int = 0
+
+    @property
+    def n_iter(self) -> int:
+        return len(self.log_likelihood)
+
+
+def _estep_params(gmm: DiagGMM, xp: ModuleType) -> tuple[Any, Any]:
+    """(W (2D, K) float32, c (K,) float32) of the linear form of the log joint density (see module docstring)."""
+    w = np.asarray(to_numpy(gmm.weights), dtype=np.float64)
+    mu = np.asarray(to_numpy(gmm.means), dtype=np.float64)
+    var = np.asarray(to_numpy(gmm.variances), dtype=np.float64)
+    prec = 1.0 / var
+    W = np.concatenate([mu * prec, -0.5 * prec], axis=1).T  # (2D, K)
+    c = np.log(w) - 0.5 * (np.log(var).sum(1) + mu.shape[1] * _LOG_2PI + (mu * mu * prec).sum(1))  # (K,)
+    return xp.asarray(W, dtype=xp.float32), xp.asarray(c, dtype=xp.float32)
+
+
+def _posteriors(xx: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any]:
+    """Responsibilities of one chunk by a log-sum-exp.
+
+    Args:
+        xx: (n, 2D) float32, ``[x, x*x]``.
+    Returns:
+        gamma (n, K) float32 rows summing to 1, and log p(x) (n,) float32.
+    """
+    logp = xx @ W  # (n, K)
+    logp += c
+    m = logp.max(axis=1, keepdims=True)  # (n, 1)
+    logp -= m
+    xp.exp(logp, out=logp)
+    s = logp.sum(axis=1, keepdims=True)  # (n, 1)
+    logp /= s
+    return logp, (m + xp.log(s))[:, 0]
+
+
+def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any, Any]:
+    """Sufficient statistics of one chunk.
+
+    Args:
+        x: (n, D) float32.
+    Returns:
+        s0 (K,) float64 = sum_i gamma_ik; s12 (K, 2D) float64 = [sum_i gamma_ik x_i, sum_i gamma_ik x_i^2];
+        loglik (n,) float32 = log p(x_i).
+    """
+    xx = xp.concatenate([x, x * x], axis=1)  # (n, 2D)
+    gamma, loglik = _posteriors(xx, W, c, xp)
+    s0 = gamma.sum(axis=0, dtype=xp.float64)  # (K,)
+    s12 = (gamma.T @ xx).astype(xp.float64)  # (K, 2D)
+    return s0, s12, loglik
+
+
+def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 16384) -> tuple[Any, Any, Any]:
+    """Zeroth, first and second order statistics of ``x`` under ``gmm``, computed chunk by chunk.
+
+    Args:
+        x: (n, D) array (NumPy or CuPy), converted to float32 one chunk at a time.
+        gmm: a mixture of dimension D.
+        chunk_rows: rows per chunk; peak extra memory is about ``chunk_rows * (K + 2D) * 4`` bytes.
+    Returns:
+        s0 (K,) float64, s1 (K, D) float64, s2 (K, D) float64, and log p(x_i) (n,) float32.
+    """
+    xp = get_array_module(x)
+    n, d = x.shape
+    W, c = _estep_params(gmm, xp)
+    k = gmm.n_components
+    s0 = xp.zeros(k, dtype=xp.float64)
+    s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
+    loglik = xp.empty(n, dtype=xp.float32)
+    for start in range(0, n, chunk_rows):
+        xc = xp.asarray(x[start:start + chunk_rows], dtype=xp.float32)
+        a, b, ll = _chunk_stats(xc, W, c, xp)
+        s0 += a
+        s12 += b
+        loglik[start:start + chunk_rows] = ll
+    return s0, s12[:, :d], s12[:, d:], loglik
+
+
+def gmm_log_likelihood(x: Any, gmm: DiagGMM, chunk_rows: int = 16384) -> float:
+    """Mean log-likelihood per row of ``x`` (n, D) under ``gmm``: the same quantity as sklearn's ``GaussianMixture.score``."""
+    _check_rows(x, "x", gmm.dim)
+    return float(sufficient_statistics(x, gmm, chunk_rows)[3].astype(np.float64).mean())
+
+
+def _check_rows(x: Any, name: str, dim: int | None = None) -> None:
+    if getattr(x, "ndim", None) != 2:
+        raise ValueError(f"{name}: expected a 2-D array (n, D), got shape {getattr(x, 'shape', type(x).__name__)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name}: {x.shape[1]} columns, the mixture has dimension {dim}")
+
+
+def fit_gmm(
+    x: Any,
+    n_components: int,
+    *,
+    iters: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+    init: str = "kmeans",
+    init_sample: int = 100_000,
+    init_iters: int = 10,
+    variance_floor: float = 1e-4,
+    chunk_rows: int = 16384,
+) -> GMMFit:
+    """Fit a diagonal GMM by EM in float32, chunk by chunk (memory: the data plus O(chunk_rows * K)).
+
+    Args:
+        x: (n, D) float array (NumPy or CuPy); n >= n_components.
+        n_components: K.
+        iters: at most this many EM iterations.
+        tol: stop when the mean log-likelihood per row changes by less than this (sklearn's criterion and default).
+        seed: seeds the initialisation and re-seeding of dead components.
+        init: ``"kmeans"`` (k-means++ seeding then ``init_iters`` Lloyd iterations on a sample, like sklearn's default),
+            ``"kmeans++"`` (k-means++ seeding only) or ``"random"`` (K distinct random rows as means).
+        init_sample: rows drawn (seeded) for the initialisation.
+        variance_floor: every variance is at least this fraction of the data's variance in that dimension.
+        chunk_rows: rows per E-step chunk.
+    Returns:
+        A :class:`GMMFit`; the weights, means and variances are float32 of the input's array module.
+    """
+    from idtprior.encoding.kmeans import kmeans, kmeans_plusplus
+
+    _check_rows(x, "x")
+    n, d = x.shape
+    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
+        raise ValueError(f"n_components: must be a positive integer, got {n_components!r}")
+    if n < n_components:
+        raise ValueError(f"x: {n} rows, need at least n_components={n_components}")
+    if init not in ("kmeans", "kmeans++", "random"):
+        raise ValueError(f"init: must be 'kmeans', 'kmeans++' or 'random', got {init!r}")
+    if iters < 1:
+        raise ValueError(f"iters: must be >= 1, got {iters}")
+    if not variance_floor > 0:
+        raise ValueError(f"variance_floor: must be > 0, got {variance_floor}")
+    xp = get_array_module(x)
+    k = int(n_components)
+    rng = np.random.default_rng(seed)
+
+    # Data moments in float64, chunk by chunk (no float64 copy of x).
+    s1 = xp.zeros(d, dtype=xp.float64)
+    s2 = xp.zeros(d, dtype=xp.float64)
+    for start in range(0, n, chunk_rows):
+        xc = xp.asarray(x[start:start + chunk_rows], dtype=xp.float64)
+        if not bool(xp.isfinite(xc).all()):
+            bad = int(start + int(xp.nonzero(~xp.isfinite(xc).all(axis=1))[0][0]))
+            raise ValueError(f"x: row {bad} has a non-finite value")
+        s1 += xc.sum(0)
+        s2 += (xc * xc).sum(0)
+    data_mean = s1 / n
+    data_var = xp.maximum(s2 / n - data_mean**2, 0.0)
+    floor = variance_floor * xp.maximum(data_var, 1e-12)  # (D,)
+
+    # Initialisation on a seeded sample.
+    m = min(n, max(init_sample, k))
+    idx = np.sort(rng.choice(n, size=m, replace=False))
+    xs = xp.asarray(x[xp.asarray(idx) if xp is not np else idx], dtype=xp.float32)  # (m, D)
+    if init == "random":
+        means = xs[xp.asarray(rng.choice(m, size=k, replace=False))]
+    elif init == "kmeans++":
+        means = kmeans_plusplus(xs, k, seed=int(rng.integers(2**31)))
+    else:
+        _, cents = kmeans(xs, k, runs=1, seed=int(rng.integers(2**31)), iters=init_iters,
+                          backend="numpy" if xp is np else "cupy")
+        means = cents[0]
+    # Initial variances and weights from the hard assignment of the sample to the initial means.
+    from idtprior.encoding.kmeans import _assign
+
+    lab, _ = _assign(xs, means.astype(xp.float32), xp, chunk_rows=chunk_rows)
+    cnt = xp.bincount(lab, minlength=k).astype(xp.float64)
+    sp_sum = xp.zeros((k, d), dtype=xp.float64)
+    sp_sq = xp.zeros((k, d), dtype=xp.float64)
+    for j in range(d):  # d bincounts of length m: cheap, and exact in float64
+        col = xs[:, j].astype(xp.float64)
+        sp_sum[:, j] = xp.bincount(lab, weights=col, minlength=k)
+        sp_sq[:, j] = xp.bincount(lab, weights=col * col, minlength=k)
+    safe = xp.maximum(cnt, 1.0)[:, None]
+    var0 = sp_sq / safe - (sp_sum / safe) ** 2
+    var0 = xp.where(cnt[:, None] >= 2, var0, data_var[None, :])
+    gmm = DiagGMM(
+        weights=((cnt + 1.0) / (cnt.sum() + k)).astype(xp.float32),
+        means=xp.asarray(means, dtype=xp.float32),
+        variances=xp.maximum(var0, floor).astype(xp.float32),
+    )
+
+    fit = GMMFit(gmm=gmm)
+    prev = -np.inf
+    for _ in range(iters):
+        s0, sx, sxx, loglik = sufficient_statistics(x, gmm, chunk_rows)
+        ll = float(loglik.astype(xp.float64).mean())
+        fit.log_likelihood.append(ll)
+        # M-step (float64 on K x D only).
+        dead = to_numpy(s0 < 1e-6 * n / k).nonzero()[0]
+        nk = xp.maximum(s0, 1e-12)[:, None]
+        mu = sx / nk
+        var = xp.maximum(sxx / nk - mu * mu, floor)
+        w = s0 / s0.sum()
+        if dead.size:
+            # A component without mass: move it onto the worst-explained rows, with the data's variance.
+            worst = to_numpy(xp.argsort(loglik)[: dead.size])
+            rows = xp.asarray(x[worst if xp is np else xp.asarray(worst)], dtype=xp.float64)
+            mu[xp.asarray(dead)] = rows
+            var[xp.asarray(dead)] = data_var[None, :] + floor
+            w[xp.asarray(dead)] = 1.0 / n
+            w = w / w.sum()
+            fit.reseeded += int(dead.size)
+        gmm = DiagGMM(weights=w.astype(xp.float32), means=mu.astype(xp.float32), variances=var.astype(xp.float32))
+        fit.gmm = gmm
+        if abs(ll - prev) < tol and not dead.size:
+            fit.converged = True
+            break
+        prev = ll
+    return fit

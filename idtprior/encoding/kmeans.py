@@ -1,0 +1,214 @@
+"""K-means for the cluster stage: faiss where installed, else a batched Lloyd on NumPy (CPU) or CuPy (GPU).
+
+The Lloyd iteration never holds more than ``memory_budget_bytes`` of distances: rows are assigned in chunks of
+``budget // (8 K)`` rows, each chunk computing ``|c|^2 / 2 - x.c`` with one matrix product (the ``|x|^2`` term does not change
+the argmin). Centroids are updated with a sparse one-hot product, so an iteration costs one N x K x d product plus O(N d).
+"""
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from idtprior.encoding.backend import get_array_module, sparse_module, to_device, to_numpy
+
+BACKENDS = ("auto", "faiss", "numpy", "cupy")
+INITS = ("auto", "k-means++", "random")
+
+# k-means++ is sequential over k; above this many flops of seeding, "auto" init falls back to random rows (as faiss does).
+_KPP_AUTO_FLOPS = 2e10
+
+
+def faiss_available() -> bool:
+    """True when the optional ``faiss`` package imports."""
+    try:
+        import faiss  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _chunk_rows(k: int, memory_budget_bytes: int) -> int:
+    # distances (rows, K) float32 plus one temporary of the same size
+    return max(1, int(memory_budget_bytes) // (8 * max(k, 1)))
+
+
+def _assign(x: Any, centroids: Any, xp: ModuleType, chunk_rows: int) -> tuple[Any, Any]:
+    """Nearest centroid of every row.
+
+    Args:
+        x: (N, d) float32; centroids: (K, d) float32.
+    Returns:
+        labels (N,) int64 and squared distances to the chosen centroid (N,) float32 (clipped at 0).
+    """
+    n = x.shape[0]
+    half_c2 = 0.5 * (centroids * centroids).sum(axis=1)  # (K,)
+    labels = xp.empty(n, dtype=xp.int64)
+    dmin = xp.empty(n, dtype=xp.float32)
+    for start in range(0, n, chunk_rows):
+        xc = x[start:start + chunk_rows]  # (b, d)
+        dist = xc @ centroids.T  # (b, K)
+        xp.subtract(half_c2, dist, out=dist)  # |c|^2/2 - x.c
+        lab = dist.argmin(axis=1)
+        labels[start:start + chunk_rows] = lab
+        best = xp.take_along_axis(dist, lab[:, None], axis=1)[:, 0]
+        dmin[start:start + chunk_rows] = xp.maximum((xc * xc).sum(axis=1) + 2.0 * best, 0.0)
+    return labels, dmin
+
+
+def _segment_sum(x: Any, labels: Any, k: int, xp: ModuleType) -> tuple[Any, Any]:
+    """Per-cluster sums (K, d) float32 and counts (K,) int64, through a sparse (K, N) one-hot matrix."""
+    n = x.shape[0]
+    sp = sparse_module(xp)
+    onehot = sp.csr_matrix(
+        (xp.ones(n, dtype=xp.float32), (labels, xp.arange(n))), shape=(k, n)
+    )
+    sums = xp.asarray(onehot @ x, dtype=xp.float32)
+    counts = xp.bincount(labels, minlength=k)
+    return sums, counts
+
+
+def kmeans_plusplus(x: Any, k: int, seed: int = 0) -> Any:
+    """k-means++ seeding (D^2 sampling, one candidate per step).
+
+    Args:
+        x: (N, d) float array with N >= k; seed: the random seed.
+    Returns:
+        (k, d) float32 initial centroids, rows of ``x``.
+    """
+    xp = get_array_module(x)
+    n = x.shape[0]
+    if n < k:
+        raise ValueError(f"x: {n} rows, need at least k={k} for k-means++")
+    rng = np.random.default_rng(seed)
+    x = xp.asarray(x, dtype=xp.float32)
+    x2 = (x * x).sum(axis=1)  # (N,)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    d2 = xp.maximum(x2 - 2.0 * (x @ x[chosen[0]]) + x2[chosen[0]], 0.0)
+    for j in range(1, k):
+        p = to_numpy(d2).astype(np.float64)
+        total = p.sum()
+        if total <= 0:  # fewer distinct points than k: take unused rows
+            rest = np.setdiff1d(np.arange(n), chosen[:j])
+            chosen[j:] = rng.choice(rest, size=k - j, replace=False)
+            break
+        chosen[j] = rng.choice(n, p=p / total)
+        d2 = xp.minimum(d2, xp.maximum(x2 - 2.0 * (x @ x[int(chosen[j])]) + x2[int(chosen[j])], 0.0))
+    return x[to_device(chosen, xp)].copy()
+
+
+def _init_centroids(x: Any, k: int, init: str, rng: np.random.Generator, xp: ModuleType) -> Any:
+    n, d = x.shape
+    if init == "auto":
+        init = "k-means++" if k * min(n, 8 * k) * d <= _KPP_AUTO_FLOPS else "random"
+    if init == "random":
+        return x[to_device(np.sort(rng.choice(n, size=k, replace=False)), xp)].copy()
+    sub = np.sort(rng.choice(n, size=min(n, max(8 * k, 4096)), replace=False))
+    return kmeans_plusplus(x[to_device(sub, xp)], k, seed=int(rng.integers(2**31)))
+
+
+def _lloyd(x: Any, k: int, iters: int, init: str, rng: np.random.Generator, chunk: int, xp: ModuleType) -> tuple[Any, Any]:
+    cent = _init_centroids(x, k, init, rng, xp)  # (K, d)
+    for _ in range(iters):
+        labels, dmin = _assign(x, cent, xp, chunk)
+        sums, counts = _segment_sum(x, labels, k, xp)
+        empty = to_numpy(counts == 0).nonzero()[0]
+        new = sums / xp.maximum(counts, 1)[:, None].astype(xp.float32)
+        if empty.size:
+            # Re-seed empty clusters on the rows farthest from their centroid (distinct rows, largest error first).
+            far = to_numpy(xp.argsort(-dmin)[: empty.size])
+            new[to_device(empty, xp)] = x[to_device(far, xp)]
+        cent = new
+    labels, _ = _assign(x, cent, xp, chunk)
+    return labels, cent
+
+
+def _kmeans_faiss(x: np.ndarray, k: int, runs: int, seed: int, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss  # type: ignore[import-not-found]
+
+    n, d = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    labels = np.empty((runs, n), dtype=np.int64)
+    cents = np.empty((runs, k, d), dtype=np.float32)
+    for r in range(runs):
+        # max_points_per_centroid: use every row (faiss otherwise subsamples 256 rows per centroid)
+        km = faiss.Kmeans(d, k, niter=iters, seed=int(seed) + 1000003 * r, max_points_per_centroid=max(n, 1),
+                          verbose=False)
+        km.train(x)
+        _, idx = km.index.search(x, 1)
+        labels[r] = idx[:, 0]
+        cents[r] = km.centroids
+    return labels, cents
+
+
+def kmeans(
+    x: Any,
+    k: int,
+    runs: int = 3,
+    seed: int = 0,
+    iters: int = 20,
+    backend: str = "auto",
+    memory_budget_bytes: int = 256 * 2**20,
+    init: str = "auto",
+) -> tuple[Any, Any]:
+    """K-means, ``runs`` times with different seeds (the paper's m clusterings).
+
+    Args:
+        x: (N, d) float array (NumPy or CuPy); converted to float32.
+        k: clusters, 1 <= k <= N.
+        runs: m, independent runs; run r is seeded from (seed, r).
+        seed: base seed.
+        iters: Lloyd iterations per run (centroid updates); the returned labels are the assignment to the final centroids.
+        backend: ``"faiss"`` (CPU faiss; needs the package), ``"numpy"``, ``"cupy"`` (needs a GPU) or ``"auto"``: the
+            input's module if it is CuPy, else faiss when installed, else NumPy.
+        memory_budget_bytes: cap on the distance block of the NumPy/CuPy Lloyd (not used by faiss).
+        init: ``"k-means++"`` (on a seeded subsample of max(8k, 4096) rows), ``"random"`` (k distinct rows, as faiss), or
+            ``"auto"``: k-means++ when its sequential cost is small (k * min(N, 8k) * d <= 2e10), else random.
+            faiss always uses its own random init.
+    Returns:
+        labels (m, N) int64 in [0, k), and centroids (m, k, d) float32, on the module of the backend that ran.
+    """
+    if getattr(x, "ndim", None) != 2:
+        raise ValueError(f"x: expected a 2-D array (N, d), got shape {getattr(x, 'shape', type(x).__name__)}")
+    n, d = x.shape
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"k: must be an integer in [1, N={n}], got {k!r}")
+    if not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise ValueError(f"runs: must be a positive integer, got {runs!r}")
+    if not isinstance(iters, (int, np.integer)) or iters < 0:
+        raise ValueError(f"iters: must be a non-negative integer, got {iters!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
+    if init not in INITS:
+        raise ValueError(f"init: must be one of {INITS}, got {init!r}")
+    if memory_budget_bytes < 8 * k:
+        raise ValueError(f"memory_budget_bytes: {memory_budget_bytes} is below one row of distances ({8 * k} bytes)")
+    xp_in = get_array_module(x)
+    if backend == "auto":
+        backend = "cupy" if xp_in is not np else ("faiss" if faiss_available() else "numpy")
+    if backend == "faiss":
+        if not faiss_available():
+            raise ValueError("backend: 'faiss' requested but the faiss package is not installed (pip install faiss-cpu)")
+        xh = to_numpy(x)
+        if not np.isfinite(xh).all():
+            raise ValueError(f"x: {int((~np.isfinite(xh)).any(axis=1).sum())} rows have non-finite values")
+        return _kmeans_faiss(xh, int(k), int(runs), int(seed), int(iters))
+    if backend == "cupy":
+        from idtprior.encoding.backend import _cupy, cupy_available
+
+        if not cupy_available():
+            raise ValueError("backend: 'cupy' requested but CuPy or a CUDA device is not available")
+        xp = _cupy
+    else:
+        xp = np
+    xd = xp.asarray(to_numpy(x) if xp is np else x, dtype=xp.float32)
+    if not bool(xp.isfinite(xd).all()):
+        raise ValueError(f"x: {int((~xp.isfinite(xd)).any(axis=1).sum())} rows have non-finite values")
+    chunk = _chunk_rows(int(k), memory_budget_bytes)
+    labels = xp.empty((runs, n), dtype=xp.int64)
+    cents = xp.empty((runs, k, d), dtype=xp.float32)
+    for r in range(runs):
+        rng = np.random.default_rng([int(seed), r])
+        labels[r], cents[r] = _lloyd(xd, int(k), int(iters), init, rng, chunk, xp)
+    return labels, cents

@@ -1,0 +1,120 @@
+"""Cluster labels for Local Aggregation, and a kNN monitor of the memory bank.
+
+``kmeans`` uses ``idtprior.encoding.kmeans`` when that exists (the pipeline's K-means, GPU-capable) and otherwise a
+small seeded Lloyd in torch. ``cluster_bank`` and ``cluster_joint`` are the per-epoch cluster sources ``bank`` (plain
+Video LA) and ``joint`` (K-means on the concatenation of the bank and the IDT sketch: the paper's final tuning step).
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid ``(N,)`` and its squared distance ``(N,)`` for ``x (N, D)``, ``centroids (K, D)``."""
+    c2 = (centroids * centroids).sum(1)  # (K,)
+    labels, dists = [], []
+    for start in range(0, x.shape[0], chunk):
+        xc = x[start : start + chunk]
+        d = c2[None, :] - 2.0 * xc @ centroids.T  # (n, K), |x|^2 dropped: constant per row
+        dmin, arg = d.min(1)
+        labels.append(arg)
+        dists.append(dmin + (xc * xc).sum(1))
+    return torch.cat(labels), torch.cat(dists)
+
+
+def lloyd_kmeans(
+    x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 20
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``runs`` independent seeded Lloyd K-means of ``x (N, D)``: labels ``(runs, N)`` int64, centroids ``(runs, k, D)``.
+
+    Each run starts from k distinct random rows; an emptied cluster is re-seeded with the row farthest from its centroid,
+    so every run returns exactly k non-empty clusters when N >= k.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"kmeans input must be (N, D), got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"n_clusters {k} must be in [1, {n}] (the number of rows)")
+    if runs < 1 or iters < 0:
+        raise ValueError(f"kmeans runs {runs} must be >= 1 and iters {iters} >= 0")
+    x = x.float()
+    all_labels, all_centroids = [], []
+    for r in range(runs):
+        g = torch.Generator().manual_seed(seed * 1000003 + r)
+        centroids = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()  # (k, D)
+        labels, dist2 = _chunked_argmin(x, centroids)
+        for _ in range(iters):
+            counts = torch.bincount(labels, minlength=k)  # (k,)
+            sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+            empty = counts == 0
+            centroids = sums / counts.clamp(min=1)[:, None].to(x.dtype)
+            if bool(empty.any()):
+                far = dist2.topk(int(empty.sum())).indices
+                centroids[empty] = x[far]
+            new_labels, dist2 = _chunked_argmin(x, centroids)
+            if torch.equal(new_labels, labels) and not bool(empty.any()):
+                break
+            labels = new_labels
+        all_labels.append(labels)
+        all_centroids.append(centroids)
+    return torch.stack(all_labels), torch.stack(all_centroids)
+
+
+def kmeans(x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 20) -> torch.Tensor:
+    """Labels ``(runs, N)`` int64 on ``x``'s device: ``idtprior.encoding.kmeans`` when importable, else :func:`lloyd_kmeans`."""
+    try:
+        from idtprior.encoding import kmeans as pipeline_kmeans  # type: ignore[attr-defined]
+    except ImportError:
+        pipeline_kmeans = None
+    if pipeline_kmeans is not None and callable(pipeline_kmeans):
+        labels, _ = pipeline_kmeans(x.detach().cpu().numpy().astype(np.float32), k, runs=runs, seed=seed, iters=iters)
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=x.device)
+        return labels.reshape(runs, x.shape[0])
+    return lloyd_kmeans(x, k, runs=runs, seed=seed, iters=iters)[0]
+
+
+def cluster_bank(bank: torch.Tensor, k: int, runs: int, seed: int, iters: int = 20) -> torch.Tensor:
+    """Cluster source ``bank``: K-means of the memory bank ``(N, D)`` -> labels ``(runs, N)``."""
+    return kmeans(bank, k, runs=runs, seed=seed, iters=iters)
+
+
+def cluster_joint(
+    bank: torch.Tensor, idt_sketch: torch.Tensor, k: int, runs: int, seed: int, iters: int = 20
+) -> torch.Tensor:
+    """Cluster source ``joint``: K-means of ``[l2n(bank) | l2n(sketch)]`` ``(N, D + S)`` -> labels ``(runs, N)``.
+
+    Both halves are L2-normalised per row so that the ConvNet and the IDT space weigh equally in the distance, whatever
+    the sketch's scale.
+    """
+    if idt_sketch.ndim != 2 or idt_sketch.shape[0] != bank.shape[0]:
+        raise ValueError(f"idt_sketch shape {tuple(idt_sketch.shape)} must be ({bank.shape[0]}, S)")
+    joint = torch.cat([F.normalize(bank.float(), dim=1), F.normalize(idt_sketch.float().to(bank.device), dim=1)], 1)
+    return kmeans(joint, k, runs=runs, seed=seed, iters=iters)
+
+
+def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: float = 0.07, chunk: int = 4096) -> float:
+    """Leave-one-out weighted kNN accuracy of the bank ``(N, D)`` against ``labels (N,)`` (Wu et al.'s monitor).
+
+    Each row votes with its k most similar other rows, weighted by ``exp(sim / tau)``; rows labelled < 0 neither vote
+    nor count. Returns the fraction of labelled rows whose vote is their own label (nan when fewer than 2 are labelled).
+    """
+    if labels.shape != (bank.shape[0],):
+        raise ValueError(f"labels shape {tuple(labels.shape)} must be ({bank.shape[0]},)")
+    labels = labels.to(bank.device).long()
+    keep = labels >= 0
+    if int(keep.sum()) < 2:
+        return float("nan")
+    x, y = bank[keep].float(), labels[keep]
+    n_classes = int(y.max()) + 1
+    k = min(k, x.shape[0] - 1)
+    correct = 0
+    for start in range(0, x.shape[0], chunk):
+        sim = x[start : start + chunk] @ x.T  # (n, M)
+        rows = torch.arange(sim.shape[0], device=x.device)
+        sim[rows, rows + start] = float("-inf")  # leave one out
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(sim.shape[0], n_classes, device=x.device)
+        votes.scatter_add_(1, y[top_idx], torch.exp(top_sim / tau))
+        correct += int((votes.argmax(1) == y[start : start + chunk]).sum())
+    return correct / x.shape[0]

@@ -1,0 +1,403 @@
+"""Pretraining with PyTorch Lightning: IR warm-up, Local Aggregation with IDT / bank / joint clusters, resumable.
+
+``train(params, source, out_dir=...)`` is the single entry the pipeline stages call. Everything a run needs to
+continue identically after a kill lives in ``out_dir/checkpoints/last.ckpt``: weights, optimiser and LR schedule
+(Lightning), the memory bank, the NCE normaliser and the cluster labels (module buffers), and the noise generator and
+global RNG states (``on_save_checkpoint``). Clips are seeded per ``(seed, epoch, video)`` (see ``data.py``).
+"""
+
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
+from idtprior.models.data import ClipDataModule, ClipDataset, ClipSource, collate_clips
+from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z
+from idtprior.models.memory_bank import MemoryBank
+from idtprior.models.resnet3d import BLOCKS, ResNet3d
+
+OBJECTIVES = ("ir", "la")
+CLUSTER_SOURCES = ("idt", "bank", "joint")
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """Hyper-parameters of one pretraining stage; defaults are the paper's (Kinetics, ResNet-18, 16x112x112)."""
+
+    arch: str = "resnet18"
+    width: float = 1.0  # stage-width multiplier; 0.125 for CPU-sized runs
+    embed_dim: int = 128
+    clip_length: int = 16
+    crop_size: int = 112
+    batch_size: int = 128  # per device
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # not applied to BatchNorm parameters and biases
+    milestones: tuple[int, ...] = (160, 190)  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    epochs: int = 200
+    tau: float = 0.07
+    objective: str = "ir"  # "ir" or "la"
+    ir_exact: bool = False  # IR with the full softmax over the bank instead of NCE (small N only)
+    negatives: int = 4096  # NCE noise samples per clip
+    nce_z_momentum: float = 0.99  # Z <- m Z + (1 - m) Z_batch after the first batch; 1.0 keeps Wu et al.'s fixed Z
+    bank_momentum: float = 0.5
+    la_k: int = 4096  # background neighbours, clipped to N
+    cluster_source: str = "idt"  # "idt" (given labels), "bank" or "joint" (K-means every epoch)
+    n_clusters: int = 6000
+    kmeans_runs: int = 3
+    kmeans_iters: int = 20
+    knn_k: int = 20  # neighbours of the per-epoch kNN monitor
+    seed: int = 0
+    num_workers: int = 8
+    precision: str = "32-true"  # "bf16-mixed" on GPUs
+    accelerator: str = "auto"
+    devices: int = 1  # > 1 trains with DDP
+    drop_last: bool = True
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in BLOCKS:
+            raise ValueError(f"arch {self.arch!r} is not one of {sorted(BLOCKS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
+        if self.cluster_source not in CLUSTER_SOURCES:
+            raise ValueError(f"cluster_source {self.cluster_source!r} is not one of {CLUSTER_SOURCES}")
+        for name in ("embed_dim", "clip_length", "crop_size", "batch_size", "epochs", "negatives", "la_k",
+                     "n_clusters", "kmeans_runs", "knn_k", "devices", "log_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
+        for name in ("lr", "tau", "width"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} {getattr(self, name)} must be positive")
+        for name in ("bank_momentum", "nce_z_momentum", "momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1]")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones {self.milestones} must be increasing")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class PretrainModule(pl.LightningModule):
+    """Encoder + memory bank + objective.
+
+    Args:
+        params: the stage's :class:`PretrainParams`.
+        n_videos: N, the number of training videos (rows of the bank).
+        cluster_labels: ``(m, N)`` int labels for ``cluster_source="idt"`` (from the cluster stage).
+        idt_sketch: ``(N, S)`` IDT sketches for ``cluster_source="joint"``; kept on the CPU, not in checkpoints.
+        labels_for_eval: ``(N,)`` int class labels (< 0 = unknown) for the per-epoch kNN monitor, or None.
+    """
+
+    cluster_labels: torch.Tensor
+    log_z: torch.Tensor
+
+    def __init__(
+        self,
+        params: PretrainParams,
+        n_videos: int,
+        cluster_labels: np.ndarray | torch.Tensor | None = None,
+        idt_sketch: np.ndarray | torch.Tensor | None = None,
+        labels_for_eval: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.params = params
+        self.save_hyperparameters({**dataclasses.asdict(params), "n_videos": n_videos})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)  # the same initial weights for the same seed, global RNG untouched
+            self.encoder = ResNet3d(params.arch, params.embed_dim, params.width)
+        self.bank = MemoryBank(n_videos, params.embed_dim, params.bank_momentum, seed=params.seed)
+        self.register_buffer("log_z", torch.tensor(float("nan")))  # NCE log Z; nan until the first batch
+        self.register_buffer("cluster_labels", self._initial_labels(params, n_videos, cluster_labels, idt_sketch))
+        self.idt_sketch = None if idt_sketch is None else torch.as_tensor(np.asarray(idt_sketch), dtype=torch.float32)
+        self.labels_for_eval = None
+        if labels_for_eval is not None:
+            self.labels_for_eval = torch.as_tensor(np.asarray(labels_for_eval), dtype=torch.long)
+            if self.labels_for_eval.shape != (n_videos,):
+                raise ValueError(f"labels_for_eval shape {tuple(self.labels_for_eval.shape)} must be ({n_videos},)")
+        self.noise_generator = torch.Generator().manual_seed(params.seed)
+
+    @staticmethod
+    def _initial_labels(
+        params: PretrainParams, n: int, cluster_labels: Any, idt_sketch: Any
+    ) -> torch.Tensor:
+        if params.objective != "la":
+            return torch.zeros(0, n, dtype=torch.long)
+        if params.cluster_source == "idt":
+            if cluster_labels is None:
+                raise ValueError("objective 'la' with cluster_source 'idt' needs cluster_labels of shape (m, N)")
+            labels = torch.as_tensor(np.asarray(cluster_labels), dtype=torch.long)
+            labels = labels[None] if labels.ndim == 1 else labels
+            if labels.ndim != 2 or labels.shape[1] != n:
+                raise ValueError(f"cluster_labels shape {tuple(labels.shape)} must be (m, {n})")
+            return labels.clone()
+        if params.cluster_source == "joint":
+            if idt_sketch is None:
+                raise ValueError("cluster_source 'joint' needs idt_sketch of shape (N, S)")
+            if np.asarray(idt_sketch).shape[0] != n:
+                raise ValueError(f"idt_sketch shape {np.asarray(idt_sketch).shape} must be ({n}, S)")
+        if params.n_clusters > n:
+            raise ValueError(f"n_clusters {params.n_clusters} exceeds the {n} videos")
+        return torch.zeros(params.kmeans_runs, n, dtype=torch.long)  # filled at every epoch start
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, 3, T, H, W) -> (B, embed_dim)``."""
+        return self.encoder(clips)
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def _update_log_z(self, batch_log_z: torch.Tensor) -> None:
+        z = batch_log_z.detach().float()
+        if _is_dist():  # one Z for all ranks: average the batch estimates in Z space
+            z_lin = z.exp()
+            dist.all_reduce(z_lin)
+            z = (z_lin / dist.get_world_size()).log()
+        if torch.isnan(self.log_z):
+            self.log_z.copy_(z)
+        else:
+            m = self.params.nce_z_momentum
+            self.log_z.copy_(torch.logaddexp(self.log_z + math.log(m) if m > 0 else self.log_z - math.inf,
+                                              z + math.log(1 - m) if m < 1 else z - math.inf))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        indices, clips = batch  # (B,), (B, 3, T, H, W)
+        v = self.encoder(clips)  # (B, D)
+        p, bank = self.params, self.bank.bank
+        if p.objective == "ir" and p.ir_exact:
+            loss = ir_softmax_loss(v, bank, indices, p.tau)
+        elif p.objective == "ir":
+            noise = draw_noise(v.shape[0], bank.shape[0], p.negatives, self.noise_generator).to(bank.device)
+            self._update_log_z(nce_log_z(v, bank, noise, p.tau))
+            loss = ir_nce_loss(v, bank, indices, noise, self.log_z, p.tau)
+        else:
+            loss = la_loss(v, bank, indices, self.cluster_labels, p.la_k, p.tau)
+        self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
+        return {"loss": loss, "embeddings": v.detach().float(), "indices": indices}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # runs after the optimiser step: the bank moves towards this batch's (pre-step) embeddings, as in Wu et al.
+        if outputs is not None:
+            self.bank.update(outputs["indices"], outputs["embeddings"])
+
+    def on_train_epoch_start(self) -> None:
+        p = self.params
+        if p.objective == "la" and p.cluster_source in ("bank", "joint"):
+            self.recompute_clusters(seed=p.seed * 1009 + self.current_epoch)
+
+    @torch.no_grad()
+    def recompute_clusters(self, seed: int) -> None:
+        """K-means of the bank (``bank``) or of [bank | IDT sketch] (``joint``) into ``cluster_labels (m, N)``."""
+        p = self.params
+        if not _is_dist() or dist.get_rank() == 0:
+            if p.cluster_source == "bank":
+                labels = cluster_bank(self.bank.bank, p.n_clusters, p.kmeans_runs, seed, p.kmeans_iters)
+            else:
+                labels = cluster_joint(self.bank.bank, self.idt_sketch, p.n_clusters, p.kmeans_runs, seed,
+                                       p.kmeans_iters)
+            self.cluster_labels.copy_(labels.to(self.cluster_labels.device))
+        if _is_dist():  # GPU K-means may differ in the last bit between ranks: rank 0's labels rule
+            dist.broadcast(self.cluster_labels, src=0)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True, sync_dist=False)
+        if self.labels_for_eval is not None:
+            acc = knn_accuracy(self.bank.bank, self.labels_for_eval, k=self.params.knn_k, tau=self.params.tau)
+            self.log("knn_acc", acc, on_epoch=True, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> Any:
+        p = self.params
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            # BatchNorm scales/shifts and biases are 1-d: weight decay would only fight their scale
+            (no_decay if param.ndim <= 1 else decay).append(param)
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=p.lr, momentum=p.momentum,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(p.milestones), gamma=p.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # --- checkpoint extras ----------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["idtprior_rng"] = {
+            "noise": self.noise_generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("idtprior_rng")
+        if rng is None:
+            return
+        self.noise_generator.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def load_init(self, path: str | Path) -> None:
+        """Start from another run's encoder and bank (e.g. LA from the IR warm-up); optimiser and epoch start afresh."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        bank = state.get("bank.bank")
+        if bank is None:
+            raise ValueError(f"init_from {path}: no memory bank ('bank.bank') in its state_dict")
+        if tuple(bank.shape) != tuple(self.bank.bank.shape):
+            raise ValueError(f"init_from {path}: bank shape {tuple(bank.shape)}, this run needs "
+                             f"{tuple(self.bank.bank.shape)}")
+        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        try:
+            self.encoder.load_state_dict(encoder)
+        except RuntimeError as e:
+            raise ValueError(f"init_from {path}: encoder does not match arch={self.params.arch} "
+                             f"width={self.params.width}") from e
+        self.bank.bank.copy_(bank)
+        if "log_z" in state:
+            self.log_z.copy_(state["log_z"])
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def compute_embeddings(
+    encoder: ResNet3d, source: ClipSource, clip_length: int, crop_size: int, batch_size: int = 32,
+    num_workers: int = 0, device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Embeddings ``(N, embed_dim)`` float32 of every video's centre clip, in index order."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loader = torch.utils.data.DataLoader(
+        ClipDataset(source, clip_length, crop_size, train=False), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=collate_clips,
+    )
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out = np.zeros((len(source), encoder.embed_dim), dtype=np.float32)
+    for indices, clips in loader:
+        out[indices.numpy()] = encoder(clips.to(device)).float().cpu().numpy()
+    encoder.train(was_training)
+    return out
+
+
+def export_encoder(
+    module: PretrainModule, out_dir: str | Path, source: ClipSource | None = None, batch_size: int = 32,
+    num_workers: int = 0,
+) -> dict[str, Path]:
+    """Write ``encoder.pt`` (state_dict + arch), ``bank.npy`` ``(N, D)`` and, given a source, ``embeddings.npy``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = module.params
+    paths = {"encoder": out_dir / "encoder.pt", "bank": out_dir / "bank.npy"}
+    torch.save({"arch": p.arch, "width": p.width, "embed_dim": p.embed_dim,
+                "state_dict": {k: v.cpu() for k, v in module.encoder.state_dict().items()}}, paths["encoder"])
+    np.save(paths["bank"], module.bank.bank.detach().cpu().numpy())
+    if source is not None:
+        paths["embeddings"] = out_dir / "embeddings.npy"
+        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers,
+                                 device=module.device)
+        np.save(paths["embeddings"], emb)
+    return paths
+
+
+def load_encoder(path: str | Path) -> ResNet3d:
+    """The :class:`ResNet3d` written by :func:`export_encoder`."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    encoder = ResNet3d(blob["arch"], blob["embed_dim"], blob["width"])
+    encoder.load_state_dict(blob["state_dict"])
+    return encoder
+
+
+# --- entry --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` leaves in ``out_dir``."""
+
+    checkpoint: Path  # last.ckpt
+    encoder: Path
+    bank: Path
+    embeddings: Path | None
+    metrics_csv: Path
+    epochs_completed: int
+    metrics: dict[str, float]  # last logged values: loss_epoch, lr, knn_acc (when labels were given)
+
+
+def train(
+    params: PretrainParams,
+    source: ClipSource,
+    *,
+    out_dir: str | Path,
+    labels_for_eval: np.ndarray | None = None,
+    init_from: str | Path | None = None,
+    cluster_labels: np.ndarray | None = None,
+    idt_sketch: np.ndarray | None = None,
+    resume: bool = True,
+    export_embeddings: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Run (or resume) one pretraining stage and export its encoder, bank and embeddings.
+
+    Args:
+        params: hyper-parameters.
+        source: training videos as a clip source (N = ``len(source)``).
+        out_dir: run folder: ``checkpoints/last.ckpt`` (every epoch), ``csv/metrics.csv``, exports.
+        labels_for_eval: ``(N,)`` labels for the kNN monitor, or None.
+        init_from: a checkpoint whose encoder and bank start this run (ignored when resuming from ``last.ckpt``).
+        cluster_labels: ``(m, N)`` labels for ``la`` with ``cluster_source="idt"``.
+        idt_sketch: ``(N, S)`` sketches for ``cluster_source="joint"``.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when present.
+        callbacks: extra Lightning callbacks.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(source)
+    module = PretrainModule(params, n, cluster_labels=cluster_labels, idt_sketch=idt_sketch,
+                            labels_for_eval=labels_for_eval)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    if init_from is not None and ckpt_path is None:
+        module.load_init(init_from)
+    data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
+                          params.seed, drop_last=params.drop_last)
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
+                                 auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True)
+    logger = CSVLogger(save_dir=out_dir, name="", version="csv")
+    trainer = pl.Trainer(
+        accelerator=params.accelerator, devices=params.devices,
+        strategy="ddp" if params.devices > 1 else "auto", precision=params.precision, max_epochs=params.epochs,
+        logger=logger, callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
+        log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    paths: dict[str, Path] = {}
+    if trainer.is_global_zero:
+        paths = export_encoder(module, out_dir, source if export_embeddings else None,
+                               batch_size=params.batch_size, num_workers=params.num_workers)
+    return TrainResult(
+        checkpoint=last, encoder=out_dir / "encoder.pt", bank=out_dir / "bank.npy",
+        embeddings=paths.get("embeddings"), metrics_csv=Path(logger.log_dir) / "metrics.csv",
+        epochs_completed=trainer.current_epoch, metrics=metrics,
+    )

@@ -1,0 +1,388 @@
+"""Improved Dense Trajectories (Wang et al. IJCV 2013; Wang & Schmid ICCV 2013) over a stream of frames.
+
+Per frame t and per spatial scale: Farneback flow t-1 -> t, median filtered (3x3) for tracking; a homography t-1 -> t
+(camera motion) from keypoint and flow matches; the flow recomputed on frame t warped back by it (camera-compensated
+flow) for HOF, MBH, the trajectory shape and camera-motion pruning; every tracked point moved by the median flow and its
+HOG/HOF/MBH cell histograms at frame t-1 gathered from integral images; new points densely sampled where no track is near.
+A trajectory of L steps is pruned (static, erratic, camera-only) or becomes one output row.
+
+Rows (N, 10 + 2L + 33 * cells) float32, for the defaults (N, 436) with the column meaning of the reference release:
+end frame, mean x, mean y, std x, std y, length, scale, x pos, y pos, t pos, shape (2L), HOG, HOF, MBHx, MBHy.
+Only the frames of one step are held: memory is bounded by the number of live trajectories, not by the video length.
+"""
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from . import camera as cam
+from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, finalize_block, frame_channels, integral_channels
+from .params import IDTParams
+
+PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
+
+
+@dataclass
+class _Cohort:
+    """Trajectories of one scale started at the same frame: they advance in lock step."""
+
+    start: int
+    pos: np.ndarray  # (n, L + 1, 2) float32, pixels of this scale
+    comp: np.ndarray  # (n, L, 2) float32, camera-compensated displacement of each step
+    hist: np.ndarray  # (n, L, cells, 33) float32, raw cell histograms of each tracked frame
+    alive: np.ndarray  # (n,) bool
+    age: int = 0  # steps done
+
+
+@dataclass
+class _Scale:
+    factor: float  # full-resolution pixels per pixel of this scale
+    size: tuple[int, int]  # (h, w)
+    cohorts: list[_Cohort] = field(default_factory=list)
+
+
+def pyramid_scales(height: int, width: int, params: IDTParams) -> list[tuple[float, tuple[int, int]]]:
+    """(factor, (h, w)) of each spatial scale used for a ``height x width`` frame.
+
+    Scales stop where the frame would get smaller than one descriptor patch (at 160x120 the reference keeps 4 of 8).
+    """
+    out = []
+    factor = 1.0
+    for _ in range(params.scale_num):
+        h, w = int(round(height / factor)), int(round(width / factor))
+        if min(h, w) < params.patch_size:
+            break
+        out.append((factor, (h, w)))
+        factor *= params.scale_stride
+    return out
+
+
+def _flow_levels(h: int, w: int, params: IDTParams) -> int:
+    if params.flow_levels > 0:
+        return params.flow_levels
+    levels, size = 1, float(min(h, w))
+    while size * params.flow_pyr_scale >= params.flow_min_size:
+        size *= params.flow_pyr_scale
+        levels += 1
+    return levels
+
+
+def farneback(prev: np.ndarray, cur: np.ndarray, params: IDTParams) -> np.ndarray:
+    """Dense flow (h, w, 2) float32 from ``prev`` to ``cur`` (h, w) uint8."""
+    return cv2.calcOpticalFlowFarneback(
+        prev,
+        cur,
+        None,
+        params.flow_pyr_scale,
+        _flow_levels(*prev.shape, params),
+        params.flow_winsize,
+        params.flow_iterations,
+        params.flow_poly_n,
+        params.flow_poly_sigma,
+        0,
+    )
+
+
+def sample_points(gray: np.ndarray, occupied: np.ndarray, params: IDTParams) -> np.ndarray:
+    """Dense sampling: one point per ``W x W`` grid cell holding no live track and not in a homogeneous area.
+
+    ``gray`` (h, w) uint8 at one scale, ``occupied`` (m, 2) positions of live tracks. A cell's candidate is its centre,
+    kept when the smaller eigenvalue of its autocorrelation matrix exceeds ``quality`` times the frame's largest.
+    Returns (n, 2) float32 (x, y).
+    """
+    h, w = gray.shape
+    W = params.min_distance
+    nx, ny = w // W, h // W
+    if nx == 0 or ny == 0:
+        return np.zeros((0, 2), np.float32)
+    eig = cv2.cornerMinEigenVal(gray, 3, 3)
+    threshold = params.quality * float(eig.max())
+    gx = np.arange(nx) * W + W // 2
+    gy = np.arange(ny) * W + W // 2
+    keep = eig[np.ix_(gy, gx)] > threshold  # (ny, nx)
+    if len(occupied):
+        ix = (occupied[:, 0] / W).astype(np.int64)
+        iy = (occupied[:, 1] / W).astype(np.int64)
+        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        keep[iy[ok], ix[ok]] = False
+    iy, ix = np.nonzero(keep)
+    return np.stack([gx[ix], gy[iy]], 1).astype(np.float32)
+
+
+def _boxes_at(boxes, t: int, resize: float) -> np.ndarray | None:
+    if boxes is None:
+        return None
+    if isinstance(boxes, Mapping):
+        b = boxes.get(t)
+    elif isinstance(boxes, Sequence) or isinstance(boxes, np.ndarray):
+        b = boxes[t] if t < len(boxes) else None
+    else:
+        raise ValueError(f"boxes must be a sequence or a dict of per-frame (K, 5) arrays, got {type(boxes).__name__}")
+    if b is None:
+        return None
+    b = np.asarray(b, np.float32).reshape(-1, np.asarray(b).shape[-1] if np.asarray(b).ndim else 5)
+    if b.shape[1] < 4:
+        raise ValueError(f"boxes of frame {t}: need columns x1, y1, x2, y2[, score], got shape {b.shape}")
+    return b[:, :4] * resize
+
+
+def _to_gray(frame: np.ndarray, t: int) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame {t}: expected uint8, got {frame.dtype}")
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    raise ValueError(f"frame {t}: expected (H, W, 3) RGB or (H, W) gray, got shape {frame.shape}")
+
+
+def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int], params: IDTParams, to_full: float):
+    """Prune the finished trajectories of ``cohort`` and build their rows (n, D) float32 and points (n, L+1, 2)."""
+    # measured in full-resolution pixels: the reference's static threshold (std > sqrt(3)) binds at every scale alike
+    P = cohort.pos[cohort.alive] * factor  # (n, L+1, 2)
+    C = cohort.comp[cohort.alive] * factor  # (n, L, 2)
+    if len(P) == 0:
+        return None
+    D = np.diff(P, axis=1)  # (n, L, 2) raw steps
+    dmag = np.sqrt((D**2).sum(-1))  # (n, L)
+    cmag = np.sqrt((C**2).sum(-1))
+    std = P.std(1)  # (n, 2)
+    valid = std.max(1) > params.min_var
+    valid &= std.max(1) < params.max_var
+    valid &= dmag.max(1) <= params.erratic_ratio * dmag.sum(1)
+    if params.use_camera_compensation:
+        valid &= cmag.max(1) > params.min_camera_displacement
+    else:
+        valid &= dmag.max(1) > 0
+    valid &= dmag.max(1) <= params.max_dis
+    if not valid.any():
+        return None
+    P, C, cmag, std = P[valid], C[valid], cmag[valid], std[valid]
+    hist = cohort.hist[cohort.alive][valid]  # (n, L, cells, 33)
+    n, L = len(P), params.track_length
+    length = cmag.sum(1)
+    mean = P.mean(1) * to_full  # full-resolution pixels of the input frames
+    fh, fw = frame_hw
+    rows = np.empty((n, params.descriptor_dim), np.float32)
+    rows[:, 0] = end
+    rows[:, 1:3] = mean
+    rows[:, 3:5] = std
+    rows[:, 5] = length
+    rows[:, 6] = factor
+    rows[:, 7] = np.clip(mean[:, 0] / fw, 0.0, 0.999)
+    rows[:, 8] = np.clip(mean[:, 1] / fh, 0.0, 0.999)
+    rows[:, 9] = np.nan  # t pos: needs the frame count, filled by the caller
+    rows[:, 10 : 10 + 2 * L] = (C / np.maximum(length, 1e-10)[:, None, None]).reshape(n, -1)
+    col = 10 + 2 * L
+    for _, sl, bins in BLOCKS:
+        block = finalize_block(hist[..., sl], params.nt_cell)
+        rows[:, col : col + block.shape[1]] = block
+        col += block.shape[1]
+    return rows, (P * to_full).astype(np.float32)
+
+
+def iter_idt(
+    frames: Iterable[np.ndarray],
+    params: IDTParams = IDTParams(),
+    boxes: Sequence[np.ndarray] | Mapping[int, np.ndarray] | None = None,
+    *,
+    num_frames: int | None = None,
+    return_points: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield blocks of IDT rows ``(n, 436)`` float32 as trajectories finish, streaming over ``frames``.
+
+    ``frames``: iterable of (H, W, 3) uint8 RGB (or (H, W) gray) frames, consumed once. ``boxes``: per-frame person
+    boxes, a sequence indexed by frame or a dict frame -> (K, 5) float32 [x1, y1, x2, y2, score] in input pixels;
+    matches inside them are not used for the camera homography. ``num_frames`` fills the t-pos column
+    ((end - L/2) / num_frames, clipped to [0, 0.999]); when None it is taken from ``len(frames)`` if there is one,
+    else left NaN (``extract_idt`` fills it). ``return_points`` yields ``(rows, points)`` with the trajectory points
+    (n, L+1, 2) float32 in input pixels. ``timings``, when given, accumulates seconds per part of ``PARTS``.
+    """
+    if num_frames is None and hasattr(frames, "__len__"):
+        num_frames = len(frames)  # type: ignore[arg-type]
+    L = params.track_length
+    cells = params.nxy_cell * params.nxy_cell
+    tm = timings if timings is not None else {}
+    for p in PARTS:
+        tm.setdefault(p, 0.0)
+    detector = cam.make_detector(params) if params.use_camera_compensation else None
+    scales: list[_Scale] = []
+    prev_pyr: list[np.ndarray] = []
+    prev_kp = None
+    frame_hw = None
+    to_full = 1.0
+    it = iter(frames)
+    t = -1
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(it)
+        except StopIteration:
+            break
+        t += 1
+        gray = _to_gray(frame, t)
+        tm["decode"] += time.perf_counter() - t0
+        if frame_hw is None:
+            frame_hw = gray.shape
+            if params.max_side and max(frame_hw) > params.max_side:
+                to_full = max(frame_hw) / params.max_side
+            work_hw = (int(round(frame_hw[0] / to_full)), int(round(frame_hw[1] / to_full)))
+            scales = [_Scale(f, s) for f, s in pyramid_scales(*work_hw, params)]
+        elif gray.shape != frame_hw:
+            raise ValueError(f"frame {t}: size {gray.shape} differs from the first frame's {frame_hw}")
+        if not scales:
+            continue  # frame smaller than one patch: no scale, no trajectory
+        if to_full != 1.0:
+            gray = cv2.resize(gray, (scales[0].size[1], scales[0].size[0]), interpolation=cv2.INTER_AREA)
+        pyr = [gray] + [
+            cv2.resize(gray, (s.size[1], s.size[0]), interpolation=cv2.INTER_LINEAR) for s in scales[1:]
+        ]
+
+        if t > 0:
+            t1 = time.perf_counter()
+            flows = [farneback(prev_pyr[i], pyr[i], params) for i in range(len(scales))]
+            med = [cv2.medianBlur(f, 3) for f in flows]  # 3x3 median: robust to flow outliers at motion edges
+            t2 = time.perf_counter()
+            tm["flow"] += t2 - t1
+            if params.use_camera_compensation:
+                kp = cam.detect(detector, pyr[0])
+                src, dst = cam.match_keypoints(prev_kp, kp, params.match_ratio) if prev_kp else (np.zeros((0, 2), np.float32),) * 2
+                fs, fd = cam.flow_matches(prev_pyr[0], med[0], params)
+                H, _ = cam.estimate_homography(
+                    np.concatenate([src, fs]),
+                    np.concatenate([dst, fd]),
+                    params,
+                    _boxes_at(boxes, t - 1, 1.0 / to_full),
+                    _boxes_at(boxes, t, 1.0 / to_full),
+                )
+                prev_kp = kp
+                t3 = time.perf_counter()
+                tm["camera"] += t3 - t2
+                if params.warp_flow == "recompute":
+                    h0, w0 = scales[0].size
+                    warped = cv2.warpPerspective(pyr[0], H, (w0, h0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+                    wpyr = [warped] + [
+                        cv2.resize(warped, (s.size[1], s.size[0]), interpolation=cv2.INTER_LINEAR) for s in scales[1:]
+                    ]
+                    comp = [farneback(prev_pyr[i], wpyr[i], params) for i in range(len(scales))]
+                else:
+                    comp = [
+                        f - cam.homography_flow(cam.scaled_homography(H, s.factor), *s.size)
+                        for f, s in zip(flows, scales)
+                    ]
+                tm["flow"] += time.perf_counter() - t3
+            else:
+                comp = flows
+            comp_med = [cv2.medianBlur(f, 3) for f in comp]
+
+            out_rows, out_pts = [], []
+            for i, sc in enumerate(scales):
+                if not sc.cohorts:
+                    continue
+                t4 = time.perf_counter()
+                h, w = sc.size
+                integral = integral_channels(frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold))
+                pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
+                hist = cell_histograms(integral, pts, params.patch_size, params.nxy_cell)  # (m, cells, 33)
+                t5 = time.perf_counter()
+                tm["descriptors"] += t5 - t4
+                xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)
+                yi = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, h - 1)
+                step = med[i][yi, xi]  # (m, 2)
+                cstep = comp_med[i][yi, xi]
+                new = pts + step
+                inside = (new[:, 0] >= 0) & (new[:, 0] <= w - 1) & (new[:, 1] >= 0) & (new[:, 1] <= h - 1)
+                k = 0
+                live = []
+                for c in sc.cohorts:
+                    n = len(c.pos)
+                    c.hist[:, c.age] = hist[k : k + n]
+                    c.comp[:, c.age] = cstep[k : k + n]
+                    c.pos[:, c.age + 1] = new[k : k + n]
+                    c.alive &= inside[k : k + n]
+                    c.age += 1
+                    k += n
+                    if c.age == L:
+                        res = _finalize(c, sc.factor, t, frame_hw, params, to_full)
+                        if res is not None:
+                            out_rows.append(res[0])
+                            out_pts.append(res[1])
+                    elif c.alive.any():
+                        live.append(c)
+                sc.cohorts = live
+                tm["tracking"] += time.perf_counter() - t5
+            if out_rows:
+                rows = np.concatenate(out_rows)
+                if num_frames:
+                    rows[:, 9] = np.clip((rows[:, 0] - L / 2) / num_frames, 0.0, 0.999)
+                yield (rows, np.concatenate(out_pts)) if return_points else rows
+
+        if t % params.init_gap == 0:
+            t6 = time.perf_counter()
+            for i, sc in enumerate(scales):
+                occupied = [c.pos[c.alive, c.age] for c in sc.cohorts]
+                occ = np.concatenate(occupied) if occupied else np.zeros((0, 2), np.float32)
+                new = sample_points(pyr[i], occ, params)
+                if len(new):
+                    n = len(new)
+                    pos = np.zeros((n, L + 1, 2), np.float32)
+                    pos[:, 0] = new
+                    sc.cohorts.append(
+                        _Cohort(
+                            start=t,
+                            pos=pos,
+                            comp=np.zeros((n, L, 2), np.float32),
+                            hist=np.zeros((n, L, cells, N_CHANNELS), np.float32),
+                            alive=np.ones(n, bool),
+                        )
+                    )
+            tm["sampling"] += time.perf_counter() - t6
+        if t == 0 and params.use_camera_compensation:
+            prev_kp = cam.detect(detector, pyr[0])
+        prev_pyr = pyr
+
+
+def extract_idt(
+    frames: Iterable[np.ndarray],
+    params: IDTParams = IDTParams(),
+    boxes: Sequence[np.ndarray] | Mapping[int, np.ndarray] | None = None,
+    *,
+    return_points: bool = False,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """All IDT rows of a video: ``(N, 436)`` float32 (``(0, 436)`` for a video shorter than L + 1 frames or with no
+    surviving trajectory), and with ``return_points`` also the points ``(N, L + 1, 2)`` float32 in input pixels.
+
+    Streams ``frames`` (see ``iter_idt``); only the rows are collected, so the t-pos column is filled from the number
+    of frames actually read.
+    """
+    counter = _Counter(frames)
+    blocks = list(iter_idt(counter, params, boxes, num_frames=None, return_points=True, timings=timings))
+    L = params.track_length
+    if blocks:
+        rows = np.concatenate([b[0] for b in blocks])
+        pts = np.concatenate([b[1] for b in blocks])
+    else:
+        rows = np.zeros((0, params.descriptor_dim), np.float32)
+        pts = np.zeros((0, L + 1, 2), np.float32)
+    if len(rows):
+        rows[:, 9] = np.clip((rows[:, 0] - L / 2) / max(counter.count, 1), 0.0, 0.999)
+    return (rows, pts) if return_points else rows
+
+
+class _Counter:
+    """Wraps an iterable and counts what it yields (the frame count is known only once the stream ends)."""
+
+    def __init__(self, frames: Iterable[np.ndarray]):
+        self._frames = frames
+        self.count = 0
+
+    def __iter__(self):
+        for f in self._frames:
+            self.count += 1
+            yield f

@@ -70,7 +70,7 @@ class CodebookParams:
     seed: int = 0
     sketch_dim: int = 2000
     sketch_seed: int = 0
-    chunk_rows: int = 16384
+    chunk_rows: int = 4096
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:

@@ -68,11 +68,12 @@ def _segment_sum(x: Any, labels: Any, k: int, xp: ModuleType) -> tuple[Any, Any]
     return sums, counts
 
 
-def kmeans_plusplus(x: Any, k: int, seed: int = 0) -> Any:
-    """k-means++ seeding (D^2 sampling, one candidate per step).
+def kmeans_plusplus(x: Any, k: int, seed: int = 0, n_local_trials: int | None = None) -> Any:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn): each step draws ``n_local_trials``
+    candidates by D^2 sampling and keeps the one that lowers the potential most.
 
     Args:
-        x: (N, d) float array with N >= k; seed: the random seed.
+        x: (N, d) float array with N >= k; seed: the random seed; n_local_trials: default 2 + int(ln k).
     Returns:
         (k, d) float32 initial centroids, rows of ``x``.
     """
@@ -80,12 +81,18 @@ def kmeans_plusplus(x: Any, k: int, seed: int = 0) -> Any:
     n = x.shape[0]
     if n < k:
         raise ValueError(f"x: {n} rows, need at least k={k} for k-means++")
+    trials = n_local_trials if n_local_trials is not None else 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
     x = xp.asarray(x, dtype=xp.float32)
     x2 = (x * x).sum(axis=1)  # (N,)
+
+    def sqdist(idx: np.ndarray) -> Any:  # (len(idx), N)
+        c = x[to_device(idx, xp)]
+        return xp.maximum(x2[None, :] - 2.0 * (c @ x.T) + x2[to_device(idx, xp)][:, None], 0.0)
+
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n)
-    d2 = xp.maximum(x2 - 2.0 * (x @ x[chosen[0]]) + x2[chosen[0]], 0.0)
+    d2 = sqdist(chosen[:1])[0]
     for j in range(1, k):
         p = to_numpy(d2).astype(np.float64)
         total = p.sum()
@@ -93,15 +100,18 @@ def kmeans_plusplus(x: Any, k: int, seed: int = 0) -> Any:
             rest = np.setdiff1d(np.arange(n), chosen[:j])
             chosen[j:] = rng.choice(rest, size=k - j, replace=False)
             break
-        chosen[j] = rng.choice(n, p=p / total)
-        d2 = xp.minimum(d2, xp.maximum(x2 - 2.0 * (x @ x[int(chosen[j])]) + x2[int(chosen[j])], 0.0))
+        cand = np.minimum(np.searchsorted(np.cumsum(p), rng.random(trials) * total), n - 1)
+        pots = xp.minimum(d2[None, :], sqdist(cand))  # (trials, N)
+        best = int(to_numpy(pots.sum(axis=1)).argmin())
+        chosen[j] = cand[best]
+        d2 = pots[best]
     return x[to_device(chosen, xp)].copy()
 
 
 def _init_centroids(x: Any, k: int, init: str, rng: np.random.Generator, xp: ModuleType) -> Any:
     n, d = x.shape
     if init == "auto":
-        init = "k-means++" if k * min(n, 8 * k) * d <= _KPP_AUTO_FLOPS else "random"
+        init = "k-means++" if k * min(n, max(8 * k, 4096)) * d * (2 + np.log(k)) <= _KPP_AUTO_FLOPS else "random"
     if init == "random":
         return x[to_device(np.sort(rng.choice(n, size=k, replace=False)), xp)].copy()
     sub = np.sort(rng.choice(n, size=min(n, max(8 * k, 4096)), replace=False))
@@ -124,7 +134,8 @@ def _lloyd(x: Any, k: int, iters: int, init: str, rng: np.random.Generator, chun
     return labels, cent
 
 
-def _kmeans_faiss(x: np.ndarray, k: int, runs: int, seed: int, iters: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans_faiss(x: np.ndarray, k: int, runs: int, seed: int, iters: int,
+                  init: str) -> tuple[np.ndarray, np.ndarray]:
     import faiss  # type: ignore[import-not-found]
 
     n, d = x.shape
@@ -135,7 +146,8 @@ def _kmeans_faiss(x: np.ndarray, k: int, runs: int, seed: int, iters: int) -> tu
         # max_points_per_centroid: use every row (faiss otherwise subsamples 256 rows per centroid)
         km = faiss.Kmeans(d, k, niter=iters, seed=int(seed) + 1000003 * r, max_points_per_centroid=max(n, 1),
                           verbose=False)
-        km.train(x)
+        # Same seeding as the NumPy path (faiss's own is random rows, which merges clusters more often).
+        km.train(x, init_centroids=_init_centroids(x, k, init, np.random.default_rng([int(seed), r]), np))
         _, idx = km.index.search(x, 1)
         labels[r] = idx[:, 0]
         cents[r] = km.centroids
@@ -163,9 +175,9 @@ def kmeans(
         backend: ``"faiss"`` (CPU faiss; needs the package), ``"numpy"``, ``"cupy"`` (needs a GPU) or ``"auto"``: the
             input's module if it is CuPy, else faiss when installed, else NumPy.
         memory_budget_bytes: cap on the distance block of the NumPy/CuPy Lloyd (not used by faiss).
-        init: ``"k-means++"`` (on a seeded subsample of max(8k, 4096) rows), ``"random"`` (k distinct rows, as faiss), or
-            ``"auto"``: k-means++ when its sequential cost is small (k * min(N, 8k) * d <= 2e10), else random.
-            faiss always uses its own random init.
+        init: ``"k-means++"`` (greedy, on a seeded subsample of max(8k, 4096) rows), ``"random"`` (k distinct rows, as
+            faiss does by default), or ``"auto"``: k-means++ when its sequential cost is small
+            (k * min(N, max(8k, 4096)) * d * (2 + ln k) <= 2e10 flops), else random. Used by every backend.
     Returns:
         labels (m, N) int64 in [0, k), and centroids (m, k, d) float32, on the module of the backend that ran.
     """
@@ -193,7 +205,7 @@ def kmeans(
         xh = to_numpy(x)
         if not np.isfinite(xh).all():
             raise ValueError(f"x: {int((~np.isfinite(xh)).any(axis=1).sum())} rows have non-finite values")
-        return _kmeans_faiss(xh, int(k), int(runs), int(seed), int(iters))
+        return _kmeans_faiss(xh, int(k), int(runs), int(seed), int(iters), init)
     if backend == "cupy":
         from idtprior.encoding.backend import _cupy, cupy_available
 

@@ -59,9 +59,10 @@ def count_sketch(x: Any, sketch: Any) -> Any:
         (d',) or (n, d') float32, d' = ``sketch.dim_out``, on the input's array module.
     """
     if not isinstance(sketch, CountSketch):
-        sketch = getattr(sketch, "sketch", None)
-        if not isinstance(sketch, CountSketch):
+        inner = getattr(sketch, "sketch", None)
+        if not isinstance(inner, CountSketch):
             raise TypeError(f"sketch: expected a CountSketch or a Codebook, got {type(sketch).__name__}")
+        sketch = inner
     xp = get_array_module(x)
     ndim = getattr(x, "ndim", None)
     if ndim not in (1, 2):

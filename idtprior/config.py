@@ -1,0 +1,205 @@
+"""Typed settings: one pydantic model per stage and a ``PipelineConfig`` holding them, loaded from YAML.
+
+Every model forbids unknown keys and bounds its numbers, so a typo or an out-of-range value fails at load time with the
+key path and the offending value in the message. Inside the package, stages take these models (or plain values).
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGES = ("ingest", "decode")
+"""The stages that exist, in pipeline order. Later stages join this tuple when they land."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the key and the value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def config_hash(self) -> str:
+        """A stable hash of this section's values: part of every cache key of the stage it configures."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class IngestConfig(_Section):
+    """Where the videos come from and how they are split into chunks."""
+
+    source: str | None = Field(None, description="folder of videos (recursive) or a list file; None: set on the CLI")
+    source_format: Literal["auto", "folder", "kinetics_csv", "ucf_split", "path_list"] = "auto"
+    video_root: str | None = Field(None, description="root that relative paths in a list file are resolved against")
+    extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+    labels_file: str | None = Field(None, description="optional CSV with columns video_id,label[,split]")
+    num_chunks: int = Field(64, ge=1, le=1_000_000, description="videos go to chunk sha1(id) mod num_chunks; fixed so "
+                            "adding a video touches one chunk")
+
+
+class DecodeConfig(_Section):
+    """Frames kept for training."""
+
+    short_side: int = Field(128, ge=16, le=4096)
+    time_chunk: int = Field(16, ge=1, le=1024, description="frames per Zarr chunk along time")
+    max_frames: int | None = Field(None, ge=1, description="keep at most this many frames per video (None: all)")
+
+
+class IDTConfig(_Section):
+    """Improved Dense Trajectories (defaults of the reference release)."""
+
+    scale_num: int = Field(8, ge=1, le=16)
+    scale_stride: float = Field(math.sqrt(2), gt=1.0, le=4.0)
+    init_gap: int = Field(1, ge=1)
+    track_length: int = Field(15, ge=2, le=100)
+    min_distance: int = Field(5, ge=1, le=64)
+    quality: float = Field(0.001, gt=0, lt=1)
+    patch_size: int = Field(32, ge=4, le=256)
+    nxy_cell: int = Field(2, ge=1, le=8)
+    nt_cell: int = Field(3, ge=1, le=15)
+    max_side: int | None = Field(None, ge=32, description="resize larger frames to this longer side (None: native)")
+    sample_videos: int = Field(3500, ge=1, description="S: videos in the codebook sample")
+    sample_rows: int = Field(500, ge=1, description="R: descriptors kept per sampled video")
+    float16: bool = False
+    seed: int = 0
+
+
+class CodebookConfig(_Section):
+    """PCA + diagonal GMM fitted on the IDT sample, and the count sketch."""
+
+    pca_mode: Literal["concat", "per_type"] = "concat"
+    pca_variance: float = Field(0.9, gt=0, le=1)
+    gmm_components: int = Field(256, ge=1, le=65536)
+    gmm_iters: int = Field(100, ge=1, le=10000)
+    sketch_dim: int = Field(2000, ge=1)
+    seed: int = 0
+
+
+class ClusterConfig(_Section):
+    """K-means on the sketches."""
+
+    k: int = Field(6000, ge=2)
+    runs: int = Field(3, ge=1, le=100)
+    iters: int = Field(20, ge=1, le=10000)
+    seed: int = 0
+
+
+class PretrainConfig(_Section):
+    """3D ResNet pretraining (IR warm-up, LA with the IDT prior, joint tuning)."""
+
+    arch: Literal["resnet18", "resnet34"] = "resnet18"
+    width: float = Field(1.0, gt=0, le=4)
+    embed_dim: int = Field(128, ge=2)
+    clip_length: int = Field(16, ge=1)
+    crop_size: int = Field(112, ge=8)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(200, ge=1)
+    lr_milestones: tuple[int, ...] = (160, 190)
+    ir_epochs: int = Field(40, ge=0, description="Instance Recognition warm-up")
+    joint_epochs: int = Field(5, ge=0)
+    tau: float = Field(0.07, gt=0)
+    negatives: int = Field(4096, ge=1)
+    bank_momentum: float = Field(0.5, ge=0, lt=1)
+    seed: int = 0
+
+
+class DaskConfig(_Section):
+    """Where per-video work inside a chunk runs."""
+
+    address: str | None = Field(None, description="existing scheduler, e.g. tcp://host:8786; None: a LocalCluster")
+    n_workers: int = Field(2, ge=0, le=4096, description="LocalCluster workers; 0: run in the flow process")
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    processes: bool = True
+
+
+class DemoDataConfig(_Section):
+    """The synthetic motion benchmark (embedded demo data)."""
+
+    videos_per_class: int = Field(40, ge=1, le=100000)
+    frames: int = Field(64, ge=2, le=100000)
+    width: int = Field(160, ge=16, le=4096)
+    height: int = Field(120, ge=16, le=4096)
+    fps: int = Field(25, ge=1, le=240)
+    camera_motion_fraction: float = Field(0.3, ge=0, le=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+
+
+class PipelineConfig(_Section):
+    """Everything a pipeline run needs. ``workspace`` may be a local path or an fsspec URL."""
+
+    workspace: str = "workspace"
+    stages: tuple[str, ...] = STAGES
+    ingest: IngestConfig = IngestConfig()
+    decode: DecodeConfig = DecodeConfig()
+    idt: IDTConfig = IDTConfig()
+    codebook: CodebookConfig = CodebookConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    dask: DaskConfig = DaskConfig()
+    demo: DemoDataConfig = DemoDataConfig()
+
+    @model_validator(mode="after")
+    def _known_stages(self):
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+        return self
+
+    def with_updates(self, **sections) -> "PipelineConfig":
+        """A copy with some values replaced, validated: ``cfg.with_updates(decode={"short_side": 64})``."""
+        data = self.model_dump()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return parse_config(data, origin="updates")
+
+
+def parse_config(data: dict, origin: str = "config") -> PipelineConfig:
+    """Validate a mapping into a ``PipelineConfig``; errors name the key path and the offending value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping, got {type(data).__name__}: {data!r}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            value = err.get("input")
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key '{key}' (value {value!r})")
+            else:
+                lines.append(f"key '{key}': {err['msg']} (value {value!r})")
+        raise ConfigError(f"{origin}: " + "; ".join(lines)) from e
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load a YAML config file into a ``PipelineConfig``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e}") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from e
+    return parse_config(data, origin=f"config {path}")
+
+
+def bundled_config(name: str) -> Path:
+    """Path of a config shipped with the package: ``bundled_config("demo")``."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no bundled config named {name!r} (looked for {path})")
+    return path

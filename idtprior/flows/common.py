@@ -1,0 +1,146 @@
+"""Flow-level plumbing shared by the stage flows: the Dask cluster, chunk submission with progress, the manifest
+rebuild, and the failure artifacts (artifacts are made at flow level: a cached task does not re-create its own)."""
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from tqdm import tqdm
+
+from idtprior.config import STAGES, DaskConfig
+from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
+                              write_manifest)
+from idtprior.tasks.common import close_clients, needs_refresh, task_options
+
+
+@contextmanager
+def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | None]:
+    """Yield a scheduler address: the one given, the config's, a new LocalCluster's, or None (in-process)."""
+    address = address or cfg.address
+    if address:
+        yield address
+        return
+    if cfg.n_workers == 0:
+        yield None
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
+                      dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+        try:
+            yield cluster.scheduler_address
+        finally:
+            close_clients()
+
+
+def chunk_suffix(num_chunks: int) -> str:
+    return f"-of-{num_chunks:04d}"
+
+
+def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True) -> dict[str, ChunkRecord]:
+    """Submit one task run per chunk (``plans``: chunk -> task kwargs), wait, and return the records.
+
+    Every chunk runs to its end even when another fails; then the first failure is raised, so a rerun finds the
+    finished chunks committed and redoes only the rest.
+    """
+    logger = get_run_logger()
+    configured = task.with_options(**task_options(ws))
+    refreshing = configured.with_options(refresh_cache=True)
+    futures = {}
+    for chunk, kwargs in sorted(plans.items()):
+        runner = refreshing if needs_refresh(ws, stage, chunk, kwargs["fingerprint"]) else configured
+        futures[runner.submit(workspace=ws.url, stage=stage, chunk=chunk, **kwargs)] = chunk
+    records: dict[str, ChunkRecord] = {}
+    errors: list[tuple[str, BaseException]] = []
+    with tqdm(total=len(futures), desc=f"{stage} chunks", unit="chunk", disable=not progress) as bar:
+        for fut in as_completed(list(futures)):
+            chunk = futures[fut]
+            try:
+                records[chunk] = fut.result()
+            except Exception as e:  # noqa: BLE001 - collected, raised after the other chunks finish
+                errors.append((chunk, e))
+                logger.error(f"{stage} {chunk} failed: {e}")
+            bar.update(1)
+    if errors:
+        chunk, exc = errors[0]
+        raise RuntimeError(f"{stage}: {len(errors)} of {len(futures)} chunks failed; first: {chunk}: {exc}") from exc
+    return records
+
+
+def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int) -> None:
+    """Remove records (and data) of chunks of the current chunking that no longer hold any video."""
+    suffix = chunk_suffix(num_chunks)
+    for chunk in ws.records(stage):
+        if chunk.endswith(suffix) and chunk not in keep:
+            ws.fs.rm(ws.record_path(stage, chunk))
+            ws.remove_stale_versions(stage, chunk, keep=None)
+
+
+def rebuild_manifest(ws: Workspace, num_chunks: int) -> list[ManifestRow]:
+    """The manifest from the records: ingest's probe facts, duplicates by fingerprint, then the first failure of any
+    later stage. Written atomically; returns the rows."""
+    suffix = chunk_suffix(num_chunks)
+    rows: dict[str, ManifestRow] = {}
+    for chunk, rec in ws.records("ingest").items():
+        if not chunk.endswith(suffix):
+            continue
+        for vid, info in rec.videos.items():
+            row = ManifestRow(video_id=vid, path=info.get("path", ""), label=info.get("label", ""),
+                              split=info.get("split", ""), chunk=chunk, status=info["status"])
+            if row.status == STATUS_OK:
+                for key in ("fingerprint", "duration", "fps", "frame_count", "width", "height", "codec"):
+                    setattr(row, key, info[key])
+            else:
+                row.error = f"ingest: {info.get('error', '')}"
+            rows[vid] = row
+    first_by_content: dict[str, str] = {}
+    for vid in sorted(rows):
+        row = rows[vid]
+        if row.status != STATUS_OK:
+            continue
+        if row.fingerprint in first_by_content:
+            row.status, row.duplicate_of = STATUS_DUPLICATE, first_by_content[row.fingerprint]
+            row.error = f"ingest: same content as {row.duplicate_of}"
+        else:
+            first_by_content[row.fingerprint] = vid
+    for stage in STAGES[1:]:
+        for chunk, rec in ws.records(stage).items():
+            if not chunk.endswith(suffix):
+                continue
+            for vid, info in rec.videos.items():
+                row = rows.get(vid)
+                if row is not None and row.status == STATUS_OK and info.get("status") == STATUS_FAILED:
+                    row.status, row.error = STATUS_FAILED, f"{stage}: {info.get('error', '')}"
+    out = sorted(rows.values(), key=lambda r: r.video_id)
+    write_manifest(ws, out)
+    return out
+
+
+def report_stage(stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None) -> dict:
+    """Make the stage's artifacts (a summary and a table of per-video failures) and return the counts."""
+    ok = sum(r.n_ok for r in records.values())
+    failed = {vid: info.get("error", "") for r in records.values() for vid, info in r.videos.items()
+              if info.get("status") == STATUS_FAILED}
+    counts = {"stage": stage, "chunks": len(records), "videos_ok": ok, "videos_failed": len(failed)}
+    table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + (extra or [])
+    key = f"{stage.replace('_', '-')}"
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=f"## {stage}\n\n| chunks | videos ok | videos failed |\n|---|---|---|\n"
+                 f"| {len(records)} | {ok} | {len(failed)} |\n",
+        description=f"{stage}: {ok} ok, {len(failed)} failed")
+    if table:
+        create_table_artifact(key=f"{key}-failures", table=table, description=f"{stage}: videos that failed")
+    get_run_logger().info(f"{stage}: {len(records)} chunks, {ok} videos ok, {len(failed)} failed")
+    return counts
+
+
+def group_by_chunk(items: dict[str, object], chunk_of_video: dict[str, str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = defaultdict(dict)
+    for vid, value in items.items():
+        out[chunk_of_video[vid]][vid] = value
+    return dict(out)

@@ -1,0 +1,67 @@
+"""Content fingerprints, stable chunk keys and safe video ids."""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+MIB = 1 << 20
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_ID_LENGTH = 160
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """``"<size>-<sha256 of the first and last MiB>"``: cheap, and changes when a file is replaced or re-encoded."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(MIB))
+        if size > 2 * MIB:
+            f.seek(size - MIB)
+            h.update(f.read(MIB))
+        elif size > MIB:
+            h.update(f.read())
+    return f"{size}-{h.hexdigest()[:24]}"
+
+
+def stat_fingerprint(path: str | Path) -> str:
+    """``"<size>-<mtime_ns>"``, or ``"missing"``: what ingest keys its cache on, without reading the file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def hash_json(obj) -> str:
+    """A stable short hash of a JSON-serialisable value (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def chunk_of(video_id: str, num_chunks: int) -> str:
+    """The chunk a video belongs to: ``sha1(id) mod num_chunks``, named ``"0012-of-0064"``.
+
+    Keyed by the id, not by list position, so adding or removing a video changes exactly one chunk.
+    """
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be at least 1, got {num_chunks}")
+    bucket = int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16) % num_chunks
+    return f"{bucket:04d}-of-{num_chunks:04d}"
+
+
+def sanitize_id(raw: str) -> str:
+    """A video id that is safe as a single path component and as a Zarr node name.
+
+    Path separators become ``__``, any other character outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots are
+    dropped (no ``..``, no hidden names), and over-long ids are cut and suffixed with a hash so they stay unique.
+    """
+    parts = [p for p in re.split(r"[\\/]+", raw) if p not in ("", ".", "..")]
+    text = "__".join(_SAFE.sub("_", p) for p in parts).lstrip(".")
+    if not text:
+        text = "video_" + hashlib.sha1(raw.encode()).hexdigest()[:10]
+    if len(text) > MAX_ID_LENGTH:
+        text = text[: MAX_ID_LENGTH - 11] + "_" + hashlib.sha1(raw.encode()).hexdigest()[:10]
+    return text

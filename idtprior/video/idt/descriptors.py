@@ -67,7 +67,7 @@ def cell_histograms(integral: np.ndarray, points: np.ndarray, patch_size: int, n
     """Sums of the vote channels over the ``nxy_cell x nxy_cell`` cells of the patch around each point.
 
     ``points`` (n, 2) float (x, y) at this scale; the patch (``patch_size`` square, centred on the rounded point) is
-    shifted to stay inside the frame. Returns (n, nxy_cell * nxy_cell, C) float32, cells in row-major (y, then x) order.
+    shifted to stay inside the frame. Returns (n, nxy_cell * nxy_cell, C) float32, cells in column-major order (x outer, y inner) as the reference.
     """
     H1, W1, _ = integral.shape
     h, w = H1 - 1, W1 - 1
@@ -78,7 +78,9 @@ def cell_histograms(integral: np.ndarray, points: np.ndarray, patch_size: int, n
     xs = np.minimum(x0[:, None] + steps, w)  # (n, nxy+1)
     ys = np.minimum(y0[:, None] + steps, h)
     c = integral[ys[:, :, None], xs[:, None, :]]  # (n, nxy+1, nxy+1, C)
-    sums = c[:, 1:, 1:] - c[:, :-1, 1:] - c[:, 1:, :-1] + c[:, :-1, :-1]  # (n, nxy, nxy, C)
+    sums = c[:, 1:, 1:] - c[:, :-1, 1:] - c[:, 1:, :-1] + c[:, :-1, :-1]  # (n, nxy_y, nxy_x, C)
+    # the reference lists cells column by column (x outer, y inner): matching it lifts HOG cosine from 0.90 to 1.00
+    sums = sums.transpose(0, 2, 1, 3)
     return sums.reshape(len(points), nxy_cell * nxy_cell, -1).astype(np.float32)
 
 

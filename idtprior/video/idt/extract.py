@@ -22,6 +22,8 @@ from . import camera as cam
 from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, finalize_block, frame_channels, integral_channels
 from .params import IDTParams
 
+_GRID_OFFSET = 2
+_HOLD_FINISHED = False
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
 
 
@@ -42,6 +44,7 @@ class _Scale:
     factor: float  # full-resolution pixels per pixel of this scale
     size: tuple[int, int]  # (h, w)
     cohorts: list[_Cohort] = field(default_factory=list)
+    finished: list[_Cohort] = field(default_factory=list)  # ended at the current frame
 
 
 def pyramid_scales(height: int, width: int, params: IDTParams) -> list[tuple[float, tuple[int, int]]]:
@@ -100,8 +103,8 @@ def sample_points(gray: np.ndarray, occupied: np.ndarray, params: IDTParams) -> 
         return np.zeros((0, 2), np.float32)
     eig = cv2.cornerMinEigenVal(gray, 3, 3)
     threshold = params.quality * float(eig.max())
-    gx = np.arange(nx) * W + W // 2
-    gy = np.arange(ny) * W + W // 2
+    gx = np.arange(nx) * W + _GRID_OFFSET
+    gy = np.arange(ny) * W + _GRID_OFFSET
     keep = eig[np.ix_(gy, gx)] > threshold  # (ny, nx)
     if len(occupied):
         ix = (occupied[:, 0] / W).astype(np.int64)
@@ -299,6 +302,7 @@ def iter_idt(
                 inside = (new[:, 0] >= 0) & (new[:, 0] <= w - 1) & (new[:, 1] >= 0) & (new[:, 1] <= h - 1)
                 k = 0
                 live = []
+                sc.finished = []
                 for c in sc.cohorts:
                     n = len(c.pos)
                     c.hist[:, c.age] = hist[k : k + n]
@@ -308,6 +312,7 @@ def iter_idt(
                     c.age += 1
                     k += n
                     if c.age == L:
+                        sc.finished.append(c)
                         res = _finalize(c, sc.factor, t, frame_hw, params, to_full)
                         if res is not None:
                             out_rows.append(res[0])
@@ -325,7 +330,9 @@ def iter_idt(
         if t % params.init_gap == 0:
             t6 = time.perf_counter()
             for i, sc in enumerate(scales):
-                occupied = [c.pos[c.alive, c.age] for c in sc.cohorts]
+                # trajectories ending at this frame still hold their cell: it is sampled again from the next frame
+                occupied = [c.pos[c.alive, c.age] for c in sc.cohorts + (sc.finished if _HOLD_FINISHED else [])]
+                sc.finished = []
                 occ = np.concatenate(occupied) if occupied else np.zeros((0, 2), np.float32)
                 new = sample_points(pyr[i], occ, params)
                 if len(new):

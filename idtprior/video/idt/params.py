@@ -33,7 +33,7 @@ class IDTParams:
     flow_poly_n: int = 7
     flow_poly_sigma: float = 1.5
     # HOF: flow magnitudes below this go to the zero-motion bin (pixels per frame at that scale)
-    hof_zero_threshold: float = 1.0
+    hof_zero_threshold: float = 0.5
     # pruning of trajectories
     min_var: float = math.sqrt(3)  # static: max(std x, std y) of the points must exceed this (pixels at that scale)
     max_var: float = 50.0  # and stay below this (tracking gone wild)

@@ -138,6 +138,7 @@ class PipelineConfig(_Section):
 
     workspace: str = "workspace"
     stages: tuple[str, ...] = STAGES
+    chunk_concurrency: int = Field(4, ge=1, le=1024, description="chunk task runs in flight at once")
     ingest: IngestConfig = IngestConfig()
     decode: DecodeConfig = DecodeConfig()
     idt: IDTConfig = IDTConfig()

@@ -41,8 +41,10 @@ def chunk_suffix(num_chunks: int) -> str:
     return f"-of-{num_chunks:04d}"
 
 
-def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True) -> dict[str, ChunkRecord]:
-    """Submit one task run per chunk (``plans``: chunk -> task kwargs), wait, and return the records.
+def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
+               concurrency: int = 4) -> dict[str, ChunkRecord]:
+    """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
+    the records.
 
     Every chunk runs to its end even when another fails; then the first failure is raised, so a rerun finds the
     finished chunks committed and redoes only the rest.
@@ -50,15 +52,18 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     logger = get_run_logger()
     configured = task.with_options(**task_options(ws))
     refreshing = configured.with_options(refresh_cache=True)
-    futures = {}
-    for chunk, kwargs in sorted(plans.items()):
-        runner = refreshing if needs_refresh(ws, stage, chunk, kwargs["fingerprint"]) else configured
-        futures[runner.submit(workspace=ws.url, stage=stage, chunk=chunk, **kwargs)] = chunk
+    pending = sorted(plans.items())
+    in_flight: dict = {}
     records: dict[str, ChunkRecord] = {}
     errors: list[tuple[str, BaseException]] = []
-    with tqdm(total=len(futures), desc=f"{stage} chunks", unit="chunk", disable=not progress) as bar:
-        for fut in as_completed(list(futures)):
-            chunk = futures[fut]
+    with tqdm(total=len(pending), desc=f"{stage} chunks", unit="chunk", disable=not progress) as bar:
+        while pending or in_flight:
+            while pending and len(in_flight) < concurrency:
+                chunk, kwargs = pending.pop(0)
+                runner = refreshing if needs_refresh(ws, stage, chunk, kwargs["fingerprint"]) else configured
+                in_flight[runner.submit(workspace=ws.url, stage=stage, chunk=chunk, **kwargs)] = chunk
+            fut = next(as_completed(list(in_flight)))
+            chunk = in_flight.pop(fut)
             try:
                 records[chunk] = fut.result()
             except Exception as e:  # noqa: BLE001 - collected, raised after the other chunks finish
@@ -67,7 +72,7 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
             bar.update(1)
     if errors:
         chunk, exc = errors[0]
-        raise RuntimeError(f"{stage}: {len(errors)} of {len(futures)} chunks failed; first: {chunk}: {exc}") from exc
+        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {exc}") from exc
     return records
 
 

@@ -38,7 +38,7 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
         plans[chunk] = {"fingerprint": fp, "videos": videos, "config": cfg}
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(ingest_tasks.ingest_chunk, ws, "ingest", {
-            c: {**p, "dask_address": address} for c, p in plans.items()}, progress)
+            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
     drop_stale_records(ws, "ingest", set(plans), cfg.num_chunks)
     rows = rebuild_manifest(ws, cfg.num_chunks)
     duplicates = [{"video_id": r.video_id, "error": r.error} for r in rows if r.duplicate_of]
@@ -63,7 +63,7 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
         plans[chunk] = {"fingerprint": fp, "videos": vids, "config": cfg}
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(decode_tasks.decode_chunk, ws, "decode", {
-            c: {**p, "dask_address": address} for c, p in plans.items()}, progress)
+            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
     drop_stale_records(ws, "decode", set(plans), config.ingest.num_chunks)
     rebuild_manifest(ws, config.ingest.num_chunks)
     return report_stage("decode", records)

@@ -1,0 +1,185 @@
+"""The ``idtprior`` command line."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _prefect_defaults() -> None:
+    # A temporary Prefect server starts slowly on small machines; telemetry cannot leave a closed network.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def cmd_make_demo_data(args) -> int:
+    from idtprior.datasets.synthetic import make_demo_data
+
+    videos = make_demo_data(args.out, videos_per_class=args.videos_per_class, frames=args.frames, width=args.width,
+                            height=args.height, seed=args.seed, progress=True)
+    print(f"wrote {len(videos)} videos, labels.csv and UCF101-style splits to {args.out}")
+    return 0
+
+
+def _load(config: str, workspace: str | None, source: str | None):
+    from idtprior.config import load_config
+
+    cfg = load_config(config)
+    updates = {}
+    if workspace:
+        updates["workspace"] = workspace
+    if source:
+        updates["ingest"] = {"source": source, "source_format": "auto", "video_root": None}
+    return cfg.with_updates(**updates) if updates else cfg
+
+
+def cmd_run(args) -> int:
+    from idtprior.flows.pipeline import pretrain_pipeline
+
+    cfg = _load(args.config, args.workspace, args.source)
+    result = pretrain_pipeline(cfg, stages=_split(args.stages), from_stage=args.from_stage,
+                               dask_address=args.dask_address)
+    _print_counts(result)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from idtprior.config import bundled_config, load_config
+    from idtprior.datasets.synthetic import make_demo_data
+    from idtprior.flows.pipeline import pretrain_pipeline
+
+    cfg = load_config(args.config or bundled_config("demo"))
+    data = Path(args.data)
+    d = cfg.demo
+    if not (data / "labels.csv").exists():
+        make_demo_data(data, videos_per_class=d.videos_per_class, frames=d.frames, width=d.width, height=d.height,
+                       fps=d.fps, camera_motion_fraction=d.camera_motion_fraction, test_fraction=d.test_fraction,
+                       seed=d.seed, progress=True)
+    else:
+        print(f"demo data already in {data} (delete it to render again)")
+    cfg = cfg.with_updates(workspace=str(Path(args.workspace).resolve()), ingest={
+        "source": str((data / "splits" / "trainlist01.txt").resolve()), "video_root": str((data / "videos").resolve()),
+        "source_format": "ucf_split", "labels_file": None})
+    result = pretrain_pipeline(cfg, stages=_split(args.stages), dask_address=args.dask_address)
+    _print_counts(result)
+    print(f"workspace: {cfg.workspace}  (inspect with: idtprior status {cfg.workspace})")
+    return 0
+
+
+def _print_counts(result: dict) -> None:
+    for stage, counts in result.items():
+        extra = "".join(f", {k} {v}" for k, v in counts.items() if k not in ("stage", "chunks", "videos_ok",
+                                                                             "videos_failed"))
+        print(f"{stage:>10}: {counts['chunks']} chunks, {counts['videos_ok']} videos ok, "
+              f"{counts['videos_failed']} failed{extra}")
+
+
+def cmd_status(args) -> int:
+    from idtprior.config import STAGES
+    from idtprior.storage import Workspace, read_manifest
+    from idtprior.storage.status import workspace_status
+
+    ws = Workspace(args.workspace)
+    manifest = read_manifest(ws)
+    if not manifest:
+        print(f"{ws.url}: no manifest yet (run the ingest stage)")
+        return 1
+    by_status: dict[str, int] = {}
+    for row in manifest:
+        by_status[row.status] = by_status.get(row.status, 0) + 1
+    print(f"workspace {ws.url}: {len(manifest)} videos in the manifest ("
+          + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) + ")")
+    for st in workspace_status(ws, STAGES):
+        print(f"  {st.stage:<10} chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
+              f"failed {st.videos_failed}")
+        for vid, err in sorted(st.errors.items())[: args.max_errors]:
+            print(f"      {vid}: {err}")
+        if len(st.errors) > args.max_errors:
+            print(f"      ... {len(st.errors) - args.max_errors} more")
+    dups = [r for r in manifest if r.duplicate_of]
+    for r in dups[: args.max_errors]:
+        print(f"  duplicate: {r.video_id} has the same content as {r.duplicate_of}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from idtprior.inspect import inspect_stage
+
+    for path in inspect_stage(args.workspace, args.stage, args.video, args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idtprior", description="Video representations from dense trajectory "
+                                     "clustering, as a Prefect pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="render the synthetic motion benchmark and run the pipeline on it")
+    p.add_argument("--workspace", default="demo-workspace")
+    p.add_argument("--data", default="demo-data", help="where the demo videos are rendered (reused if present)")
+    p.add_argument("--config", default=None, help="a config to use instead of the bundled configs/demo.yaml")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: the config's)")
+    p.add_argument("--dask-address", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run the pipeline (or some stages) from a config")
+    p.add_argument("config")
+    p.add_argument("--stages", default=None, help="comma-separated stages, e.g. ingest,decode")
+    p.add_argument("--from", dest="from_stage", default=None, help="run this stage and every later one")
+    p.add_argument("--workspace", default=None, help="override the config's workspace")
+    p.add_argument("--source", default=None, help="override ingest.source (folder or list file)")
+    p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="per stage: chunks done, videos ok/failed, with the errors")
+    p.add_argument("workspace")
+    p.add_argument("--max-errors", type=int, default=20)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("make-demo-data", help="render the synthetic motion benchmark")
+    p.add_argument("out")
+    p.add_argument("--videos-per-class", type=int, default=40)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_demo_data)
+
+    p = sub.add_parser("inspect", help="render a stage's output for one video to files")
+    p.add_argument("workspace")
+    p.add_argument("stage")
+    p.add_argument("video")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: WORKSPACE/artifacts/inspect)")
+    p.set_defaults(func=cmd_inspect)
+
+    try:
+        from idtprior.video.idt.cli import add_idt_arguments, run_idt
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("idt", help="Improved Dense Trajectories of one video (a drop-in for DenseTrackStab)")
+        add_idt_arguments(p)
+        p.set_defaults(func=run_idt)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _prefect_defaults()
+    args = build_parser().parse_args(argv)
+    from idtprior.config import ConfigError
+    from idtprior.datasets.lists import ListFormatError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ListFormatError, FileNotFoundError, KeyError) as e:
+        print(f"idtprior {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Shared fixtures: real videos written with PyAV, and a real Prefect engine (temporary server) for flow tests."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SHARED_DATA = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" /
+                                  "data")).resolve()
+
+
+def moving_square_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """(n, h, w, 3) uint8: a textured background with a bright square moving right 2 px a frame."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    frames = np.repeat(bg[None], n, axis=0)
+    for t in range(n):
+        x = (4 + 2 * t) % (w - 12)
+        frames[t, 10:22, x:x + 12] = (250, 30, 30)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def prefect_engine(tmp_path_factory):
+    """A real Prefect engine against a temporary server, results in a temporary folder."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tmp_path_factory.mktemp("prefect-results")
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results), PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
+            yield
+
+
+@pytest.fixture
+def write_video(tmp_path):
+    """Write frames to a real video file: ``write_video(name, frames, codec=..., fps=...) -> Path``."""
+    from idtprior.video.io import write_video as _write
+
+    def make(name: str, frames, codec: str = "libx264", fps: float = 25.0, options=None) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, frames, fps=fps, codec=codec, options=options)
+        return path
+
+    return make

@@ -1,0 +1,45 @@
+import pytest
+
+from idtprior.config import ConfigError, PipelineConfig, bundled_config, load_config, parse_config
+
+
+def test_bundled_configs_carry_the_paper_settings():
+    k400 = load_config(bundled_config("kinetics400"))
+    assert (k400.idt.sample_videos, k400.idt.sample_rows) == (3500, 500)
+    assert (k400.codebook.gmm_components, k400.codebook.sketch_dim) == (256, 2000)
+    assert (k400.cluster.k, k400.cluster.runs) == (6000, 3)
+    p = k400.pretrain
+    assert (p.clip_length, p.crop_size, p.batch_size, p.lr, p.epochs, p.ir_epochs, p.tau, p.negatives) == (
+        16, 112, 256, 0.03, 200, 40, 0.07, 4096)
+    assert (k400.idt.track_length, k400.idt.min_distance, k400.idt.scale_num) == (15, 5, 8)
+    demo = load_config(bundled_config("demo"))
+    assert demo.demo.videos_per_class * 6 >= 200
+
+
+def test_unknown_key_is_named_with_its_value():
+    with pytest.raises(ConfigError, match=r"unknown key 'decode.shortside'.*160"):
+        parse_config({"decode": {"shortside": 160}})
+
+
+def test_out_of_range_value_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("cluster:\n  k: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*cluster.k.*value 1"):
+        load_config(path)
+
+
+def test_unknown_stage_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nosuchstage"):
+        parse_config({"stages": ["ingest", "nosuchstage"]})
+    path = tmp_path / "broken.yaml"
+    path.write_text("decode: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_config_hash_follows_values_only():
+    a = PipelineConfig()
+    b = a.with_updates(decode={"short_side": 96})
+    assert a.decode.config_hash() != b.decode.config_hash()
+    assert a.ingest.config_hash() == b.ingest.config_hash()
+    assert PipelineConfig().decode.config_hash() == a.decode.config_hash()

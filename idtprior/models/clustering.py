@@ -1,7 +1,7 @@
 """Cluster labels for Local Aggregation, and a kNN monitor of the memory bank.
 
-``kmeans`` uses ``idtprior.encoding.kmeans`` when that exists (the pipeline's K-means, GPU-capable) and otherwise a
-small seeded Lloyd in torch. ``cluster_bank`` and ``cluster_joint`` are the per-epoch cluster sources ``bank`` (plain
+``kmeans`` uses ``idtprior.encoding.kmeans`` (the pipeline's K-means) for CPU tensors and a small seeded Lloyd in
+torch for CUDA tensors (and when the encoding package is missing). ``cluster_bank`` and ``cluster_joint`` are the per-epoch cluster sources ``bank`` (plain
 Video LA) and ``joint`` (K-means on the concatenation of the bank and the IDT sketch: the paper's final tuning step).
 """
 
@@ -62,15 +62,20 @@ def lloyd_kmeans(
 
 
 def kmeans(x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 20) -> torch.Tensor:
-    """Labels ``(runs, N)`` int64 on ``x``'s device: ``idtprior.encoding.kmeans`` when importable, else :func:`lloyd_kmeans`."""
-    try:
-        from idtprior.encoding import kmeans as pipeline_kmeans  # type: ignore[attr-defined]
-    except ImportError:
-        pipeline_kmeans = None
-    if pipeline_kmeans is not None and callable(pipeline_kmeans):
-        labels, _ = pipeline_kmeans(x.detach().cpu().numpy().astype(np.float32), k, runs=runs, seed=seed, iters=iters)
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=x.device)
-        return labels.reshape(runs, x.shape[0])
+    """Labels ``(runs, N)`` int64 on ``x``'s device.
+
+    CUDA tensors stay on the GPU with :func:`lloyd_kmeans` (a per-epoch K=6000 clustering of the bank would take
+    minutes on the host); CPU tensors go to ``idtprior.encoding.kmeans`` (faiss when installed) when importable,
+    else to :func:`lloyd_kmeans`.
+    """
+    if not x.is_cuda:
+        try:
+            from idtprior.encoding import kmeans as pipeline_kmeans
+        except ImportError:  # the encoding package is optional for the model cores
+            pipeline_kmeans = None
+        if pipeline_kmeans is not None:
+            labels, _ = pipeline_kmeans(x.detach().float().numpy(), k, runs=runs, seed=seed, iters=iters)
+            return torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(runs, x.shape[0])
     return lloyd_kmeans(x, k, runs=runs, seed=seed, iters=iters)[0]
 
 

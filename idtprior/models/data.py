@@ -131,7 +131,8 @@ def transform_clip(
 
     Training (``rng`` given): a square crop of side ``scale * min(H, W)`` (scale drawn from ``scales``) at a random
     position, resized to ``crop_size``; grayscale with probability ``grayscale_p``; brightness, contrast, saturation and
-    hue jitter of strength ``jitter`` (factors in [1-j, 1+j], hue in [-j, j] turns... capped at 0.5) in that order;
+    hue jitter of strength ``j = jitter`` (factors in [1-j, 1+j], hue shift in [-j, j] turns, j capped at 0.5 for
+    hue) in that order;
     horizontal flip with probability 0.5. Evaluation (``rng=None``): the centre square, resized, nothing else.
     """
     t, h, w, _ = frames.shape

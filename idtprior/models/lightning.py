@@ -90,6 +90,16 @@ class PretrainParams:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
 
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
 def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -118,7 +128,7 @@ class PretrainModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.params = params
-        self.save_hyperparameters({**dataclasses.asdict(params), "n_videos": n_videos})
+        self.hparams.update({**dataclasses.asdict(params), "n_videos": n_videos})  # logged and checkpointed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)  # the same initial weights for the same seed, global RNG untouched
             self.encoder = ResNet3d(params.arch, params.embed_dim, params.width)
@@ -155,6 +165,11 @@ class PretrainModule(pl.LightningModule):
         if params.n_clusters > n:
             raise ValueError(f"n_clusters {params.n_clusters} exceeds the {n} videos")
         return torch.zeros(params.kmeans_runs, n, dtype=torch.long)  # filled at every epoch start
+
+    def setup(self, stage: str) -> None:
+        # each DDP rank draws its own NCE noise; rank 0 keeps the single-device stream (checkpoints restore it after)
+        if self.trainer is not None and self.trainer.global_rank > 0:
+            self.noise_generator.manual_seed(self.params.seed + 1_000_003 * self.trainer.global_rank)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, 3, T, H, W) -> (B, embed_dim)``."""
@@ -239,7 +254,8 @@ class PretrainModule(pl.LightningModule):
         checkpoint["idtprior_rng"] = {
             "noise": self.noise_generator.get_state(),
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            # plain tensors and ints only: Lightning loads checkpoints with torch.load(weights_only=True)
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -250,7 +266,7 @@ class PretrainModule(pl.LightningModule):
             return
         self.noise_generator.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
         random.setstate(rng["python"])
         if rng["cuda"] is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -338,7 +354,7 @@ class TrainResult:
     encoder: Path
     bank: Path
     embeddings: Path | None
-    metrics_csv: Path
+    metrics_csv: Path  # the log of this (re)start; earlier starts are in sibling version_<k> folders
     epochs_completed: int
     metrics: dict[str, float]  # last logged values: loss_epoch, lr, knn_acc (when labels were given)
 
@@ -361,7 +377,8 @@ def train(
     Args:
         params: hyper-parameters.
         source: training videos as a clip source (N = ``len(source)``).
-        out_dir: run folder: ``checkpoints/last.ckpt`` (every epoch), ``csv/metrics.csv``, exports.
+        out_dir: run folder: ``checkpoints/last.ckpt`` (every epoch), ``csv/version_<k>/metrics.csv`` (one per
+            start or resume), ``encoder.pt``, ``bank.npy``, ``embeddings.npy``.
         labels_for_eval: ``(N,)`` labels for the kNN monitor, or None.
         init_from: a checkpoint whose encoder and bank start this run (ignored when resuming from ``last.ckpt``).
         cluster_labels: ``(m, N)`` labels for ``la`` with ``cluster_source="idt"``.
@@ -382,7 +399,8 @@ def train(
                           params.seed, drop_last=params.drop_last)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
                                  auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True)
-    logger = CSVLogger(save_dir=out_dir, name="", version="csv")
+    # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log
+    logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices,
         strategy="ddp" if params.devices > 1 else "auto", precision=params.precision, max_epochs=params.epochs,

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from idtprior.models import ArrayClipSource, ClipDataModule, ClipDataset, EpochSampler, FunctionClipSource
+from idtprior.models.data import MEAN_RGB, transform_clip
+
+
+def test_clip_shape_and_determinism_per_seed_epoch_index(squares):
+    source, _ = squares
+    ds = ClipDataset(source, clip_length=4, crop_size=32, seed=1)
+    i, a = ds[(3, 0)]
+    assert i == 3 and a.shape == (3, 4, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, ds[(3, 0)][1])  # same key, same clip
+    assert not torch.equal(a, ds[(3, 1)][1])  # a new epoch draws new augmentations
+    assert not torch.equal(a, ClipDataset(source, clip_length=4, crop_size=32, seed=2)[(3, 0)][1])
+
+
+def test_short_videos_loop_and_eval_clip_is_the_resized_centre():
+    frames = np.stack([np.full((8, 12, 3), 10 * t, np.uint8) for t in range(3)])  # frame t has value 10t
+    ds = ClipDataset(ArrayClipSource([frames]), clip_length=7, crop_size=8, train=False)
+    _, clip = ds[0]
+    per_frame = (clip[0, :, 0, 0] + MEAN_RGB[0]) * 255
+    np.testing.assert_allclose(per_frame.numpy(), [0, 10, 20, 0, 10, 20, 0], atol=1e-4)
+
+
+def test_eval_transform_is_exact_mean_subtraction_at_full_size():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(2, 6, 6, 3), dtype=np.uint8)
+    clip = transform_clip(frames, crop_size=6, rng=None)
+    want = frames.transpose(3, 0, 1, 2) / 255.0 - np.asarray(MEAN_RGB)[:, None, None, None]
+    np.testing.assert_allclose(clip.numpy(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_training_crop_side_is_the_scale_of_the_short_side(scale):
+    # every pixel holds its column index, so the span of values in a crop is its width minus one
+    cols = np.broadcast_to(np.arange(60, dtype=np.uint8)[None, None, :, None], (2, 40, 60, 3)).copy()
+    for seed in range(10):
+        clip = transform_clip(cols, 40, np.random.default_rng(seed), scales=(scale,), grayscale_p=0, jitter=0)
+        values = (clip[0, 0] + MEAN_RGB[0]) * 255
+        assert clip.shape == (3, 2, 40, 40)
+        assert float(values.max() - values.min()) == pytest.approx(40 * scale - 1, abs=1.0)
+
+
+def test_sampler_shards_cover_every_video_each_epoch():
+    shards = [list(EpochSampler(10, seed=0, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)
+    assert {i for s in shards for i, e in s} == set(range(10)) and {e for s in shards for _, e in s} == {0}
+    s = EpochSampler(10, seed=0)
+    first = [i for i, _ in s]
+    s.set_epoch(1)
+    second = list(s)
+    assert sorted(first) == list(range(10)) and [i for i, _ in second] != first and second[0][1] == 1
+
+
+def test_bad_read_clip_is_reported_with_the_video():
+    src = FunctionClipSource(lambda i, s, n: np.zeros((n, 8, 8), np.uint8), lambda i: 5, 2)
+    with pytest.raises(ValueError, match=r"video 1: read_clip\(start=.*\) returned shape \(4, 8, 8\)"):
+        ClipDataset(src, clip_length=4, crop_size=8)[(1, 0)]
+
+
+def test_datamodule_batches(squares):
+    source, _ = squares
+    dm = ClipDataModule(source, clip_length=4, crop_size=32, batch_size=5, num_workers=0, seed=0)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3  # 16 videos, batch 5, last partial batch dropped
+    idx, clips = batches[0]
+    assert idx.shape == (5,) and clips.shape == (5, 3, 4, 32, 32)
+    eval_idx = torch.cat([b[0] for b in dm.eval_dataloader()])
+    assert eval_idx.tolist() == list(range(16))
+
+
+def test_worker_processes_give_the_same_clips(squares):
+    source, _ = squares
+    loaders = [ClipDataModule(source, clip_length=4, crop_size=32, batch_size=4, num_workers=w).train_dataloader()
+               for w in (0, 2)]
+    a, b = (next(iter(dl)) for dl in loaders)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

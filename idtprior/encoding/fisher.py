@@ -23,7 +23,7 @@ from idtprior.encoding.codebook import Codebook, CodebookBlock, _check_descripto
 from idtprior.encoding.gmm import DiagGMM, _chunk_stats, _estep_params
 
 
-def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 4096) -> tuple[Any, Any]:
+def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 8192) -> tuple[Any, Any]:
     """Un-normalised Fisher vector gradients of descriptors already in the GMM's space.
 
     Args:
@@ -65,7 +65,7 @@ def normalize_fisher(g_mu: Any, g_sigma: Any, alpha: float = 0.5) -> Any:
 
 
 def fisher_vector(descriptors: Any, codebook: Codebook, *, alpha: float = 0.5,
-                  chunk_rows: int = 4096) -> tuple[Any, bool]:
+                  chunk_rows: int = 8192) -> tuple[Any, bool]:
     """The improved Fisher vector of one video.
 
     Args:

@@ -10,6 +10,7 @@ float32; that second product runs in float64 because the statistics are later ce
 chunks so memory is the data plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
 """
 
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -61,12 +62,14 @@ class GMMFit:
         log_likelihood: mean log-likelihood per row after each EM iteration (E-step of that iteration).
         converged: whether the change of the mean log-likelihood fell below ``tol``.
         reseeded: components re-seeded because they lost all their mass.
+        seconds: wall-clock seconds of each EM iteration (E-step + M-step), for benchmarks and logs.
     """
 
     gmm: DiagGMM
     log_likelihood: list[float] = field(default_factory=list)
     converged: bool = False
     reseeded: int = 0
+    seconds: list[float] = field(default_factory=list)
 
     @property
     def n_iter(self) -> int:
@@ -116,7 +119,10 @@ def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any, Any]
     s0 = gamma.sum(axis=0, dtype=xp.float64)  # (K,)
     # float64 product: the gradients and the M-step subtract mu * S1 and mu^2 * S0 from these sums, which cancels badly
     # in float32 for tight components (|mu| / sigma ~ 10s, common for near-duplicate IDT descriptors). Costs ~1.4x.
-    s12 = gamma.T.astype(xp.float64) @ xx.astype(xp.float64)  # (K, 2D)
+    g64 = gamma.astype(xp.float64)  # (n, K) C-order: BLAS reads it transposed without a copy
+    x64 = x.astype(xp.float64)
+    # two (K, n) @ (n, D) products run ~2x faster than one against the (n, 2D) concatenation (measured, OpenBLAS)
+    s12 = xp.concatenate([g64.T @ x64, g64.T @ (x64 * x64)], axis=1)  # (K, 2D)
     return s0, s12, loglik
 
 
@@ -177,7 +183,7 @@ def fit_gmm(
     Args:
         x: (n, D) float array (NumPy or CuPy); n >= n_components.
         n_components: K.
-        iters: at most this many EM iterations.
+        iters: at most this many EM iterations (0 returns the initialisation).
         tol: stop when the mean log-likelihood per row changes by less than this (sklearn's criterion and default).
         seed: seeds the initialisation and re-seeding of dead components.
         init: ``"kmeans"`` (k-means++ seeding then ``init_iters`` Lloyd iterations on a sample, like sklearn's default),
@@ -198,8 +204,8 @@ def fit_gmm(
         raise ValueError(f"x: {n} rows, need at least n_components={n_components}")
     if init not in ("kmeans", "kmeans++", "random"):
         raise ValueError(f"init: must be 'kmeans', 'kmeans++' or 'random', got {init!r}")
-    if iters < 1:
-        raise ValueError(f"iters: must be >= 1, got {iters}")
+    if not isinstance(iters, (int, np.integer)) or iters < 0:
+        raise ValueError(f"iters: must be a non-negative integer (0: initialisation only), got {iters!r}")
     if not variance_floor > 0:
         raise ValueError(f"variance_floor: must be > 0, got {variance_floor}")
     xp = get_array_module(x)
@@ -255,6 +261,7 @@ def fit_gmm(
     fit = GMMFit(gmm=gmm)
     prev = -np.inf
     for _ in range(iters):
+        t0 = time.perf_counter()
         s0, sx, sxx, loglik = sufficient_statistics(x, gmm, chunk_rows)
         ll = float(loglik.astype(xp.float64).mean())
         fit.log_likelihood.append(ll)
@@ -275,6 +282,7 @@ def fit_gmm(
             fit.reseeded += int(dead.size)
         gmm = DiagGMM(weights=w.astype(xp.float32), means=mu.astype(xp.float32), variances=var.astype(xp.float32))
         fit.gmm = gmm
+        fit.seconds.append(time.perf_counter() - t0)
         if abs(ll - prev) < tol and not dead.size:
             fit.converged = True
             break

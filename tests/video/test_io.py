@@ -1,10 +1,10 @@
 import tracemalloc
 
-import av
 import numpy as np
 import pytest
 
 from conftest import moving_square_frames
+from tests_helpers_audio import write_audio_only
 from idtprior.storage import Workspace, write_frames
 from idtprior.video.io import VideoError, iter_frames, probe_video, resized_shape
 
@@ -33,18 +33,6 @@ def test_resize_keeps_the_aspect_ratio(write_video):
     assert next(iter_frames(path, short_side=48)).shape == (48, 64, 3)
 
 
-def _audio_only(path):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for _ in range(10):
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
-
 def test_bad_files_give_errors_that_name_the_file(tmp_path, write_video):
     good = write_video("good.mp4", moving_square_frames(30))
     (tmp_path / "empty.mp4").write_bytes(b"")
@@ -52,7 +40,7 @@ def test_bad_files_give_errors_that_name_the_file(tmp_path, write_video):
     data = good.read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])
     (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 255, 5000, np.uint8).tobytes())
-    _audio_only(tmp_path / "audio.m4a")
+    write_audio_only(tmp_path / "audio.m4a")
     expected = {"empty.mp4": "empty", "text.avi": "", "truncated.mp4": "", "garbage.mp4": "",
                 "audio.m4a": "no video stream"}
     for name, words in expected.items():

@@ -1,0 +1,176 @@
+"""The pipeline on the real Prefect engine: ingest of bad files, caching, incremental runs, Dask, resume after kill."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import moving_square_frames
+from tests_helpers_audio import write_audio_only
+from idtprior.config import PipelineConfig
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.flows.stages import ingest_flow
+from idtprior.storage import FrameStore, Workspace, read_manifest
+from idtprior.video.io import write_video
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+
+def make_videos(folder: Path, n: int, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        path = folder / f"clip{i:03d}.mp4"
+        write_video(path, moving_square_frames(24, seed=i), fps=25, options={"preset": "ultrafast"})
+        paths.append(path)
+    return paths
+
+
+def config(tmp_path: Path, source: Path, workers: int = 0, **updates) -> PipelineConfig:
+    cfg = PipelineConfig.model_validate({"workspace": str(tmp_path / "ws"), "ingest": {"source": str(source),
+                                         "num_chunks": 4}, "dask": {"n_workers": workers}, "decode": {"short_side": 32}})
+    return cfg.with_updates(**updates) if updates else cfg
+
+
+def created(ws: Workspace, stage: str) -> dict[str, float]:
+    return {c: r.created for c, r in ws.records(stage).items()}
+
+
+def test_ingest_keeps_good_videos_and_explains_each_bad_one(tmp_path):
+    src = tmp_path / "videos"
+    good = make_videos(src / "good", 3)
+    shutil.copy(good[0], src / "zz_copy_of_clip000.mp4")
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "notes.avi").write_text("not a video at all\n" * 20)
+    data = good[1].read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 4])
+    write_audio_only(src / "sound.mp4")
+
+    counts = ingest_flow(config(tmp_path, src), progress=False)
+    rows = {r.video_id: r for r in read_manifest(Workspace(tmp_path / "ws"))}
+    for i in range(3):
+        row = rows[f"good__clip{i:03d}"]
+        assert row.ok and (row.frame_count, row.width, row.height, row.codec) == (24, 64, 48, "h264")
+    assert rows["zz_copy_of_clip000"].status == "duplicate" and rows["zz_copy_of_clip000"].duplicate_of == "good__clip000"
+    for vid, words in {"empty": "empty", "notes": "notes.avi", "truncated": "truncated.mp4",
+                       "sound": "no video stream"}.items():
+        assert rows[vid].status == "failed" and words in rows[vid].error, rows[vid].error
+    assert counts == {"stage": "ingest", "chunks": len({r.chunk for r in rows.values()}), "videos_ok": 4,
+                      "videos_failed": 4, "duplicates": 1}
+
+
+def test_reruns_recompute_nothing_and_changes_redo_only_what_they_touch(tmp_path):
+    src = tmp_path / "videos"
+    make_videos(src, 10)
+    cfg = config(tmp_path, src)
+    ws = Workspace(cfg.workspace)
+    pretrain_pipeline(cfg, progress=False)
+    first = {s: created(ws, s) for s in ("ingest", "decode")}
+    assert len(FrameStore(ws).video_ids) == 10
+
+    pretrain_pipeline(cfg, progress=False)  # same config, same data: nothing recomputed
+    assert {s: created(ws, s) for s in ("ingest", "decode")} == first
+
+    smaller = cfg.with_updates(decode={"short_side": 24})  # decode setting: decode reruns, ingest does not
+    pretrain_pipeline(smaller, progress=False)
+    assert created(ws, "ingest") == first["ingest"]
+    changed = created(ws, "decode")
+    assert all(changed[c] != t for c, t in first["decode"].items())
+    assert FrameStore(ws).read_clip("clip000", 0, 1).shape == (1, 24, 32, 3)
+
+    before = {s: created(ws, s) for s in ("ingest", "decode")}
+    new = make_videos(src, 1, start=10)[0]  # one more video: only its chunk is processed
+    pretrain_pipeline(smaller, progress=False)
+    chunk = next(r.chunk for r in read_manifest(ws) if r.video_id == new.stem)
+    for stage in ("ingest", "decode"):
+        after = created(ws, stage)
+        redone = {c for c in after if after[c] != before[stage].get(c)}
+        assert redone == {chunk}, (stage, redone, chunk)
+    assert len(FrameStore(ws).video_ids) == 11
+
+
+def test_flow_on_a_dask_local_cluster_with_two_workers(tmp_path):
+    src = tmp_path / "videos"
+    make_videos(src, 6)
+    cfg = config(tmp_path, src, workers=2)
+    result = pretrain_pipeline(cfg, progress=False)
+    assert result["decode"]["videos_ok"] == 6
+    store = FrameStore(Workspace(cfg.workspace))
+    ref = config(tmp_path / "ref", src, workers=0)
+    pretrain_pipeline(ref, progress=False)
+    ref_store = FrameStore(Workspace(ref.workspace))
+    for vid in ref_store.video_ids:
+        np.testing.assert_array_equal(store.read_clip(vid, 0, 24), ref_store.read_clip(vid, 0, 24))
+
+
+_RUNNER = """
+import sys
+from idtprior.config import load_config
+from idtprior.flows.pipeline import pretrain_pipeline
+pretrain_pipeline(load_config(sys.argv[1]), progress=False)
+"""
+
+
+def test_a_run_killed_mid_stage_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    src = tmp_path / "videos"
+    make_videos(src, 16)
+    cfg = config(tmp_path, src).with_updates(chunk_concurrency=1, ingest={"num_chunks": 8})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    ws = Workspace(cfg.workspace)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(cfg_path)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(ws.records("decode")) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = created(ws, "decode")
+    assert 1 <= len(done_before) < 8, f"kill landed outside the decode stage: {len(done_before)} chunks done"
+    for chunk, rec in ws.records("decode").items():  # every committed chunk is whole
+        group = ws.chunk_group("decode", chunk, rec.version)
+        assert sorted(group.array_keys()) == sorted(rec.videos)
+
+    pretrain_pipeline(cfg, progress=False)
+    after = created(ws, "decode")
+    assert all(after[c] == t for c, t in done_before.items()), "finished chunks were redone"
+    assert len(after) == len({r.chunk for r in read_manifest(ws)})
+
+    ref = cfg.with_updates(workspace=str(tmp_path / "ref-ws"))
+    pretrain_pipeline(ref, progress=False)
+    got, want = FrameStore(ws), FrameStore(Workspace(ref.workspace))
+    assert got.video_ids == want.video_ids and len(got.video_ids) == 16
+    for vid in want.video_ids:
+        np.testing.assert_array_equal(got.read_clip(vid, 0, 24), want.read_clip(vid, 0, 24))
+    strip = [(r.video_id, r.fingerprint, r.status, r.chunk) for r in read_manifest(ws)]
+    assert strip == [(r.video_id, r.fingerprint, r.status, r.chunk) for r in read_manifest(Workspace(ref.workspace))]
+    for chunk in after:  # orphan versions of the killed attempt are gone
+        assert len([p for p in Path(ws.root, "decode.zarr", chunk).iterdir() if p.is_dir()]) == 1
+
+
+def test_cli_run_and_status(tmp_path, capsys):
+    from idtprior.cli import main
+
+    src = tmp_path / "videos"
+    make_videos(src, 3)
+    (src / "broken.mp4").write_text("nope")
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(config(tmp_path, src).model_dump(mode="json")))
+    assert main(["run", str(cfg_path), "--stages", "ingest"]) == 0
+    assert main(["status", str(tmp_path / "ws")]) == 0
+    out = capsys.readouterr().out
+    assert "4 videos in the manifest (1 failed, 3 ok)" in out and "broken" in out
+    assert main(["run", str(cfg_path), "--stages", "nosuch"]) == 2
+    assert "unknown stage(s) ['nosuch']" in capsys.readouterr().err

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid ``(N,)`` and its squared distance ``(N,)`` for ``x (N, D)``, ``centroids (K, D)``."""
+    chunk = max(1, 2**26 // centroids.shape[0])  # distance blocks of at most 256 MB
     c2 = (centroids * centroids).sum(1)  # (K,)
     labels, dists = [], []
     for start in range(0, x.shape[0], chunk):
@@ -23,13 +24,34 @@ def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536
     return torch.cat(labels), torch.cat(dists)
 
 
+def _kmeans_plusplus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeds ``(k, D)`` drawn from a seeded subsample of ``max(8k, 4096)`` rows of ``x (N, D)``."""
+    n = x.shape[0]
+    sub = x[torch.randperm(n, generator=g)[: min(n, max(8 * k, 4096))].to(x.device)]  # (n', D)
+    chosen = [int(torch.randint(sub.shape[0], (1,), generator=g))]
+    d2 = ((sub - sub[chosen[0]]) ** 2).sum(1)  # (n',)
+    for _ in range(1, k):
+        total = d2.sum()
+        if float(total) <= 0:  # fewer distinct rows than k: fill with unused rows
+            rest = [i for i in torch.randperm(sub.shape[0], generator=g).tolist() if i not in set(chosen)]
+            chosen += rest[: k - len(chosen)]
+            break
+        # D^2 sampling with the CPU generator, valid for CUDA tensors too: invert the cumulative distribution
+        u = float(torch.rand(1, generator=g)) * float(total)
+        j = min(int(torch.searchsorted(d2.cumsum(0), torch.tensor([u], device=x.device, dtype=d2.dtype))),
+                sub.shape[0] - 1)
+        chosen.append(j)
+        d2 = torch.minimum(d2, ((sub - sub[j]) ** 2).sum(1))
+    return sub[torch.tensor(chosen, device=x.device)].clone()
+
+
 def lloyd_kmeans(
     x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 20
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``runs`` independent seeded Lloyd K-means of ``x (N, D)``: labels ``(runs, N)`` int64, centroids ``(runs, k, D)``.
 
-    Each run starts from k distinct random rows; an emptied cluster is re-seeded with the row farthest from its centroid,
-    so every run returns exactly k non-empty clusters when N >= k.
+    Each run starts from k-means++ seeds (on a subsample); an emptied cluster is re-seeded with the row farthest from
+    its centroid, so every run returns exactly k non-empty clusters when N has at least k distinct rows.
     """
     if x.ndim != 2:
         raise ValueError(f"kmeans input must be (N, D), got shape {tuple(x.shape)}")
@@ -42,7 +64,7 @@ def lloyd_kmeans(
     all_labels, all_centroids = [], []
     for r in range(runs):
         g = torch.Generator().manual_seed(seed * 1000003 + r)
-        centroids = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()  # (k, D)
+        centroids = _kmeans_plusplus(x, k, g)  # (k, D)
         labels, dist2 = _chunked_argmin(x, centroids)
         for _ in range(iters):
             counts = torch.bincount(labels, minlength=k)  # (k,)
@@ -98,7 +120,7 @@ def cluster_joint(
     return kmeans(joint, k, runs=runs, seed=seed, iters=iters)
 
 
-def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: float = 0.07, chunk: int = 4096) -> float:
+def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: float = 0.07) -> float:
     """Leave-one-out weighted kNN accuracy of the bank ``(N, D)`` against ``labels (N,)`` (Wu et al.'s monitor).
 
     Each row votes with its k most similar other rows, weighted by ``exp(sim / tau)``; rows labelled < 0 neither vote
@@ -113,6 +135,7 @@ def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: flo
     x, y = bank[keep].float(), labels[keep]
     n_classes = int(y.max()) + 1
     k = min(k, x.shape[0] - 1)
+    chunk = max(1, 2**26 // x.shape[0])  # similarity blocks of at most 256 MB, also for N = 235k
     correct = 0
     for start in range(0, x.shape[0], chunk):
         sim = x[start : start + chunk] @ x.T  # (n, M)

@@ -183,12 +183,11 @@ class PretrainModule(pl.LightningModule):
             z_lin = z.exp()
             dist.all_reduce(z_lin)
             z = (z_lin / dist.get_world_size()).log()
-        if torch.isnan(self.log_z):
-            self.log_z.copy_(z)
-        else:
-            m = self.params.nce_z_momentum
-            self.log_z.copy_(torch.logaddexp(self.log_z + math.log(m) if m > 0 else self.log_z - math.inf,
-                                              z + math.log(1 - m) if m < 1 else z - math.inf))
+        m = self.params.nce_z_momentum
+        if torch.isnan(self.log_z) or m == 0.0:
+            self.log_z.copy_(z)  # Wu et al.: Z from the first batch
+        elif m < 1.0:  # then a running average in Z (not log Z): Z <- m Z + (1 - m) Z_batch
+            self.log_z.copy_(torch.logaddexp(self.log_z + math.log(m), z + math.log(1.0 - m)))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         indices, clips = batch  # (B,), (B, 3, T, H, W)

@@ -109,3 +109,16 @@ def test_train_exports_encoder_bank_embeddings_and_inits_from_a_run(squares, tin
     assert la.embeddings is None and np.isfinite(la.metrics["loss_epoch"])
     with pytest.raises(ValueError, match=r"bank shape \(16, 16\), this run needs \(15, 16\)"):
         PretrainModule(la_params, 15, cluster_labels=labels[:15]).load_init(ir.checkpoint)
+
+
+def test_nce_normaliser_starts_from_the_first_batch_then_is_a_running_average(tiny_params):
+    module = PretrainModule(tiny_params(nce_z_momentum=0.9), 16)
+    assert torch.isnan(module.log_z)
+    module._update_log_z(torch.tensor(2.0))
+    assert float(module.log_z) == pytest.approx(2.0)
+    module._update_log_z(torch.tensor(3.0))
+    assert float(module.log_z) == pytest.approx(np.log(0.9 * np.exp(2.0) + 0.1 * np.exp(3.0)), abs=1e-6)
+    fixed = PretrainModule(tiny_params(nce_z_momentum=1.0), 16)  # Wu et al.: Z fixed after the first batch
+    fixed._update_log_z(torch.tensor(2.0))
+    fixed._update_log_z(torch.tensor(3.0))
+    assert float(fixed.log_z) == pytest.approx(2.0)

@@ -142,3 +142,19 @@ def test_gradients_flow_only_into_the_network(objective):
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None for g in grads)
     assert net.conv1.weight.grad.abs().sum() > 0 and net.fc.weight.grad.abs().sum() > 0
+
+
+def test_knn_accuracy_on_separated_clusters_and_kmeans_recovers_them():
+    from idtprior.models import knn_accuracy, lloyd_kmeans
+
+    rng = np.random.default_rng(0)
+    centres = _unit(rng, 3, 8) * 5
+    labels = np.repeat(np.arange(3), 10)
+    x = torch.as_tensor(centres[labels] + 0.1 * rng.standard_normal((30, 8)), dtype=torch.float32)
+    assert knn_accuracy(torch.nn.functional.normalize(x, dim=1), torch.as_tensor(labels), k=5) == 1.0
+    found, _ = lloyd_kmeans(x, 3, runs=2, seed=1)
+    for run in found.numpy():  # the same partition up to renaming
+        assert len({(a, b) for a, b in zip(run, labels)}) == 3
+    mixed = labels.copy()
+    mixed[::2] = -1  # unknown labels neither vote nor count
+    assert knn_accuracy(torch.nn.functional.normalize(x, dim=1), torch.as_tensor(mixed), k=3) == 1.0

@@ -328,8 +328,8 @@ def export_encoder(
     np.save(paths["bank"], module.bank.bank.detach().cpu().numpy())
     if source is not None:
         paths["embeddings"] = out_dir / "embeddings.npy"
-        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers,
-                                 device=module.device)
+        # device=None picks CUDA when present: after fit, Lightning's teardown has moved the module to the CPU
+        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers)
         np.save(paths["embeddings"], emb)
     return paths
 

@@ -3,7 +3,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -11,17 +10,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED_DATA = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" /
                                   "data")).resolve()
-
-
-def moving_square_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
-    """(n, h, w, 3) uint8: a textured background with a bright square moving right 2 px a frame."""
-    rng = np.random.default_rng(seed)
-    bg = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    frames = np.repeat(bg[None], n, axis=0)
-    for t in range(n):
-        x = (4 + 2 * t) % (w - 12)
-        frames[t, 10:22, x:x + 12] = (250, 30, 30)
-    return frames
 
 
 @pytest.fixture(scope="session")

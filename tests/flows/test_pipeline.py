@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import moving_square_frames
-from tests_helpers_audio import write_audio_only
+from idtprior_testutils import moving_square_frames, write_audio_only
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.stages import ingest_flow

@@ -3,8 +3,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import moving_square_frames
-from tests_helpers_audio import write_audio_only
+from idtprior_testutils import moving_square_frames, write_audio_only
 from idtprior.storage import Workspace, write_frames
 from idtprior.video.io import VideoError, iter_frames, probe_video, resized_shape
 

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STAGES = ("ingest", "decode")
+STAGES = ("ingest", "decode", "idt", "fit_codebook", "encode", "cluster")
 """The stages that exist, in pipeline order. Later stages join this tuple when they land."""
 
 
@@ -63,6 +63,8 @@ class IDTConfig(_Section):
     nxy_cell: int = Field(2, ge=1, le=8)
     nt_cell: int = Field(3, ge=1, le=15)
     max_side: int | None = Field(None, ge=32, description="resize larger frames to this longer side (None: native)")
+    feature_detector: Literal["orb", "sift", "none"] = Field("orb", description="camera-motion keypoints (+ flow)")
+    use_camera_compensation: bool = True
     sample_videos: int = Field(3500, ge=1, description="S: videos in the codebook sample")
     sample_rows: int = Field(500, ge=1, description="R: descriptors kept per sampled video")
     float16: bool = False
@@ -78,6 +80,14 @@ class CodebookConfig(_Section):
     gmm_iters: int = Field(100, ge=1, le=10000)
     sketch_dim: int = Field(2000, ge=1)
     seed: int = 0
+
+
+class EncodeConfig(_Section):
+    """IDT fused with Fisher encoding and the count sketch, per video."""
+
+    keep_descriptors: bool = Field(False, description="also store each video's raw IDT rows (terabytes at scale)")
+    idt_text_folder: str | None = Field(None, description="read <video_id>.txt[.gz] reference-release IDT files "
+                                        "from here instead of running IDT")
 
 
 class ClusterConfig(_Section):
@@ -143,6 +153,7 @@ class PipelineConfig(_Section):
     decode: DecodeConfig = DecodeConfig()
     idt: IDTConfig = IDTConfig()
     codebook: CodebookConfig = CodebookConfig()
+    encode: EncodeConfig = EncodeConfig()
     cluster: ClusterConfig = ClusterConfig()
     pretrain: PretrainConfig = PretrainConfig()
     dask: DaskConfig = DaskConfig()

@@ -12,9 +12,15 @@ from idtprior.datasets.lists import read_labels, read_source
 from idtprior.flows.common import (dask_cluster, drop_stale_records, group_by_chunk, rebuild_manifest,
                                    report_stage, run_chunks)
 from idtprior.storage import Workspace, chunk_of, hash_json, read_manifest, stat_fingerprint
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
 from idtprior.tasks import decode as decode_tasks
+from idtprior.tasks import encode as encode_tasks
+from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
-from idtprior.tasks.common import chunk_fingerprint
+from idtprior.tasks.common import chunk_fingerprint, code_version
+from idtprior.tasks.idt import choose_sample
 
 
 @flow(name="ingest", flow_run_name="ingest {config.workspace}")
@@ -69,4 +75,127 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     return report_stage("decode", records)
 
 
-STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow}
+def _ok_rows(ws: Workspace) -> list:
+    rows = [r for r in read_manifest(ws) if r.ok]
+    if not rows:
+        raise ConfigError(f"workspace {ws.url}: the manifest has no usable video; run the ingest stage first")
+    return rows
+
+
+def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, extra: dict) -> dict[str, dict]:
+    plans = {}
+    chunks = {r.video_id: r.chunk for r in rows}
+    fps = {r.video_id: r.fingerprint for r in rows}
+    for chunk, vids in group_by_chunk({r.video_id: value(r) for r in rows}, chunks).items():
+        fp = chunk_fingerprint(stage, chunk, {v: fps[v] for v in vids}, config_hash, code)
+        plans[chunk] = {"fingerprint": fp, "videos": vids, **extra}
+    return plans
+
+
+@flow(name="idt", flow_run_name="idt sample {config.workspace}")
+def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
+    ws = Workspace(config.workspace)
+    rows = _ok_rows(ws)
+    chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
+    rows = [r for r in rows if r.video_id in chosen]
+    plans = _chunk_plans("idt", rows, lambda r: r.path, config.idt.config_hash(), idt_tasks.CODE_VERSION,
+                         {"config": config.idt})
+    with dask_cluster(config.dask, dask_address) as address:
+        records = run_chunks(idt_tasks.idt_sample_chunk, ws, "idt", {
+            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
+    drop_stale_records(ws, "idt", set(plans), config.ingest.num_chunks)
+    rebuild_manifest(ws, config.ingest.num_chunks)
+    counts = report_stage("idt", records)
+    counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
+    return counts
+
+
+@flow(name="fit_codebook", flow_run_name="fit codebook {config.workspace}")
+def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """PCA + GMM on the IDT sample; the codebook (with its sketch seed) goes to the workspace."""
+    ws = Workspace(config.workspace)
+    inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
+    if not inputs:
+        raise ConfigError(f"workspace {ws.url}: no IDT sample; run the idt stage first")
+    fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
+                           code_version(encode_tasks.fit_codebook_task.fn, encode_tasks.codebook_params))
+    records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook",
+                         {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}, progress)
+    info = records[encode_tasks.ALL].videos["codebook"]
+    create_markdown_artifact(key="fit-codebook-summary", markdown=(
+        f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
+        f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"))
+    return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
+        k: info[k] for k in ("rows", "fv_dim")}}
+
+
+@flow(name="encode", flow_run_name="encode {config.workspace}")
+def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
+    ws = Workspace(config.workspace)
+    rows = _ok_rows(ws)
+    book = ws.read_record("fit_codebook", encode_tasks.ALL)
+    if book is None:
+        raise ConfigError(f"workspace {ws.url}: no codebook; run the fit_codebook stage first")
+    cfg_hash = hash_json([config.idt.config_hash(), config.encode.config_hash(), book.fingerprint])
+    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, encode_tasks.CODE_VERSION,
+                         {"idt": config.idt, "config": config.encode})
+    with dask_cluster(config.dask, dask_address) as address:
+        records = run_chunks(encode_tasks.encode_chunk, ws, "encode", {
+            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
+    drop_stale_records(ws, "encode", set(plans), config.ingest.num_chunks)
+    rebuild_manifest(ws, config.ingest.num_chunks)
+    invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
+               if i.get("status") == "ok" and not i.get("valid")]
+    counts = report_stage("encode", records, invalid)
+    counts["invalid_sketches"] = len(invalid)
+    return counts
+
+
+@flow(name="cluster", flow_run_name="cluster {config.workspace}")
+def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """K-means on the sketches; cluster-size statistics, and NMI / purity where the manifest has labels."""
+    ws = Workspace(config.workspace)
+    rows = _ok_rows(ws)
+    ids = [r.video_id for r in rows]
+    inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
+    fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
+                           config.cluster.config_hash(), code_version(encode_tasks.cluster_task.fn))
+    records = run_chunks(encode_tasks.cluster_task, ws, "cluster", {encode_tasks.ALL: {
+        "fingerprint": fp, "video_ids": ids, "config": config.cluster}}, progress)
+    stats = dict(records[encode_tasks.ALL].videos["clusters"])
+    labels, label_ids = encode_tasks.read_cluster_labels(ws)
+    truth = {r.video_id: r.label for r in rows if r.label}
+    if truth:
+        stats.update(cluster_agreement(labels, label_ids, truth))
+    rows_md = "\n".join(f"| {k} | {v} |" for k, v in stats.items() if k != "status")
+    create_markdown_artifact(key="cluster-summary", markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n")
+    get_run_logger().info(f"cluster: {stats}")
+    return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
+            **{k: v for k, v in stats.items() if k in ("nmi", "purity", "empty_clusters", "largest_cluster")}}
+
+
+def cluster_agreement(labels, label_ids: list[str], truth: dict[str, str]) -> dict:
+    """Mean NMI and purity of the m clusterings against the known labels (videos with a label and a cluster)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    idx = [i for i, v in enumerate(label_ids) if v in truth]
+    names = [truth[label_ids[i]] for i in idx]
+    nmis, purities = [], []
+    for run in labels:
+        pred = run[idx]
+        keep = pred >= 0
+        y = [n for n, k in zip(names, keep) if k]
+        p = pred[keep]
+        nmis.append(normalized_mutual_info_score(y, p))
+        majority = 0
+        for c in set(p.tolist()):
+            members = [y[j] for j in range(len(y)) if p[j] == c]
+            majority += max(members.count(m) for m in set(members))
+        purities.append(majority / max(len(y), 1))
+    return {"nmi": round(float(sum(nmis) / len(nmis)), 4), "purity": round(float(sum(purities) / len(purities)), 4)}
+
+
+STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "idt": idt_flow, "fit_codebook": fit_codebook_flow,
+               "encode": encode_flow, "cluster": cluster_flow}

@@ -126,12 +126,15 @@ def run_chunk(
     needs_version: bool = True,
     progress: bool = True,
     annotations: dict[str, dict] | None = None,
+    finish: Callable | None = None,
 ) -> ChunkRecord:
     """Process one chunk: skip it if its record matches ``fingerprint``, else run ``per_video`` and commit.
 
     ``videos`` maps video id -> extra arguments; ``per_video(video_id, workspace_url, stage, chunk, version, *args)``
     returns a dict of facts for the record (or raises). ``annotations`` (id -> dict) are stored in the record whatever
-    the outcome. Returns the committed (or found) record.
+    the outcome. Keys of a result that start with ``_`` are payload, not record: ``finish(group, results)`` gets them
+    with the chunk's version group, to write chunk-level arrays, before the commit. Returns the committed (or found)
+    record.
     """
     ws = Workspace(workspace)
     logger = _logger()
@@ -158,6 +161,9 @@ def run_chunk(
             results[vid] = _guard(per_video, vid, ws.url, stage, chunk, version, *videos[vid])
             bar.update(1)
     bar.close()
+    if finish is not None:
+        finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
+    results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
     record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
                          videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids}, seconds=round(time.time() - t0, 3))
     ws.commit(record)

@@ -1,0 +1,154 @@
+"""Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
+(fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
+from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
+from idtprior.storage import ChunkRecord, Workspace
+from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.idt import read_sample, video_idt
+from idtprior.video.idt.textformat import read_idt_text
+
+ALL = "all"  # the chunk name of whole-dataset stages (codebook, cluster)
+
+
+def codebook_params(cfg: CodebookConfig) -> CodebookParams:
+    return CodebookParams(n_components=cfg.gmm_components, pca_mode=cfg.pca_mode, pca_variance=cfg.pca_variance,
+                          gmm_iters=cfg.gmm_iters, seed=cfg.seed, sketch_dim=cfg.sketch_dim, sketch_seed=cfg.seed)
+
+
+def read_codebook(ws: Workspace) -> Codebook:
+    rec = ws.read_record("fit_codebook", ALL)
+    if rec is None:
+        raise KeyError(f"workspace {ws.url} has no codebook: run the fit_codebook stage first")
+    group = ws.chunk_group("fit_codebook", ALL, rec.version)
+    return Codebook.from_arrays({name: np.asarray(arr[...]) for name, arr in group.arrays()})
+
+
+@task(name="fit-codebook", task_run_name="fit codebook")
+def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, config: CodebookConfig) -> ChunkRecord:
+    """PCA + diagonal GMM on the stored IDT sample; the codebook's arrays go to ``fit_codebook.zarr``."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if done is not None and done.fingerprint == fingerprint:
+        return done
+    sample = read_sample(ws)
+    if len(sample) < config.gmm_components:
+        raise ValueError(f"codebook: {len(sample)} sample descriptors, need at least gmm_components="
+                         f"{config.gmm_components}; run the idt stage on more videos")
+    book = fit_codebook(sample[:, 10:], codebook_params(config))
+    version, group = ws.new_version(stage, chunk)
+    for name, arr in book.to_arrays().items():
+        group.create_array(name, data=np.asarray(arr), overwrite=True)
+    record = ChunkRecord(stage, chunk, fingerprint, version, {}, )
+    record.videos = {"codebook": {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim),
+                                  "fingerprint": book.fingerprint()}}
+    ws.commit(record)
+    return record
+
+
+def video_rows(video_id: str, path: str, idt: IDTConfig, enc: EncodeConfig) -> np.ndarray:
+    """A video's IDT rows: from a reference-release text file when ``idt_text_folder`` is set, else computed."""
+    if enc.idt_text_folder:
+        folder = Path(enc.idt_text_folder)
+        for name in (f"{video_id}.txt.gz", f"{video_id}.txt", f"{Path(path).stem}.txt.gz", f"{Path(path).stem}.txt"):
+            if (folder / name).exists():
+                return read_idt_text(folder / name)
+        raise FileNotFoundError(f"video {video_id}: no IDT text file {video_id}.txt[.gz] in {folder}")
+    return video_idt(path, idt)
+
+
+def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
+               enc: EncodeConfig, codebook: Codebook) -> dict:
+    rows = video_rows(video_id, path, idt, enc)
+    fv, valid = fisher_vector(rows[:, 10:], codebook)
+    sketch = count_sketch(fv, codebook).astype(np.float32)
+    out = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
+    if enc.keep_descriptors:
+        out["_rows"] = rows
+    if not valid:
+        out["note"] = "no trajectory: zero vector, marked invalid"
+    return out
+
+
+def _write_sketches(group, results: dict[str, dict]) -> None:
+    ids = sorted(v for v, r in results.items() if r.get("status") == "ok")
+    dim = next((r["_sketch"].shape[0] for r in results.values() if "_sketch" in r), 0)
+    data = np.stack([results[v]["_sketch"] for v in ids]) if ids else np.zeros((0, dim), np.float32)
+    arr = group.create_array("sketches", data=data, overwrite=True)
+    arr.attrs["video_ids"] = ids
+    group.create_array("valid", data=np.array([results[v]["valid"] for v in ids], bool), overwrite=True)
+    for v in ids:
+        if "_rows" in results[v]:
+            group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True)
+
+
+CODE_VERSION = code_version(encode_one, video_rows, _write_sketches, fisher_vector, count_sketch)
+
+
+@task(name="encode-chunk", task_run_name="encode {chunk}")
+def encode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str], idt: IDTConfig,
+                 config: EncodeConfig, dask_address: str | None = None) -> ChunkRecord:
+    """IDT -> Fisher vector -> sketch for each video of a chunk; writes the chunk's (n, sketch_dim) rows + mask."""
+    ws = Workspace(workspace)
+    book = read_codebook(ws)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, idt, config, book) for v, p in videos.items()},
+                     encode_one, dask_address, finish=_write_sketches)
+
+
+def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, sketch_dim) float32 rows aligned with ``video_ids`` and the (N,) valid mask (False where not encoded)."""
+    index = {v: i for i, v in enumerate(video_ids)}
+    x, valid = None, np.zeros(len(video_ids), bool)
+    for chunk, rec in ws.records("encode").items():
+        group = ws.chunk_group("encode", chunk, rec.version)
+        arr = group["sketches"]
+        ids, data, ok = arr.attrs["video_ids"], arr[...], group["valid"][...]
+        if x is None:
+            x = np.zeros((len(video_ids), data.shape[1]), np.float32)
+        for j, vid in enumerate(ids):
+            if vid in index:
+                x[index[vid]], valid[index[vid]] = data[j], ok[j]
+    if x is None:
+        raise KeyError(f"workspace {ws.url} has no sketches: run the encode stage first")
+    return x, valid
+
+
+@task(name="cluster", task_run_name="cluster k={config.k}")
+def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video_ids: list[str],
+                 config: ClusterConfig) -> ChunkRecord:
+    """K-means (m runs) on the valid sketches; labels (m, N) aligned with ``video_ids`` (-1: not encoded)."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if done is not None and done.fingerprint == fingerprint:
+        return done
+    x, valid = read_sketches(ws, video_ids)
+    n_valid = int(valid.sum())
+    if n_valid < config.k:
+        raise ValueError(f"cluster: k={config.k} but only {n_valid} videos have a valid sketch")
+    labels_valid, centroids = kmeans(x[valid], config.k, runs=config.runs, seed=config.seed, iters=config.iters)
+    labels = np.full((config.runs, len(video_ids)), -1, np.int64)
+    labels[:, valid] = labels_valid
+    version, group = ws.new_version(stage, chunk)
+    group.create_array("labels", data=labels, overwrite=True).attrs["video_ids"] = list(video_ids)
+    group.create_array("centroids", data=np.asarray(centroids, np.float32), overwrite=True)
+    sizes = [np.bincount(run, minlength=config.k) for run in labels_valid]
+    stats = {"status": "ok", "videos": n_valid, "k": config.k,
+             "empty_clusters": [int((s == 0).sum()) for s in sizes], "largest_cluster": [int(s.max()) for s in sizes],
+             "median_cluster": [float(np.median(s)) for s in sizes]}
+    record = ChunkRecord(stage, chunk, fingerprint, version, {"clusters": stats})
+    ws.commit(record)
+    return record
+
+
+def read_cluster_labels(ws: Workspace) -> tuple[np.ndarray, list[str]]:
+    """(m, N) int labels (-1: no valid sketch) and the video ids they align with."""
+    rec = ws.read_record("cluster", ALL)
+    if rec is None:
+        raise KeyError(f"workspace {ws.url} has no clusters: run the cluster stage first")
+    arr = ws.chunk_group("cluster", ALL, rec.version)["labels"]
+    return np.asarray(arr[...]), list(arr.attrs["video_ids"])

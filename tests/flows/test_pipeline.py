@@ -173,3 +173,33 @@ def test_cli_run_and_status(tmp_path, capsys):
     assert "4 videos in the manifest (1 failed, 3 ok)" in out and "broken" in out
     assert main(["run", str(cfg_path), "--stages", "nosuch"]) == 2
     assert "unknown stage(s) ['nosuch']" in capsys.readouterr().err
+
+
+def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
+    """The whole IDT prior on a tiny synthetic benchmark: every stage runs, reruns are cached, clusters follow motion."""
+    from idtprior.config import load_config
+    from idtprior.datasets.synthetic import make_demo_data
+    from idtprior.tasks.encode import read_cluster_labels, read_codebook, read_sketches
+
+    make_demo_data(tmp_path / "data", videos_per_class=3, frames=32)
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").with_updates(
+        workspace=str(tmp_path / "ws"), ingest={"source": str(tmp_path / "data" / "splits" / "trainlist01.txt"),
+                                                "video_root": str(tmp_path / "data" / "videos")},
+        idt={"sample_videos": 6, "sample_rows": 200}, codebook={"gmm_components": 8, "sketch_dim": 256},
+        dask={"n_workers": 0})
+    result = pretrain_pipeline(cfg, progress=False)
+    ws = Workspace(cfg.workspace)
+    assert result["idt"]["videos_ok"] == 6 and 0 < result["idt"]["sample_rows"] <= 6 * 200
+    book = read_codebook(ws)
+    assert book.n_components == 8 and book.sketch_dim == 256
+    ids = [r.video_id for r in read_manifest(ws)]
+    sketches, valid = read_sketches(ws, ids)
+    assert sketches.shape == (18, 256) and valid.all()
+    np.testing.assert_allclose(np.linalg.norm(sketches, axis=1), 1.0, atol=0.35)  # sketch of a unit Fisher vector
+    labels, label_ids = read_cluster_labels(ws)
+    assert labels.shape == (3, 18) and label_ids == ids
+    # 6 motion classes x 3 videos: random labelings give NMI 0.44 on average, 0.595 at their 99th percentile
+    assert result["cluster"]["nmi"] > 0.6
+    before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "cluster")}
+    pretrain_pipeline(cfg, stages=["idt", "fit_codebook", "encode", "cluster"], progress=False)
+    assert {s: created(ws, s) for s in before} == before

@@ -4,10 +4,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from idtprior.storage import FrameStore, Workspace, read_manifest
+from idtprior.video.idt.render import render_trajectories, save_animation, save_strip
 
 INSPECTORS: dict[str, Callable[[Workspace, str, Path], list[Path]]] = {}
 
@@ -30,17 +30,6 @@ def inspect_stage(workspace: str, stage: str, video: str, out: str | None = None
     return INSPECTORS[stage](ws, video, folder)
 
 
-def frame_strip(frames: np.ndarray, columns: int = 8) -> np.ndarray:
-    """Tile (T, H, W, 3) frames into one (rows*H, columns*W, 3) image, row-major."""
-    t, h, w, c = frames.shape
-    rows = -(-t // columns)
-    canvas = np.zeros((rows * h, columns * w, c), frames.dtype)
-    for i, img in enumerate(frames):
-        r, col = divmod(i, columns)
-        canvas[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
-    return canvas
-
-
 @inspector("ingest")
 def _inspect_ingest(ws: Workspace, video: str, folder: Path) -> list[Path]:
     rows = [r for r in read_manifest(ws) if r.video_id == video]
@@ -56,7 +45,27 @@ def _inspect_decode(ws: Workspace, video: str, folder: Path) -> list[Path]:
     store = FrameStore(ws)
     n = store.num_frames(video)
     picks = np.linspace(0, n - 1, min(n, 16)).round().astype(int)
-    frames = np.stack([store.read_clip(video, int(i), 1)[0] for i in picks])
     path = folder / f"{video}.decode.png"
-    cv2.imwrite(str(path), cv2.cvtColor(frame_strip(frames), cv2.COLOR_RGB2BGR))
+    save_strip((store.read_clip(video, int(i), 1)[0] for i in picks), path, every=1, columns=8)
     return [path]
+
+
+@inspector("idt")
+def _inspect_idt(ws: Workspace, video: str, folder: Path) -> list[Path]:
+    """Trajectories (default IDT settings) drawn over the source video, as the reference visualiser does."""
+    from idtprior.config import IDTConfig
+    from idtprior.tasks.idt import idt_params
+    from idtprior.video.idt import extract_idt
+    from idtprior.video.io import iter_frames
+
+    rows = [r for r in read_manifest(ws) if r.video_id == video]
+    if not rows:
+        raise KeyError(f"video {video!r} is not in the manifest of {ws.url}")
+    params = idt_params(IDTConfig())
+    frames = list(iter_frames(rows[0].path))
+    traj, points = extract_idt(iter(frames), params, return_points=True)
+    strip, anim = folder / f"{video}.idt.png", folder / f"{video}.idt.gif"
+    drawn = list(render_trajectories(frames, traj, points, params.track_length))
+    save_strip(drawn, strip, every=max(1, len(drawn) // 12), columns=6)
+    save_animation(drawn, anim, fps=rows[0].fps or 25.0)
+    return [strip, anim]

@@ -203,3 +203,21 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "cluster")}
     pretrain_pipeline(cfg, stages=["idt", "fit_codebook", "encode", "cluster"], progress=False)
     assert {s: created(ws, s) for s in before} == before
+
+
+def test_inspect_writes_pictures_of_decode_and_idt(tmp_path):
+    from idtprior.cli import main
+
+    src = tmp_path / "videos"
+    make_videos(src, 1)
+    cfg = config(tmp_path, src)
+    pretrain_pipeline(cfg, stages=["ingest", "decode"], progress=False)
+    assert main(["inspect", cfg.workspace, "decode", "clip000", "-o", str(tmp_path / "out")]) == 0
+    assert main(["inspect", cfg.workspace, "idt", "clip000", "-o", str(tmp_path / "out")]) == 0
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "out" / "clip000.decode.png"))
+    assert strip.shape == (2 * 32, 8 * 43, 3)  # 16 frames of 32x43 (48x64 at short side 32) in 8 columns
+    idt = cv2.imread(str(tmp_path / "out" / "clip000.idt.png"))
+    assert idt is not None and (tmp_path / "out" / "clip000.idt.gif").stat().st_size > 0
+    assert main(["inspect", cfg.workspace, "nosuchstage", "clip000"]) == 2

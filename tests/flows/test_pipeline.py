@@ -32,7 +32,8 @@ def make_videos(folder: Path, n: int, start: int = 0) -> list[Path]:
 
 
 def config(tmp_path: Path, source: Path, workers: int = 0, **updates) -> PipelineConfig:
-    cfg = PipelineConfig.model_validate({"workspace": str(tmp_path / "ws"), "ingest": {"source": str(source),
+    cfg = PipelineConfig.model_validate({"workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode"],
+                                         "ingest": {"source": str(source),
                                          "num_chunks": 4}, "dask": {"n_workers": workers}, "decode": {"short_side": 32}})
     return cfg.with_updates(**updates) if updates else cfg
 

@@ -57,22 +57,21 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
 def decode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Decode every ok video of the manifest into the frame store, chunk by chunk."""
     ws = Workspace(config.workspace)
-    manifest = [r for r in read_manifest(ws) if r.ok]
-    if not manifest:
-        raise ConfigError(f"workspace {ws.url}: the manifest has no usable video; run the ingest stage first")
-    cfg = config.decode
-    videos = {r.video_id: (r.path, r.fps) for r in manifest}
-    plans = {}
-    for chunk, vids in group_by_chunk(videos, {r.video_id: r.chunk for r in manifest}).items():
-        inputs = {r.video_id: r.fingerprint for r in manifest if r.video_id in vids}
-        fp = chunk_fingerprint("decode", chunk, inputs, cfg.config_hash(), decode_tasks.CODE_VERSION)
-        plans[chunk] = {"fingerprint": fp, "videos": vids, "config": cfg}
-    with dask_cluster(config.dask, dask_address) as address:
-        records = run_chunks(decode_tasks.decode_chunk, ws, "decode", {
-            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
-    drop_stale_records(ws, "decode", set(plans), config.ingest.num_chunks)
-    rebuild_manifest(ws, config.ingest.num_chunks)
+    plans = _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
+                         decode_tasks.CODE_VERSION, {"config": config.decode})
+    records = _run_stage(decode_tasks.decode_chunk, ws, "decode", plans, config, dask_address, progress)
     return report_stage("decode", records)
+
+
+def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,
+               progress: bool) -> dict:
+    """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest."""
+    with dask_cluster(config.dask, dask_address) as address:
+        records = run_chunks(task, ws, stage, {c: {**p, "dask_address": address} for c, p in plans.items()},
+                             progress, config.chunk_concurrency)
+    drop_stale_records(ws, stage, set(plans), config.ingest.num_chunks)
+    rebuild_manifest(ws, config.ingest.num_chunks)
+    return records
 
 
 def _ok_rows(ws: Workspace) -> list:
@@ -101,11 +100,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     rows = [r for r in rows if r.video_id in chosen]
     plans = _chunk_plans("idt", rows, lambda r: r.path, config.idt.config_hash(), idt_tasks.CODE_VERSION,
                          {"config": config.idt})
-    with dask_cluster(config.dask, dask_address) as address:
-        records = run_chunks(idt_tasks.idt_sample_chunk, ws, "idt", {
-            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
-    drop_stale_records(ws, "idt", set(plans), config.ingest.num_chunks)
-    rebuild_manifest(ws, config.ingest.num_chunks)
+    records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage("idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     return counts
@@ -141,11 +136,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     cfg_hash = hash_json([config.idt.config_hash(), config.encode.config_hash(), book.fingerprint])
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, encode_tasks.CODE_VERSION,
                          {"idt": config.idt, "config": config.encode})
-    with dask_cluster(config.dask, dask_address) as address:
-        records = run_chunks(encode_tasks.encode_chunk, ws, "encode", {
-            c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
-    drop_stale_records(ws, "encode", set(plans), config.ingest.num_chunks)
-    rebuild_manifest(ws, config.ingest.num_chunks)
+    records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage("encode", records, invalid)

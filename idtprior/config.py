@@ -13,8 +13,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STAGES = ("ingest", "decode", "idt", "fit_codebook", "encode", "cluster")
+STAGES = ("ingest", "decode", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la", "tune_joint")
 """The stages that exist, in pipeline order. Later stages join this tuple when they land."""
+
+TRAIN_STAGES = ("pretrain_ir", "pretrain_la", "tune_joint")
+"""The network-training stages (one ``TrainStageConfig`` section each)."""
 
 
 class ConfigError(ValueError):
@@ -100,25 +103,76 @@ class ClusterConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    """3D ResNet pretraining (IR warm-up, LA with the IDT prior, joint tuning)."""
+    """What the three training stages share: the network, the clips, the objective's constants, the hardware."""
 
     arch: Literal["resnet18", "resnet34"] = "resnet18"
-    width: float = Field(1.0, gt=0, le=4)
+    width: float = Field(1.0, gt=0, le=4, description="stage-width multiplier (0.25 for CPU-sized runs)")
     embed_dim: int = Field(128, ge=2)
     clip_length: int = Field(16, ge=1)
     crop_size: int = Field(112, ge=8)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.03, gt=0)
+    batch_size: int = Field(256, ge=1, description="per device")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    tau: float = Field(0.07, gt=0)
+    negatives: int = Field(4096, ge=1, description="IR: NCE noise samples per clip")
+    bank_momentum: float = Field(0.5, ge=0, lt=1)
+    la_k: int = Field(4096, ge=1, description="LA: background neighbours (clipped to the number of videos)")
+    knn_k: int = Field(20, ge=1, description="neighbours of the kNN monitor and evaluation")
+    train_split: str | None = Field(None, description="train on the manifest rows of this split (None: every video)")
+    eval_labels_file: str | None = Field(None, description="CSV video_id,<label columns...>: extra label sets "
+                                         "(e.g. appearance factors) for the kNN evaluation, beside the manifest label")
+    num_workers: int = Field(4, ge=0, description="clip-loading worker processes")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1, description="> 1: DDP (ddp_spawn under Prefect)")
+    seed: int = 0
+
+
+class TrainStageConfig(_Section):
+    """One training stage: its objective, cluster source, schedule and the stage it starts from."""
+
+    objective: Literal["ir", "la"] = "la"
+    cluster_source: Literal["idt", "bank", "joint"] = "idt"
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(0.03, gt=0)
+    lr_milestones: tuple[int, ...] = Field((), description="epochs (of this stage) at which lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    init_from: str | None = Field(None, description="a training stage whose encoder and memory bank start this one")
+    n_clusters: int = Field(6000, ge=1, description="k of the per-epoch K-means (cluster_source bank / joint)")
+    kmeans_runs: int = Field(3, ge=1)
+    kmeans_iters: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"lr_milestones {list(self.lr_milestones)} must be increasing")
+        if self.init_from is not None and self.init_from not in TRAIN_STAGES:
+            raise ValueError(f"init_from {self.init_from!r} is not one of {list(TRAIN_STAGES)}")
+        return self
+
+
+class PretrainIRConfig(TrainStageConfig):
+    """Instance Recognition warm-up (paper: 40 epochs)."""
+
+    objective: Literal["ir", "la"] = "ir"
+    epochs: int = Field(40, ge=1)
+
+
+class PretrainLAConfig(TrainStageConfig):
+    """Local Aggregation with the IDT clusters (paper: 200 epochs, lr x0.1 at 160 and 190), from the IR model."""
+
     epochs: int = Field(200, ge=1)
     lr_milestones: tuple[int, ...] = (160, 190)
-    ir_epochs: int = Field(40, ge=0, description="Instance Recognition warm-up")
-    joint_epochs: int = Field(5, ge=0)
-    tau: float = Field(0.07, gt=0)
-    negatives: int = Field(4096, ge=1)
-    bank_momentum: float = Field(0.5, ge=0, lt=1)
-    seed: int = 0
+    init_from: str | None = "pretrain_ir"
+
+
+class TuneJointConfig(TrainStageConfig):
+    """Local Aggregation in the joint [memory bank | IDT sketch] space, a few epochs from the LA model."""
+
+    cluster_source: Literal["idt", "bank", "joint"] = "joint"
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(0.003, gt=0)
+    init_from: str | None = "pretrain_la"
 
 
 class DaskConfig(_Section):
@@ -156,6 +210,9 @@ class PipelineConfig(_Section):
     encode: EncodeConfig = EncodeConfig()
     cluster: ClusterConfig = ClusterConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    pretrain_ir: PretrainIRConfig = PretrainIRConfig()
+    pretrain_la: PretrainLAConfig = PretrainLAConfig()
+    tune_joint: TuneJointConfig = TuneJointConfig()
     dask: DaskConfig = DaskConfig()
     demo: DemoDataConfig = DemoDataConfig()
 

@@ -9,8 +9,12 @@ def test_bundled_configs_carry_the_paper_settings():
     assert (k400.codebook.gmm_components, k400.codebook.sketch_dim) == (256, 2000)
     assert (k400.cluster.k, k400.cluster.runs) == (6000, 3)
     p = k400.pretrain
-    assert (p.clip_length, p.crop_size, p.batch_size, p.lr, p.epochs, p.ir_epochs, p.tau, p.negatives) == (
-        16, 112, 256, 0.03, 200, 40, 0.07, 4096)
+    assert (p.clip_length, p.crop_size, p.batch_size, p.tau, p.negatives, p.la_k) == (16, 112, 256, 0.07, 4096, 4096)
+    assert (k400.pretrain_ir.objective, k400.pretrain_ir.epochs, k400.pretrain_ir.lr) == ("ir", 40, 0.03)
+    la = k400.pretrain_la
+    assert (la.objective, la.cluster_source, la.epochs, la.lr_milestones, la.init_from) == (
+        "la", "idt", 200, (160, 190), "pretrain_ir")
+    assert (k400.tune_joint.cluster_source, k400.tune_joint.init_from) == ("joint", "pretrain_la")
     assert (k400.idt.track_length, k400.idt.min_distance, k400.idt.scale_num) == (15, 5, 8)
     demo = load_config(bundled_config("demo"))
     assert demo.demo.videos_per_class * 6 >= 200
@@ -43,3 +47,10 @@ def test_config_hash_follows_values_only():
     assert a.decode.config_hash() != b.decode.config_hash()
     assert a.ingest.config_hash() == b.ingest.config_hash()
     assert PipelineConfig().decode.config_hash() == a.decode.config_hash()
+
+
+def test_train_stage_config_is_checked():
+    with pytest.raises(ConfigError, match=r"pretrain_la.*init_from.*'pretrain_xx'"):
+        parse_config({"pretrain_la": {"init_from": "pretrain_xx"}})
+    with pytest.raises(ConfigError, match=r"lr_milestones.*\[20, 10\]"):
+        parse_config({"tune_joint": {"lr_milestones": [20, 10]}})

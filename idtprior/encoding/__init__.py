@@ -17,7 +17,7 @@ from idtprior.encoding.codebook import (
     project,
 )
 from idtprior.encoding.fisher import fisher_statistics, fisher_vector, normalize_fisher
-from idtprior.encoding.gmm import DiagGMM, GMMFit, fit_gmm, gmm_log_likelihood, sufficient_statistics
+from idtprior.encoding.gmm import DiagGMM, GMMFit, em_step, fit_gmm, gmm_log_likelihood, sufficient_statistics
 from idtprior.encoding.kmeans import faiss_available, kmeans, kmeans_plusplus
 from idtprior.encoding.sketch import CountSketch, count_sketch
 
@@ -34,6 +34,7 @@ __all__ = [
     "GMMFit",
     "count_sketch",
     "cupy_available",
+    "em_step",
     "faiss_available",
     "fisher_statistics",
     "fisher_vector",

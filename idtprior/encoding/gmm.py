@@ -6,8 +6,13 @@ The E-step writes the log-density of every component as one matrix product: with
     c_k = log w_k - 1/2 sum_d (log(2 pi var_kd) + mu_kd^2 / var_kd),
 
 and the sufficient statistics of the M-step (and of the Fisher vector) are ``gamma^T @ xx`` (K, 2D). The posteriors are
-float32; that second product runs in float64 because the statistics are later centred on the component means. Rows are processed in
-chunks so memory is the data plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
+float32. Rows are processed in chunks so memory is the data plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
+
+Precision of ``gamma^T @ xx`` (``precision``): ``"float64"`` runs the product in float64 (Fisher vectors: a video's few
+thousand rows are later centred on the component means, S2 - 2 mu S1 + mu^2 S0, which cancels for tight components);
+``"float32"`` runs it in float32 per chunk and accumulates the chunks in float64 (EM: ~2-3x faster per iteration; each
+chunk's sum carries a ~1e-7 relative rounding error that averages out over the hundreds of chunks of a codebook sample,
+and the M-step's variances are floored anyway).
 """
 
 import time
@@ -105,11 +110,15 @@ def _posteriors(xx: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any]:
     return logp, (m + xp.log(s))[:, 0]
 
 
-def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any, Any]:
+PRECISIONS = ("float32", "float64")
+
+
+def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType, precision: str = "float64") -> tuple[Any, Any, Any]:
     """Sufficient statistics of one chunk.
 
     Args:
         x: (n, D) float32.
+        precision: dtype of the ``gamma^T [x, x^2]`` product (see the module docstring).
     Returns:
         s0 (K,) float64 = sum_i gamma_ik; s12 (K, 2D) float64 = [sum_i gamma_ik x_i, sum_i gamma_ik x_i^2];
         loglik (n,) float32 = log p(x_i).
@@ -117,6 +126,8 @@ def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any, Any]
     xx = xp.concatenate([x, x * x], axis=1)  # (n, 2D)
     gamma, loglik = _posteriors(xx, W, c, xp)
     s0 = gamma.sum(axis=0, dtype=xp.float64)  # (K,)
+    if precision == "float32":
+        return s0, (gamma.T @ xx).astype(xp.float64), loglik  # (K, 2D): float32 product, float64 across chunks
     # float64 product: the gradients and the M-step subtract mu * S1 and mu^2 * S0 from these sums, which cancels badly
     # in float32 for tight components (|mu| / sigma ~ 10s, common for near-duplicate IDT descriptors). Costs ~1.4x.
     g64 = gamma.astype(xp.float64)  # (n, K) C-order: BLAS reads it transposed without a copy
@@ -126,16 +137,21 @@ def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any, Any]
     return s0, s12, loglik
 
 
-def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096) -> tuple[Any, Any, Any]:
+def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096,
+                          precision: str = "float64") -> tuple[Any, Any, Any, Any]:
     """Zeroth, first and second order statistics of ``x`` under ``gmm``, computed chunk by chunk.
 
     Args:
         x: (n, D) array (NumPy or CuPy), converted to float32 one chunk at a time.
         gmm: a mixture of dimension D.
         chunk_rows: rows per chunk; peak extra memory is about ``chunk_rows * (K + 2D) * 4`` bytes.
+        precision: ``"float64"`` or ``"float32"``, the dtype of the per-chunk ``gamma^T [x, x^2]`` product (the chunks
+            are summed in float64 either way; see the module docstring).
     Returns:
         s0 (K,) float64, s1 (K, D) float64, s2 (K, D) float64, and log p(x_i) (n,) float32.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     xp = get_array_module(x)
     n, d = x.shape
     W, c = _estep_params(gmm, xp)
@@ -145,7 +161,7 @@ def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096) -> tuple
     loglik = xp.empty(n, dtype=xp.float32)
     for start in range(0, n, chunk_rows):
         xc = xp.asarray(x[start:start + chunk_rows], dtype=xp.float32)
-        a, b, ll = _chunk_stats(xc, W, c, xp)
+        a, b, ll = _chunk_stats(xc, W, c, xp, precision)
         s0 += a
         s12 += b
         loglik[start:start + chunk_rows] = ll
@@ -177,6 +193,7 @@ def fit_gmm(
     init_iters: int = 10,
     variance_floor: float = 1e-4,
     chunk_rows: int = 4096,
+    precision: str = "float32",
 ) -> GMMFit:
     """Fit a diagonal GMM by EM in float32, chunk by chunk (memory: the data plus O(chunk_rows * K)).
 
@@ -191,6 +208,8 @@ def fit_gmm(
         init_sample: rows drawn (seeded) for the initialisation.
         variance_floor: every variance is at least this fraction of the data's variance in that dimension.
         chunk_rows: rows per E-step chunk.
+        precision: ``"float32"`` (default) or ``"float64"``: dtype of the per-chunk statistics product; chunks are summed
+            in float64 either way (see the module docstring).
     Returns:
         A :class:`GMMFit`; the weights, means and variances are float32 of the input's array module.
     """
@@ -208,6 +227,8 @@ def fit_gmm(
         raise ValueError(f"iters: must be a non-negative integer (0: initialisation only), got {iters!r}")
     if not variance_floor > 0:
         raise ValueError(f"variance_floor: must be > 0, got {variance_floor}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     xp = get_array_module(x)
     k = int(n_components)
     rng = np.random.default_rng(seed)
@@ -262,29 +283,46 @@ def fit_gmm(
     prev = -np.inf
     for _ in range(iters):
         t0 = time.perf_counter()
-        s0, sx, sxx, loglik = sufficient_statistics(x, gmm, chunk_rows)
-        ll = float(loglik.astype(xp.float64).mean())
+        gmm, ll, dead = em_step(x, gmm, floor, data_var, chunk_rows, precision)
         fit.log_likelihood.append(ll)
-        # M-step (float64 on K x D only).
-        dead = to_numpy(s0 < 1e-6 * n / k).nonzero()[0]
-        nk = xp.maximum(s0, 1e-12)[:, None]
-        mu = sx / nk
-        var = xp.maximum(sxx / nk - mu * mu, floor)
-        w = s0 / s0.sum()
-        if dead.size:
-            # A component without mass: move it onto the worst-explained rows, with the data's variance.
-            worst = to_numpy(xp.argsort(loglik)[: dead.size])
-            rows = xp.asarray(x[worst if xp is np else xp.asarray(worst)], dtype=xp.float64)
-            mu[xp.asarray(dead)] = rows
-            var[xp.asarray(dead)] = data_var[None, :] + floor
-            w[xp.asarray(dead)] = 1.0 / n
-            w = w / w.sum()
-            fit.reseeded += int(dead.size)
-        gmm = DiagGMM(weights=w.astype(xp.float32), means=mu.astype(xp.float32), variances=var.astype(xp.float32))
+        fit.reseeded += dead
         fit.gmm = gmm
         fit.seconds.append(time.perf_counter() - t0)
-        if abs(ll - prev) < tol and not dead.size:
+        if abs(ll - prev) < tol and not dead:
             fit.converged = True
             break
         prev = ll
     return fit
+
+
+def em_step(x: Any, gmm: DiagGMM, floor: Any, data_var: Any, chunk_rows: int = 4096,
+            precision: str = "float32") -> tuple[DiagGMM, float, int]:
+    """One EM iteration: chunked E-step statistics, then the M-step (float64 on K x D only).
+
+    Args:
+        x: (n, D) float array; gmm: the current mixture (arrays of x's module).
+        floor: (D,) variance floor; data_var: (D,) variance of x (given to re-seeded components).
+        precision: dtype of the statistics product (see :func:`sufficient_statistics`).
+    Returns:
+        the updated mixture (float32), the mean log-likelihood per row under ``gmm`` (before the update), and how many
+        components without mass were re-seeded on the worst-explained rows.
+    """
+    xp = get_array_module(x)
+    n, k = x.shape[0], gmm.n_components
+    s0, sx, sxx, loglik = sufficient_statistics(x, gmm, chunk_rows, precision)
+    ll = float(loglik.astype(xp.float64).mean())
+    dead = to_numpy(s0 < 1e-6 * n / k).nonzero()[0]
+    nk = xp.maximum(s0, 1e-12)[:, None]
+    mu = sx / nk
+    var = xp.maximum(sxx / nk - mu * mu, floor)
+    w = s0 / s0.sum()
+    if dead.size:
+        # A component without mass: move it onto the worst-explained rows, with the data's variance.
+        worst = to_numpy(xp.argsort(loglik)[: dead.size])
+        rows = xp.asarray(x[worst if xp is np else xp.asarray(worst)], dtype=xp.float64)
+        mu[xp.asarray(dead)] = rows
+        var[xp.asarray(dead)] = data_var[None, :] + floor
+        w[xp.asarray(dead)] = 1.0 / n
+        w = w / w.sum()
+    new = DiagGMM(weights=w.astype(xp.float32), means=mu.astype(xp.float32), variances=var.astype(xp.float32))
+    return new, ll, int(dead.size)

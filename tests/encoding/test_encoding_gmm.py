@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from idtprior.encoding import DiagGMM, fit_gmm, gmm_log_likelihood
+from idtprior.encoding import DiagGMM, fit_gmm, gmm_log_likelihood, sufficient_statistics
+from idtprior.encoding.gmm import em_step
 
 
 def mixture_sample(n: int, k: int, d: int, sep: float, seed: int):
@@ -84,3 +85,36 @@ def test_bad_inputs_name_the_value():
     with pytest.raises(ValueError, match="3 columns.*dimension 2"):
         gmm_log_likelihood(np.zeros((4, 3), np.float32),
                            DiagGMM(np.ones(1, np.float32), np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32)))
+
+
+def test_float32_statistics_match_float64_on_offset_tight_components():
+    # Tight components far from the origin (|mu| / sigma ~ 20) are where float32 sums cancel in S2 - mu^2 S0; the
+    # chunk-wise float32 product summed in float64 must still give the float64 M-step to a small relative error.
+    rng = np.random.default_rng(5)
+    mu = rng.standard_normal((4, 6)) * 10
+    lab = rng.integers(0, 4, 40_000)
+    x = (mu[lab] + 0.5 * rng.standard_normal((40_000, 6))).astype(np.float32)
+    g = DiagGMM(np.full(4, 0.25, np.float32), mu.astype(np.float32), np.full((4, 6), 0.3, np.float32))
+    s32 = sufficient_statistics(x, g, chunk_rows=4096, precision="float32")
+    s64 = sufficient_statistics(x, g, chunk_rows=4096, precision="float64")
+    for a, b in zip(s32, s64):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    var32 = s32[2] / s32[0][:, None] - (s32[1] / s32[0][:, None]) ** 2
+    var64 = s64[2] / s64[0][:, None] - (s64[1] / s64[0][:, None]) ** 2
+    np.testing.assert_allclose(var32, var64, rtol=1e-3)
+    np.testing.assert_allclose(var64, 0.25, rtol=0.05)  # the planted variance
+
+
+def test_em_step_precisions_agree_and_fit_defaults_to_float32():
+    x, *_ = mixture_sample(6000, 5, 4, sep=3.0, seed=6)
+    a = fit_gmm(x, 5, iters=10, tol=0.0, seed=1)
+    b = fit_gmm(x, 5, iters=10, tol=0.0, seed=1, precision="float64")
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-6)
+    np.testing.assert_allclose(a.gmm.means, b.gmm.means, rtol=1e-4, atol=1e-4)
+    data_var = x.astype(np.float64).var(0)
+    g, ll, dead = em_step(x, a.gmm, 1e-4 * data_var, data_var)
+    assert dead == 0 and ll == pytest.approx(gmm_log_likelihood(x, a.gmm), abs=1e-6)
+    with pytest.raises(ValueError, match="precision.*'float16'"):
+        fit_gmm(x, 2, precision="float16")
+    with pytest.raises(ValueError, match="precision.*'half'"):
+        sufficient_statistics(x, a.gmm, precision="half")

@@ -63,7 +63,8 @@ def cmd_demo(args) -> int:
         print(f"demo data already in {data} (delete it to render again)")
     cfg = cfg.with_updates(workspace=str(Path(args.workspace).resolve()), ingest={
         "source": str((data / "splits" / "trainlist01.txt").resolve()), "video_root": str((data / "videos").resolve()),
-        "source_format": "ucf_split", "labels_file": None})
+        "source_format": "ucf_split", "labels_file": None},
+        pretrain={"eval_labels_file": str((data / "labels.csv").resolve())})
     result = pretrain_pipeline(cfg, stages=_split(args.stages), dask_address=args.dask_address)
     _print_counts(result)
     print(f"workspace: {cfg.workspace}  (inspect with: idtprior status {cfg.workspace})")
@@ -114,6 +115,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export_boxes(args) -> int:
+    from idtprior.storage import Workspace
+    from idtprior.tasks.detect import export_boxes
+
+    files = export_boxes(Workspace(args.workspace), args.out, _split(args.videos))
+    print(f"wrote {len(files)} bb-files to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idtprior", description="Video representations from dense trajectory "
                                      "clustering, as a Prefect pipeline.")
@@ -156,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("-o", "--out", default=None, help="output folder (default: WORKSPACE/artifacts/inspect)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export-boxes", help="write the detect stage's person boxes as bb-files of the reference IDT "
+                       "release (<video_id>.bb; import them elsewhere with detect.bb_folder)")
+    p.add_argument("workspace")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--videos", default=None, help="comma-separated video ids (default: all)")
+    p.set_defaults(func=cmd_export_boxes)
 
     try:
         from idtprior.video.idt.cli import add_idt_arguments, run_idt

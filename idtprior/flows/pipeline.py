@@ -8,6 +8,10 @@ from prefect import flow
 from idtprior.config import STAGES, ConfigError, PipelineConfig
 from idtprior.flows.common import dask_cluster
 from idtprior.flows.stages import STAGE_FLOWS
+from idtprior.flows.training import TRAIN_FLOWS
+
+FLOWS = {**STAGE_FLOWS, **TRAIN_FLOWS}
+"""Every stage's flow by name."""
 
 
 def select_stages(config: PipelineConfig, stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
@@ -29,5 +33,5 @@ def pretrain_pipeline(config: PipelineConfig, stages: list[str] | None = None, f
     results = {}
     with dask_cluster(config.dask, dask_address) as address:
         for stage in select_stages(config, stages, from_stage):
-            results[stage] = STAGE_FLOWS[stage](config, dask_address=address, progress=progress)
+            results[stage] = FLOWS[stage](config, dask_address=address, progress=progress)
     return results

@@ -1,6 +1,6 @@
 """Model side of idtprior: 3D ResNet, memory bank, IR / LA objectives, clip data, Lightning pretraining."""
 
-from idtprior.models.clustering import cluster_bank, cluster_joint, kmeans, knn_accuracy, lloyd_kmeans
+from idtprior.models.clustering import cluster_bank, cluster_joint, kmeans, knn_accuracy, knn_classify, lloyd_kmeans
 from idtprior.models.data import (
     ArrayClipSource,
     ClipDataModule,
@@ -28,6 +28,6 @@ __all__ = [
     "ArrayClipSource", "ClipDataModule", "ClipDataset", "ClipSource", "EpochSampler", "FunctionClipSource",
     "MemoryBank", "PretrainModule", "PretrainParams", "ResNet3d", "TrainResult", "cluster_bank", "cluster_joint",
     "compute_embeddings", "draw_noise", "export_encoder", "init_bank", "ir_nce_loss", "ir_softmax_loss", "kmeans",
-    "knn_accuracy", "la_loss", "lloyd_kmeans", "load_encoder", "moving_squares", "nce_log_z", "resnet3d", "train",
+    "knn_accuracy", "knn_classify", "la_loss", "lloyd_kmeans", "load_encoder", "moving_squares", "nce_log_z", "resnet3d", "train",
     "transform_clip",
 ]

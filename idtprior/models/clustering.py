@@ -146,3 +146,32 @@ def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: flo
         votes.scatter_add_(1, y[top_idx], torch.exp(top_sim / tau))
         correct += int((votes.argmax(1) == y[start : start + chunk]).sum())
     return correct / x.shape[0]
+
+
+def knn_classify(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, k: int = 20,
+    tau: float = 0.07,
+) -> float:
+    """Weighted kNN accuracy of ``test_x (M, D)`` voting among ``train_x (N, D)`` (rows L2-normalised by the caller).
+
+    The evaluation protocol of Wu et al. 2018 on held-out videos: each test row takes the k most similar train rows,
+    weighted by ``exp(sim / tau)``; rows labelled < 0 neither vote nor count. nan when nothing is labelled.
+    """
+    if train_y.shape != (train_x.shape[0],) or test_y.shape != (test_x.shape[0],):
+        raise ValueError(f"labels {tuple(train_y.shape)}, {tuple(test_y.shape)} must match the rows "
+                         f"{train_x.shape[0]}, {test_x.shape[0]}")
+    tr, te = train_y >= 0, test_y >= 0
+    if int(tr.sum()) < 1 or int(te.sum()) < 1:
+        return float("nan")
+    x, y = train_x[tr].float(), train_y[tr].long()
+    q, truth = test_x[te].float().to(x.device), test_y[te].long().to(x.device)
+    n_classes = int(max(int(y.max()), int(truth.max()))) + 1
+    k = min(k, x.shape[0])
+    chunk = max(1, 2**26 // x.shape[0])
+    correct = 0
+    for start in range(0, q.shape[0], chunk):
+        top_sim, top_idx = (q[start : start + chunk] @ x.T).topk(k, dim=1)
+        votes = torch.zeros(top_sim.shape[0], n_classes, device=x.device)
+        votes.scatter_add_(1, y[top_idx], torch.exp(top_sim / tau))
+        correct += int((votes.argmax(1) == truth[start : start + chunk]).sum())
+    return correct / q.shape[0]

@@ -8,6 +8,7 @@ global RNG states (``on_save_checkpoint``). Clips are seeded per ``(seed, epoch,
 
 import dataclasses
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
 from idtprior.models.data import ClipDataModule, ClipDataset, ClipSource, collate_clips
@@ -64,6 +66,7 @@ class PretrainParams:
     precision: str = "32-true"  # "bf16-mixed" on GPUs
     accelerator: str = "auto"
     devices: int = 1  # > 1 trains with DDP
+    strategy: str = "auto"  # "auto": "ddp" when devices > 1; "ddp_spawn" where the caller is not a script (Prefect)
     drop_last: bool = True
     log_every_n_steps: int = 50
     progress_bar: bool = True
@@ -358,6 +361,24 @@ class TrainResult:
     metrics: dict[str, float]  # last logged values: loss_epoch, lr, knn_acc (when labels were given)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file then renamed: a run killed mid-save leaves the previous checkpoint
+    whole, never a truncated one that a resume would choke on."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def _strategy(params: PretrainParams) -> str:
+    if params.strategy != "auto":
+        return params.strategy
+    return "ddp" if params.devices > 1 else "auto"
+
+
 def train(
     params: PretrainParams,
     source: ClipSource,
@@ -402,8 +423,9 @@ def train(
     logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices,
-        strategy="ddp" if params.devices > 1 else "auto", precision=params.precision, max_epochs=params.epochs,
+        strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,
         logger=logger, callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0,
     )

@@ -188,7 +188,8 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
                                                 "video_root": str(tmp_path / "data" / "videos")},
         idt={"sample_videos": 6, "sample_rows": 200}, codebook={"gmm_components": 8, "sketch_dim": 256},
         dask={"n_workers": 0})
-    result = pretrain_pipeline(cfg, progress=False)
+    result = pretrain_pipeline(cfg, stages=["ingest", "decode", "idt", "fit_codebook", "encode", "cluster"],
+                               progress=False)
     ws = Workspace(cfg.workspace)
     assert result["idt"]["videos_ok"] == 6 and 0 < result["idt"]["sample_rows"] <= 6 * 200
     book = read_codebook(ws)
@@ -204,6 +205,19 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "cluster")}
     pretrain_pipeline(cfg, stages=["idt", "fit_codebook", "encode", "cluster"], progress=False)
     assert {s: created(ws, s) for s in before} == before
+
+    # the training stages on top: IR warm-up, LA with these IDT clusters, LA in the joint [bank | sketch] space
+    tiny = cfg.with_updates(pretrain={"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32,
+                                      "batch_size": 6, "negatives": 8, "num_workers": 0, "accelerator": "cpu"},
+                            pretrain_ir={"epochs": 1}, pretrain_la={"epochs": 1}, tune_joint={"epochs": 1,
+                                                                                              "n_clusters": 3})
+    trained = pretrain_pipeline(tiny, stages=["pretrain_ir", "pretrain_la", "tune_joint"], progress=False)
+    assert [trained[s]["epochs"] for s in ("pretrain_ir", "pretrain_la", "tune_joint")] == [1, 1, 1]
+    from idtprior.tasks.pretrain import idt_labels_for
+
+    np.testing.assert_array_equal(idt_labels_for(ws, ids), labels)  # LA trained on the cluster stage's labels
+    joint = ws.read_record("tune_joint", "all").videos["model"]
+    assert joint["cluster_source"] == "joint" and "knn_init" not in joint  # started from pretrain_la, not afresh
 
 
 def test_inspect_writes_pictures_of_decode_and_idt(tmp_path):

@@ -1,0 +1,143 @@
+"""The training stages as flows: ``pretrain_ir`` (Instance Recognition warm-up), ``pretrain_la`` (Local Aggregation
+with the IDT clusters) and ``tune_joint`` (LA in the joint [bank | IDT sketch] space). Plain IR and plain Video LA
+(``cluster_source: bank``) are configurations of the same stages.
+
+No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
+"""
+
+import csv
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from idtprior.config import ConfigError, PipelineConfig
+from idtprior.flows.common import run_chunks
+from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
+from idtprior.tasks import pretrain as pretrain_tasks
+from idtprior.tasks.common import chunk_fingerprint
+from idtprior.tasks.encode import ALL
+
+IGNORED_LABEL_COLUMNS = ("video_id", "path", "split", "group")
+
+
+def read_label_sets(path: str) -> dict[str, dict[str, str]]:
+    """Every label column of a CSV with a ``video_id`` column -> {column: {sanitised id: value}}."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "video_id" not in reader.fieldnames:
+            raise ConfigError(f"pretrain.eval_labels_file {path}: needs a video_id column; header is "
+                              f"{reader.fieldnames}")
+        columns = [c for c in reader.fieldnames if c not in IGNORED_LABEL_COLUMNS]
+        sets: dict[str, dict[str, str]] = {c: {} for c in columns}
+        for row in reader:
+            for c in columns:
+                if row.get(c):
+                    sets[c][sanitize_id(row["video_id"])] = row[c]
+    return sets
+
+
+def _decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
+    """The manifest's ok rows that have decoded frames, their frame counts, and the decode chunk fingerprints."""
+    frames, fps = {}, {}
+    for chunk, rec in ws.records("decode").items():
+        fps[chunk] = rec.fingerprint
+        for vid, info in rec.videos.items():
+            if info.get("status") == "ok" and info.get("frames", 0) > 0:
+                frames[vid] = int(info["frames"])
+    rows = [r for r in read_manifest(ws) if r.ok and r.video_id in frames]
+    if not rows:
+        raise ConfigError(f"workspace {ws.url}: no decoded video to train on; run the ingest and decode stages first")
+    return rows, frames, fps
+
+
+def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
+    ws = Workspace(config.workspace)
+    if not ws.is_local:
+        raise ConfigError(f"training stages write checkpoints to a local folder; workspace {ws.url} is not local")
+    shared, stage_cfg = config.pretrain, getattr(config, stage)
+    rows, frames, decode_fps = _decoded_rows(ws)
+    eval_ids = sorted(r.video_id for r in rows)
+    train_ids = sorted(r.video_id for r in rows if shared.train_split is None or r.split == shared.train_split)
+    if not train_ids:
+        raise ConfigError(f"pretrain.train_split {shared.train_split!r}: no decoded video of the manifest is in it")
+    inputs = {"frames": hash_json(decode_fps), "train_ids": hash_json(train_ids)}
+    if stage_cfg.objective == "la" and stage_cfg.cluster_source == "idt":
+        rec = ws.read_record("cluster", ALL)
+        if rec is None:
+            raise ConfigError(f"{stage} uses the IDT clusters: run the cluster stage first (workspace {ws.url})")
+        inputs["clusters"] = rec.fingerprint
+    if stage_cfg.objective == "la" and stage_cfg.cluster_source == "joint":
+        encoded = {c: r.fingerprint for c, r in ws.records("encode").items()}
+        if not encoded:
+            raise ConfigError(f"{stage} clusters [bank | IDT sketch]: run the encode stage first (workspace {ws.url})")
+        inputs["sketches"] = hash_json(encoded)
+    init_checkpoint = None
+    if stage_cfg.init_from:
+        rec = ws.read_record(stage_cfg.init_from, ALL)
+        if rec is None:
+            raise ConfigError(f"{stage} starts from {stage_cfg.init_from} (init_from), which has not run in "
+                              f"{ws.url}; run it first or set {stage}.init_from: null")
+        init_checkpoint = rec.videos["model"]["checkpoint"]
+        inputs["init"] = rec.fingerprint
+    train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([pretrain_tasks.train_config_fields(shared),
+                                                                stage_cfg.model_dump(mode="json")]),
+                                 pretrain_tasks.CODE_VERSION)
+    label_sets = {"label": {r.video_id: r.label for r in rows if r.label}}
+    if shared.eval_labels_file:
+        for name, values in read_label_sets(shared.eval_labels_file).items():
+            label_sets.setdefault(name, values)
+    label_sets = {k: v for k, v in label_sets.items() if v}
+    splits = {r.video_id: r.split for r in rows}
+    fingerprint = hash_json({"train": train_fp, "eval_ids": eval_ids, "knn_k": shared.knn_k,
+                             "labels": hash_json(label_sets), "splits": hash_json(splits)})
+    records = run_chunks(pretrain_tasks.train_stage_task, ws, stage, {ALL: {
+        "fingerprint": fingerprint, "train_fingerprint": train_fp, "train_ids": train_ids,
+        "train_frames": [frames[v] for v in train_ids], "eval_ids": eval_ids,
+        "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
+        "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}}, progress, 1)
+    info = records[ALL].videos["model"]
+    _report(stage, info)
+    counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,
+              "epochs": info["epochs"]}
+    if info["loss_per_epoch"]:
+        counts["loss_first"], counts["loss_last"] = info["loss_per_epoch"][0], info["loss_per_epoch"][-1]
+    counts.update({f"knn_{k}": v for k, v in info["knn"].items()})
+    counts.update({f"knn_init_{k}": v for k, v in info.get("knn_init", {}).items()})
+    return counts
+
+
+def _report(stage: str, info: dict) -> None:
+    sets = sorted(info["knn"])
+    head = "| network | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets) + "\n"
+    body = f"| after {stage} | " + " | ".join(f"{info['knn'][s]:.3f}" for s in sets) + " |\n"
+    if "knn_init" in info:
+        body += "| random init | " + " | ".join(f"{info['knn_init'].get(s, float('nan')):.3f}" for s in sets) + " |\n"
+    losses = info["loss_per_epoch"]
+    md = (f"## {stage}\n\n{info['train_videos']} training videos, {info['epochs']} epochs, objective "
+          f"{info['objective']}{' / ' + info['cluster_source'] if 'cluster_source' in info else ''}; loss per epoch "
+          f"{losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} videos; test split against "
+          f"the rest):\n\n{head}{body}\nencoder: `{info['encoder']}`\n")
+    create_markdown_artifact(key=f"{stage.replace('_', '-')}-summary", markdown=md)
+    get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
+
+
+@flow(name="pretrain_ir", flow_run_name="pretrain_ir {config.workspace}")
+def pretrain_ir_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Instance Recognition warm-up of the 3D ResNet on the decoded frames."""
+    return train_stage_flow_body("pretrain_ir", config, progress)
+
+
+@flow(name="pretrain_la", flow_run_name="pretrain_la {config.workspace}")
+def pretrain_la_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Local Aggregation with the IDT clusters (or the bank's, for plain Video LA), from the IR model."""
+    return train_stage_flow_body("pretrain_la", config, progress)
+
+
+@flow(name="tune_joint", flow_run_name="tune_joint {config.workspace}")
+def tune_joint_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Local Aggregation in the joint [memory bank | IDT sketch] space, from the LA model."""
+    return train_stage_flow_body("tune_joint", config, progress)
+
+
+TRAIN_FLOWS = {"pretrain_ir": pretrain_ir_flow, "pretrain_la": pretrain_la_flow, "tune_joint": tune_joint_flow}

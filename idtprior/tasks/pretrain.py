@@ -1,0 +1,211 @@
+"""Training stages (``pretrain_ir``, ``pretrain_la``, ``tune_joint``): the Lightning trainer of ``idtprior.models`` over
+the decoded frames of the workspace, with the IDT cluster labels / sketches of the earlier stages.
+
+A stage's run folder ``runs/<stage>/<train fingerprint>/`` holds the checkpoint of every epoch, so a killed run resumes
+where it stopped; its record (``records/<stage>/all.json``) is committed only when training, the export of the encoder
+and the (N, D) embeddings of every decoded video, and the kNN evaluation are done.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+
+from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
+from idtprior.models import clustering, data, lightning, losses, memory_bank, resnet3d
+from idtprior.models.clustering import knn_accuracy, knn_classify
+from idtprior.models.lightning import PretrainParams, compute_embeddings, load_encoder, train
+from idtprior.models.resnet3d import ResNet3d
+from idtprior.storage import ChunkRecord, Workspace
+from idtprior.storage.frames import FrameStore
+from idtprior.tasks.common import code_version
+from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
+
+TEST_SPLIT = "test"
+
+
+class WorkspaceClipSource:
+    """The decoded frames of ``video_ids`` as a clip source (``idtprior.models.ClipSource``); index i is
+    ``video_ids[i]``. Pickles to DataLoader workers and DDP processes as the URL, the ids and the frame counts; each
+    process opens the Zarr store itself."""
+
+    def __init__(self, workspace: str, video_ids: list[str], num_frames: list[int]) -> None:
+        if len(video_ids) != len(num_frames):
+            raise ValueError(f"{len(video_ids)} video ids but {len(num_frames)} frame counts")
+        short = [v for v, n in zip(video_ids, num_frames) if n < 1]
+        if short:
+            raise ValueError(f"videos without decoded frames cannot be trained on: {short[:5]}")
+        self.workspace, self.video_ids, self.frames = workspace, list(video_ids), [int(n) for n in num_frames]
+        self._store: FrameStore | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def num_frames(self, index: int) -> int:
+        return self.frames[index]
+
+    def read_clip(self, index: int, start: int, length: int) -> np.ndarray:
+        if self._store is None:
+            self._store = FrameStore(Workspace(self.workspace))
+        return self._store.read_clip(self.video_ids[index], start, length)
+
+
+def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: int, progress: bool = True
+                    ) -> PretrainParams:
+    """The trainer's parameters from the shared section and the stage's own."""
+    if stage.objective == "la" and stage.cluster_source in ("bank", "joint") and stage.n_clusters > n_train:
+        raise ConfigError(f"n_clusters {stage.n_clusters} exceeds the {n_train} training videos")
+    return PretrainParams(
+        arch=shared.arch, width=shared.width, embed_dim=shared.embed_dim, clip_length=shared.clip_length,
+        crop_size=shared.crop_size, batch_size=shared.batch_size, lr=stage.lr, momentum=shared.momentum,
+        weight_decay=shared.weight_decay, milestones=stage.lr_milestones, gamma=stage.lr_gamma, epochs=stage.epochs,
+        tau=shared.tau, objective=stage.objective, negatives=shared.negatives, bank_momentum=shared.bank_momentum,
+        la_k=shared.la_k, cluster_source=stage.cluster_source, n_clusters=stage.n_clusters,
+        kmeans_runs=stage.kmeans_runs, kmeans_iters=stage.kmeans_iters, knn_k=shared.knn_k, seed=shared.seed,
+        num_workers=shared.num_workers, precision=shared.precision, accelerator=shared.accelerator,
+        devices=shared.devices,
+        # Lightning's "ddp" re-launches the script; under Prefect the stage is a task in a thread, not a script
+        strategy="ddp_spawn" if shared.devices > 1 else "auto",
+        drop_last=True, log_every_n_steps=10, progress_bar=progress,
+    )
+
+
+def train_config_fields(shared: PretrainConfig) -> dict:
+    """The shared settings that change what training computes (not where it logs or how fast it loads)."""
+    return shared.model_dump(mode="json", exclude={"eval_labels_file", "knn_k", "num_workers"})
+
+
+def idt_labels_for(ws: Workspace, train_ids: list[str]) -> np.ndarray:
+    """The cluster stage's (m, N) labels, columns in ``train_ids`` order; a video without a cluster (no valid
+    sketch) gets a cluster of its own, so it has no close neighbour but itself."""
+    labels, ids = read_cluster_labels(ws)
+    where = {v: i for i, v in enumerate(ids)}
+    missing = [v for v in train_ids if v not in where]
+    out = np.full((labels.shape[0], len(train_ids)), -1, np.int64)
+    cols = [j for j, v in enumerate(train_ids) if v in where]
+    out[:, cols] = labels[:, [where[train_ids[j]] for j in cols]]
+    if missing:
+        ws_hint = f"{len(missing)} training videos have no cluster label (e.g. {missing[0]}); rerun the cluster stage"
+        raise ConfigError(f"workspace {ws.url}: {ws_hint}")
+    lonely = out < 0
+    out[lonely] = out.max() + 1 + np.nonzero(lonely)[1]
+    return out
+
+
+def encode_labels(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Strings -> int codes in sorted-name order; None or '' -> -1 (unlabelled)."""
+    names = sorted({v for v in values if v})
+    code = {n: i for i, n in enumerate(names)}
+    return np.array([code.get(v, -1) if v else -1 for v in values], np.int64), names
+
+
+def knn_report(emb: np.ndarray, ids: list[str], splits: dict[str, str], label_sets: dict[str, dict[str, str]],
+               k: int, tau: float) -> dict[str, float]:
+    """Weighted kNN accuracy per label set: test-split videos voting among the others, or leave-one-out over all
+    videos when no video is in the test split."""
+    x = torch.from_numpy(np.asarray(emb, np.float32))
+    x = torch.nn.functional.normalize(x, dim=1)
+    test = np.array([splits.get(v) == TEST_SPLIT for v in ids])
+    out = {}
+    for name, labels in sorted(label_sets.items()):
+        y, _ = encode_labels([labels.get(v) for v in ids])
+        y = torch.from_numpy(y)
+        if test.any() and (~test).any():
+            t = torch.from_numpy(test)
+            acc = knn_classify(x[~t], y[~t], x[t], y[t], k=k, tau=tau)
+        else:
+            acc = knn_accuracy(x, y, k=k, tau=tau)
+        if acc == acc:  # not nan
+            out[name] = round(float(acc), 4)
+    return out
+
+
+def initial_encoder(shared: PretrainConfig) -> ResNet3d:
+    """The randomly initialised encoder every stage without ``init_from`` starts from (same seed, same weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(shared.seed)
+        return ResNet3d(shared.arch, shared.embed_dim, shared.width)
+
+
+def _loss_history(run_dir: Path) -> list[float]:
+    """Per-epoch mean loss over every (re)start of the run, in epoch order."""
+    import csv
+
+    by_epoch: dict[int, float] = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("loss_epoch"):
+                    by_epoch[int(row["epoch"])] = float(row["loss_epoch"])
+    return [round(by_epoch[e], 5) for e in sorted(by_epoch)]
+
+
+CODE_VERSION = code_version(WorkspaceClipSource, pretrain_params, idt_labels_for, clustering, data, lightning, losses,
+                            memory_bank, resnet3d)
+
+
+@task(name="train-stage", task_run_name="{stage}")
+def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, train_fingerprint: str,
+                     train_ids: list[str], train_frames: list[int], eval_ids: list[str], eval_frames: list[int],
+                     splits: dict[str, str], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
+                     stage_config: TrainStageConfig, init_checkpoint: str | None = None,
+                     progress: bool = True) -> ChunkRecord:
+    """Train (or resume) one stage, export the encoder and the embeddings of every decoded video, evaluate kNN."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if done is not None and done.fingerprint == fingerprint:
+        return done
+    runs = Path(ws.path("runs", stage))
+    run_dir = runs / train_fingerprint[:16]
+    params = pretrain_params(shared, stage_config, len(train_ids), progress)
+    cluster_labels = idt_sketch = None
+    if stage_config.objective == "la" and stage_config.cluster_source == "idt":
+        cluster_labels = idt_labels_for(ws, train_ids)
+    if stage_config.objective == "la" and stage_config.cluster_source == "joint":
+        idt_sketch, valid = read_sketches(ws, train_ids)
+    monitor = None
+    if "label" in label_sets:
+        monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])
+        monitor = monitor if (monitor >= 0).sum() >= 2 else None
+    source = WorkspaceClipSource(ws.url, train_ids, train_frames)
+    result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
+                   cluster_labels=cluster_labels, idt_sketch=idt_sketch, resume=True, export_embeddings=False)
+    evaluation = WorkspaceClipSource(ws.url, eval_ids, eval_frames)
+    emb_args = (shared.clip_length, shared.crop_size, shared.batch_size, shared.num_workers)
+    emb = compute_embeddings(load_encoder(result.encoder), evaluation, *emb_args)
+    info = {
+        "status": "ok", "objective": stage_config.objective, "train_videos": len(train_ids),
+        "eval_videos": len(eval_ids), "epochs": result.epochs_completed, "loss_per_epoch": _loss_history(run_dir),
+        "run_dir": str(run_dir), "checkpoint": str(result.checkpoint), "encoder": str(result.encoder),
+        "knn": knn_report(emb, eval_ids, splits, label_sets, shared.knn_k, shared.tau),
+    }
+    if stage_config.objective == "la":
+        info["cluster_source"] = stage_config.cluster_source
+    if "knn_acc" in result.metrics:
+        info["knn_monitor"] = round(result.metrics["knn_acc"], 4)
+    if init_checkpoint is None:  # the same network before any training: the random-init baseline
+        base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args)
+        info["knn_init"] = knn_report(base, eval_ids, splits, label_sets, shared.knn_k, shared.tau)
+    version, group = ws.new_version(stage, chunk)
+    arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True)
+    arr.attrs["video_ids"] = list(eval_ids)
+    record = ChunkRecord(stage, chunk, fingerprint, version, {"model": info})
+    ws.commit(record)
+    for old in runs.iterdir():  # earlier settings' runs: their record is gone, nothing points at them
+        if old.is_dir() and old != run_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    return record
+
+
+def read_embeddings(ws: Workspace, stage: str) -> tuple[np.ndarray, list[str]]:
+    """(N, D) float32 embeddings a training stage exported, and the video ids they align with."""
+    rec = ws.read_record(stage, ALL)
+    if rec is None:
+        raise KeyError(f"workspace {ws.url} has no {stage} embeddings: run the {stage} stage first")
+    arr = ws.chunk_group(stage, ALL, rec.version)["embeddings"]
+    return np.asarray(arr[...]), list(arr.attrs["video_ids"])

@@ -1,0 +1,164 @@
+"""The training stages on the real Prefect engine, over a real workspace of decoded videos."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from idtprior_testutils import moving_square_frames
+from idtprior.config import ConfigError, PipelineConfig
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.models import load_encoder
+from idtprior.storage import Workspace, read_manifest
+from idtprior.tasks.pretrain import read_embeddings
+from idtprior.video.io import write_video
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+TINY = {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
+        "num_workers": 0, "accelerator": "cpu"}
+
+
+def make_workspace(tmp_path: Path, n: int = 10, **updates) -> PipelineConfig:
+    src = tmp_path / "videos"
+    src.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_video(src / f"clip{i:03d}.mp4", moving_square_frames(12, seed=i), fps=25,
+                    options={"preset": "ultrafast"})
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode", "pretrain_ir", "pretrain_la"],
+        "ingest": {"source": str(src), "num_chunks": 2}, "decode": {"short_side": 32}, "dask": {"n_workers": 0},
+        "pretrain": TINY, "pretrain_ir": {"epochs": 2},
+        # plain Video LA: clusters of the memory bank, recomputed every epoch
+        "pretrain_la": {"cluster_source": "bank", "n_clusters": 3, "kmeans_runs": 2, "epochs": 1}})
+    cfg = cfg.with_updates(**updates) if updates else cfg
+    pretrain_pipeline(cfg, stages=["ingest", "decode"], progress=False)
+    return cfg
+
+
+def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
+    cfg = make_workspace(tmp_path)
+    with pytest.raises(ConfigError, match="pretrain_la starts from pretrain_ir.*has not run"):
+        pretrain_pipeline(cfg, stages=["pretrain_la"], progress=False)
+    result = pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)
+    ws = Workspace(cfg.workspace)
+    ids = sorted(r.video_id for r in read_manifest(ws))
+    for stage in ("pretrain_ir", "pretrain_la"):
+        emb, emb_ids = read_embeddings(ws, stage)
+        assert emb_ids == ids and emb.shape == (10, 16)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+        info = ws.read_record(stage, "all").videos["model"]
+        assert Path(info["checkpoint"]).exists() and Path(info["encoder"]).exists()
+        # the exported encoder reproduces the exported embeddings (centre clips, eval mode)
+        from idtprior.models import compute_embeddings
+        from idtprior.tasks.pretrain import WorkspaceClipSource
+
+        frames = [12] * len(ids)
+        again = compute_embeddings(load_encoder(info["encoder"]), WorkspaceClipSource(ws.url, ids, frames), 4, 32,
+                                   4, 0, device="cpu")
+        np.testing.assert_allclose(again, emb, atol=1e-5)
+    assert result["pretrain_ir"]["epochs"] == 2 and len(ws.read_record("pretrain_ir", "all").videos["model"][
+        "loss_per_epoch"]) == 2
+    la_info = ws.read_record("pretrain_la", "all").videos["model"]
+    assert la_info["cluster_source"] == "bank" and la_info["epochs"] == 1
+    # LA starts from the IR encoder: its first-epoch weights moved away from IR's, but not from a fresh init
+    ir_enc = load_encoder(ws.read_record("pretrain_ir", "all").videos["model"]["encoder"]).state_dict()
+    la_enc = load_encoder(la_info["encoder"]).state_dict()
+    w = "conv1.weight" if "conv1.weight" in ir_enc else next(k for k in ir_enc if k.endswith("weight"))
+    dist_ir_la = float((ir_enc[w] - la_enc[w]).norm())
+    from idtprior.tasks.pretrain import initial_encoder
+
+    dist_init_la = float((initial_encoder(cfg.pretrain).state_dict()[w] - la_enc[w]).norm())
+    assert dist_ir_la < dist_init_la
+
+    before = {s: ws.read_record(s, "all").created for s in ("pretrain_ir", "pretrain_la")}
+    pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)  # nothing to do
+    assert {s: ws.read_record(s, "all").created for s in before} == before
+    # a new setting of the LA stage retrains LA only; the IR stage stays
+    pretrain_pipeline(cfg.with_updates(pretrain_la={"n_clusters": 2}), stages=["pretrain_ir", "pretrain_la"],
+                      progress=False)
+    assert ws.read_record("pretrain_ir", "all").created == before["pretrain_ir"]
+    assert ws.read_record("pretrain_la", "all").created != before["pretrain_la"]
+    assert len(list((Path(ws.root) / "runs" / "pretrain_la").iterdir())) == 1  # the superseded run is removed
+
+
+def test_knn_evaluation_uses_the_test_split_and_every_label_column(tmp_path):
+    """Demo-style data: a UCF-style split and a labels CSV with extra columns; the random-init baseline is reported."""
+    from idtprior.datasets.synthetic import make_demo_data
+
+    make_demo_data(tmp_path / "data", videos_per_class=5, frames=16, width=64, height=48)  # groups of 4: 1 test group
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "ws"), "ingest": {
+            "source": str(tmp_path / "data" / "splits" / "trainlist01.txt"),
+            "video_root": str(tmp_path / "data" / "videos"), "num_chunks": 2},
+        "decode": {"short_side": 32}, "dask": {"n_workers": 0},
+        "pretrain": {**TINY, "train_split": "train", "eval_labels_file": str(tmp_path / "data" / "labels.csv"),
+                     "knn_k": 3},
+        "pretrain_ir": {"epochs": 1}})
+    result = pretrain_pipeline(cfg, stages=["ingest", "decode", "pretrain_ir"], progress=False)["pretrain_ir"]
+    ws = Workspace(cfg.workspace)
+    rows = read_manifest(ws)
+    n_train = sum(r.split == "train" for r in rows)
+    assert 0 < n_train < len(rows) == 30 and result["videos_ok"] == n_train
+    info = ws.read_record("pretrain_ir", "all").videos["model"]
+    assert set(info["knn"]) == {"label", "background", "actor_shape", "actor_colour", "camera"}
+    assert set(info["knn_init"]) == set(info["knn"])
+    n_test = len(rows) - n_train
+    for acc in [*info["knn"].values(), *info["knn_init"].values()]:
+        assert 0.0 <= acc <= 1.0 and abs(acc * n_test - round(acc * n_test)) < 1e-3  # a fraction of the test videos
+    assert result["knn_label"] == info["knn"]["label"]
+
+
+_RUNNER = """
+import sys
+from idtprior.config import load_config
+from idtprior.flows.pipeline import pretrain_pipeline
+pretrain_pipeline(load_config(sys.argv[1]), stages=["pretrain_ir"], progress=False)
+"""
+
+
+def test_a_killed_training_stage_resumes_from_its_last_epoch(tmp_path):
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    cfg = make_workspace(tmp_path, pretrain_ir={"epochs": 6})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    runs = Path(cfg.workspace) / "runs" / "pretrain_ir"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(cfg_path)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ws = Workspace(cfg.workspace)
+    assert ws.read_record("pretrain_ir", "all") is None, "the kill landed after the stage finished"
+    assert list(runs.glob("*/checkpoints/last.ckpt"))
+
+    result = pretrain_pipeline(cfg, stages=["pretrain_ir"], progress=False)["pretrain_ir"]
+    run_dir = next(runs.iterdir())
+    logs = sorted(run_dir.glob("csv/version_*/metrics.csv"))
+    assert len(logs) == 2, "the rerun did not resume (one log per start)"
+    import csv
+
+    with open(logs[1], newline="") as f:
+        resumed_epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("loss_epoch")}
+    assert resumed_epochs and min(resumed_epochs) >= 1 and max(resumed_epochs) == 5
+    assert result["epochs"] == 6
+
+    # the same stage run without interruption ends with the same weights
+    ref = cfg.with_updates(workspace=str(tmp_path / "ref-ws"))
+    pretrain_pipeline(ref, stages=["ingest", "decode", "pretrain_ir"], progress=False)
+    got = load_encoder(ws.read_record("pretrain_ir", "all").videos["model"]["encoder"]).state_dict()
+    want = load_encoder(Workspace(ref.workspace).read_record("pretrain_ir", "all").videos["model"]["encoder"]
+                        ).state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)

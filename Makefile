@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so the project's torch range is already met (no multi-GB CUDA download).
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# Packages pinned in pyproject's [tool.idtprior] no-deps: files we need, dependencies we do not (e.g. TensorFlow).
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["idtprior"]["no-deps"]))')
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -373,6 +373,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+def _tensorboard(out_dir: Path) -> list:
+    """A TensorBoard log beside the CSV one where ``tensorboard`` (or ``tensorboardX``) is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        return []
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return [TensorBoardLogger(save_dir=out_dir, name="tensorboard", version=None)]
+
+
 def _strategy(params: PretrainParams) -> str:
     if params.strategy != "auto":
         return params.strategy
@@ -424,7 +435,7 @@ def train(
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices,
         strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,
-        logger=logger, callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
+        logger=[logger, *_tensorboard(out_dir)], callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0,

@@ -33,3 +33,7 @@ def test_bf16_training_on_the_gpu_learns_and_exports(tmp_path, objective):
     bank = np.load(result.bank)
     np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-3)
     assert result.metrics["knn_acc"] > 0.25  # above chance (4 motions) after 6 epochs
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:  # the device image has it: the TensorBoard log too
+        assert list(tmp_path.glob("tensorboard/version_0/events.out.tfevents.*"))

@@ -13,7 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STAGES = ("ingest", "decode", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la", "tune_joint")
+STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la",
+          "tune_joint")
 """The stages that exist, in pipeline order. Later stages join this tuple when they land."""
 
 TRAIN_STAGES = ("pretrain_ir", "pretrain_la", "tune_joint")
@@ -51,6 +52,27 @@ class DecodeConfig(_Section):
     short_side: int = Field(128, ge=16, le=4096)
     time_chunk: int = Field(16, ge=1, le=1024, description="frames per Zarr chunk along time")
     max_frames: int | None = Field(None, ge=1, description="keep at most this many frames per video (None: all)")
+
+
+class DetectConfig(_Section):
+    """Person boxes per frame, for IDT's camera-motion estimate (matches inside boxes are ignored)."""
+
+    backend: Literal["ssdlite", "hog", "maskrcnn", "none"] = Field(
+        "ssdlite", description="ssdlite: embedded MobileNetV2-SSDLite (cv2.dnn); hog: OpenCV's HOG people detector; "
+        "maskrcnn: torchvision Mask R-CNN with local weights; none: no boxes")
+    every: int = Field(1, ge=1, le=1000, description="detect on every k-th frame, carry boxes to the frames between")
+    score_threshold: float = Field(0.5, description="keep boxes scoring at least this (probability; SVM margin "
+                                   "for hog)")
+    min_size: float = Field(8.0, ge=0, description="drop boxes narrower or lower than this (pixels of the video)")
+    max_side: int | None = Field(None, ge=32, description="detect on frames resized to this longer side (None: "
+                                 "native); boxes are stored in the video's pixels")
+    batch_size: int = Field(8, ge=1, le=4096, description="frames per detector call")
+    maskrcnn_weights: str | None = Field(None, description="local state-dict file of the maskrcnn backend")
+    maskrcnn_arch: str = Field("maskrcnn_resnet50_fpn", description="a torchvision.models.detection builder")
+    maskrcnn_input_size: int = Field(800, ge=32, le=4096, description="Mask R-CNN's internal short side")
+    device: str = Field("auto", description="maskrcnn: auto (cuda where there is one), cpu, cuda, cuda:N")
+    bb_folder: str | None = Field(None, description="import boxes from <video_id>.bb[.gz] files in the reference "
+                                  "IDT release's bb-file format instead of detecting")
 
 
 class IDTConfig(_Section):
@@ -205,6 +227,7 @@ class PipelineConfig(_Section):
     chunk_concurrency: int = Field(4, ge=1, le=1024, description="chunk task runs in flight at once")
     ingest: IngestConfig = IngestConfig()
     decode: DecodeConfig = DecodeConfig()
+    detect: DetectConfig = DetectConfig()
     idt: IDTConfig = IDTConfig()
     codebook: CodebookConfig = CodebookConfig()
     encode: EncodeConfig = EncodeConfig()

@@ -69,3 +69,31 @@ def _inspect_idt(ws: Workspace, video: str, folder: Path) -> list[Path]:
     save_strip(drawn, strip, every=max(1, len(drawn) // 12), columns=6)
     save_animation(drawn, anim, fps=rows[0].fps or 25.0)
     return [strip, anim]
+
+
+@inspector("detect")
+def _inspect_detect(ws: Workspace, video: str, folder: Path) -> list[Path]:
+    """The stored person boxes drawn (green, with their score) on 16 frames spread over the source video."""
+    import cv2
+
+    from idtprior.tasks.detect import read_video_boxes
+    from idtprior.video.io import iter_frames
+
+    rows = [r for r in read_manifest(ws) if r.video_id == video]
+    if not rows:
+        raise KeyError(f"video {video!r} is not in the manifest of {ws.url}")
+    boxes = read_video_boxes(ws, video)
+    picks = set(np.linspace(0, len(boxes) - 1, min(len(boxes), 16)).round().astype(int).tolist())
+    drawn = []
+    for t, frame in enumerate(iter_frames(rows[0].path)):
+        if t not in picks or t >= len(boxes):
+            continue
+        img = np.ascontiguousarray(frame).copy()
+        for x1, y1, x2, y2, score in boxes[t]:
+            cv2.rectangle(img, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), (0, 255, 0), 2)
+            cv2.putText(img, f"{score:.2f}", (int(x1) + 2, int(y1) + 12), cv2.FONT_HERSHEY_PLAIN, 0.9, (255, 255, 0))
+        cv2.putText(img, f"{t}", (2, img.shape[0] - 4), cv2.FONT_HERSHEY_PLAIN, 0.9, (255, 0, 0))
+        drawn.append(img)
+    path = folder / f"{video}.detect.png"
+    save_strip(drawn, path, every=1, columns=8)
+    return [path]

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.tasks import decode as decode_tasks
+from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
@@ -63,6 +64,39 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     return report_stage("decode", records)
 
 
+@flow(name="detect", flow_run_name="detect {config.workspace}")
+def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
+    ws = Workspace(config.workspace)
+    cfg = config.detect
+    rows = _ok_rows(ws)
+    detect_tasks.check_backend(cfg)
+    plans = _chunk_plans("detect", rows, lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
+                         {"config": cfg})
+    if cfg.bb_folder:  # the imported files are inputs too
+        for plan in plans.values():
+            files = {v: detect_tasks.bb_file(cfg.bb_folder, v, p) for v, p in plan["videos"].items()}
+            plan["fingerprint"] = hash_json([plan["fingerprint"], {
+                v: stat_fingerprint(f) if f else "missing" for v, f in files.items()}])
+    records = _run_stage(detect_tasks.detect_chunk, ws, "detect", plans, config, dask_address, progress)
+    counts = report_stage("detect", records)
+    infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
+    frames = sum(v.get("frames", 0) for v in infos)
+    counts["frames_with_person"] = round(sum(v.get("frames_with_person", 0) for v in infos) / max(frames, 1), 4)
+    return counts
+
+
+def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
+    """Point each chunk's plan at the chunk's person boxes where the detect stage has run, and make the boxes part
+    of the chunk's fingerprint (new boxes rerun IDT; without a detect stage nothing changes)."""
+    for chunk, plan in plans.items():
+        rec = ws.read_record("detect", chunk)
+        if rec is not None:
+            plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", rec.fingerprint])
+            plan["boxes_version"] = rec.version
+    return plans
+
+
 def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,
                progress: bool) -> dict:
     """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest."""
@@ -98,8 +132,8 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     rows = _ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
     rows = [r for r in rows if r.video_id in chosen]
-    plans = _chunk_plans("idt", rows, lambda r: r.path, config.idt.config_hash(), idt_tasks.CODE_VERSION,
-                         {"config": config.idt})
+    plans = _with_boxes(ws, _chunk_plans("idt", rows, lambda r: r.path, config.idt.config_hash(),
+                                         idt_tasks.CODE_VERSION, {"config": config.idt}))
     records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage("idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
@@ -136,6 +170,8 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     cfg_hash = hash_json([config.idt.config_hash(), config.encode.config_hash(), book.fingerprint])
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, encode_tasks.CODE_VERSION,
                          {"idt": config.idt, "config": config.encode})
+    if not config.encode.idt_text_folder:  # rows read from text files do not depend on boxes
+        plans = _with_boxes(ws, plans)
     records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
@@ -188,5 +224,5 @@ def cluster_agreement(labels, label_ids: list[str], truth: dict[str, str]) -> di
     return {"nmi": round(float(sum(nmis) / len(nmis)), 4), "purity": round(float(sum(purities) / len(purities)), 4)}
 
 
-STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "idt": idt_flow, "fit_codebook": fit_codebook_flow,
-               "encode": encode_flow, "cluster": cluster_flow}
+STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,
+               "fit_codebook": fit_codebook_flow, "encode": encode_flow, "cluster": cluster_flow}

@@ -10,6 +10,7 @@ from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConf
 from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.detect import read_chunk_boxes
 from idtprior.tasks.idt import read_sample, video_idt
 from idtprior.video.idt.textformat import read_idt_text
 
@@ -51,7 +52,8 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     return record
 
 
-def video_rows(video_id: str, path: str, idt: IDTConfig, enc: EncodeConfig) -> np.ndarray:
+def video_rows(video_id: str, path: str, idt: IDTConfig, enc: EncodeConfig,
+               boxes: list[np.ndarray] | None = None) -> np.ndarray:
     """A video's IDT rows: from a reference-release text file when ``idt_text_folder`` is set, else computed."""
     if enc.idt_text_folder:
         folder = Path(enc.idt_text_folder)
@@ -59,12 +61,13 @@ def video_rows(video_id: str, path: str, idt: IDTConfig, enc: EncodeConfig) -> n
             if (folder / name).exists():
                 return read_idt_text(folder / name)
         raise FileNotFoundError(f"video {video_id}: no IDT text file {video_id}.txt[.gz] in {folder}")
-    return video_idt(path, idt)
+    return video_idt(path, idt, boxes)
 
 
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
-               enc: EncodeConfig, codebook: Codebook) -> dict:
-    rows = video_rows(video_id, path, idt, enc)
+               enc: EncodeConfig, codebook: Codebook, boxes_version: str | None = None) -> dict:
+    boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
+    rows = video_rows(video_id, path, idt, enc, boxes)
     fv, valid = fisher_vector(rows[:, 10:], codebook)
     sketch = count_sketch(fv, codebook).astype(np.float32)
     out = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
@@ -87,17 +90,20 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
             group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True)
 
 
-CODE_VERSION = code_version(encode_one, video_rows, _write_sketches, fisher_vector, count_sketch)
+CODE_VERSION = code_version(encode_one, video_rows, _write_sketches, fisher_vector, count_sketch, read_chunk_boxes)
 
 
 @task(name="encode-chunk", task_run_name="encode {chunk}")
 def encode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str], idt: IDTConfig,
-                 config: EncodeConfig, dask_address: str | None = None) -> ChunkRecord:
-    """IDT -> Fisher vector -> sketch for each video of a chunk; writes the chunk's (n, sketch_dim) rows + mask."""
+                 config: EncodeConfig, dask_address: str | None = None,
+                 boxes_version: str | None = None) -> ChunkRecord:
+    """IDT -> Fisher vector -> sketch for each video of a chunk; writes the chunk's (n, sketch_dim) rows + mask.
+    ``boxes_version``: the chunk's detect output to read person boxes from (None: no boxes)."""
     ws = Workspace(workspace)
     book = read_codebook(ws)
-    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, idt, config, book) for v, p in videos.items()},
-                     encode_one, dask_address, finish=_write_sketches)
+    return run_chunk(workspace, stage, chunk, fingerprint,
+                     {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_one, dask_address,
+                     finish=_write_sketches)
 
 
 def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,155 @@
+"""Detect stage: person boxes per frame of every video, stored ragged (offsets + rows) per video, per chunk.
+
+``detect.zarr/<chunk>/<version>/<video_id>/offsets`` (T + 1,) int64 and ``.../rows`` (N, 5) float32
+``[x1, y1, x2, y2, score]`` in the video's own pixels; frame t's boxes are ``rows[offsets[t]:offsets[t + 1]]``.
+The boxes come from a detector (``idtprior.video.detect``) or, with ``detect.bb_folder``, from bb-files of the reference
+IDT release (boxes computed elsewhere). The IDT stages read them through ``read_chunk_boxes``.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from idtprior.config import DetectConfig
+from idtprior.storage import ChunkRecord, Workspace, read_manifest
+from idtprior.tasks.common import code_version, run_chunk
+from idtprior.video import io as video_io
+from idtprior.video import detect as detect_core
+from idtprior.video.detect import DetectParams, get_detector, hog, maskrcnn, pack_boxes, ssdlite, unpack_boxes
+from idtprior.video.idt.textformat import read_boxes, write_boxes
+
+STAGE = "detect"
+BB_SUFFIXES = (".bb.gz", ".bb", ".txt.gz", ".txt")
+
+
+def detect_params(cfg: DetectConfig) -> DetectParams:
+    names = ("backend", "every", "score_threshold", "min_size", "batch_size", "maskrcnn_weights", "maskrcnn_arch",
+             "maskrcnn_input_size", "device")
+    return DetectParams(**{n: getattr(cfg, n) for n in names})
+
+
+def check_backend(cfg: DetectConfig) -> None:
+    """Fail before any chunk runs when the detector cannot load (missing model file or package): one clear error
+    instead of one per video."""
+    if cfg.bb_folder:
+        if not Path(cfg.bb_folder).is_dir():
+            raise FileNotFoundError(f"detect.bb_folder {cfg.bb_folder} is not a folder")
+        return
+    get_detector(detect_params(cfg))
+
+
+def bb_file(folder: str, video_id: str, path: str) -> Path | None:
+    """The bb-file of a video in ``folder``: ``<video_id>`` or the video file's stem, with a .bb/.txt[.gz] suffix."""
+    for stem in dict.fromkeys((video_id, Path(path).stem)):
+        for suffix in BB_SUFFIXES:
+            candidate = Path(folder) / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def video_boxes(video_id: str, path: str, cfg: DetectConfig) -> tuple[list[np.ndarray], int, int]:
+    """Per-frame (K, 5) boxes of one video in its own pixels, and its (height, width).
+
+    With ``bb_folder``, a video without a bb-file has no boxes (as in the reference release without --bb_file)."""
+    info = video_io.probe_video(path)
+    height, width = info.height, info.width
+    if cfg.bb_folder:
+        found = bb_file(cfg.bb_folder, video_id, path)
+        by_frame = read_boxes(found) if found is not None else {}
+        n = max(info.frame_count or 0, max(by_frame, default=-1) + 1)
+        empty = np.zeros((0, 5), np.float32)
+        return [by_frame.get(t, empty) for t in range(n)], height, width
+    frames = video_io.iter_frames(path, max_side=cfg.max_side)
+    boxes = get_detector(detect_params(cfg)).stream(frames)
+    scaled = []
+    for b in boxes:  # back to the video's pixels when detected on resized frames
+        if cfg.max_side and max(height, width) > cfg.max_side:
+            h, w = video_io.resized_shape(height, width, None, cfg.max_side)
+            b = b * np.array([width / w, height / h, width / w, height / h, 1.0], np.float32)
+        scaled.append(b)
+    return scaled, height, width
+
+
+def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
+               cfg: DetectConfig) -> dict:
+    boxes, height, width = video_boxes(video_id, path, cfg)
+    offsets, rows = pack_boxes(boxes)
+    group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a").require_group(video_id)
+    group.attrs.update({"height": height, "width": width})
+    group.create_array("offsets", data=offsets, overwrite=True)
+    group.create_array("rows", data=rows, overwrite=True)
+    with_person = sum(1 for b in boxes if len(b))
+    out = {"frames": len(boxes), "boxes": int(len(rows)), "frames_with_person": with_person}
+    if cfg.bb_folder and bb_file(cfg.bb_folder, video_id, path) is None:
+        out["note"] = f"no bb-file in {cfg.bb_folder}: no boxes"
+    return out
+
+
+CODE_VERSION = code_version(detect_one, video_boxes, detect_params, read_boxes, detect_core, ssdlite, hog, maskrcnn)
+
+
+@task(name="detect-chunk", task_run_name="detect {chunk}")
+def detect_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
+                 config: DetectConfig, dask_address: str | None = None) -> ChunkRecord:
+    """Person boxes of the videos of one chunk (``videos``: id -> path)."""
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config) for v, p in videos.items()}, detect_one,
+                     dask_address)
+
+
+# --- reading and exporting ---------------------------------------------------------------------------------------
+
+def read_chunk_boxes(workspace: str, chunk: str, version: str | None, video_id: str) -> list[np.ndarray] | None:
+    """A video's per-frame boxes from a detect chunk version (None when the chunk or the video has none)."""
+    if not version:
+        return None
+    group = Workspace(workspace).chunk_group(STAGE, chunk, version)
+    if video_id not in group:
+        return None
+    return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...])
+
+
+def boxes_for_frames(boxes: list[np.ndarray] | None, height: int, width: int, max_side: int | None):
+    """Boxes in the pixels of frames resized to ``max_side`` (IDT's input) from the video's pixels."""
+    if boxes is None or not max_side or max(height, width) <= max_side:
+        return boxes
+    h, w = video_io.resized_shape(height, width, None, max_side)
+    scale = np.array([w / width, h / height, w / width, h / height, 1.0], np.float32)
+    return [b * scale for b in boxes]
+
+
+def read_video_boxes(ws: Workspace, video_id: str) -> list[np.ndarray]:
+    """A video's per-frame boxes as stored by the detect stage; KeyError when it has none."""
+    for chunk, rec in ws.records(STAGE).items():
+        info = rec.videos.get(video_id)
+        if info is not None and info.get("status") == "ok":
+            return read_chunk_boxes(ws.url, chunk, rec.version, video_id)
+    raise KeyError(f"video {video_id!r} has no boxes in {ws.url}: run the detect stage")
+
+
+def export_boxes(ws: Workspace, folder: str | Path, video_ids: list[str] | None = None) -> list[Path]:
+    """Write each video's boxes as ``<folder>/<video_id>.bb`` in the reference release's bb-file format (frames
+    without boxes are written as a bare index line). Returns the files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = set(video_ids) if video_ids else None
+    out = []
+    for chunk, rec in sorted(ws.records(STAGE).items()):
+        for vid, info in sorted(rec.videos.items()):
+            if info.get("status") != "ok" or (wanted is not None and vid not in wanted):
+                continue
+            path = folder / f"{vid}.bb"
+            write_boxes(path, read_chunk_boxes(ws.url, chunk, rec.version, vid))
+            out.append(path)
+    if wanted is not None and len(out) < len(wanted):
+        missing = sorted(wanted - {p.name[:-3] for p in out})
+        raise KeyError(f"no boxes in {ws.url} for {missing}: run the detect stage")
+    return out
+
+
+def manifest_chunk(ws: Workspace, video_id: str) -> str:
+    rows = [r for r in read_manifest(ws) if r.video_id == video_id]
+    if not rows:
+        raise KeyError(f"video {video_id!r} is not in the manifest of {ws.url}")
+    return rows[0].chunk

@@ -31,12 +31,12 @@ def detect_params(cfg: DetectConfig) -> DetectParams:
 
 def check_backend(cfg: DetectConfig) -> None:
     """Fail before any chunk runs when the detector cannot load (missing model file or package): one clear error
-    instead of one per video."""
+    instead of one failed video per video."""
     if cfg.bb_folder:
         if not Path(cfg.bb_folder).is_dir():
             raise FileNotFoundError(f"detect.bb_folder {cfg.bb_folder} is not a folder")
         return
-    get_detector(detect_params(cfg))
+    detect_core.check_available(detect_params(cfg))
 
 
 def bb_file(folder: str, video_id: str, path: str) -> Path | None:

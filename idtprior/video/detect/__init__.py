@@ -72,7 +72,7 @@ class Detector:
             for _ in frames:
                 yield EMPTY
             return
-        pending: list[tuple[int, np.ndarray]] = []  # (frames since the previous detected one, frame)
+        pending: list[tuple[int, np.ndarray | None]] = []  # (frames since the last detected one | -1: carried, frame)
         gap = 0
         last = EMPTY
         for t, frame in enumerate(frames):
@@ -85,7 +85,7 @@ class Detector:
                 if not pending:  # nothing waiting: carry the last boxes now
                     yield last
                     continue
-                pending.append((-1, frame))  # a carried frame waiting behind a batch
+                pending.append((-1, None))  # a carried frame waiting behind a batch
             if sum(1 for g, _ in pending if g >= 0) >= p.batch_size:
                 for boxes in self._flush(pending):
                     last = boxes if boxes is not None else last
@@ -96,7 +96,7 @@ class Detector:
                 last = boxes if boxes is not None else last
                 yield last
 
-    def _flush(self, pending: list[tuple[int, np.ndarray]]) -> Iterator[np.ndarray | None]:
+    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[np.ndarray | None]:
         detected = [f for g, f in pending if g >= 0]
         results = iter(self._filter(b) for b in self.raw(np.stack(detected)))
         for g, _ in pending:
@@ -130,6 +130,24 @@ def get_detector(params: DetectParams) -> Detector:
     if det is None:
         det = _DETECTORS[params] = Detector(params)
     return det
+
+
+def check_available(params: DetectParams) -> None:
+    """Raise the error loading ``params``' backend would raise for a missing model file or package, without loading
+    the network (a flow checks this once before fanning out)."""
+    if params.backend == "ssdlite":
+        from .ssdlite import find_graph
+
+        find_graph()
+    elif params.backend == "maskrcnn":
+        from pathlib import Path
+
+        from .maskrcnn import _torchvision
+
+        if not params.maskrcnn_weights or not Path(params.maskrcnn_weights).expanduser().is_file():
+            raise ModelMissingError(f"maskrcnn weights file {params.maskrcnn_weights} does not exist "
+                                    "(detect.maskrcnn_weights; nothing is downloaded)")
+        _torchvision()
 
 
 def detect(frames: np.ndarray | Iterable[np.ndarray], params: DetectParams = DetectParams()) -> list[np.ndarray]:

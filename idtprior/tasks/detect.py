@@ -61,6 +61,8 @@ def video_boxes(video_id: str, path: str, cfg: DetectConfig) -> tuple[list[np.nd
         n = max(info.frame_count or 0, max(by_frame, default=-1) + 1)
         empty = np.zeros((0, 5), np.float32)
         return [by_frame.get(t, empty) for t in range(n)], height, width
+    if cfg.backend == "none":  # nothing to look at: no decoding
+        return [np.zeros((0, 5), np.float32)] * (info.frame_count or 0), height, width
     frames = video_io.iter_frames(path, max_side=cfg.max_side)
     boxes = get_detector(detect_params(cfg)).stream(frames)
     scaled = []

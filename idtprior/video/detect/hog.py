@@ -10,7 +10,10 @@ MIN_HEIGHT = 256  # frames shorter than this are upscaled: the detection window 
 
 
 @functools.lru_cache(maxsize=1)
-def _hog() -> cv2.HOGDescriptor:
+def _hog():
+    if not hasattr(cv2, "HOGDescriptor"):  # OpenCV 5 keeps it in the contrib build only
+        raise ImportError(f"the hog person detector needs OpenCV's HOGDescriptor, which this cv2 {cv2.__version__} "
+                          "lacks: install opencv-contrib-python-headless (the project's dependency)")
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
     return hog
@@ -32,5 +35,6 @@ def hog_boxes(batch: np.ndarray) -> list[np.ndarray]:
         r = np.asarray(rects, np.float32).reshape(-1, 4)
         w = np.asarray(weights, np.float32).reshape(-1, 1)
         boxes = np.concatenate([r[:, :2], r[:, :2] + r[:, 2:4]], axis=1) / scale
+        boxes = boxes.clip(0, [frame.shape[1], frame.shape[0]] * 2)  # windows can reach past the border
         out.append(np.concatenate([boxes, w], axis=1).astype(np.float32))
     return out

@@ -66,9 +66,13 @@ class MaskRCNNDetector:
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)  # (B, H, W, 3) uint8
             images = list(x.permute(0, 3, 1, 2).float().div_(255.0))  # B x (3, H, W) in [0, 1]
             outputs = self.model(images)
+        h, w = batch.shape[1:3]
         out = []
         for o in outputs:
             keep = o["labels"] == PERSON
-            boxes = torch.cat([o["boxes"][keep], o["scores"][keep, None]], dim=1)
-            out.append(boxes.float().cpu().numpy().reshape(-1, 5))
+            boxes = torch.cat([o["boxes"][keep], o["scores"][keep, None]], dim=1).float().cpu().numpy().reshape(-1, 5)
+            # rescaling to the frame's size can overshoot its border by float error
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+            out.append(boxes)
         return out

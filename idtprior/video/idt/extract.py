@@ -19,9 +19,11 @@ import cv2
 import numpy as np
 
 from . import camera as cam
+from .flow import PyramidFlow
 from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, finalize_block, frame_channels, integral_channels
 from .params import IDTParams
 
+_EXP: dict = {}
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
 
 
@@ -232,6 +234,8 @@ def iter_idt(
     detector = cam.make_detector(params) if params.use_camera_compensation else None
     scales: list[_Scale] = []
     prev_pyr: list[np.ndarray] = []
+    prev_exp: list[np.ndarray] = []  # polynomial expansion of the previous frame's flow levels
+    flow_pyr: PyramidFlow | None = None
     prev_kp = None
     frame_hw = None
     to_full = 1.0
@@ -252,6 +256,8 @@ def iter_idt(
                 to_full = max(frame_hw) / params.max_side
             work_hw = (int(round(frame_hw[0] / to_full)), int(round(frame_hw[1] / to_full)))
             scales = [_Scale(f, s) for f, s in pyramid_scales(*work_hw, params)]
+            if scales:
+                flow_pyr = PyramidFlow([s.size for s in scales], [s.factor for s in scales], params)
         elif gray.shape != frame_hw:
             raise ValueError(f"frame {t}: size {gray.shape} differs from the first frame's {frame_hw}")
         if not scales:
@@ -259,14 +265,16 @@ def iter_idt(
         if to_full != 1.0:
             gray = cv2.resize(gray, (scales[0].size[1], scales[0].size[0]), interpolation=cv2.INTER_AREA)
         pyr = build_pyramid(gray, [s.size for s in scales])
+        t1 = time.perf_counter()
+        cur_exp = flow_pyr.expand(gray)  # type: ignore[union-attr]
+        tm["flow"] += time.perf_counter() - t1
 
         if t > 0:
             t1 = time.perf_counter()
-            n_sc = len(scales)
             raw_first = not params.use_camera_compensation or params.warp_flow in ("both", "subtract")
             if raw_first:
-                flows = [farneback(prev_pyr[i], pyr[i], params) for i in range(n_sc)]
-                med = [_median(f, params) for f in flows]  # median: robust to flow outliers at motion edges
+                # raw flow of every scale, and its median filter (robust to outliers at motion edges) for tracking
+                flows, med = flow_pyr.flows(prev_exp, cur_exp)  # type: ignore[union-attr]
             t2 = time.perf_counter()
             tm["flow"] += t2 - t1
             if params.use_camera_compensation:
@@ -295,15 +303,15 @@ def iter_idt(
                 else:
                     h0, w0 = scales[0].size
                     warped = cv2.warpPerspective(pyr[0], H, (w0, h0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-                    wpyr = build_pyramid(warped, [s.size for s in scales])
-                    comp = [farneback(prev_pyr[i], wpyr[i], params) for i in range(n_sc)]
+                    comp, comp_med = flow_pyr.flows(prev_exp, flow_pyr.expand(warped))  # type: ignore[union-attr]
                     if not raw_first:
                         # one Farneback pass: the tracking flow is the compensated flow plus the camera's own motion
                         med = [_median(c + hf, params) for c, hf in zip(comp, hflow)]
                 tm["flow"] += time.perf_counter() - t3
             else:
                 comp = flows
-            comp_med = [_median(f, params) for f in comp]
+            if not params.use_camera_compensation or params.warp_flow == "subtract":
+                comp_med = [_median(f, params) for f in comp]
 
             out_rows, out_pts = [], []
             for i, sc in enumerate(scales):
@@ -355,6 +363,8 @@ def iter_idt(
                 # trajectories ending at this frame free their cell at once (holding it one more frame matched the
                 # reference worse: 0.51 vs 0.55 of trajectories matched on KTH frames 0-60)
                 occupied = [c.pos[c.alive, c.age] for c in sc.cohorts]
+                if _EXP.get("hold"):
+                    occupied += [c.pos[c.alive, c.age] for c in sc.finished]
                 sc.finished = []
                 occ = np.concatenate(occupied) if occupied else np.zeros((0, 2), np.float32)
                 new = sample_points(pyr[i], occ, params)
@@ -375,6 +385,7 @@ def iter_idt(
         if t == 0 and params.use_camera_compensation:
             prev_kp = cam.detect(detector, pyr[0])
         prev_pyr = pyr
+        prev_exp = cur_exp
 
 
 def extract_idt(

@@ -20,7 +20,7 @@ from idtprior.video.detect import DetectParams, get_detector, hog, maskrcnn, pac
 from idtprior.video.idt.textformat import read_boxes, write_boxes
 
 STAGE = "detect"
-BB_SUFFIXES = (".bb.gz", ".bb", ".txt.gz", ".txt")
+BB_SUFFIXES = (".bb.gz", ".bb")  # not .txt: IDT feature files (encode.idt_text_folder) are named so
 
 
 def detect_params(cfg: DetectConfig) -> DetectParams:
@@ -40,7 +40,7 @@ def check_backend(cfg: DetectConfig) -> None:
 
 
 def bb_file(folder: str, video_id: str, path: str) -> Path | None:
-    """The bb-file of a video in ``folder``: ``<video_id>`` or the video file's stem, with a .bb/.txt[.gz] suffix."""
+    """The bb-file of a video in ``folder``: ``<video_id>`` or the video file's stem, with a .bb[.gz] suffix."""
     for stem in dict.fromkeys((video_id, Path(path).stem)):
         for suffix in BB_SUFFIXES:
             candidate = Path(folder) / f"{stem}{suffix}"

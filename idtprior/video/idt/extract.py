@@ -1,10 +1,13 @@
 """Improved Dense Trajectories (Wang et al. IJCV 2013; Wang & Schmid ICCV 2013) over a stream of frames.
 
-Per frame t and per spatial scale: Farneback flow t-1 -> t, median filtered (5x5) for tracking; a homography t-1 -> t
-(camera motion) from keypoint and flow matches; the flow recomputed on frame t warped back by it (camera-compensated
-flow) for HOF, MBH, the trajectory shape and camera-motion pruning; every tracked point moved by the median flow and its
-HOG/HOF/MBH cell histograms at frame t-1 gathered from integral images; new points densely sampled where no track is near.
-A trajectory of L steps is pruned (static, erratic, camera-only) or becomes one output row.
+Per frame t: the frame at each spatial scale (a cascade of bilinear resizes); one coarse-to-fine Farneback pass over
+the scale pyramid whose level results are the flows t-1 -> t of the scales (``flow.PyramidFlow``), median filtered
+(5x5) for tracking; a homography t-1 -> t (camera motion) from keypoint and flow matches; the camera-compensated flow
+(by default the raw flow minus the homography's motion; ``warp_flow="both"`` recomputes it on frame t warped back, as
+the paper) for HOF, MBH, the trajectory shape and camera-motion pruning; every tracked point moved by the median flow at
+its rounded position and its HOG/HOF/MBH cell histograms at frame t-1 gathered from integral images; new points densely
+sampled where no track is in the grid cell. A trajectory of L steps is pruned (static, erratic, camera-only) or becomes
+one output row.
 
 Rows (N, 10 + 2L + 33 * cells) float32, for the defaults (N, 436) with the column meaning of the reference release:
 end frame, mean x, mean y, std x, std y, length, scale, x pos, y pos, t pos, shape (2L), HOG, HOF, MBHx, MBHy.
@@ -19,11 +22,10 @@ import cv2
 import numpy as np
 
 from . import camera as cam
-from .flow import PyramidFlow
+from .flow import PyramidFlow, median_flow
 from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, finalize_block, frame_channels, integral_channels
 from .params import IDTParams
 
-_EXP: dict = {}
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
 
 
@@ -88,7 +90,10 @@ def _flow_levels(h: int, w: int, params: IDTParams) -> int:
 
 
 def farneback(prev: np.ndarray, cur: np.ndarray, params: IDTParams) -> np.ndarray:
-    """Dense flow (h, w, 2) float32 from ``prev`` to ``cur`` (h, w) uint8."""
+    """OpenCV's Farneback with its own pyramid: dense flow (h, w, 2) float32 from ``prev`` to ``cur`` (h, w) uint8.
+
+    The speed baseline of the benchmarks; the extractor's flows come from ``flow.PyramidFlow`` (one pass for all
+    scales), which reproduces the reference release's tracks where this per-scale call does not."""
     return cv2.calcOpticalFlowFarneback(
         prev,
         cur,
@@ -101,10 +106,6 @@ def farneback(prev: np.ndarray, cur: np.ndarray, params: IDTParams) -> np.ndarra
         params.flow_poly_sigma,
         cv2.OPTFLOW_FARNEBACK_GAUSSIAN if params.flow_gaussian_window else 0,
     )
-
-
-def _median(flow: np.ndarray, params: IDTParams) -> np.ndarray:
-    return cv2.medianBlur(flow, params.median_size) if params.median_size > 1 else flow
 
 
 def sample_points(gray: np.ndarray, occupied: np.ndarray, params: IDTParams) -> np.ndarray:
@@ -306,12 +307,12 @@ def iter_idt(
                     comp, comp_med = flow_pyr.flows(prev_exp, flow_pyr.expand(warped))  # type: ignore[union-attr]
                     if not raw_first:
                         # one Farneback pass: the tracking flow is the compensated flow plus the camera's own motion
-                        med = [_median(c + hf, params) for c, hf in zip(comp, hflow)]
+                        med = [median_flow(c + hf, params) for c, hf in zip(comp, hflow)]
                 tm["flow"] += time.perf_counter() - t3
             else:
                 comp = flows
             if not params.use_camera_compensation or params.warp_flow == "subtract":
-                comp_med = [_median(f, params) for f in comp]
+                comp_med = [median_flow(f, params) for f in comp]
 
             out_rows, out_pts = [], []
             for i, sc in enumerate(scales):
@@ -361,10 +362,8 @@ def iter_idt(
             t6 = time.perf_counter()
             for i, sc in enumerate(scales):
                 # trajectories ending at this frame free their cell at once (holding it one more frame matched the
-                # reference worse: 0.51 vs 0.55 of trajectories matched on KTH frames 0-60)
+                # reference worse on KTH: 0.44 vs 0.57 of trajectories matched with the flow of that time)
                 occupied = [c.pos[c.alive, c.age] for c in sc.cohorts]
-                if _EXP.get("hold"):
-                    occupied += [c.pos[c.alive, c.age] for c in sc.finished]
                 sc.finished = []
                 occ = np.concatenate(occupied) if occupied else np.zeros((0, 2), np.float32)
                 new = sample_points(pyr[i], occ, params)

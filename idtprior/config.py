@@ -122,6 +122,7 @@ class ClusterConfig(_Section):
     k: int = Field(6000, ge=2)
     runs: int = Field(3, ge=1, le=100)
     iters: int = Field(20, ge=1, le=10000)
+    n_init: int = Field(1, ge=1, le=1000, description="k-means restarts per run; each run keeps its lowest-inertia one")
     seed: int = 0
 
 

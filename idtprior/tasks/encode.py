@@ -136,7 +136,8 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
     n_valid = int(valid.sum())
     if n_valid < config.k:
         raise ValueError(f"cluster: k={config.k} but only {n_valid} videos have a valid sketch")
-    labels_valid, centroids = kmeans(x[valid], config.k, runs=config.runs, seed=config.seed, iters=config.iters)
+    labels_valid, centroids = kmeans(x[valid], config.k, runs=config.runs, seed=config.seed, iters=config.iters,
+                                     n_init=config.n_init)
     labels = np.full((config.runs, len(video_ids)), -1, np.int64)
     labels[:, valid] = labels_valid
     version, group = ws.new_version(stage, chunk)

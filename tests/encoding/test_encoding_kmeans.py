@@ -66,6 +66,22 @@ def test_seeded_runs_are_reproducible_and_differ():
     assert not np.array_equal(a[0][0], a[0][1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restarts_keep_the_lowest_inertia_run(backend):
+    # Overlapping clusters and random inits: Lloyd's local optima differ between seeds.
+    x, _ = planted(n=900, k=15, d=6, spread=2.0, seed=8)
+    one = kmeans(x, 15, runs=3, seed=2, iters=10, backend=backend, init="random")
+    one_again = kmeans(x, 15, runs=3, seed=2, iters=10, backend=backend, init="random", n_init=1)
+    many = kmeans(x, 15, runs=3, seed=2, iters=10, backend=backend, init="random", n_init=6)
+    np.testing.assert_array_equal(one[0], one_again[0])  # n_init=1 is the default stream
+    e1 = [inertia(x, lab, c) for lab, c in zip(*one)]
+    e6 = [inertia(x, lab, c) for lab, c in zip(*many)]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(e1, e6)), (e1, e6)  # restart 0 is the n_init=1 run
+    assert sum(e6) < sum(e1)  # and some restart found a better optimum
+    with pytest.raises(ValueError, match="n_init.*0"):
+        kmeans(x, 2, n_init=0)
+
+
 @pytest.mark.parametrize("init", ["random", "k-means++"])
 def test_empty_clusters_are_reseeded(init):
     """Three distinct points, each repeated: random inits pick duplicates, which leaves clusters empty until re-seeded."""

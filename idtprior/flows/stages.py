@@ -177,6 +177,9 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage("encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
+    ids = [r.video_id for r in rows]
+    encode_tasks.assemble_sketches(ws, ids, hash_json({"encode": {c: r.fingerprint for c, r in records.items()},
+                                                       "ids": ids}))
     return counts
 
 

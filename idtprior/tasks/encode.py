@@ -124,6 +124,49 @@ def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.n
     return x, valid
 
 
+SKETCHES = "sketches"  # the whole-dataset (N, S) array assembled from the encode chunks
+
+
+def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, rows_per_chunk: int = 1024
+                      ) -> ChunkRecord:
+    """Write ``sketches.zarr/all/<version>/``: ``sketches`` (N, S) float32 rows aligned with ``video_ids`` (the
+    manifest's ok videos), ``valid`` (N,) and the ids as an attribute; committed by its record like a chunk, skipped
+    when the record matches ``fingerprint``. Rows are written block by block (never all N in memory at once)."""
+    done = ws.read_record(SKETCHES, ALL)
+    if done is not None and done.fingerprint == fingerprint:
+        return done
+    version, group = ws.new_version(SKETCHES, ALL)
+    arr = valid_arr = None
+    for start in range(0, len(video_ids), rows_per_chunk):
+        ids = video_ids[start:start + rows_per_chunk]
+        x, ok = read_sketches(ws, ids)
+        if arr is None:
+            arr = group.create_array("sketches", shape=(len(video_ids), x.shape[1]), dtype="float32",
+                                     chunks=(min(rows_per_chunk, max(len(video_ids), 1)), x.shape[1]),
+                                     fill_value=0.0)
+            valid_arr = group.create_array("valid", shape=(len(video_ids),), dtype="bool",
+                                           chunks=(max(len(video_ids), 1),), fill_value=False)
+        arr[start:start + len(ids)] = x
+        valid_arr[start:start + len(ids)] = ok
+    if arr is None:
+        raise KeyError(f"workspace {ws.url}: no video to assemble sketches for")
+    arr.attrs["video_ids"] = list(video_ids)
+    record = ChunkRecord(SKETCHES, ALL, fingerprint, version, {"sketches": {
+        "status": "ok", "videos": len(video_ids), "valid": int(np.asarray(valid_arr[...]).sum()),
+        "dim": int(arr.shape[1])}})
+    ws.commit(record)
+    return record
+
+
+def read_assembled_sketches(ws: Workspace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The assembled ``(N, S)`` sketches, the ``(N,)`` valid mask and the video ids (manifest order)."""
+    rec = ws.read_record(SKETCHES, ALL)
+    if rec is None:
+        raise KeyError(f"workspace {ws.url} has no assembled sketches: run the encode stage first")
+    group = ws.chunk_group(SKETCHES, ALL, rec.version)
+    return np.asarray(group["sketches"][...]), np.asarray(group["valid"][...]), list(group["sketches"].attrs["video_ids"])
+
+
 @task(name="cluster", task_run_name="cluster k={config.k}")
 def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video_ids: list[str],
                  config: ClusterConfig) -> ChunkRecord:

@@ -197,12 +197,17 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     ids = [r.video_id for r in read_manifest(ws)]
     sketches, valid = read_sketches(ws, ids)
     assert sketches.shape == (18, 256) and valid.all()
+    from idtprior.tasks.encode import read_assembled_sketches
+
+    whole, whole_valid, whole_ids = read_assembled_sketches(ws)  # one (N, S) array aligned with the manifest
+    assert whole_ids == ids and whole_valid.all()
+    np.testing.assert_array_equal(whole, sketches)
     np.testing.assert_allclose(np.linalg.norm(sketches, axis=1), 1.0, atol=0.35)  # sketch of a unit Fisher vector
     labels, label_ids = read_cluster_labels(ws)
     assert labels.shape == (3, 18) and label_ids == ids
     # 6 motion classes x 3 videos: random labelings give NMI 0.44 on average, 0.595 at their 99th percentile
     assert result["cluster"]["nmi"] > 0.6
-    before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "cluster")}
+    before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "sketches", "cluster")}
     pretrain_pipeline(cfg, stages=["idt", "fit_codebook", "encode", "cluster"], progress=False)
     assert {s: created(ws, s) for s in before} == before
 

@@ -49,6 +49,13 @@ def bb_file(folder: str, video_id: str, path: str) -> Path | None:
     return None
 
 
+def rescale_boxes(boxes: list[np.ndarray], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Per-frame boxes from frames of size ``src_hw`` to frames of size ``dst_hw`` (scores unchanged)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    scale = np.array([sx, sy, sx, sy, 1.0], np.float32)
+    return [b * scale for b in boxes]
+
+
 def video_boxes(video_id: str, path: str, cfg: DetectConfig) -> tuple[list[np.ndarray], int, int]:
     """Per-frame (K, 5) boxes of one video in its own pixels, and its (height, width).
 
@@ -64,14 +71,10 @@ def video_boxes(video_id: str, path: str, cfg: DetectConfig) -> tuple[list[np.nd
     if cfg.backend == "none":  # nothing to look at: no decoding
         return [np.zeros((0, 5), np.float32)] * (info.frame_count or 0), height, width
     frames = video_io.iter_frames(path, max_side=cfg.max_side)
-    boxes = get_detector(detect_params(cfg)).stream(frames)
-    scaled = []
-    for b in boxes:  # back to the video's pixels when detected on resized frames
-        if cfg.max_side and max(height, width) > cfg.max_side:
-            h, w = video_io.resized_shape(height, width, None, cfg.max_side)
-            b = b * np.array([width / w, height / h, width / w, height / h, 1.0], np.float32)
-        scaled.append(b)
-    return scaled, height, width
+    boxes = list(get_detector(detect_params(cfg)).stream(frames))
+    if cfg.max_side and max(height, width) > cfg.max_side:  # back to the video's pixels
+        boxes = rescale_boxes(boxes, video_io.resized_shape(height, width, None, cfg.max_side), (height, width))
+    return boxes, height, width
 
 
 def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
@@ -89,7 +92,8 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return out
 
 
-CODE_VERSION = code_version(detect_one, video_boxes, detect_params, read_boxes, detect_core, ssdlite, hog, maskrcnn)
+CODE_VERSION = code_version(detect_one, video_boxes, rescale_boxes, detect_params, read_boxes, detect_core, ssdlite,
+                            hog, maskrcnn)
 
 
 @task(name="detect-chunk", task_run_name="detect {chunk}")
@@ -116,9 +120,8 @@ def boxes_for_frames(boxes: list[np.ndarray] | None, height: int, width: int, ma
     """Boxes in the pixels of frames resized to ``max_side`` (IDT's input) from the video's pixels."""
     if boxes is None or not max_side or max(height, width) <= max_side:
         return boxes
-    h, w = video_io.resized_shape(height, width, None, max_side)
-    scale = np.array([w / width, h / height, w / width, h / height, 1.0], np.float32)
-    return [b * scale for b in boxes]
+    return rescale_boxes(boxes, (height, width), video_io.resized_shape(height, width, None, max_side))
+
 
 
 def read_video_boxes(ws: Workspace, video_id: str) -> list[np.ndarray]:

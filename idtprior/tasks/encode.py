@@ -131,29 +131,20 @@ def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, row
                       ) -> ChunkRecord:
     """Write ``sketches.zarr/all/<version>/``: ``sketches`` (N, S) float32 rows aligned with ``video_ids`` (the
     manifest's ok videos), ``valid`` (N,) and the ids as an attribute; committed by its record like a chunk, skipped
-    when the record matches ``fingerprint``. Rows are written block by block (never all N in memory at once)."""
+    when the record matches ``fingerprint``. The encode chunks are read once (as the cluster stage reads them)."""
     done = ws.read_record(SKETCHES, ALL)
     if done is not None and done.fingerprint == fingerprint:
         return done
-    version, group = ws.new_version(SKETCHES, ALL)
-    arr = valid_arr = None
-    for start in range(0, len(video_ids), rows_per_chunk):
-        ids = video_ids[start:start + rows_per_chunk]
-        x, ok = read_sketches(ws, ids)
-        if arr is None:
-            arr = group.create_array("sketches", shape=(len(video_ids), x.shape[1]), dtype="float32",
-                                     chunks=(min(rows_per_chunk, max(len(video_ids), 1)), x.shape[1]),
-                                     fill_value=0.0)
-            valid_arr = group.create_array("valid", shape=(len(video_ids),), dtype="bool",
-                                           chunks=(max(len(video_ids), 1),), fill_value=False)
-        arr[start:start + len(ids)] = x
-        valid_arr[start:start + len(ids)] = ok
-    if arr is None:
+    if not video_ids:
         raise KeyError(f"workspace {ws.url}: no video to assemble sketches for")
+    x, valid = read_sketches(ws, video_ids)
+    version, group = ws.new_version(SKETCHES, ALL)
+    arr = group.create_array("sketches", data=x, chunks=(min(rows_per_chunk, len(video_ids)), x.shape[1]),
+                             overwrite=True)
+    group.create_array("valid", data=valid, overwrite=True)
     arr.attrs["video_ids"] = list(video_ids)
     record = ChunkRecord(SKETCHES, ALL, fingerprint, version, {"sketches": {
-        "status": "ok", "videos": len(video_ids), "valid": int(np.asarray(valid_arr[...]).sum()),
-        "dim": int(arr.shape[1])}})
+        "status": "ok", "videos": len(video_ids), "valid": int(valid.sum()), "dim": int(x.shape[1])}})
     ws.commit(record)
     return record
 
@@ -164,7 +155,8 @@ def read_assembled_sketches(ws: Workspace) -> tuple[np.ndarray, np.ndarray, list
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no assembled sketches: run the encode stage first")
     group = ws.chunk_group(SKETCHES, ALL, rec.version)
-    return np.asarray(group["sketches"][...]), np.asarray(group["valid"][...]), list(group["sketches"].attrs["video_ids"])
+    arr = group["sketches"]
+    return np.asarray(arr[...]), np.asarray(group["valid"][...]), list(arr.attrs["video_ids"])
 
 
 @task(name="cluster", task_run_name="cluster k={config.k}")

@@ -11,7 +11,7 @@ from prefect import task
 from idtprior.config import IDTConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.tasks.common import code_version, run_chunk
-from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes
+from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes, rescale_boxes
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
 
@@ -57,7 +57,8 @@ def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
 
 
-CODE_VERSION = code_version(sample_one, video_idt, idt_params, extract_idt, read_chunk_boxes, boxes_for_frames)
+CODE_VERSION = code_version(sample_one, video_idt, idt_params, extract_idt, read_chunk_boxes, boxes_for_frames,
+                            rescale_boxes)
 
 
 @task(name="idt-sample-chunk", task_run_name="idt {chunk}")

@@ -167,7 +167,7 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
     if stage_config.objective == "la" and stage_config.cluster_source == "idt":
         cluster_labels = idt_labels_for(ws, train_ids)
     if stage_config.objective == "la" and stage_config.cluster_source == "joint":
-        idt_sketch, valid = read_sketches(ws, train_ids)
+        idt_sketch = read_sketches(ws, train_ids)[0]  # zero rows where a video has no valid sketch
     monitor = None
     if "label" in label_sets:
         monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])

@@ -57,25 +57,34 @@ def write_idt_text(path_or_file: str | Path | IO[str], rows: np.ndarray, info_co
         path_or_file.write(text)
 
 
+def _read_lines(path_or_file: str | Path | IO[str]) -> tuple[list[str], str]:
+    """The lines of a path (``.gz`` allowed) or an open text file, and a name for error messages."""
+    if isinstance(path_or_file, (str, Path)):
+        with _open(path_or_file, "r") as f:
+            return f.read().splitlines(), str(path_or_file)
+    return path_or_file.read().splitlines(), getattr(path_or_file, "name", "<stream>")
+
+
+def _numbers(line: str, name: str, index: int) -> list[float] | None:
+    """The numbers of one line (None when blank); ValueError naming the file and line otherwise."""
+    fields = line.split()
+    if not fields:
+        return None
+    try:
+        return [float(x) for x in fields]
+    except ValueError as e:
+        raise ValueError(f"{name} line {index + 1}: not a number: {e}") from e
+
+
 def read_idt_text(path_or_file: str | Path | IO[str], dim: int | None = None) -> np.ndarray:
     """Rows (N, D) float64 of a release-format file (path, ``.gz`` allowed, or open text file); an empty file gives
     (0, dim or 436). Raises ``ValueError`` naming the line when lines differ in length or hold non-numbers."""
-    if isinstance(path_or_file, (str, Path)):
-        with _open(path_or_file, "r") as f:
-            lines = f.read().splitlines()
-        name = str(path_or_file)
-    else:
-        lines = path_or_file.read().splitlines()
-        name = getattr(path_or_file, "name", "<stream>")
+    lines, name = _read_lines(path_or_file)
     rows = []
     for i, line in enumerate(lines):
-        fields = line.split()
-        if not fields:
+        values = _numbers(line, name, i)
+        if values is None:
             continue
-        try:
-            values = [float(x) for x in fields]
-        except ValueError as e:
-            raise ValueError(f"{name} line {i + 1}: not a number: {e}") from e
         if dim is None:
             dim = len(values)
         if len(values) != dim:
@@ -86,23 +95,13 @@ def read_idt_text(path_or_file: str | Path | IO[str], dim: int | None = None) ->
 
 def read_boxes(path_or_file: str | Path | IO[str]) -> dict[int, np.ndarray]:
     """Person boxes per frame: {frame index: (K, 5) float32 [x1, y1, x2, y2, score]} from a bb-file."""
-    if isinstance(path_or_file, (str, Path)):
-        with _open(path_or_file, "r") as f:
-            lines = f.read().splitlines()
-        name = str(path_or_file)
-    else:
-        lines = path_or_file.read().splitlines()
-        name = getattr(path_or_file, "name", "<stream>")
+    lines, name = _read_lines(path_or_file)
     out: dict[int, list[list[float]]] = {}
     current: int | None = None
     for i, line in enumerate(lines):
-        fields = line.split()
-        if not fields:
+        values = _numbers(line, name, i)
+        if values is None:
             continue
-        try:
-            values = [float(x) for x in fields]
-        except ValueError as e:
-            raise ValueError(f"{name} line {i + 1}: not a number: {e}") from e
         if len(values) % 5 == 1:  # "index [boxes...]": starts a frame
             current = int(values[0])
             if current < 0 or current != values[0]:

@@ -15,7 +15,7 @@ from idtprior_testutils import moving_square_frames
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
-from idtprior.storage import Workspace, read_manifest
+from idtprior.storage import FrameStore, Workspace, read_manifest
 from idtprior.tasks.pretrain import read_embeddings
 from idtprior.video.io import write_video
 
@@ -86,6 +86,19 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
     assert ws.read_record("pretrain_ir", "all").created == before["pretrain_ir"]
     assert ws.read_record("pretrain_la", "all").created != before["pretrain_la"]
     assert len(list((Path(ws.root) / "runs" / "pretrain_la").iterdir())) == 1  # the superseded run is removed
+
+
+def test_bad_training_inputs_are_named_before_any_training(tmp_path):
+    cfg = make_workspace(tmp_path, n=2)
+    with pytest.raises(ConfigError, match="train_split 'nosuch'"):
+        pretrain_pipeline(cfg.with_updates(pretrain={"train_split": "nosuch"}), stages=["pretrain_ir"], progress=False)
+    bad = tmp_path / "labels.csv"
+    bad.write_text("id,label\nclip000,a\n")
+    with pytest.raises(ConfigError, match=f"eval_labels_file {bad}: needs a video_id column"):
+        pretrain_pipeline(cfg.with_updates(pretrain={"eval_labels_file": str(bad)}), stages=["pretrain_ir"],
+                          progress=False)
+    assert not (Path(cfg.workspace) / "runs").exists()  # nothing was trained or half-written
+    assert len(FrameStore(Workspace(cfg.workspace)).video_ids) == 2  # the decoded frames are untouched
 
 
 def test_knn_evaluation_uses_the_test_split_and_every_label_column(tmp_path):

@@ -25,7 +25,7 @@ def cmd_make_demo_data(args) -> int:
     return 0
 
 
-def _load(config: str, workspace: str | None, source: str | None):
+def _load(config: str, workspace: str | None, source: str | None, video_root: str | None = None):
     from idtprior.config import load_config
 
     cfg = load_config(config)
@@ -33,14 +33,17 @@ def _load(config: str, workspace: str | None, source: str | None):
     if workspace:
         updates["workspace"] = workspace
     if source:
-        updates["ingest"] = {"source": source, "source_format": "auto", "video_root": None}
+        # the config's video_root belongs to its own source: a new source resolves against --video-root, else its folder
+        updates["ingest"] = {"source": source, "source_format": "auto", "video_root": video_root}
+    elif video_root:
+        updates["ingest"] = {"video_root": video_root}
     return cfg.with_updates(**updates) if updates else cfg
 
 
 def cmd_run(args) -> int:
     from idtprior.flows.pipeline import pretrain_pipeline
 
-    cfg = _load(args.config, args.workspace, args.source)
+    cfg = _load(args.config, args.workspace, args.source, args.video_root)
     result = pretrain_pipeline(cfg, stages=_split(args.stages), from_stage=args.from_stage,
                                dask_address=args.dask_address)
     _print_counts(result)
@@ -49,18 +52,26 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from idtprior.config import bundled_config, load_config
-    from idtprior.datasets.synthetic import make_demo_data
+    from idtprior.datasets.synthetic import demo_data_mismatch, make_demo_data
     from idtprior.flows.pipeline import pretrain_pipeline
 
     cfg = load_config(args.config or bundled_config("demo"))
     data = Path(args.data)
-    d = cfg.demo
+    settings = cfg.demo.model_dump()
     if not (data / "labels.csv").exists():
-        make_demo_data(data, videos_per_class=d.videos_per_class, frames=d.frames, width=d.width, height=d.height,
-                       fps=d.fps, camera_motion_fraction=d.camera_motion_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, progress=True)
+        make_demo_data(data, **settings, progress=True)
     else:
-        print(f"demo data already in {data} (delete it to render again)")
+        try:
+            differ = demo_data_mismatch(data, settings)
+        except FileNotFoundError as e:
+            print(f"demo data already in {data}; its settings cannot be checked ({e}); delete it to render again")
+        else:
+            if differ:
+                print(f"idtprior demo: error: the demo data in {data} was rendered with other settings than the "
+                      f"config's demo section:\n  " + "\n  ".join(differ) + f"\ndelete {data} to render it again, "
+                      "or pass another --data folder", file=sys.stderr)
+                return 2
+            print(f"demo data already in {data}, rendered with the config's settings (delete it to render again)")
     cfg = cfg.with_updates(workspace=str(Path(args.workspace).resolve()), ingest={
         "source": str((data / "splits" / "trainlist01.txt").resolve()), "video_root": str((data / "videos").resolve()),
         "source_format": "ucf_split", "labels_file": None},
@@ -143,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", default=None, help="run this stage and every later one")
     p.add_argument("--workspace", default=None, help="override the config's workspace")
     p.add_argument("--source", default=None, help="override ingest.source (folder or list file)")
+    p.add_argument("--video-root", default=None, help="override ingest.video_root, the folder that relative paths in "
+                   "a list file resolve against (with --source: default the list file's folder)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
     p.set_defaults(func=cmd_run)
 

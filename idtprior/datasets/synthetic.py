@@ -14,6 +14,7 @@ Output layout (UCF101 style, so the evaluation reads it like a real dataset)::
 """
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,25 @@ def make_demo_data(out: str | Path, videos_per_class: int = 40, frames: int = 64
         write_video(path, imgs, fps=fps, codec="libx264", options={"crf": "18", "preset": "superfast"})
     # superfast, not veryfast: with this x264 build veryfast's output varies run to run; superfast is byte-stable
     _write_lists(out, [v for v, _ in plan])
+    settings = {"videos_per_class": videos_per_class, "frames": frames, "width": width, "height": height, "fps": fps,
+                "camera_motion_fraction": camera_motion_fraction, "test_fraction": test_fraction, "seed": seed}
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return [v for v, _ in plan]
+
+
+SETTINGS_FILE = "demo-settings.json"
+
+
+def demo_data_mismatch(out: str | Path, settings: dict) -> list[str]:
+    """How the demo data in ``out`` differs from ``settings`` (the arguments of :func:`make_demo_data`), one line per
+    setting; ``[]`` when they match. Raises FileNotFoundError when ``out`` holds no settings record (data rendered by
+    an older version, or by hand)."""
+    path = Path(out) / SETTINGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no record of the settings the demo data in {out} was rendered with")
+    have = json.loads(path.read_text())
+    return [f"{k}: {have.get(k)!r} in {out}, {v!r} in the config" for k, v in sorted(settings.items())
+            if have.get(k) != v]
 
 
 def _write_lists(out: Path, videos: list[SyntheticVideo]) -> None:

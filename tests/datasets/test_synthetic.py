@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -56,3 +57,23 @@ def test_motion_is_in_the_pixels(tmp_path):
         frames = np.stack(render_video(video.label, video.background, video.actor_shape, video.actor_colour,
                                        "static", 8, 80, 60, vseed)).astype(int)
         assert np.abs(np.diff(frames, axis=0)).sum(axis=(1, 2, 3)).min() > 0, video.label
+
+
+def test_demo_refuses_data_rendered_with_other_settings(tmp_path, capsys):
+    from idtprior.cli import main
+    from idtprior.datasets.synthetic import SETTINGS_FILE, demo_data_mismatch
+
+    data = tmp_path / "data"
+    make_demo_data(data, videos_per_class=2, frames=12, seed=3)
+    settings = {"videos_per_class": 2, "frames": 12, "width": 160, "height": 120, "fps": 25,
+                "camera_motion_fraction": 0.3, "test_fraction": 0.3, "seed": 3}
+    assert demo_data_mismatch(data, settings) == []
+    assert demo_data_mismatch(data, {**settings, "seed": 4}) == [f"seed: 3 in {data}, 4 in the config"]
+    # the bundled demo config asks for 40 videos per class and seed 0: nothing runs, the difference is named
+    rc = main(["demo", "--data", str(data), "--workspace", str(tmp_path / "ws"), "--stages", "ingest"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"videos_per_class: 2 in {data}, 40 in the config" in err and "seed: 3" in err
+    assert not (tmp_path / "ws").exists()
+    (data / SETTINGS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=SETTINGS_FILE):
+        demo_data_mismatch(data, settings)

@@ -241,3 +241,24 @@ def test_inspect_writes_pictures_of_decode_and_idt(tmp_path):
     idt = cv2.imread(str(tmp_path / "out" / "clip000.idt.png"))
     assert idt is not None and (tmp_path / "out" / "clip000.idt.gif").stat().st_size > 0
     assert main(["inspect", cfg.workspace, "nosuchstage", "clip000"]) == 2
+
+
+def test_cli_run_with_another_source_and_video_root(tmp_path):
+    """--source replaces the config's source; relative list paths resolve against --video-root, else the list's folder."""
+    import yaml
+
+    from idtprior.cli import main
+
+    make_videos(tmp_path / "store" / "videos", 2)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "all.txt").write_text("clip000.mp4\nclip001.mp4\n")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg = config(tmp_path, tmp_path / "elsewhere", ingest={"video_root": str(tmp_path / "elsewhere")})
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    args = ["run", str(cfg_path), "--stages", "ingest", "--source", str(lists / "all.txt")]
+    assert main(args + ["--workspace", str(tmp_path / "ws-a")]) == 0  # resolved in lists/: both missing
+    assert {r.status for r in read_manifest(Workspace(str(tmp_path / "ws-a")))} == {"failed"}
+    assert main(args + ["--workspace", str(tmp_path / "ws-b"), "--video-root", str(tmp_path / "store" / "videos")]) == 0
+    rows = read_manifest(Workspace(str(tmp_path / "ws-b")))
+    assert sorted(r.video_id for r in rows) == ["clip000", "clip001"] and {r.status for r in rows} == {"ok"}

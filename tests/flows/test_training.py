@@ -97,7 +97,11 @@ def test_bad_training_inputs_are_named_before_any_training(tmp_path):
     with pytest.raises(ConfigError, match=f"eval_labels_file {bad}: needs a video_id column"):
         pretrain_pipeline(cfg.with_updates(pretrain={"eval_labels_file": str(bad)}), stages=["pretrain_ir"],
                           progress=False)
+    with pytest.raises(ConfigError, match="local folder; workspace memory:///?idtprior-train-ws is not local"):
+        pretrain_pipeline(cfg.with_updates(workspace="memory://idtprior-train-ws"), stages=["pretrain_ir"],
+                          progress=False)
     assert not (Path(cfg.workspace) / "runs").exists()  # nothing was trained or half-written
+    assert not Path("runs").exists() and not Path("idtprior-train-ws").exists()  # nor beside the caller
     assert len(FrameStore(Workspace(cfg.workspace)).video_ids) == 2  # the decoded frames are untouched
 
 

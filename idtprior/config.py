@@ -134,6 +134,13 @@ class PretrainConfig(_Section):
     embed_dim: int = Field(128, ge=2)
     clip_length: int = Field(16, ge=1)
     crop_size: int = Field(112, ge=8)
+    crop_scales: tuple[float, ...] = Field((1.0, 0.84089641525, 0.70710678118, 0.59460355750, 0.5), min_length=1,
+                                           description="training crops: a square of this fraction of the short "
+                                           "side, drawn per clip (Hara et al.'s 2^(-i/4))")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="training clips: probability of grayscale")
+    color_jitter: float = Field(0.4, ge=0, le=1, description="training clips: brightness/contrast/saturation "
+                                "factors in [1-j, 1+j], hue shift in [-j, j] turns")
+    hflip: bool = Field(True, description="training clips: horizontal flip with probability 0.5")
     batch_size: int = Field(256, ge=1, description="per device")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
@@ -150,6 +157,12 @@ class PretrainConfig(_Section):
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1, description="> 1: DDP (ddp_spawn under Prefect)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_scales(self):
+        if any(not 0 < c <= 1 for c in self.crop_scales):
+            raise ValueError(f"crop_scales {list(self.crop_scales)} must each be in (0, 1]")
+        return self
 
 
 class TrainStageConfig(_Section):

@@ -54,3 +54,21 @@ def test_train_stage_config_is_checked():
         parse_config({"pretrain_la": {"init_from": "pretrain_xx"}})
     with pytest.raises(ConfigError, match=r"lr_milestones.*\[20, 10\]"):
         parse_config({"tune_joint": {"lr_milestones": [20, 10]}})
+
+
+def test_augmentation_settings_are_checked_and_reach_the_trainer():
+    from idtprior.tasks.pretrain import pretrain_params, train_config_fields
+
+    with pytest.raises(ConfigError, match=r"crop_scales \[1.0, 1.5\]"):
+        parse_config({"pretrain": {"crop_scales": [1.0, 1.5]}})
+    with pytest.raises(ConfigError, match="color_jitter"):
+        parse_config({"pretrain": {"color_jitter": 2}})
+    paper = parse_config({})
+    mild = parse_config({"pretrain": {"crop_scales": [1.0, 0.84], "grayscale_p": 0, "color_jitter": 0.1,
+                                      "hflip": False}})
+    p = pretrain_params(mild.pretrain, mild.pretrain_ir, 100)
+    assert (p.crop_scales, p.grayscale_p, p.color_jitter, p.hflip) == ((1.0, 0.84), 0.0, 0.1, False)
+    q = pretrain_params(paper.pretrain, paper.pretrain_ir, 100)
+    assert (q.crop_scales[-1], q.grayscale_p, q.color_jitter, q.hflip) == (0.5, 0.2, 0.4, True)
+    # the training fingerprint follows the augmentation: changing it retrains
+    assert train_config_fields(mild.pretrain) != train_config_fields(paper.pretrain)

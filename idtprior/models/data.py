@@ -182,14 +182,17 @@ class ClipDataset(Dataset):
         scales: Sequence[float] = SCALES,
         grayscale_p: float = 0.2,
         jitter: float = 0.4,
+        flip: bool = True,
     ) -> None:
         if clip_length < 1 or crop_size < 1:
             raise ValueError(f"clip_length {clip_length} and crop_size {crop_size} must be positive")
         if not scales or any(not 0 < s <= 1 for s in scales):
             raise ValueError(f"crop scales {tuple(scales)} must be in (0, 1]")
+        if not 0 <= grayscale_p <= 1 or not 0 <= jitter <= 1:
+            raise ValueError(f"grayscale_p {grayscale_p} and jitter {jitter} must be in [0, 1]")
         self.source, self.clip_length, self.crop_size = source, clip_length, crop_size
         self.train, self.seed, self.scales = train, seed, tuple(scales)
-        self.grayscale_p, self.jitter = grayscale_p, jitter
+        self.grayscale_p, self.jitter, self.flip = grayscale_p, jitter, flip
 
     def __len__(self) -> int:
         return len(self.source)
@@ -209,7 +212,7 @@ class ClipDataset(Dataset):
                 f"{frames.dtype}, expected ({want}, H, W, 3) uint8"
             )
         clip = transform_clip(
-            frames[positions], self.crop_size, rng, self.scales, self.grayscale_p, self.jitter, flip=True
+            frames[positions], self.crop_size, rng, self.scales, self.grayscale_p, self.jitter, flip=self.flip
         )
         return index, clip
 
@@ -273,7 +276,10 @@ class ClipDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         pin_memory: bool | None = None,
         prefetch_factor: int = 4,
+        augment: dict[str, Any] | None = None,
     ) -> None:
+        """``augment``: the training clips' ``scales``, ``grayscale_p``, ``jitter``, ``flip`` (see :class:`ClipDataset`;
+        default the paper's)."""
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size {batch_size} must be >= 1 and num_workers {num_workers} >= 0")
@@ -283,7 +289,7 @@ class ClipDataModule(pl.LightningDataModule):
         self.drop_last = drop_last and len(source) > batch_size
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
-        self.train_set = ClipDataset(source, clip_length, crop_size, train=True, seed=seed)
+        self.train_set = ClipDataset(source, clip_length, crop_size, train=True, seed=seed, **(augment or {}))
         self.eval_set = ClipDataset(source, clip_length, crop_size, train=False, seed=seed)
 
     def _loader(self, dataset: ClipDataset, sampler: Sampler | None, drop_last: bool, batch_size: int) -> DataLoader:

@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
-from idtprior.models.data import ClipDataModule, ClipDataset, ClipSource, collate_clips
+from idtprior.models.data import SCALES, ClipDataModule, ClipDataset, ClipSource, collate_clips
 from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z
 from idtprior.models.memory_bank import MemoryBank
 from idtprior.models.resnet3d import BLOCKS, ResNet3d
@@ -42,6 +42,12 @@ class PretrainParams:
     embed_dim: int = 128
     clip_length: int = 16
     crop_size: int = 112
+    # training-clip augmentation (Hara et al. / the paper): multi-scale crops of the short side, random grayscale,
+    # colour jitter, horizontal flip
+    crop_scales: tuple[float, ...] = SCALES
+    grayscale_p: float = 0.2
+    color_jitter: float = 0.4
+    hflip: bool = True
     batch_size: int = 128  # per device
     lr: float = 0.03
     momentum: float = 0.9
@@ -88,9 +94,21 @@ class PretrainParams:
         for name in ("bank_momentum", "nce_z_momentum", "momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1]")
+        if not self.crop_scales or any(not 0 < float(c) <= 1 for c in self.crop_scales):
+            raise ValueError(f"crop_scales {tuple(self.crop_scales)} must be in (0, 1]")
+        object.__setattr__(self, "crop_scales", tuple(float(c) for c in self.crop_scales))
+        for name in ("grayscale_p", "color_jitter"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1]")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones {self.milestones} must be increasing")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+
+def augment_of(params: PretrainParams) -> dict[str, Any]:
+    """The training-clip augmentation of ``params`` as :class:`ClipDataset` arguments."""
+    return {"scales": params.crop_scales, "grayscale_p": params.grayscale_p, "jitter": params.color_jitter,
+            "flip": params.hflip}
 
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
@@ -427,7 +445,7 @@ def train(
     if init_from is not None and ckpt_path is None:
         module.load_init(init_from)
     data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
-                          params.seed, drop_last=params.drop_last)
+                          params.seed, drop_last=params.drop_last, augment=augment_of(params))
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
                                  auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True)
     # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log

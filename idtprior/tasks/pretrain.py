@@ -62,7 +62,8 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
         raise ConfigError(f"n_clusters {stage.n_clusters} exceeds the {n_train} training videos")
     return PretrainParams(
         arch=shared.arch, width=shared.width, embed_dim=shared.embed_dim, clip_length=shared.clip_length,
-        crop_size=shared.crop_size, batch_size=shared.batch_size, lr=stage.lr, momentum=shared.momentum,
+        crop_size=shared.crop_size, crop_scales=shared.crop_scales, grayscale_p=shared.grayscale_p,
+        color_jitter=shared.color_jitter, hflip=shared.hflip, batch_size=shared.batch_size, lr=stage.lr, momentum=shared.momentum,
         weight_decay=shared.weight_decay, milestones=stage.lr_milestones, gamma=stage.lr_gamma, epochs=stage.epochs,
         tau=shared.tau, objective=stage.objective, negatives=shared.negatives, bank_momentum=shared.bank_momentum,
         la_k=shared.la_k, cluster_source=stage.cluster_source, n_clusters=stage.n_clusters,

@@ -77,3 +77,27 @@ def test_worker_processes_give_the_same_clips(squares):
                for w in (0, 2)]
     a, b = (next(iter(dl)) for dl in loaders)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_augmentation_settings_reach_the_training_clips():
+    """Scale 1, no colour change, no flip: a training clip is exactly a crop of the frames (a shift, never a mirror);
+    with flip on, some epochs mirror it."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(6, 16, 24, 3), dtype=np.uint8)
+    mean = np.asarray(MEAN_RGB)[:, None, None, None]
+    views = {(kind, start, x): (frames[start : start + 4, :, x : x + 16, :][:, :, :: -1 if kind == "mirror" else 1]
+                                .transpose(3, 0, 1, 2) / 255.0 - mean)
+             for kind in ("crop", "mirror") for start in range(3) for x in range(9)}
+    seen = {}
+    for flip in (False, True):
+        ds = ClipDataset(ArrayClipSource([frames]), clip_length=4, crop_size=16, seed=0, scales=(1.0,),
+                         grayscale_p=0.0, jitter=0.0, flip=flip)
+        seen[flip] = set()
+        for epoch in range(12):
+            clip = ds[(0, epoch)][1].numpy()
+            kinds = {key[0] for key, want in views.items() if np.allclose(clip, want, atol=1e-6)}
+            assert kinds, f"epoch {epoch}: the clip is no crop of the frames"
+            seen[flip] |= kinds
+    assert seen[False] == {"crop"} and seen[True] == {"crop", "mirror"}
+    with pytest.raises(ValueError, match="grayscale_p 1.5"):
+        ClipDataset(ArrayClipSource([frames]), grayscale_p=1.5)

@@ -146,6 +146,7 @@ class PretrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     tau: float = Field(0.07, gt=0)
     negatives: int = Field(4096, ge=1, description="IR: NCE noise samples per clip")
+    ir_exact: bool = Field(False, description="IR: the full softmax over the memory bank instead of NCE (small N)")
     bank_momentum: float = Field(0.5, ge=0, lt=1)
     la_k: int = Field(4096, ge=1, description="LA: background neighbours (clipped to the number of videos)")
     knn_k: int = Field(20, ge=1, description="neighbours of the kNN monitor and evaluation")

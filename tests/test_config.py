@@ -10,6 +10,8 @@ def test_bundled_configs_carry_the_paper_settings():
     assert (k400.cluster.k, k400.cluster.runs) == (6000, 3)
     p = k400.pretrain
     assert (p.clip_length, p.crop_size, p.batch_size, p.tau, p.negatives, p.la_k) == (16, 112, 256, 0.07, 4096, 4096)
+    assert (len(p.crop_scales), p.crop_scales[-1], p.grayscale_p, p.color_jitter, p.hflip, p.ir_exact) == (
+        5, 0.5, 0.2, 0.4, True, False)
     assert (k400.pretrain_ir.objective, k400.pretrain_ir.epochs, k400.pretrain_ir.lr) == ("ir", 40, 0.03)
     la = k400.pretrain_la
     assert (la.objective, la.cluster_source, la.epochs, la.lr_milestones, la.init_from) == (

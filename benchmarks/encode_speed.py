@@ -98,17 +98,6 @@ def synthetic_codebook(x: np.ndarray, k: int, mode: str, pca_dim: int | None, rn
     return Codebook(blocks=tuple(blocks), pca_mode=mode, sketch_seed=0, sketch_dim=2000)
 
 
-def sklearn_gmm(g: DiagGMM):
-    from sklearn.mixture import GaussianMixture
-
-    gm = GaussianMixture(n_components=g.n_components, covariance_type="diag")
-    gm.weights_ = g.weights.astype(np.float64)
-    gm.means_ = g.means.astype(np.float64)
-    gm.covariances_ = g.variances.astype(np.float64)
-    gm.precisions_cholesky_ = 1.0 / np.sqrt(gm.covariances_)
-    return gm
-
-
 def sklearn_pca(block: CodebookBlock):
     from sklearn.decomposition import PCA
 
@@ -147,12 +136,12 @@ def bench_fisher(args, rng) -> dict:
     cb = synthetic_codebook(fit_rows, args.k, "concat", args.pca_dim, rng)
     cbp = synthetic_codebook(fit_rows, args.k, "per_type", None, rng)
     d = cb.blocks[0].dim
-    pca, gm = sklearn_pca(cb.blocks[0]), sklearn_gmm(cb.blocks[0].gmm)
+    pca, gm = sklearn_pca(cb.blocks[0]), cb.blocks[0].gmm.to_sklearn()
     np.testing.assert_allclose(baseline_fisher(video, pca, gm), fisher_vector(video, cb)[0], atol=1e-4)
     z = project(video, cb.blocks[0]).astype(np.float64)
     hog = cbp.blocks[1]  # the anchor's unit: one 48-d block (the per_type HOG block), descriptors already projected
     zh = project(video, hog)
-    gm_hog = sklearn_gmm(hog.gmm)
+    gm_hog = hog.gmm.to_sklearn()
     t = timeit_many({
         "ours": lambda: count_sketch(fisher_vector(video, cb)[0], cb),
         "ours_pt": lambda: count_sketch(fisher_vector(video, cbp)[0], cbp),
@@ -241,7 +230,7 @@ def bench_gmm(args, rng, dim: int) -> dict:
     t_sk = (time.perf_counter() - t0) / args.gmm_iters
     mem["sk"] = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    ll_ours, ll_base, ll_sk = sklearn_gmm(g_ours).score(x64), sklearn_gmm(g_base).score(x64), sk.score(x64)
+    ll_ours, ll_base, ll_sk = g_ours.to_sklearn().score(x64), g_base.to_sklearn().score(x64), sk.score(x64)
     t_ours, t_64, t_base = t["ours"], t["ours64"], t["base"]
     mib = {k: v / 2**20 for k, v in mem.items()}
     print(f"  {'':28s} {'s/iter':>8s} {'base/this':>10s} {'peak MiB':>9s}  log-lik after {args.gmm_iters} iterations")

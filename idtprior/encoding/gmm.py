@@ -57,6 +57,18 @@ class DiagGMM:
     def dim(self) -> int:
         return int(np.shape(self.means)[1])
 
+    def to_sklearn(self):
+        """The same mixture as a fitted scikit-learn ``GaussianMixture`` (float64), for its API (score, predict_proba,
+        sample) and for comparisons."""
+        from sklearn.mixture import GaussianMixture
+
+        gm = GaussianMixture(n_components=self.n_components, covariance_type="diag")
+        gm.weights_ = np.asarray(self.weights, np.float64)
+        gm.means_ = np.asarray(self.means, np.float64)
+        gm.covariances_ = np.asarray(self.variances, np.float64)
+        gm.precisions_cholesky_ = 1.0 / np.sqrt(gm.covariances_)
+        return gm
+
 
 @dataclass
 class GMMFit:

@@ -3,8 +3,6 @@
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
-from pathlib import Path
-
 from prefect import flow
 
 from idtprior.config import ConfigError, PipelineConfig

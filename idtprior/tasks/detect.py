@@ -12,7 +12,7 @@ import numpy as np
 from prefect import task
 
 from idtprior.config import DetectConfig
-from idtprior.storage import ChunkRecord, Workspace, read_manifest
+from idtprior.storage import ChunkRecord, Workspace
 from idtprior.tasks.common import code_version, run_chunk
 from idtprior.video import io as video_io
 from idtprior.video import detect as detect_core
@@ -151,10 +151,3 @@ def export_boxes(ws: Workspace, folder: str | Path, video_ids: list[str] | None 
         missing = sorted(wanted - {p.name[:-3] for p in out})
         raise KeyError(f"no boxes in {ws.url} for {missing}: run the detect stage")
     return out
-
-
-def manifest_chunk(ws: Workspace, video_id: str) -> str:
-    rows = [r for r in read_manifest(ws) if r.video_id == video_id]
-    if not rows:
-        raise KeyError(f"video {video_id!r} is not in the manifest of {ws.url}")
-    return rows[0].chunk

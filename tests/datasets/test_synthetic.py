@@ -7,7 +7,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from idtprior.datasets.lists import read_source
 from idtprior.datasets.synthetic import MOTIONS, make_demo_data, plan_videos, read_demo_labels, render_video
-from idtprior.video.io import iter_frames, probe_video
+from idtprior.video.io import probe_video
 
 
 def test_rendering_is_deterministic_and_the_files_are_real_h264(tmp_path):

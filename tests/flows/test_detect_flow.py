@@ -1,8 +1,6 @@
 """The detect stage on the real Prefect engine: boxes per frame in the workspace, bb-file import and export, the IDT
 stages (sample and fused encode) reading the boxes, and reruns that follow the boxes."""
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest

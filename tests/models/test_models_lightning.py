@@ -3,7 +3,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from idtprior.models import ClipDataModule, PretrainModule, PretrainParams, load_encoder, train
+from idtprior.models import ClipDataModule, PretrainModule, load_encoder, train
 
 CONFIGS = [
     dict(objective="ir"),

@@ -88,12 +88,10 @@ def idt_labels_for(ws: Workspace, train_ids: list[str]) -> np.ndarray:
     labels, ids = read_cluster_labels(ws)
     where = {v: i for i, v in enumerate(ids)}
     missing = [v for v in train_ids if v not in where]
-    out = np.full((labels.shape[0], len(train_ids)), -1, np.int64)
-    cols = [j for j, v in enumerate(train_ids) if v in where]
-    out[:, cols] = labels[:, [where[train_ids[j]] for j in cols]]
     if missing:
-        ws_hint = f"{len(missing)} training videos have no cluster label (e.g. {missing[0]}); rerun the cluster stage"
-        raise ConfigError(f"workspace {ws.url}: {ws_hint}")
+        raise ConfigError(f"workspace {ws.url}: {len(missing)} training videos have no cluster label (e.g. "
+                          f"{missing[0]}); rerun the cluster stage")
+    out = labels[:, [where[v] for v in train_ids]].astype(np.int64)
     lonely = out < 0
     out[lonely] = out.max() + 1 + np.nonzero(lonely)[1]
     return out

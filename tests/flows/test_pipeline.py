@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from idtprior_testutils import moving_square_frames, write_audio_only
-from idtprior.config import PipelineConfig
+from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.stages import ingest_flow
 from idtprior.storage import FrameStore, Workspace, read_manifest
@@ -221,6 +221,8 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     from idtprior.tasks.pretrain import idt_labels_for
 
     np.testing.assert_array_equal(idt_labels_for(ws, ids), labels)  # LA trained on the cluster stage's labels
+    with pytest.raises(ConfigError, match=r"1 training videos have no cluster label \(e.g. nosuch\)"):
+        idt_labels_for(ws, [*ids, "nosuch"])
     joint = ws.read_record("tune_joint", "all").videos["model"]
     assert joint["cluster_source"] == "joint" and "knn_init" not in joint  # started from pretrain_la, not afresh
 

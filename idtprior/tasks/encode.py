@@ -45,9 +45,8 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     version, group = ws.new_version(stage, chunk)
     for name, arr in book.to_arrays().items():
         group.create_array(name, data=np.asarray(arr), overwrite=True)
-    record = ChunkRecord(stage, chunk, fingerprint, version, {}, )
-    record.videos = {"codebook": {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim),
-                                  "fingerprint": book.fingerprint()}}
+    record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": {
+        "status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint()}})
     ws.commit(record)
     return record
 

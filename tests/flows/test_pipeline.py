@@ -264,3 +264,25 @@ def test_cli_run_with_another_source_and_video_root(tmp_path):
     assert main(args + ["--workspace", str(tmp_path / "ws-b"), "--video-root", str(tmp_path / "store" / "videos")]) == 0
     rows = read_manifest(Workspace(str(tmp_path / "ws-b")))
     assert sorted(r.video_id for r in rows) == ["clip000", "clip001"] and {r.status for r in rows} == {"ok"}
+
+
+def test_cluster_agreement_equals_sklearn_nmi_and_contingency_purity():
+    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    from idtprior.flows.stages import cluster_agreement
+
+    rng = np.random.default_rng(0)
+    ids = [f"v{i}" for i in range(200)]
+    truth = {v: f"class{rng.integers(0, 4)}" for v in ids[:180]}  # 20 videos without a label
+    labels = rng.integers(0, 7, size=(2, 200))
+    labels[:, 5] = -1  # not encoded: left out
+    nmis, purities = [], []
+    for run in labels:
+        keep = [i for i in range(180) if run[i] >= 0]
+        y, p = [truth[ids[i]] for i in keep], run[keep]
+        nmis.append(normalized_mutual_info_score(y, p))
+        purities.append(contingency_matrix(p, y).max(axis=1).sum() / len(keep))
+    got = cluster_agreement(labels, ids, truth)
+    assert got == {"nmi": round(float(np.mean(nmis)), 4), "purity": round(float(np.mean(purities)), 4)}
+    assert 0.0 < got["purity"] < 1.0

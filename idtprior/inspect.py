@@ -30,13 +30,18 @@ def inspect_stage(workspace: str, stage: str, video: str, out: str | None = None
     return INSPECTORS[stage](ws, video, folder)
 
 
-@inspector("ingest")
-def _inspect_ingest(ws: Workspace, video: str, folder: Path) -> list[Path]:
+def _manifest_row(ws: Workspace, video: str):
     rows = [r for r in read_manifest(ws) if r.video_id == video]
     if not rows:
         raise KeyError(f"video {video!r} is not in the manifest of {ws.url}")
+    return rows[0]
+
+
+@inspector("ingest")
+def _inspect_ingest(ws: Workspace, video: str, folder: Path) -> list[Path]:
+    row = _manifest_row(ws, video)
     path = folder / f"{video}.ingest.json"
-    path.write_text(json.dumps(rows[0].__dict__, indent=2))
+    path.write_text(json.dumps(row.__dict__, indent=2))
     return [path]
 
 
@@ -58,16 +63,14 @@ def _inspect_idt(ws: Workspace, video: str, folder: Path) -> list[Path]:
     from idtprior.video.idt import extract_idt
     from idtprior.video.io import iter_frames
 
-    rows = [r for r in read_manifest(ws) if r.video_id == video]
-    if not rows:
-        raise KeyError(f"video {video!r} is not in the manifest of {ws.url}")
+    row = _manifest_row(ws, video)
     params = idt_params(IDTConfig())
-    frames = list(iter_frames(rows[0].path))
+    frames = list(iter_frames(row.path))
     traj, points = extract_idt(iter(frames), params, return_points=True)
     strip, anim = folder / f"{video}.idt.png", folder / f"{video}.idt.gif"
     drawn = list(render_trajectories(frames, traj, points, params.track_length))
     save_strip(drawn, strip, every=max(1, len(drawn) // 12), columns=6)
-    save_animation(drawn, anim, fps=rows[0].fps or 25.0)
+    save_animation(drawn, anim, fps=row.fps or 25.0)
     return [strip, anim]
 
 
@@ -79,13 +82,11 @@ def _inspect_detect(ws: Workspace, video: str, folder: Path) -> list[Path]:
     from idtprior.tasks.detect import read_video_boxes
     from idtprior.video.io import iter_frames
 
-    rows = [r for r in read_manifest(ws) if r.video_id == video]
-    if not rows:
-        raise KeyError(f"video {video!r} is not in the manifest of {ws.url}")
+    row = _manifest_row(ws, video)
     boxes = read_video_boxes(ws, video)
     picks = set(np.linspace(0, len(boxes) - 1, min(len(boxes), 16)).round().astype(int).tolist())
     drawn = []
-    for t, frame in enumerate(iter_frames(rows[0].path)):
+    for t, frame in enumerate(iter_frames(row.path)):
         if t not in picks or t >= len(boxes):
             continue
         img = np.ascontiguousarray(frame).copy()

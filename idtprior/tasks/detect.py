@@ -123,7 +123,6 @@ def boxes_for_frames(boxes: list[np.ndarray] | None, height: int, width: int, ma
     return rescale_boxes(boxes, (height, width), video_io.resized_shape(height, width, None, max_side))
 
 
-
 def read_video_boxes(ws: Workspace, video_id: str) -> list[np.ndarray]:
     """A video's per-frame boxes as stored by the detect stage; KeyError when it has none."""
     for chunk, rec in ws.records(STAGE).items():

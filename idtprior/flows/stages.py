@@ -224,7 +224,41 @@ def cluster_agreement(labels, label_ids: list[str], truth: dict[str, str]) -> di
         table = np.zeros((clusters.max(initial=-1) + 1, classes.max(initial=-1) + 1), np.int64)
         np.add.at(table, (clusters, classes), 1)
         purities.append(int(table.max(axis=1, initial=0).sum()) / max(len(y), 1))
-    return {"nmi": round(float(sum(nmis) / len(nmis)), 4), "purity": round(float(sum(purities) / len(purities)), 4)}
+    out = {"nmi": round(float(sum(nmis) / len(nmis)), 4), "purity": round(float(sum(purities) / len(purities)), 4)}
+    out.update(close_neighbour_agreement(labels[:, idx], names))
+    return out
+
+
+def _pairs_sharing(*keys: np.ndarray) -> int:
+    """Unordered pairs of rows equal in every key array."""
+    _, counts = np.unique(np.stack(keys, 1), axis=0, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
+    """How LA would use the m clusterings: its close neighbours of a video are the videos that share a cluster with it
+    in ANY run. Returns the fraction of video pairs that are close (``close_pairs``), the fraction of those with the
+    same known label (``close_precision``), and that fraction over all pairs (``same_label_pairs``, the chance level).
+
+    Counted by inclusion-exclusion over the subsets of runs (pairs sharing a cluster in every run of a subset are
+    pairs with equal label tuples), so O(2^m N log N), not O(N^2). Label -1 (no sketch) is nobody's neighbour.
+    """
+    labels = np.array(labels, dtype=np.int64, copy=True)
+    m, n = labels.shape
+    if n < 2:
+        return {}
+    unique = -1 - np.arange(n)
+    labels = np.where(labels < 0, unique[None], labels)
+    _, y = np.unique(np.asarray(truth, dtype=object).astype(str), return_inverse=True)
+    close = close_same = 0
+    for mask in range(1, 2**m):
+        runs = [labels[r] for r in range(m) if mask >> r & 1]
+        sign = 1 if len(runs) % 2 else -1
+        close += sign * _pairs_sharing(*runs)
+        close_same += sign * _pairs_sharing(*runs, y)
+    total = n * (n - 1) // 2
+    return {"close_pairs": round(close / total, 4), "close_precision": round(close_same / max(close, 1), 4),
+            "same_label_pairs": round(_pairs_sharing(y) / total, 4)}
 
 
 STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,

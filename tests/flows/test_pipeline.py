@@ -284,5 +284,29 @@ def test_cluster_agreement_equals_sklearn_nmi_and_contingency_purity():
         nmis.append(normalized_mutual_info_score(y, p))
         purities.append(contingency_matrix(p, y).max(axis=1).sum() / len(keep))
     got = cluster_agreement(labels, ids, truth)
-    assert got == {"nmi": round(float(np.mean(nmis)), 4), "purity": round(float(np.mean(purities)), 4)}
+    assert {k: got[k] for k in ("nmi", "purity")} == {"nmi": round(float(np.mean(nmis)), 4),
+                                                      "purity": round(float(np.mean(purities)), 4)}
     assert 0.0 < got["purity"] < 1.0
+    assert set(got) == {"nmi", "purity", "close_pairs", "close_precision", "same_label_pairs"}
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_close_neighbour_agreement_equals_pairwise_count(m):
+    from idtprior.flows.stages import close_neighbour_agreement
+
+    rng = np.random.default_rng(m)
+    n = 90
+    truth = [f"c{t}" for t in rng.integers(0, 3, n)]
+    labels = rng.integers(0, 5, size=(m, n))
+    labels[0, :4] = -1  # no sketch in the first run: close only through the other runs
+    close = np.zeros((n, n), bool)
+    for run in labels:
+        close |= (run[:, None] == run[None]) & (run[:, None] >= 0)
+    same = np.array(truth)[:, None] == np.array(truth)[None]
+    upper = np.triu(np.ones((n, n), bool), 1)
+    got = close_neighbour_agreement(labels, truth)
+    assert got == {"close_pairs": round(float(close[upper].mean()), 4),
+                   "close_precision": round(float(same[close & upper].mean()), 4),
+                   "same_label_pairs": round(float(same[upper].mean()), 4)}
+    if m > 1:  # the union over runs has more close pairs than any one run
+        assert got["close_pairs"] > close_neighbour_agreement(labels[1:2], truth)["close_pairs"]

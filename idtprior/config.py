@@ -133,6 +133,8 @@ class PretrainConfig(_Section):
     width: float = Field(1.0, gt=0, le=4, description="stage-width multiplier (0.25 for CPU-sized runs)")
     embed_dim: int = Field(128, ge=2)
     clip_length: int = Field(16, ge=1)
+    frame_step: int = Field(1, ge=1, description="clips take every frame_step-th decoded frame: clip_length frames "
+                            "span (clip_length - 1) * frame_step + 1 (training and evaluation clips)")
     crop_size: int = Field(112, ge=8)
     crop_scales: tuple[float, ...] = Field((1.0, 0.84089641525, 0.70710678118, 0.59460355750, 0.5), min_length=1,
                                            description="training crops: a square of this fraction of the short "

@@ -65,12 +65,16 @@ def test_augmentation_settings_are_checked_and_reach_the_trainer():
         parse_config({"pretrain": {"crop_scales": [1.0, 1.5]}})
     with pytest.raises(ConfigError, match="color_jitter"):
         parse_config({"pretrain": {"color_jitter": 2}})
+    with pytest.raises(ConfigError, match=r"pretrain.frame_step.*value 0"):
+        parse_config({"pretrain": {"frame_step": 0}})
     paper = parse_config({})
     mild = parse_config({"pretrain": {"crop_scales": [1.0, 0.84], "grayscale_p": 0, "color_jitter": 0.1,
-                                      "hflip": False, "ir_exact": True}})
+                                      "hflip": False, "ir_exact": True, "frame_step": 2}})
     p = pretrain_params(mild.pretrain, mild.pretrain_ir, 100)
-    assert (p.crop_scales, p.grayscale_p, p.color_jitter, p.hflip, p.ir_exact) == ((1.0, 0.84), 0.0, 0.1, False, True)
+    assert (p.crop_scales, p.grayscale_p, p.color_jitter, p.hflip, p.ir_exact, p.frame_step) == (
+        (1.0, 0.84), 0.0, 0.1, False, True, 2)
     q = pretrain_params(paper.pretrain, paper.pretrain_ir, 100)
-    assert (q.crop_scales[-1], q.grayscale_p, q.color_jitter, q.hflip, q.ir_exact) == (0.5, 0.2, 0.4, True, False)
+    assert (q.crop_scales[-1], q.grayscale_p, q.color_jitter, q.hflip, q.ir_exact, q.frame_step) == (
+        0.5, 0.2, 0.4, True, False, 1)
     # the training fingerprint follows the augmentation: changing it retrains
     assert train_config_fields(mild.pretrain) != train_config_fields(paper.pretrain)

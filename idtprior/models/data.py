@@ -97,12 +97,15 @@ def moving_squares(
     return videos, labels.astype(np.int64)
 
 
-def _temporal_indices(n_frames: int, length: int, rng: np.random.Generator | None) -> tuple[int, np.ndarray]:
-    """Start frame and the ``(length,)`` positions into the read frames (looped when the video is short)."""
-    if n_frames >= length:
-        start = int(rng.integers(0, n_frames - length + 1)) if rng is not None else (n_frames - length) // 2
-        return start, np.arange(length)
-    return 0, np.arange(length) % n_frames
+def _temporal_indices(n_frames: int, length: int, rng: np.random.Generator | None, step: int = 1
+                      ) -> tuple[int, int, np.ndarray]:
+    """Start frame, number of frames to read, and the ``(length,)`` positions into them: every ``step``-th frame of a
+    span of ``(length - 1) * step + 1`` frames, looped over the whole video when it is shorter than the span."""
+    span = (length - 1) * step + 1
+    if n_frames >= span:
+        start = int(rng.integers(0, n_frames - span + 1)) if rng is not None else (n_frames - span) // 2
+        return start, span, np.arange(length) * step
+    return 0, n_frames, (np.arange(length) * step) % n_frames
 
 
 def _adjust_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
@@ -183,9 +186,11 @@ class ClipDataset(Dataset):
         grayscale_p: float = 0.2,
         jitter: float = 0.4,
         flip: bool = True,
+        frame_step: int = 1,
     ) -> None:
-        if clip_length < 1 or crop_size < 1:
-            raise ValueError(f"clip_length {clip_length} and crop_size {crop_size} must be positive")
+        if clip_length < 1 or crop_size < 1 or frame_step < 1:
+            raise ValueError(f"clip_length {clip_length}, crop_size {crop_size} and frame_step {frame_step} must be "
+                             f"positive")
         if not scales or any(not 0 < s <= 1 for s in scales):
             raise ValueError(f"crop scales {tuple(scales)} must be in (0, 1]")
         if not 0 <= grayscale_p <= 1 or not 0 <= jitter <= 1:
@@ -193,6 +198,7 @@ class ClipDataset(Dataset):
         self.source, self.clip_length, self.crop_size = source, clip_length, crop_size
         self.train, self.seed, self.scales = train, seed, tuple(scales)
         self.grayscale_p, self.jitter, self.flip = grayscale_p, jitter, flip
+        self.frame_step = frame_step
 
     def __len__(self) -> int:
         return len(self.source)
@@ -203,8 +209,7 @@ class ClipDataset(Dataset):
         n = self.source.num_frames(index)
         if n < 1:
             raise ValueError(f"video {index}: {n} frames, need at least 1")
-        start, positions = _temporal_indices(n, self.clip_length, rng)
-        want = min(n, self.clip_length)
+        start, want, positions = _temporal_indices(n, self.clip_length, rng, self.frame_step)
         frames = np.asarray(self.source.read_clip(index, start, want))
         if frames.ndim != 4 or frames.shape[0] != want or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(
@@ -277,9 +282,10 @@ class ClipDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         prefetch_factor: int = 4,
         augment: dict[str, Any] | None = None,
+        frame_step: int = 1,
     ) -> None:
         """``augment``: the training clips' ``scales``, ``grayscale_p``, ``jitter``, ``flip`` (see :class:`ClipDataset`;
-        default the paper's)."""
+        default the paper's). ``frame_step``: clips take every ``frame_step``-th frame (training and evaluation)."""
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size {batch_size} must be >= 1 and num_workers {num_workers} >= 0")
@@ -289,8 +295,9 @@ class ClipDataModule(pl.LightningDataModule):
         self.drop_last = drop_last and len(source) > batch_size
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
-        self.train_set = ClipDataset(source, clip_length, crop_size, train=True, seed=seed, **(augment or {}))
-        self.eval_set = ClipDataset(source, clip_length, crop_size, train=False, seed=seed)
+        self.train_set = ClipDataset(source, clip_length, crop_size, train=True, seed=seed, frame_step=frame_step,
+                                     **(augment or {}))
+        self.eval_set = ClipDataset(source, clip_length, crop_size, train=False, seed=seed, frame_step=frame_step)
 
     def _loader(self, dataset: ClipDataset, sampler: Sampler | None, drop_last: bool, batch_size: int) -> DataLoader:
         extra: dict[str, Any] = {}

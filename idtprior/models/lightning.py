@@ -41,6 +41,7 @@ class PretrainParams:
     width: float = 1.0  # stage-width multiplier; 0.125 for CPU-sized runs
     embed_dim: int = 128
     clip_length: int = 16
+    frame_step: int = 1  # clips take every frame_step-th frame
     crop_size: int = 112
     # training-clip augmentation (Hara et al. / the paper): multi-scale crops of the short side, random grayscale,
     # colour jitter, horizontal flip
@@ -84,8 +85,8 @@ class PretrainParams:
             raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
         if self.cluster_source not in CLUSTER_SOURCES:
             raise ValueError(f"cluster_source {self.cluster_source!r} is not one of {CLUSTER_SOURCES}")
-        for name in ("embed_dim", "clip_length", "crop_size", "batch_size", "epochs", "negatives", "la_k",
-                     "n_clusters", "kmeans_runs", "knn_k", "devices", "log_every_n_steps"):
+        for name in ("embed_dim", "clip_length", "frame_step", "crop_size", "batch_size", "epochs", "negatives",
+                     "la_k", "n_clusters", "kmeans_runs", "knn_k", "devices", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("lr", "tau", "width"):
@@ -318,13 +319,13 @@ class PretrainModule(pl.LightningModule):
 @torch.no_grad()
 def compute_embeddings(
     encoder: ResNet3d, source: ClipSource, clip_length: int, crop_size: int, batch_size: int = 32,
-    num_workers: int = 0, device: str | torch.device | None = None,
+    num_workers: int = 0, device: str | torch.device | None = None, frame_step: int = 1,
 ) -> np.ndarray:
     """Embeddings ``(N, embed_dim)`` float32 of every video's centre clip, in index order."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loader = torch.utils.data.DataLoader(
-        ClipDataset(source, clip_length, crop_size, train=False), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=collate_clips,
+        ClipDataset(source, clip_length, crop_size, train=False, frame_step=frame_step), batch_size=batch_size,
+        num_workers=num_workers, collate_fn=collate_clips,
     )
     was_training = encoder.training
     encoder.eval().to(device)
@@ -350,7 +351,8 @@ def export_encoder(
     if source is not None:
         paths["embeddings"] = out_dir / "embeddings.npy"
         # device=None picks CUDA when present: after fit, Lightning's teardown has moved the module to the CPU
-        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers)
+        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers,
+                                 frame_step=p.frame_step)
         np.save(paths["embeddings"], emb)
     return paths
 
@@ -445,7 +447,8 @@ def train(
     if init_from is not None and ckpt_path is None:
         module.load_init(init_from)
     data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
-                          params.seed, drop_last=params.drop_last, augment=augment_of(params))
+                          params.seed, drop_last=params.drop_last, augment=augment_of(params),
+                          frame_step=params.frame_step)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
                                  auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True)
     # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log

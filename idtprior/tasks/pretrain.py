@@ -62,7 +62,8 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
         raise ConfigError(f"n_clusters {stage.n_clusters} exceeds the {n_train} training videos")
     return PretrainParams(
         arch=shared.arch, width=shared.width, embed_dim=shared.embed_dim, clip_length=shared.clip_length,
-        crop_size=shared.crop_size, crop_scales=shared.crop_scales, grayscale_p=shared.grayscale_p,
+        frame_step=shared.frame_step, crop_size=shared.crop_size, crop_scales=shared.crop_scales,
+        grayscale_p=shared.grayscale_p,
         color_jitter=shared.color_jitter, hflip=shared.hflip, batch_size=shared.batch_size, lr=stage.lr,
         momentum=shared.momentum, weight_decay=shared.weight_decay, milestones=stage.lr_milestones,
         gamma=stage.lr_gamma, epochs=stage.epochs, tau=shared.tau, objective=stage.objective,
@@ -177,7 +178,7 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
                    cluster_labels=cluster_labels, idt_sketch=idt_sketch, resume=True, export_embeddings=False)
     evaluation = WorkspaceClipSource(ws.url, eval_ids, eval_frames)
     emb_args = (shared.clip_length, shared.crop_size, shared.batch_size, shared.num_workers)
-    emb = compute_embeddings(load_encoder(result.encoder), evaluation, *emb_args)
+    emb = compute_embeddings(load_encoder(result.encoder), evaluation, *emb_args, frame_step=shared.frame_step)
     info = {
         "status": "ok", "objective": stage_config.objective, "train_videos": len(train_ids),
         "eval_videos": len(eval_ids), "epochs": result.epochs_completed, "loss_per_epoch": _loss_history(run_dir),
@@ -189,7 +190,7 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
     if "knn_acc" in result.metrics:
         info["knn_monitor"] = round(result.metrics["knn_acc"], 4)
     if init_checkpoint is None:  # the same network before any training: the random-init baseline
-        base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args)
+        base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args, frame_step=shared.frame_step)
         info["knn_init"] = knn_report(base, eval_ids, splits, label_sets, shared.knn_k, shared.tau)
     version, group = ws.new_version(stage, chunk)
     arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True)

@@ -24,6 +24,26 @@ def test_short_videos_loop_and_eval_clip_is_the_resized_centre():
     np.testing.assert_allclose(per_frame.numpy(), [0, 10, 20, 0, 10, 20, 0], atol=1e-4)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_frame_step_takes_every_kth_frame_and_loops_short_videos(train):
+    def frame_values(n, step, length=4, epoch=0):
+        frames = np.stack([np.full((8, 8, 3), t, np.uint8) for t in range(n)])  # frame t has value t
+        ds = ClipDataset(ArrayClipSource([frames]), clip_length=length, crop_size=8, train=train, seed=3,
+                         scales=(1.0,), grayscale_p=0, jitter=0, frame_step=step)
+        clip = ds[(0, epoch)][1]
+        return np.rint((clip[0, :, 0, 0] + MEAN_RGB[0]).numpy() * 255).astype(int)
+
+    for epoch in range(5):
+        got = frame_values(20, 3, epoch=epoch)  # a span of 10 frames inside 20
+        assert np.all(np.diff(got) == 3) and 0 <= got[0] <= 10
+    if not train:
+        assert frame_values(20, 3).tolist() == [5, 8, 11, 14]  # the centre span
+        assert frame_values(7, 3).tolist() == [0, 3, 6, 2]  # shorter than the span: looped over the video
+        assert frame_values(20, 1).tolist() == [8, 9, 10, 11]  # step 1: consecutive frames, as before
+    with pytest.raises(ValueError, match="frame_step 0"):
+        ClipDataset(ArrayClipSource([np.zeros((2, 8, 8, 3), np.uint8)]), frame_step=0)
+
+
 def test_eval_transform_is_exact_mean_subtraction_at_full_size():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(2, 6, 6, 3), dtype=np.uint8)

@@ -201,7 +201,8 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     create_markdown_artifact(key="cluster-summary", markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n")
     get_run_logger().info(f"cluster: {stats}")
     return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
-            **{k: v for k, v in stats.items() if k in ("nmi", "purity", "empty_clusters", "largest_cluster")}}
+            **{k: v for k, v in stats.items() if k in ("nmi", "purity", "close_pairs", "close_precision",
+                                                       "same_label_pairs", "empty_clusters", "largest_cluster")}}
 
 
 def cluster_agreement(labels, label_ids: list[str], truth: dict[str, str]) -> dict:

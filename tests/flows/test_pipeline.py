@@ -187,7 +187,7 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
         workspace=str(tmp_path / "ws"), ingest={"source": str(tmp_path / "data" / "splits" / "trainlist01.txt"),
                                                 "video_root": str(tmp_path / "data" / "videos")},
         idt={"sample_videos": 6, "sample_rows": 200}, codebook={"gmm_components": 8, "sketch_dim": 256},
-        dask={"n_workers": 0})
+        cluster={"k": 6}, dask={"n_workers": 0})
     result = pretrain_pipeline(cfg, stages=["ingest", "decode", "idt", "fit_codebook", "encode", "cluster"],
                                progress=False)
     ws = Workspace(cfg.workspace)
@@ -207,13 +207,16 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     assert labels.shape == (3, 18) and label_ids == ids
     # 6 motion classes x 3 videos: random labelings give NMI 0.44 on average, 0.595 at their 99th percentile
     assert result["cluster"]["nmi"] > 0.6
+    # LA's close neighbours (a shared cluster in any run) share a motion more often than two videos at random
+    assert result["cluster"]["close_precision"] > 2 * result["cluster"]["same_label_pairs"]
     before = {s: created(ws, s) for s in ("idt", "fit_codebook", "encode", "sketches", "cluster")}
     pretrain_pipeline(cfg, stages=["idt", "fit_codebook", "encode", "cluster"], progress=False)
     assert {s: created(ws, s) for s in before} == before
 
     # the training stages on top: IR warm-up, LA with these IDT clusters, LA in the joint [bank | sketch] space
-    tiny = cfg.with_updates(pretrain={"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32,
-                                      "batch_size": 6, "negatives": 8, "num_workers": 0, "accelerator": "cpu"},
+    tiny = cfg.with_updates(pretrain={"width": 0.125, "embed_dim": 16, "clip_length": 4, "frame_step": 2,
+                                      "crop_size": 32, "batch_size": 6, "negatives": 8, "num_workers": 0,
+                                      "accelerator": "cpu"},
                             pretrain_ir={"epochs": 1}, pretrain_la={"epochs": 1}, tune_joint={"epochs": 1,
                                                                                               "n_clusters": 3})
     trained = pretrain_pipeline(tiny, stages=["pretrain_ir", "pretrain_la", "tune_joint"], progress=False)

@@ -242,11 +242,12 @@ def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
     same known label (``close_precision``), and that fraction over all pairs (``same_label_pairs``, the chance level).
 
     Counted by inclusion-exclusion over the subsets of runs (pairs sharing a cluster in every run of a subset are
-    pairs with equal label tuples), so O(2^m N log N), not O(N^2). Label -1 (no sketch) is nobody's neighbour.
+    pairs with equal label tuples), so O(2^m N log N), not O(N^2); skipped (``{}``) beyond 8 runs. Label -1 (no
+    sketch) is nobody's neighbour.
     """
     labels = np.array(labels, dtype=np.int64, copy=True)
     m, n = labels.shape
-    if n < 2:
+    if n < 2 or m > 8:
         return {}
     unique = -1 - np.arange(n)
     labels = np.where(labels < 0, unique[None], labels)

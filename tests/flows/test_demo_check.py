@@ -9,6 +9,7 @@ APPEARANCE = ("background", "actor_shape", "actor_colour")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the suite's 600 s cap is for unit tests; the whole demo takes ~14 min on 2 cores
 def test_demo_la_with_idt_clusters_beats_ir_and_random_init_on_motion(tmp_path, prefect_engine):
     from idtprior.cli import main
 

@@ -221,13 +221,18 @@ def cluster_agreement(labels, label_ids: list[str], truth: dict[str, str]) -> di
         # purity: each cluster counts its most common label (a cluster x label contingency table, not a loop per
         # cluster over every video: K=6000 x N=235k at the paper's scale)
         _, clusters = np.unique(p, return_inverse=True)
-        _, classes = np.unique(np.asarray(y, dtype=object).astype(str), return_inverse=True)
+        classes = _codes(y)
         table = np.zeros((clusters.max(initial=-1) + 1, classes.max(initial=-1) + 1), np.int64)
         np.add.at(table, (clusters, classes), 1)
         purities.append(int(table.max(axis=1, initial=0).sum()) / max(len(y), 1))
     out = {"nmi": round(float(sum(nmis) / len(nmis)), 4), "purity": round(float(sum(purities) / len(purities)), 4)}
     out.update(close_neighbour_agreement(labels[:, idx], names))
     return out
+
+
+def _codes(values: list[str]) -> np.ndarray:
+    """Labels as int codes (one per distinct string)."""
+    return np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)[1]
 
 
 def _pairs_sharing(*keys: np.ndarray) -> int:
@@ -245,13 +250,12 @@ def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
     pairs with equal label tuples), so O(2^m N log N), not O(N^2); skipped (``{}``) beyond 8 runs. Label -1 (no
     sketch) is nobody's neighbour.
     """
-    labels = np.array(labels, dtype=np.int64, copy=True)
+    labels = np.asarray(labels, dtype=np.int64)
     m, n = labels.shape
     if n < 2 or m > 8:
         return {}
-    unique = -1 - np.arange(n)
-    labels = np.where(labels < 0, unique[None], labels)
-    _, y = np.unique(np.asarray(truth, dtype=object).astype(str), return_inverse=True)
+    labels = np.where(labels < 0, -1 - np.arange(n)[None], labels)  # a cluster of its own
+    y = _codes(truth)
     close = close_same = 0
     for mask in range(1, 2**m):
         runs = [labels[r] for r in range(m) if mask >> r & 1]

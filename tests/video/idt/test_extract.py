@@ -6,6 +6,7 @@ import pytest
 from idtprior.video.idt import IDTParams, extract_idt, iter_idt
 from idtprior.video.idt import camera as cam
 from idtprior.video.idt.compare import block_slices
+from idtprior.video.idt.extract import keep_trajectories
 
 from .conftest import rgb, shift_image, texture
 
@@ -70,6 +71,36 @@ def test_person_box_over_moving_object_removes_its_matches():
     H, n_kept = cam.estimate_homography(src, dst, IDTParams(), box, box)
     assert n_kept <= n_all - moving.sum()  # every match on the object is gone
     np.testing.assert_allclose(H, np.eye(3), atol=1e-3)  # the background alone: no camera motion
+
+
+def track(steps: list[tuple[float, float]]) -> np.ndarray:
+    """Points (L + 1, 2) of a track starting at (50, 50) with the given raw steps."""
+    return np.concatenate([[[50.0, 50.0]], 50.0 + np.cumsum(np.asarray(steps, np.float64), 0)])
+
+
+def test_erratic_needs_a_step_above_both_max_dis_and_the_ratio():
+    p = IDTParams()  # max_dis 20 px, erratic_ratio 0.7
+    small = [(0.2, 0.0)] * 14
+    tracks = {
+        # one 10 px step: 10 / 12.8 = 0.78 of the length (above the ratio), below max_dis -> kept (the reference keeps
+        # such a track on KTH: 6.6 px, 0.74 of its length)
+        "moderate jump": small[:7] + [(10.0, 0.0)] + small[7:],
+        # one 25 px step: 25 / 27.8 = 0.90 of the length and above max_dis -> erratic, dropped
+        "large jump": small[:7] + [(25.0, 0.0)] + small[7:],
+        # one 21 px step on a fast track: above max_dis but 21 / 63 = 0.33 of the length -> kept
+        "fast track": [(3.0, 0.0)] * 7 + [(21.0, 0.0)] + [(3.0, 0.0)] * 7,
+        "steady": [(1.0, 0.5)] * 15,
+    }
+    P = np.stack([track(s) for s in tracks.values()])  # (4, 16, 2)
+    C = np.diff(P, axis=1)  # a static camera: compensated steps are the raw ones
+    dmag = np.sqrt((C**2).sum(-1))
+    np.testing.assert_allclose(dmag.max(1) / dmag.sum(1), [10 / 12.8, 25 / 27.8, 21 / 63, 1 / 15], rtol=1e-9)
+    assert dict(zip(tracks, keep_trajectories(P, C, p).tolist())) == {
+        "moderate jump": True, "large jump": False, "fast track": True, "steady": True}
+    # each condition alone still prunes with the other met: a lower max_dis makes the moderate jump erratic, a lower
+    # ratio the fast track's
+    assert keep_trajectories(P, C, IDTParams(max_dis=5.0)).tolist() == [False, False, True, True]
+    assert keep_trajectories(P, C, IDTParams(erratic_ratio=0.3)).tolist() == [True, False, False, True]
 
 
 def test_empty_short_and_static_videos_give_no_rows():

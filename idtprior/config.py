@@ -96,6 +96,29 @@ class IDTConfig(_Section):
     float16: bool = False
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check_layout(self):
+        # What the extractor would refuse for every video, refused here, at load time, with the key and the value.
+        if self.track_length % self.nt_cell:
+            raise ValueError(f"track_length ({self.track_length}) must be a multiple of nt_cell ({self.nt_cell})")
+        if self.patch_size % self.nxy_cell:
+            raise ValueError(f"patch_size ({self.patch_size}) must be a multiple of nxy_cell ({self.nxy_cell})")
+        if self.max_side is not None and self.max_side < self.patch_size:
+            raise ValueError(f"max_side ({self.max_side}) must be at least patch_size ({self.patch_size})")
+        # The codebook, the Fisher encoding and the reference release's text format all use the release's 426
+        # descriptor columns (trajectory 2 x 15, HOG/HOF/MBH over 2 x 2 x 3 cells); another layout would only fail
+        # later, in fit_codebook ("420 columns" for track_length 12), after hours of IDT.
+        layout = {"track_length": 15, "nxy_cell": 2, "nt_cell": 3}
+        changed = {k: getattr(self, k) for k, v in layout.items() if getattr(self, k) != v}
+        if changed:
+            cells = self.nxy_cell * self.nxy_cell * self.nt_cell
+            columns = 2 * self.track_length + cells * (8 + 9 + 8 + 8)
+            raise ValueError(
+                f"{', '.join(f'{k}={v}' for k, v in changed.items())} gives {columns} descriptor columns; the codebook, "
+                f"the Fisher encoding and the release's text format use its 426 (track_length 15, nxy_cell 2, "
+                f"nt_cell 3): only that layout is supported in the pipeline (`idtprior idt` extracts others)")
+        return self
+
 
 class CodebookConfig(_Section):
     """PCA + diagonal GMM fitted on the IDT sample, and the count sketch."""

@@ -86,8 +86,9 @@ def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: in
 
 
 def rebuild_manifest(ws: Workspace, num_chunks: int) -> list[ManifestRow]:
-    """The manifest from the records: ingest's probe facts, duplicates by fingerprint, then the first failure of any
-    later stage. Written atomically; returns the rows."""
+    """The manifest from the records: ingest's probe facts, duplicates by fingerprint, then the failures of later
+    stages (in ``failed_in`` and ``error``; ``status`` stays ingest's, so no later failure changes any stage's plan).
+    Written atomically; returns the rows."""
     suffix = chunk_suffix(num_chunks)
     rows: dict[str, ManifestRow] = {}
     for chunk, rec in ws.records("ingest").items():
@@ -119,7 +120,8 @@ def rebuild_manifest(ws: Workspace, num_chunks: int) -> list[ManifestRow]:
             for vid, info in rec.videos.items():
                 row = rows.get(vid)
                 if row is not None and row.status == STATUS_OK and info.get("status") == STATUS_FAILED:
-                    row.status, row.error = STATUS_FAILED, f"{stage}: {info.get('error', '')}"
+                    row.failed_in = ",".join(filter(None, [row.failed_in, stage]))
+                    row.error = row.error or f"{stage}: {info.get('error', '')}"
     out = sorted(rows.values(), key=lambda r: r.video_id)
     write_manifest(ws, out)
     return out

@@ -15,14 +15,20 @@ FLOWS = {**STAGE_FLOWS, **TRAIN_FLOWS}
 
 
 def select_stages(config: PipelineConfig, stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
-    """The stages to run, in pipeline order: ``stages`` (or the config's), starting at ``from_stage`` if given."""
+    """The stages to run, in pipeline order: ``stages`` (or the config's), from ``from_stage`` on if given.
+
+    ``from_stage`` only cuts the selection: with the demo config (no ``detect``) ``--from decode`` runs decode, idt,
+    ... but not detect, whose boxes would change IDT's keys. A ``from_stage`` outside the selection is an error."""
     chosen = list(stages) if stages else list(config.stages)
     unknown = [s for s in chosen + ([from_stage] if from_stage else []) if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
     ordered = [s for s in STAGES if s in chosen]
     if from_stage:
-        ordered = [s for s in STAGES if STAGES.index(s) >= STAGES.index(from_stage)]
+        if from_stage not in ordered:
+            raise ConfigError(f"--from {from_stage}: not one of the selected stages {ordered} (the config's stages "
+                              f"or --stages)")
+        ordered = [s for s in ordered if STAGES.index(s) >= STAGES.index(from_stage)]
     return ordered
 
 

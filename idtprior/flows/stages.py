@@ -106,6 +106,16 @@ def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineCon
     return records
 
 
+def check_settings(stage: str, build, *sections) -> None:
+    """Build a stage's core parameters before any video runs: a setting the core refuses (a ValueError or TypeError
+    of the parameters, e.g. ``idt.track_length`` not a multiple of ``nt_cell``) fails the stage here, naming the
+    stage and the message, instead of failing every video one by one and being recorded as bad videos."""
+    try:
+        build(*sections)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{stage}: the settings are refused before any video runs: {e}") from e
+
+
 def _ok_rows(ws: Workspace) -> list:
     rows = [r for r in read_manifest(ws) if r.ok]
     if not rows:
@@ -126,6 +136,7 @@ def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, ext
 @flow(name="idt", flow_run_name="idt sample {config.workspace}")
 def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
+    check_settings("idt", idt_tasks.idt_params, config.idt)
     ws = Workspace(config.workspace)
     rows = _ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
@@ -141,6 +152,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
 @flow(name="fit_codebook", flow_run_name="fit codebook {config.workspace}")
 def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """PCA + GMM on the IDT sample; the codebook (with its sketch seed) goes to the workspace."""
+    check_settings("fit_codebook", encode_tasks.codebook_params, config.codebook)
     ws = Workspace(config.workspace)
     inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
     if not inputs:
@@ -160,6 +172,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
 @flow(name="encode", flow_run_name="encode {config.workspace}")
 def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
+    check_settings("encode", idt_tasks.idt_params, config.idt)
     ws = Workspace(config.workspace)
     rows = _ok_rows(ws)
     book = ws.read_record("fit_codebook", encode_tasks.ALL)

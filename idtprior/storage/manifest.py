@@ -1,7 +1,12 @@
 """The manifest: one row per video, the table every stage starts from.
 
-It is rebuilt by each stage's flow from the commit records (ingest's probe facts, then the first failure of any later
-stage), and written atomically as CSV, so it is never the only copy of anything.
+It is rebuilt by each stage's flow from the commit records (ingest's probe facts, then the failures of later stages),
+and written atomically as CSV, so it is never the only copy of anything.
+
+``status`` is ingest's verdict (ok, failed, duplicate) and the only thing the stages plan from: a failure in a later
+stage is listed in ``failed_in`` (and its message in ``error``) but never takes a video out of any stage's plan. A
+video that fails in encode stays in encode's plan and fails there again, deterministically, so the chunk's fingerprint
+is stable and a rerun recomputes nothing; dropping it instead would flip the fingerprint on every run.
 """
 
 import csv
@@ -32,9 +37,11 @@ class ManifestRow:
     error: str = ""
     chunk: str = ""
     duplicate_of: str = ""
+    failed_in: str = ""  # later stages where this video failed, comma-separated ("encode" or "decode,idt")
 
     @property
     def ok(self) -> bool:
+        """Ingest accepted the video (usable and not a duplicate): every stage plans from these rows."""
         return self.status == STATUS_OK
 
 

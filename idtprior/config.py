@@ -44,6 +44,9 @@ class IngestConfig(_Section):
     labels_file: str | None = Field(None, description="optional CSV with columns video_id,label[,split]")
     num_chunks: int = Field(64, ge=1, le=1_000_000, description="videos go to chunk sha1(id) mod num_chunks; fixed so "
                             "adding a video touches one chunk")
+    full_hash: bool = Field(False, description="fingerprint a new or changed file by a sha256 of all its bytes (reads "
+                            "every byte) instead of its size and first and last MiB (misses a same-size edit in the "
+                            "middle of a file over 2 MiB)")
 
 
 class DecodeConfig(_Section):

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from idtprior.config import STAGES, DaskConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
-                              write_manifest)
+                              chunk_count, write_manifest)
 from idtprior.tasks.common import close_clients, needs_refresh, task_options
 
 
@@ -76,11 +76,15 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     return records
 
 
-def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int) -> None:
-    """Remove records (and data) of chunks of the current chunking that no longer hold any video."""
-    suffix = chunk_suffix(num_chunks)
+def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int | None = None) -> None:
+    """Remove records (and data) of chunks of the current chunking that no longer hold any video.
+
+    The current chunking is the workspace's (``ws.records`` lists only its chunks; ingest removes other chunkings'
+    when it commits a new one), not ``num_chunks``: a stage run with a config whose ``ingest.num_chunks`` differs
+    from the last ingest's still plans the manifest's chunks and must drop its emptied ones. Whole-dataset records
+    (``all``) are never dropped here."""
     for chunk in ws.records(stage):
-        if chunk.endswith(suffix) and chunk not in keep:
+        if chunk_count(chunk) is not None and chunk not in keep:
             ws.fs.rm(ws.record_path(stage, chunk))
             ws.remove_stale_versions(stage, chunk, keep=None)
 

@@ -12,7 +12,7 @@ from idtprior.config import ConfigError, PipelineConfig
 from idtprior.datasets.lists import read_labels, read_source
 from idtprior.flows.common import (dask_cluster, drop_stale_records, group_by_chunk, rebuild_manifest,
                                    report_stage, run_chunks)
-from idtprior.storage import Workspace, chunk_of, hash_json, read_manifest, stat_fingerprint
+from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest, stat_fingerprint
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
@@ -22,13 +22,17 @@ from idtprior.tasks.common import chunk_fingerprint, code_version
 from idtprior.tasks.idt import choose_sample
 
 
-@flow(name="ingest", flow_run_name="ingest {config.workspace}")
-def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
-    """List the source, probe every video per chunk, rebuild the manifest (with duplicates) and report failures."""
+def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+    """Ingest's chunks: chunk -> {"fingerprint", "videos", "config"} (videos: id -> path, label, split and the file's
+    content fingerprint). Runs nothing.
+
+    A chunk's key hashes its videos' paths, labels, splits and CONTENT fingerprints: a touched file (new mtime and
+    ctime, same bytes) is read again but re-probes nothing, a rewritten one re-probes its chunk even with its mtime set
+    back. Files whose (size, mtime, ctime, inode) did not change are not read at all (``StatCache``). ``remember``:
+    store what was read so the next run reads nothing (``idtprior status`` passes False: it writes nothing)."""
     cfg = config.ingest
     if not cfg.source:
         raise ConfigError("ingest.source is not set: give a folder of videos or a list file")
-    ws = Workspace(config.workspace)
     entries = read_source(cfg.source, cfg.source_format, cfg.video_root, cfg.extensions)
     labels = read_labels(cfg.labels_file) if cfg.labels_file else {}
     listing = {}
@@ -36,14 +40,34 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
         label, split = labels.get(e.video_id, (e.label, e.split))
         listing[e.video_id] = {"path": e.path, "label": label, "split": split}
     chunks = {vid: chunk_of(vid, cfg.num_chunks) for vid in listing}
+    stats = StatCache(ws, cfg.full_hash)
+    content = stats.fingerprints({v["path"]: chunks[vid] for vid, v in listing.items()})
+    if remember:
+        stats.save()
     plans = {}
     for chunk, videos in group_by_chunk(listing, chunks).items():
-        inputs = {vid: hash_json([v, stat_fingerprint(v["path"])]) for vid, v in videos.items()}
+        videos = {vid: {**v, "fingerprint": content[v["path"]]} for vid, v in videos.items()}
+        inputs = {vid: hash_json(v) for vid, v in videos.items()}
         fp = chunk_fingerprint("ingest", chunk, inputs, cfg.config_hash(), ingest_tasks.CODE_VERSION)
         plans[chunk] = {"fingerprint": fp, "videos": videos, "config": cfg}
+    return plans
+
+
+@flow(name="ingest", flow_run_name="ingest {config.workspace}")
+def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """List the source, probe every video per chunk, rebuild the manifest (with duplicates) and report failures."""
+    cfg = config.ingest
+    ws = Workspace(config.workspace)
+    plans = plan_ingest(config, ws)
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(ingest_tasks.ingest_chunk, ws, "ingest", {
             c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
+    # Only now, with every chunk of this chunking committed, does it become the workspace's: a run that failed part-way
+    # leaves the previous chunking current and whole. Every stage's records and data of another chunking go.
+    removed = ws.set_chunking(cfg.num_chunks)
+    if removed:
+        get_run_logger().info(f"ingest: num_chunks is {cfg.num_chunks}; removed {len(removed)} records and stores of "
+                              f"the previous chunking (later stages recompute theirs)")
     drop_stale_records(ws, "ingest", set(plans), cfg.num_chunks)
     rows = rebuild_manifest(ws, cfg.num_chunks)
     duplicates = [{"video_id": r.video_id, "error": r.error} for r in rows if r.duplicate_of]

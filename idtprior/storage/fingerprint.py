@@ -11,12 +11,21 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_ID_LENGTH = 160
 
 
-def file_fingerprint(path: str | Path) -> str:
-    """``"<size>-<sha256 of the first and last MiB>"``: cheap, and changes when a file is replaced or re-encoded."""
+def file_fingerprint(path: str | Path, full: bool = False) -> str:
+    """The content fingerprint of a file.
+
+    Default ``"<size>-<sha256 of the first and last MiB>"``: reads at most 2 MiB, and changes when a file is replaced,
+    re-encoded, truncated or extended; it cannot see a same-size change that lies wholly inside the middle of a file
+    over 2 MiB (bytes edited in place). ``full``: ``"<size>-sha256-<sha256 of every byte>"``, which sees any change.
+    """
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        if full:
+            while block := f.read(8 * MIB):
+                h.update(block)
+            return f"{size}-sha256-{h.hexdigest()[:24]}"
         h.update(f.read(MIB))
         if size > 2 * MIB:
             f.seek(size - MIB)
@@ -27,7 +36,8 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def stat_fingerprint(path: str | Path) -> str:
-    """``"<size>-<mtime_ns>"``, or ``"missing"``: what ingest keys its cache on, without reading the file."""
+    """``"<size>-<mtime_ns>"``, or ``"missing"``: a cheap change check without reading the file. It misses a same-size
+    rewrite whose mtime was set back; ingest keys on content instead (``statcache.py``)."""
     try:
         st = os.stat(path)
     except OSError:

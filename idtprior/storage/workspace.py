@@ -5,19 +5,28 @@ Layout::
 
     ROOT/
       manifest.csv                    one row per video (see ``manifest.py``)
+      chunking.json                   the current chunking: {"num_chunks": N}, written by ingest
       <stage>.zarr/                   the stage's arrays: <chunk>/<version>/<video_id>
       records/<stage>/<chunk>.json    commit record of a finished chunk (the commit point)
       results/                        Prefect task results
       artifacts/                      files a user inspects (plots, tables)
+      cache/ingest-stats/<chunk>.json what ingest read: path -> (stat, content fingerprint); deletable
 
 A chunk is written into a fresh ``<chunk>/<version>`` group, and only then is its record written, atomically (temp file
 and rename on a local disk, a single object write on an object store). A crash before the record leaves an orphan
 version that nobody reads and the next commit removes; a crash after it leaves the whole chunk. Readers go through the
 record, never through directory listings.
+
+Chunks are named ``<i>-of-<N>`` after ``ingest.num_chunks``; whole-dataset stages use the chunk ``all``. Only one
+chunking is current (``chunking.json``): ``records`` lists only its chunks (and ``all``), and ingest removes every
+other chunking's records and data when it commits a new one, so no reader ever sees a video twice.
 """
 
+import csv
+import io
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -28,6 +37,13 @@ import zarr
 import zarr.errors
 
 RECORD_FORMAT = 1
+_CHUNK_NAME = re.compile(r"^\d+-of-(\d+)$")
+
+
+def chunk_count(chunk: str) -> int | None:
+    """The ``num_chunks`` a chunk name belongs to (``"0003-of-0004"`` -> 4); None for other names (``"all"``)."""
+    m = _CHUNK_NAME.match(chunk)
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -76,6 +92,10 @@ class Workspace:
     @property
     def manifest_path(self) -> str:
         return self.path("manifest.csv")
+
+    @property
+    def chunking_path(self) -> str:
+        return self.path("chunking.json")
 
     @property
     def results_dir(self) -> Path | None:
@@ -141,18 +161,79 @@ class Workspace:
             return None  # unreadable record: treat the chunk as not done
 
     def records(self, stage: str) -> dict[str, ChunkRecord]:
-        """All committed records of a stage, by chunk."""
+        """The committed records of a stage, by chunk: those of the current chunking (``num_chunks``) and whole-dataset
+        ones (``all``). Records of another chunking are never listed (a video would be read twice, or from stale
+        data); ``read_record`` still reads any chunk by name, which is how a re-chunking ingest resumes."""
         folder = self.path("records", stage)
         if not self.fs.exists(folder):
             return {}
+        current = self.num_chunks()
         out = {}
         for p in sorted(self.fs.ls(folder, detail=False)):
             name = p.rsplit("/", 1)[-1]
-            if name.endswith(".json"):
-                rec = self.read_record(stage, name[: -len(".json")])
-                if rec is not None:
-                    out[rec.chunk] = rec
+            if not name.endswith(".json"):
+                continue
+            chunk = name[: -len(".json")]
+            if current is not None and chunk_count(chunk) not in (None, current):
+                continue
+            rec = self.read_record(stage, chunk)
+            if rec is not None:
+                out[rec.chunk] = rec
         return out
+
+    # chunking ----------------------------------------------------------------------------------------------------
+    def num_chunks(self) -> int | None:
+        """The current chunking: ``num_chunks`` of the last ingest that committed all its chunks (``chunking.json``).
+        A workspace from before that file: the one chunking of the manifest's chunk names. None when neither tells
+        (no ingest yet): then every record is current."""
+        data = self.read_bytes(self.chunking_path)
+        if data is None:
+            return self._manifest_chunking()
+        try:
+            n = int(json.loads(data)["num_chunks"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"workspace {self.url}: unreadable {self.chunking_path}: {data[:200]!r}") from e
+        return n
+
+    def _manifest_chunking(self) -> int | None:
+        data = self.read_bytes(self.manifest_path)
+        if data is None:
+            return None
+        counts = {chunk_count(row.get("chunk") or "") for row in csv.DictReader(io.StringIO(data.decode()))}
+        counts.discard(None)
+        return counts.pop() if len(counts) == 1 else None
+
+    def set_chunking(self, num_chunks: int) -> list[str]:
+        """Make ``num_chunks`` the current chunking, then remove every other chunking's records and data (all
+        stages); returns what was removed, as ``<stage>/<chunk>`` and ``<stage>.zarr/<chunk>``.
+
+        Ingest calls this after all chunks of its chunking are committed, so a run that fails part-way leaves the
+        previous chunking current and whole. Records go before data: a crash in between leaves unreferenced data,
+        never a record pointing at nothing; the next call finishes the removal."""
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be at least 1, got {num_chunks}")
+        if self.read_bytes(self.chunking_path) is None or self.num_chunks() != num_chunks:
+            self.write_bytes_atomic(self.chunking_path, json.dumps({"num_chunks": num_chunks}).encode())
+        removed = []
+        for folder, suffix in [(p, ".json") for p in self._subfolders(self.path("records"))] + [
+                (p, "") for p in self._subfolders(self.root) if p.endswith(".zarr")] + [
+                (self.path("cache", "ingest-stats"), ".json")]:
+            if not self.fs.exists(folder):
+                continue
+            for p in self.fs.ls(folder, detail=False):
+                name = p.rstrip("/").rsplit("/", 1)[-1]
+                if not name.endswith(suffix):
+                    continue
+                chunk = name[: len(name) - len(suffix)]
+                if chunk_count(chunk) not in (None, num_chunks):
+                    self.fs.rm(p, recursive=not suffix)
+                    removed.append(f"{folder.rsplit('/', 1)[-1]}/{chunk}")
+        return removed
+
+    def _subfolders(self, folder: str) -> list[str]:
+        if not self.fs.exists(folder):
+            return []
+        return sorted(p.rstrip("/") for p in self.fs.ls(folder, detail=False) if self.fs.isdir(p))
 
     def commit(self, record: ChunkRecord) -> None:
         """Make ``record`` (and the version group it names) the chunk's output, then drop older versions."""

@@ -3,17 +3,21 @@
 from prefect import task
 
 from idtprior.config import IngestConfig
-from idtprior.storage import ChunkRecord, file_fingerprint
+from idtprior.storage import ChunkRecord
 from idtprior.tasks.common import code_version, run_chunk
 from idtprior.video import io as video_io
 
 STAGE = "ingest"
 
 
-def probe_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str) -> dict:
-    """Probe facts of one video for the manifest; raises ``VideoError`` naming the file when it is unusable."""
+def probe_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
+              fingerprint: str) -> dict:
+    """Probe facts of one video for the manifest; raises ``VideoError`` naming the file when it is unusable.
+
+    ``fingerprint``: the file's content fingerprint, taken when the flow planned the chunk (it is part of the chunk's
+    key), so the file is not read a second time for it."""
     info = video_io.probe_video(path)
-    return {"fingerprint": file_fingerprint(path), "duration": round(info.duration, 4), "fps": round(info.fps, 4),
+    return {"fingerprint": fingerprint, "duration": round(info.duration, 4), "fps": round(info.fps, 4),
             "frame_count": info.frame_count, "width": info.width, "height": info.height, "codec": info.codec}
 
 
@@ -23,6 +27,8 @@ CODE_VERSION = code_version(probe_one, video_io.probe_video)
 @task(name="ingest-chunk", task_run_name="ingest {chunk}")
 def ingest_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, dict],
                  config: IngestConfig, dask_address: str | None = None) -> ChunkRecord:
-    """Probe the videos of one chunk (``videos``: id -> {"path", "label", "split"}); returns the committed record."""
-    return run_chunk(workspace, stage, chunk, fingerprint, {vid: (v["path"],) for vid, v in videos.items()},
+    """Probe the videos of one chunk (``videos``: id -> {"path", "label", "split", "fingerprint"}); returns the
+    committed record."""
+    return run_chunk(workspace, stage, chunk, fingerprint,
+                     {vid: (v["path"], v["fingerprint"]) for vid, v in videos.items()},
                      probe_one, dask_address, needs_version=False, annotations=videos)

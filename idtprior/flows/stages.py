@@ -18,7 +18,8 @@ from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
-from idtprior.tasks.common import chunk_fingerprint, code_version
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.idt import choose_sample
 
 
@@ -119,6 +120,15 @@ def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
     return plans
 
 
+def _with_text_files(plans: dict[str, dict], folder: str) -> dict[str, dict]:
+    """Make each video's imported IDT text file (``encode.idt_text_folder``) part of its chunk's fingerprint, by
+    content: a replaced file reruns its chunk, and only its chunk."""
+    for plan in plans.values():
+        plan["fingerprint"] = hash_json([plan["fingerprint"], "idt_text",
+                                         idt_tasks.text_fingerprints(folder, plan["videos"])])
+    return plans
+
+
 def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,
                progress: bool) -> dict:
     """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest."""
@@ -165,8 +175,11 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     rows = _ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
     rows = [r for r in rows if r.video_id in chosen]
-    plans = _with_boxes(ws, _chunk_plans("idt", rows, lambda r: r.path, config.idt.config_hash(),
-                                         idt_tasks.CODE_VERSION, {"config": config.idt}))
+    text_folder = config.encode.idt_text_folder  # imported rows: the sample is drawn from the files encode reads
+    cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt)])
+    plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code("idt"),
+                         {"config": config.idt, "text_folder": text_folder})
+    plans = _with_text_files(plans, text_folder) if text_folder else _with_boxes(ws, plans)
     records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage("idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
@@ -182,7 +195,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
     if not inputs:
         raise ConfigError(f"workspace {ws.url}: no IDT sample; run the idt stage first")
     fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
-                           code_version(encode_tasks.fit_codebook_task.fn, encode_tasks.codebook_params))
+                           stage_code("fit_codebook"))
     records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook",
                          {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}, progress)
     info = records[encode_tasks.ALL].videos["codebook"]
@@ -202,10 +215,13 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     book = ws.read_record("fit_codebook", encode_tasks.ALL)
     if book is None:
         raise ConfigError(f"workspace {ws.url}: no codebook; run the fit_codebook stage first")
-    cfg_hash = hash_json([config.idt.config_hash(), config.encode.config_hash(), book.fingerprint])
-    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, encode_tasks.CODE_VERSION,
+    cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt), config.encode.config_hash(),
+                          book.fingerprint])
+    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code("encode"),
                          {"idt": config.idt, "config": config.encode})
-    if not config.encode.idt_text_folder:  # rows read from text files do not depend on boxes
+    if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
+        plans = _with_text_files(plans, config.encode.idt_text_folder)
+    else:
         plans = _with_boxes(ws, plans)
     records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
@@ -226,7 +242,7 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     ids = [r.video_id for r in rows]
     inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
     fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
-                           config.cluster.config_hash(), code_version(encode_tasks.cluster_task.fn))
+                           config.cluster.config_hash(), stage_code("cluster"))
     records = run_chunks(encode_tasks.cluster_task, ws, "cluster", {encode_tasks.ALL: {
         "fingerprint": fp, "video_ids": ids, "config": config.cluster}}, progress)
     stats = dict(records[encode_tasks.ALL].videos["clusters"])

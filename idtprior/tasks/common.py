@@ -7,8 +7,6 @@ else in-process. A video whose processing raises anything but a transient I/O er
 error message; the chunk goes on. The chunk's record is committed only when every video has an outcome.
 """
 
-import hashlib
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -53,19 +51,9 @@ def retry_transient(task, task_run, state) -> bool:
     return False
 
 
-def code_version(*objects) -> str:
-    """Hash of the source of the given functions/modules: a change of the code invalidates the cache."""
-    h = hashlib.sha256()
-    for obj in objects:
-        try:
-            h.update(inspect.getsource(obj).encode())
-        except (OSError, TypeError):
-            h.update(repr(obj).encode())
-    return h.hexdigest()[:16]
-
-
 def chunk_fingerprint(stage: str, chunk: str, inputs: dict[str, str], config_hash: str, code: str) -> str:
-    """Fingerprint of a chunk's work: its videos' input fingerprints, the stage config and the code version."""
+    """Fingerprint of a chunk's work: its videos' input fingerprints, the stage config and the stage's code
+    fingerprint (``codeprint.stage_code``)."""
     return hash_json({"stage": stage, "chunk": chunk, "inputs": inputs, "config": config_hash, "code": code})
 
 

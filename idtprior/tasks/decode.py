@@ -4,7 +4,8 @@ from prefect import task
 
 from idtprior.config import DecodeConfig
 from idtprior.storage import ChunkRecord, Workspace, write_frames
-from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 
 STAGE = "decode"
@@ -19,7 +20,7 @@ def decode_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return {"frames": n, "height": h, "width": w}
 
 
-CODE_VERSION = code_version(decode_one, write_frames, video_io.iter_frames)
+CODE_VERSION = stage_code(STAGE)
 
 
 @task(name="decode-chunk", task_run_name="decode {chunk}")

@@ -13,10 +13,11 @@ from prefect import task
 
 from idtprior.config import DetectConfig
 from idtprior.storage import ChunkRecord, Workspace
-from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 from idtprior.video import detect as detect_core
-from idtprior.video.detect import DetectParams, get_detector, hog, maskrcnn, pack_boxes, ssdlite, unpack_boxes
+from idtprior.video.detect import DetectParams, get_detector, pack_boxes, unpack_boxes
 from idtprior.video.idt.textformat import read_boxes, write_boxes
 
 STAGE = "detect"
@@ -92,8 +93,7 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return out
 
 
-CODE_VERSION = code_version(detect_one, video_boxes, rescale_boxes, detect_params, read_boxes, detect_core, ssdlite,
-                            hog, maskrcnn)
+CODE_VERSION = stage_code(STAGE)
 
 
 @task(name="detect-chunk", task_run_name="detect {chunk}")

@@ -1,18 +1,16 @@
 """Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
 (fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
 
-from pathlib import Path
-
 import numpy as np
 from prefect import task
 
 from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
 from idtprior.storage import ChunkRecord, Workspace
-from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import run_chunk
 from idtprior.tasks.detect import read_chunk_boxes
-from idtprior.tasks.idt import read_sample, video_idt
-from idtprior.video.idt.textformat import read_idt_text
+from idtprior.tasks.idt import read_sample, video_rows
 
 ALL = "all"  # the chunk name of whole-dataset stages (codebook, cluster)
 
@@ -51,22 +49,10 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     return record
 
 
-def video_rows(video_id: str, path: str, idt: IDTConfig, enc: EncodeConfig,
-               boxes: list[np.ndarray] | None = None) -> np.ndarray:
-    """A video's IDT rows: from a reference-release text file when ``idt_text_folder`` is set, else computed."""
-    if enc.idt_text_folder:
-        folder = Path(enc.idt_text_folder)
-        for name in (f"{video_id}.txt.gz", f"{video_id}.txt", f"{Path(path).stem}.txt.gz", f"{Path(path).stem}.txt"):
-            if (folder / name).exists():
-                return read_idt_text(folder / name)
-        raise FileNotFoundError(f"video {video_id}: no IDT text file {video_id}.txt[.gz] in {folder}")
-    return video_idt(path, idt, boxes)
-
-
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
                enc: EncodeConfig, codebook: Codebook, boxes_version: str | None = None) -> dict:
     boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
-    rows = video_rows(video_id, path, idt, enc, boxes)
+    rows = video_rows(video_id, path, idt, enc.idt_text_folder, boxes)
     fv, valid = fisher_vector(rows[:, 10:], codebook)
     sketch = count_sketch(fv, codebook).astype(np.float32)
     out = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
@@ -89,7 +75,7 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
             group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True)
 
 
-CODE_VERSION = code_version(encode_one, video_rows, _write_sketches, fisher_vector, count_sketch, read_chunk_boxes)
+CODE_VERSION = stage_code("encode")  # fit_codebook's and cluster's: stage_code("fit_codebook"), stage_code("cluster")
 
 
 @task(name="encode-chunk", task_run_name="encode {chunk}")

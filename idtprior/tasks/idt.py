@@ -3,17 +3,21 @@
 The full mode is fused with encoding (``tasks/encode.py``) so raw descriptors of every video are never stored.
 """
 
+import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 from prefect import task
 
 from idtprior.config import IDTConfig
-from idtprior.storage import ChunkRecord, Workspace
-from idtprior.tasks.common import code_version, run_chunk
-from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes, rescale_boxes
+from idtprior.storage import ChunkRecord, Workspace, file_fingerprint
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import run_chunk
+from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
+from idtprior.video.idt.textformat import read_idt_text
 
 STAGE = "idt"
 
@@ -23,6 +27,12 @@ def idt_params(cfg: IDTConfig) -> IDTParams:
     names = ("scale_num", "scale_stride", "init_gap", "track_length", "min_distance", "quality", "patch_size",
              "nxy_cell", "nt_cell", "max_side", "feature_detector", "use_camera_compensation")
     return IDTParams(**{n: getattr(cfg, n) for n in names})
+
+
+def params_key(cfg: IDTConfig) -> dict:
+    """Every field of the ``IDTParams`` the stage runs with, for the cache keys: the core's own defaults (flow settings,
+    pruning thresholds, ``warp_flow``) change results as much as the fields the config sets."""
+    return dataclasses.asdict(idt_params(cfg))
 
 
 def video_idt(path: str, cfg: IDTConfig, boxes: list[np.ndarray] | None = None) -> np.ndarray:
@@ -37,6 +47,39 @@ def video_idt(path: str, cfg: IDTConfig, boxes: list[np.ndarray] | None = None) 
     return extract_idt(frames, idt_params(cfg), boxes=boxes)
 
 
+TEXT_SUFFIXES = (".txt.gz", ".txt")  # reference-release IDT output, as imported with ``encode.idt_text_folder``
+
+
+def idt_text_file(folder: str, video_id: str, path: str) -> Path | None:
+    """A video's IDT text file in ``folder``: ``<video_id>`` or the video file's stem, with a .txt[.gz] suffix."""
+    for stem in dict.fromkeys((video_id, Path(path).stem)):
+        for suffix in TEXT_SUFFIXES:
+            candidate = Path(folder) / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def text_fingerprints(folder: str, videos: dict[str, str]) -> dict[str, str]:
+    """Content fingerprint of each video's imported text file (``videos``: id -> path), ``"missing"`` where there is
+    none: part of the idt and encode keys, so a replaced file reruns its chunk."""
+    files = {v: idt_text_file(folder, v, p) for v, p in videos.items()}
+    return {v: file_fingerprint(f) if f is not None else "missing" for v, f in files.items()}
+
+
+def video_rows(video_id: str, path: str, cfg: IDTConfig, text_folder: str | None = None,
+               boxes: list[np.ndarray] | None = None) -> np.ndarray:
+    """A video's (N, 436) IDT rows: read from its reference-release text file when ``text_folder`` is set (the same
+    rows for the codebook sample as for the encoding), else computed."""
+    if text_folder:
+        found = idt_text_file(text_folder, video_id, path)
+        if found is None:
+            raise FileNotFoundError(f"video {video_id}: no IDT text file {video_id}.txt[.gz] or "
+                                    f"{Path(path).stem}.txt[.gz] in {text_folder}")
+        return read_idt_text(found)
+    return video_idt(path, cfg, boxes)
+
+
 def sample_rank(video_id: str, seed: int) -> str:
     """Seeded, id-keyed order: the sample is the S videos of lowest rank, stable when videos are added."""
     return hashlib.sha256(f"{seed}:{video_id}".encode()).hexdigest()
@@ -47,8 +90,9 @@ def choose_sample(video_ids: list[str], count: int, seed: int) -> set[str]:
 
 
 def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, cfg: IDTConfig,
-               boxes_version: str | None = None) -> dict:
-    rows = video_idt(path, cfg, read_chunk_boxes(workspace, chunk, boxes_version, video_id))
+               boxes_version: str | None = None, text_folder: str | None = None) -> dict:
+    boxes = None if text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
+    rows = video_rows(video_id, path, cfg, text_folder, boxes)
     rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
     keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
@@ -57,18 +101,18 @@ def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
 
 
-CODE_VERSION = code_version(sample_one, video_idt, idt_params, extract_idt, read_chunk_boxes, boxes_for_frames,
-                            rescale_boxes)
+CODE_VERSION = stage_code(STAGE)
 
 
 @task(name="idt-sample-chunk", task_run_name="idt {chunk}")
 def idt_sample_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
                      config: IDTConfig, dask_address: str | None = None,
-                     boxes_version: str | None = None) -> ChunkRecord:
+                     boxes_version: str | None = None, text_folder: str | None = None) -> ChunkRecord:
     """IDT of the sampled videos of one chunk (``videos``: id -> path); R seeded rows each to the workspace.
-    ``boxes_version``: the chunk's detect output to read person boxes from (None: no boxes)."""
-    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_version) for v, p in videos.items()},
-                     sample_one, dask_address)
+    ``boxes_version``: the chunk's detect output to read person boxes from (None: no boxes). ``text_folder``
+    (``encode.idt_text_folder``): read the rows from the imported files instead, as the encode stage does."""
+    return run_chunk(workspace, stage, chunk, fingerprint,
+                     {v: (p, config, boxes_version, text_folder) for v, p in videos.items()}, sample_one, dask_address)
 
 
 def read_sample(ws: Workspace) -> np.ndarray:

@@ -4,7 +4,8 @@ from prefect import task
 
 from idtprior.config import IngestConfig
 from idtprior.storage import ChunkRecord
-from idtprior.tasks.common import code_version, run_chunk
+from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 
 STAGE = "ingest"
@@ -21,7 +22,7 @@ def probe_one(video_id: str, workspace: str, stage: str, chunk: str, version: st
             "frame_count": info.frame_count, "width": info.width, "height": info.height, "codec": info.codec}
 
 
-CODE_VERSION = code_version(probe_one, video_io.probe_video)
+CODE_VERSION = stage_code(STAGE)
 
 
 @task(name="ingest-chunk", task_run_name="ingest {chunk}")

@@ -20,7 +20,7 @@ from idtprior.models.lightning import PretrainParams, compute_embeddings, load_e
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
-from idtprior.tasks.common import code_version
+from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
 
 TEST_SPLIT = "test"
@@ -146,8 +146,7 @@ def _loss_history(run_dir: Path) -> list[float]:
     return [round(by_epoch[e], 5) for e in sorted(by_epoch)]
 
 
-CODE_VERSION = code_version(WorkspaceClipSource, pretrain_params, idt_labels_for, clustering, data, lightning, losses,
-                            memory_bank, resnet3d)
+CODE_VERSION = stage_code("pretrain")
 
 
 @task(name="train-stage", task_run_name="{stage}")

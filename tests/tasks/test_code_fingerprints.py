@@ -1,0 +1,115 @@
+"""Code fingerprints: an edit of a function changes the code fingerprint of exactly the stages that use it; plumbing
+(config, storage, the shared task helpers) is in none. Edits are simulated by serving an edited source text for one
+module through ``codeprint.module_source``; the package files are not touched."""
+
+import ast
+import dataclasses
+
+import pytest
+
+from idtprior.tasks import codeprint
+from idtprior.tasks.codeprint import STAGE_ROOTS, code_fingerprint, stage_sources
+
+STAGES = sorted(STAGE_ROOTS)
+ALGO = {"fit_codebook", "encode"}  # the GMM's users: fitting the codebook, and the Fisher encoding's statistics
+
+
+def edit_function(source: str, function: str) -> str:
+    """``source`` with one more statement at the end of the body of the (first) function named ``function``."""
+    node = next(n for n in ast.walk(ast.parse(source))
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function)
+    lines = source.splitlines()
+    indent = " " * node.body[0].col_offset
+    lines.insert(node.end_lineno, f"{indent}_edited = None  # a simulated edit")
+    edited = "\n".join(lines) + "\n"
+    ast.parse(edited)
+    return edited
+
+
+def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
+    """The stages whose code fingerprint changes when ``module.function`` is edited."""
+    before = {s: code_fingerprint(s) for s in STAGES}
+    real = codeprint.module_source
+    edited = edit_function(real(module), function)
+    monkeypatch.setattr(codeprint, "module_source", lambda name: edited if name == module else real(name))
+    after = {s: code_fingerprint(s) for s in STAGES}
+    monkeypatch.setattr(codeprint, "module_source", real)
+    return {s for s in STAGES if before[s] != after[s]}
+
+
+@pytest.mark.parametrize("module, function, stages", [
+    # the functions issue 11 names
+    ("idtprior.video.idt.extract", "iter_idt", {"idt", "encode"}),
+    ("idtprior.encoding.fisher", "_gradients", {"encode"}),
+    ("idtprior.encoding.fisher", "normalize_fisher", {"encode"}),
+    ("idtprior.encoding.codebook", "project", ALGO),
+    ("idtprior.encoding.gmm", "fit_gmm", ALGO),
+    # K-means: the cluster stage, the GMM's initialisation (gmm.py imports it), LA's clustering of the memory bank
+    ("idtprior.encoding.kmeans", "kmeans_plusplus", {"fit_codebook", "encode", "cluster", "pretrain"}),
+    # the IDT core's other modules
+    ("idtprior.video.idt.camera", "estimate_homography", {"idt", "encode"}),
+    ("idtprior.video.idt.flow", "median_flow", {"idt", "encode"}),
+    # one task module serves three stages: each gets only the definitions it runs
+    ("idtprior.tasks.encode", "cluster_task", {"cluster"}),
+    ("idtprior.tasks.encode", "encode_one", {"encode"}),
+    ("idtprior.tasks.encode", "codebook_params", {"fit_codebook"}),
+    ("idtprior.tasks.idt", "read_sample", {"fit_codebook"}),
+    ("idtprior.tasks.idt", "sample_one", {"idt"}),
+    ("idtprior.tasks.idt", "video_rows", {"idt", "encode"}),
+    ("idtprior.tasks.idt", "idt_params", {"idt", "encode"}),
+    ("idtprior.tasks.detect", "read_chunk_boxes", {"idt", "encode"}),
+    ("idtprior.models.losses", "la_loss", {"pretrain"}),
+    # plumbing: settings are covered by the config hashes; storage and the chunk loop do not change results
+    ("idtprior.config", "config_hash", set()),
+    ("idtprior.config", "load_config", set()),
+    ("idtprior.storage.workspace", "commit", set()),
+    ("idtprior.storage.fingerprint", "hash_json", set()),
+    ("idtprior.tasks.common", "run_chunk", set()),
+])
+def test_an_edit_changes_the_code_of_exactly_the_stages_that_use_it(monkeypatch, module, function, stages):
+    assert changed_stages(monkeypatch, module, function) == stages
+
+
+def test_the_stage_code_sets():
+    """Which modules each stage hashes whole, and that a stage of a shared task module leaves the others' code out."""
+    cores = {s: {k for k in stage_sources(s) if ":" not in k} for s in STAGES}
+    idt_core = {f"idtprior.video.idt.{m}" for m in ("extract", "camera", "flow", "descriptors", "params", "textformat")}
+    detect_core = {"idtprior.video.detect", "idtprior.video.detect.ssdlite", "idtprior.video.detect.hog",
+                   "idtprior.video.detect.maskrcnn"}  # idt and encode unpack the stored boxes with video.detect
+    book = {f"idtprior.encoding.{m}" for m in ("codebook", "gmm", "kmeans", "sketch", "backend")}
+    assert cores["ingest"] == cores["decode"] == {"idtprior.video.io"}
+    assert cores["detect"] == {"idtprior.video.io", "idtprior.video.idt.textformat", *detect_core}
+    assert cores["idt"] == {"idtprior.video.io", *idt_core, *detect_core}
+    assert cores["fit_codebook"] == book
+    assert cores["encode"] == {"idtprior.video.io", *idt_core, *detect_core, *book, "idtprior.encoding.fisher"}
+    assert cores["cluster"] == {"idtprior.encoding.kmeans", "idtprior.encoding.backend"}
+    assert cores["pretrain"] == {*(f"idtprior.models.{m}" for m in ("clustering", "data", "lightning", "losses",
+                                                                     "memory_bank", "resnet3d")),
+                                 "idtprior.encoding.kmeans", "idtprior.encoding.backend"}
+    # no stage hashes plumbing or a package's re-exports
+    assert not any(k.startswith(("idtprior.config", "idtprior.storage", "idtprior.tasks.common", "idtprior.flows"))
+                   or k in ("idtprior.encoding", "idtprior.models", "idtprior.video.idt")
+                   for s in STAGES for k in stage_sources(s))
+
+
+def test_task_modules_key_on_the_same_fingerprints():
+    from idtprior.tasks import decode, detect, encode, idt, ingest, pretrain
+
+    for stage, module in {"ingest": ingest, "decode": decode, "detect": detect, "idt": idt, "encode": encode,
+                          "pretrain": pretrain}.items():
+        assert module.CODE_VERSION == codeprint.stage_code(stage) == code_fingerprint(stage)
+    assert codeprint.stage_code("tune_joint") == codeprint.stage_code("pretrain")
+    with pytest.raises(KeyError, match="stage 'evaluate' has no code roots"):
+        code_fingerprint("evaluate")
+
+
+def test_the_idt_keys_hold_every_idt_params_field():
+    from idtprior.config import IDTConfig
+    from idtprior.tasks.idt import params_key
+    from idtprior.video.idt import IDTParams
+
+    key = params_key(IDTConfig(max_side=160, feature_detector="sift"))
+    assert set(key) == {f.name for f in dataclasses.fields(IDTParams)}
+    assert key == dataclasses.asdict(IDTParams(max_side=160, feature_detector="sift"))
+    assert (key["warp_flow"], key["max_dis"], key["min_var"]) == (IDTParams.warp_flow, IDTParams.max_dis,
+                                                                   IDTParams.min_var)

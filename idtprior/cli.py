@@ -104,10 +104,27 @@ def cmd_status(args) -> int:
     for row in manifest:
         by_status[row.status] = by_status.get(row.status, 0) + 1
     print(f"workspace {ws.url}: {len(manifest)} videos in the manifest ("
-          + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) + ")")
-    for st in workspace_status(ws, STAGES):
-        print(f"  {st.stage:<10} chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
-              f"failed {st.videos_failed}")
+          + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) + f"), {ws.num_chunks()} chunks")
+    expected = None
+    if args.config:
+        from idtprior.flows.stages import expected_fingerprints
+
+        # the config's own workspace is not the one asked about: plan against WORKSPACE
+        cfg = _load(args.config, ws.url, None)
+        expected = expected_fingerprints(cfg, ws)
+        print(f"against {args.config} (stages {', '.join(cfg.stages)}; nothing is run or written):")
+    stages = list(STAGES)
+    stages.insert(stages.index("encode") + 1, "sketches")  # encode's assembled (N, S) rows, a record of its own
+    for st in workspace_status(ws, tuple(stages), expected):
+        if st.whole:
+            line = (f"done {st.created_iso}  fingerprint {st.fingerprint[:12]}  {st.seconds:.1f} s" if st.done
+                    else "not run")
+        else:
+            line = (f"chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
+                    f"failed {st.videos_failed}")
+        if st.stage == "sketches" and not st.done and expected is None:
+            continue
+        print(f"  {st.stage:<12} {line}" + (f"  [{st.check}]" if st.check else ""))
         for vid, err in sorted(st.errors.items())[: args.max_errors]:
             print(f"      {vid}: {err}")
         if len(st.errors) > args.max_errors:
@@ -159,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="per stage: chunks done, videos ok/failed, with the errors")
+    p = sub.add_parser("status", help="per stage: chunks done, videos ok/failed, with the errors; with --config, "
+                       "which stages a run with that config would redo")
     p.add_argument("workspace")
+    p.add_argument("--config", default=None, help="a config YAML to check the workspace against: "
+                   "each stage is 'up to date' or 'out of date' (its plan is built, nothing is run or written)")
     p.add_argument("--max-errors", type=int, default=20)
     p.set_defaults(func=cmd_status)
 

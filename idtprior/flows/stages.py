@@ -77,30 +77,41 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
     return counts
 
 
+def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """Decode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
+    return _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
+                        decode_tasks.CODE_VERSION, {"config": config.decode})
+
+
 @flow(name="decode", flow_run_name="decode {config.workspace}")
 def decode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Decode every ok video of the manifest into the frame store, chunk by chunk."""
     ws = Workspace(config.workspace)
-    plans = _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
-                         decode_tasks.CODE_VERSION, {"config": config.decode})
+    plans = plan_decode(config, ws)
     records = _run_stage(decode_tasks.decode_chunk, ws, "decode", plans, config, dask_address, progress)
     return report_stage("decode", records)
 
 
-@flow(name="detect", flow_run_name="detect {config.workspace}")
-def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
-    """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
-    ws = Workspace(config.workspace)
+def plan_detect(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """Detect's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     cfg = config.detect
-    rows = _ok_rows(ws)
-    detect_tasks.check_backend(cfg)
-    plans = _chunk_plans("detect", rows, lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
+    plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
                          {"config": cfg})
     if cfg.bb_folder:  # the imported files are inputs too
         for plan in plans.values():
             files = {v: detect_tasks.bb_file(cfg.bb_folder, v, p) for v, p in plan["videos"].items()}
             plan["fingerprint"] = hash_json([plan["fingerprint"], {
                 v: stat_fingerprint(f) if f else "missing" for v, f in files.items()}])
+    return plans
+
+
+@flow(name="detect", flow_run_name="detect {config.workspace}")
+def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
+    ws = Workspace(config.workspace)
+    _ok_rows(ws)  # no manifest: say so before checking the backend
+    detect_tasks.check_backend(config.detect)
+    plans = plan_detect(config, ws)
     records = _run_stage(detect_tasks.detect_chunk, ws, "detect", plans, config, dask_address, progress)
     counts = report_stage("detect", records)
     infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
@@ -167,11 +178,8 @@ def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, ext
     return plans
 
 
-@flow(name="idt", flow_run_name="idt sample {config.workspace}")
-def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
-    """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
-    check_settings("idt", idt_tasks.idt_params, config.idt)
-    ws = Workspace(config.workspace)
+def plan_idt(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """The IDT sample's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     rows = _ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
     rows = [r for r in rows if r.video_id in chosen]
@@ -179,11 +187,29 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt)])
     plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code("idt"),
                          {"config": config.idt, "text_folder": text_folder})
-    plans = _with_text_files(plans, text_folder) if text_folder else _with_boxes(ws, plans)
+    return _with_text_files(plans, text_folder) if text_folder else _with_boxes(ws, plans)
+
+
+@flow(name="idt", flow_run_name="idt sample {config.workspace}")
+def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
+    check_settings("idt", idt_tasks.idt_params, config.idt)
+    ws = Workspace(config.workspace)
+    plans = plan_idt(config, ws)
     records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage("idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     return counts
+
+
+def plan_fit_codebook(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """The codebook's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
+    inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
+    if not inputs:
+        raise ConfigError(f"workspace {ws.url}: no IDT sample; run the idt stage first")
+    fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
+                           stage_code("fit_codebook"))
+    return {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}
 
 
 @flow(name="fit_codebook", flow_run_name="fit codebook {config.workspace}")
@@ -191,13 +217,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
     """PCA + GMM on the IDT sample; the codebook (with its sketch seed) goes to the workspace."""
     check_settings("fit_codebook", encode_tasks.codebook_params, config.codebook)
     ws = Workspace(config.workspace)
-    inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
-    if not inputs:
-        raise ConfigError(f"workspace {ws.url}: no IDT sample; run the idt stage first")
-    fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
-                           stage_code("fit_codebook"))
-    records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook",
-                         {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}, progress)
+    records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook", plan_fit_codebook(config, ws), progress)
     info = records[encode_tasks.ALL].videos["codebook"]
     create_markdown_artifact(key="fit-codebook-summary", markdown=(
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
@@ -206,11 +226,8 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
         k: info[k] for k in ("rows", "fv_dim")}}
 
 
-@flow(name="encode", flow_run_name="encode {config.workspace}")
-def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
-    """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
-    check_settings("encode", idt_tasks.idt_params, config.idt)
-    ws = Workspace(config.workspace)
+def plan_encode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """Encode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     rows = _ok_rows(ws)
     book = ws.read_record("fit_codebook", encode_tasks.ALL)
     if book is None:
@@ -223,15 +240,38 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
         plans = _with_text_files(plans, config.encode.idt_text_folder)
     else:
         plans = _with_boxes(ws, plans)
+    return plans
+
+
+def sketches_fingerprint(records: dict, ids: list[str]) -> str:
+    """The key of encode's assembled (N, S) sketches: the encode chunks' keys and the manifest's ok ids, in order."""
+    return hash_json({"encode": {c: r.fingerprint for c, r in records.items()}, "ids": ids})
+
+
+@flow(name="encode", flow_run_name="encode {config.workspace}")
+def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
+    check_settings("encode", idt_tasks.idt_params, config.idt)
+    ws = Workspace(config.workspace)
+    plans = plan_encode(config, ws)
+    rows = _ok_rows(ws)
     records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage("encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
-    encode_tasks.assemble_sketches(ws, ids, hash_json({"encode": {c: r.fingerprint for c, r in records.items()},
-                                                       "ids": ids}))
+    encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
     return counts
+
+
+def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """Clustering's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
+    ids = [r.video_id for r in _ok_rows(ws)]
+    inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
+    fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
+                           config.cluster.config_hash(), stage_code("cluster"))
+    return {encode_tasks.ALL: {"fingerprint": fp, "video_ids": ids, "config": config.cluster}}
 
 
 @flow(name="cluster", flow_run_name="cluster {config.workspace}")
@@ -239,12 +279,7 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     """K-means on the sketches; cluster-size statistics, and NMI / purity where the manifest has labels."""
     ws = Workspace(config.workspace)
     rows = _ok_rows(ws)
-    ids = [r.video_id for r in rows]
-    inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
-    fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
-                           config.cluster.config_hash(), stage_code("cluster"))
-    records = run_chunks(encode_tasks.cluster_task, ws, "cluster", {encode_tasks.ALL: {
-        "fingerprint": fp, "video_ids": ids, "config": config.cluster}}, progress)
+    records = run_chunks(encode_tasks.cluster_task, ws, "cluster", plan_cluster(config, ws), progress)
     stats = dict(records[encode_tasks.ALL].videos["clusters"])
     labels, label_ids = encode_tasks.read_cluster_labels(ws)
     truth = {r.video_id: r.label for r in rows if r.label}
@@ -318,6 +353,35 @@ def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
     total = n * (n - 1) // 2
     return {"close_pairs": round(close / total, 4), "close_precision": round(close_same / max(close, 1), 4),
             "same_label_pairs": round(_pairs_sharing(y) / total, 4)}
+
+
+STAGE_PLANS = {"ingest": lambda config, ws: plan_ingest(config, ws, remember=False), "decode": plan_decode,
+               "detect": plan_detect, "idt": plan_idt, "fit_codebook": plan_fit_codebook, "encode": plan_encode,
+               "cluster": plan_cluster}
+"""Stages whose plans (chunk -> task arguments with the "fingerprint") can be built without running anything."""
+
+
+def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, dict[str, str] | str]:
+    """Per stage of ``config.stages``: chunk -> the fingerprint a run with ``config`` would key the chunk on, computed
+    from the workspace's current records without running or writing anything; or, as a string, why it cannot be told.
+    ``idtprior status --config`` compares these with the records."""
+    out: dict[str, dict[str, str] | str] = {}
+    for stage in config.stages:
+        plan = STAGE_PLANS.get(stage)
+        if plan is None:
+            out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
+            continue
+        try:
+            out[stage] = {chunk: p["fingerprint"] for chunk, p in plan(config, ws).items()}
+        except (ConfigError, KeyError, FileNotFoundError) as e:  # an earlier stage has not run, a source is gone
+            out[stage] = f"cannot plan it: {e}"
+    if "encode" in config.stages:  # encode's assembly, keyed on the encode records as they are now
+        try:
+            out["sketches"] = {encode_tasks.ALL: sketches_fingerprint(ws.records("encode"),
+                                                                      [r.video_id for r in _ok_rows(ws)])}
+        except ConfigError as e:
+            out["sketches"] = f"cannot plan it: {e}"
+    return out
 
 
 STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,

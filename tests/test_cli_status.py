@@ -1,0 +1,71 @@
+"""``idtprior status``: whole-dataset stages shown done with their time and fingerprint; ``--config`` says which
+stages a run with that config would redo (real Prefect engine, real videos)."""
+
+import re
+
+import pytest
+import yaml
+
+from idtprior_testutils import moving_square_frames
+from idtprior.cli import main
+from idtprior.config import PipelineConfig
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.storage import Workspace, read_manifest
+from idtprior.video.io import write_video
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+
+def _status(capsys, *args) -> dict[str, str]:
+    assert main(["status", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {m.group(1): m.group(2) for m in (re.match(r"  (\w+) +(.*)", ln) for ln in lines) if m}
+
+
+def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp_path, capsys):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(4):
+        write_video(src / f"clip{i}.mp4", moving_square_frames(24, seed=i), fps=25, options={"preset": "ultrafast"})
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode", "idt", "fit_codebook"],
+        "dask": {"n_workers": 0}, "ingest": {"source": str(src), "num_chunks": 2}, "decode": {"short_side": 32},
+        "idt": {"sample_videos": 4, "sample_rows": 50, "scale_num": 1},
+        "codebook": {"gmm_components": 2, "gmm_iters": 5, "sketch_dim": 16}})
+    pretrain_pipeline(cfg, progress=False)
+    ws = Workspace(cfg.workspace)
+    book = ws.read_record("fit_codebook", "all")
+    n = len({r.chunk for r in read_manifest(ws)})
+
+    lines = _status(capsys, ws.url)
+    assert lines["ingest"] == f"chunks {n}/{n}  videos ok 4  failed 0"
+    iso = re.escape(_iso(book.created))
+    assert re.fullmatch(rf"done {iso}  fingerprint {book.fingerprint[:12]}  {book.seconds:.1f} s", lines["fit_codebook"])
+    assert lines["cluster"] == "not run" and lines["pretrain_ir"] == "not run"
+
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    lines = _status(capsys, ws.url, "--config", str(same))
+    for stage in ("ingest", "decode", "idt", "fit_codebook"):
+        assert lines[stage].endswith("[up to date]"), lines[stage]
+    assert lines["cluster"].endswith("[not checked: not one of the config's stages]")
+
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(cfg.with_updates(decode={"short_side": 24}).model_dump(mode="json")))
+    lines = _status(capsys, ws.url, "--config", str(other))
+    assert lines["ingest"].endswith("[up to date]") and lines["idt"].endswith("[up to date]")
+    assert lines["decode"].endswith(f"[out of date: {n} of {n} chunks keyed differently]"), lines["decode"]
+    assert lines["fit_codebook"].endswith("[up to date]")
+
+    # a codebook setting: the codebook is out of date; encode, never run, is planned from the workspace's codebook
+    third = tmp_path / "third.yaml"
+    third.write_text(yaml.safe_dump(cfg.with_updates(stages=["ingest", "decode", "idt", "fit_codebook", "encode"],
+                                                     codebook={"gmm_components": 3}).model_dump(mode="json")))
+    lines = _status(capsys, ws.url, "--config", str(third))
+    assert lines["fit_codebook"].endswith("[out of date: 1 of 1 chunks keyed differently]"), lines["fit_codebook"]
+    assert lines["encode"] == f"chunks 0/{n}  videos ok 0  failed 0  [not run]"
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

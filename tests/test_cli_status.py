@@ -2,6 +2,7 @@
 stages a run with that config would redo (real Prefect engine, real videos)."""
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -43,6 +44,7 @@ def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp
     assert re.fullmatch(rf"done {iso}  fingerprint {book.fingerprint[:12]}  {book.seconds:.1f} s", lines["fit_codebook"])
     assert lines["cluster"] == "not run" and lines["pretrain_ir"] == "not run"
 
+    files_before = _tree(ws)
     same = tmp_path / "same.yaml"
     same.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     lines = _status(capsys, ws.url, "--config", str(same))
@@ -64,6 +66,20 @@ def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp
     lines = _status(capsys, ws.url, "--config", str(third))
     assert lines["fit_codebook"].endswith("[out of date: 1 of 1 chunks keyed differently]"), lines["fit_codebook"]
     assert lines["encode"] == f"chunks 0/{n}  videos ok 0  failed 0  [not run]"
+
+    # a new chunking: ingest is out of date, and so is every stage keyed on what it will rewrite
+    fourth = tmp_path / "fourth.yaml"
+    fourth.write_text(yaml.safe_dump(cfg.with_updates(ingest={"num_chunks": 3}).model_dump(mode="json")))
+    lines = _status(capsys, ws.url, "--config", str(fourth))
+    assert re.search(r"\[out of date: \d chunks not run; \d chunks no longer planned\]$", lines["ingest"]), lines["ingest"]
+    assert lines["decode"].endswith("[out of date: ingest out of date]"), lines["decode"]
+    assert lines["idt"].endswith("[out of date: ingest out of date]"), lines["idt"]
+    assert lines["fit_codebook"].endswith("[out of date: idt out of date]"), lines["fit_codebook"]
+    assert _tree(ws) == files_before  # status --config ran and wrote nothing
+
+def _tree(ws: Workspace) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in Path(ws.root).rglob("*") if p.is_file()}
+
 
 def _iso(t: float) -> str:
     from datetime import datetime, timezone

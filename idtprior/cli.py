@@ -117,8 +117,9 @@ def cmd_status(args) -> int:
     stages.insert(stages.index("encode") + 1, "sketches")  # encode's assembled (N, S) rows, a record of its own
     for st in workspace_status(ws, tuple(stages), expected):
         if st.whole:
-            line = (f"done {st.created_iso}  fingerprint {st.fingerprint[:12]}  {st.seconds:.1f} s" if st.done
-                    else "not run")
+            # seconds only where the stage's task measured them (the codebook, cluster and training tasks do not)
+            took = f"  {st.seconds:.1f} s" if st.seconds else ""
+            line = f"done {st.created_iso}  fingerprint {st.fingerprint[:12]}{took}" if st.done else "not run"
         else:
             line = (f"chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
                     f"failed {st.videos_failed}")

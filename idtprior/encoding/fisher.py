@@ -10,7 +10,8 @@ The block's vector is ``[G_mu_1 .. G_mu_K, G_sigma_1 .. G_sigma_K]`` (2KD values
 (sign(z) |z|^alpha, alpha = 0.5) and L2-normalised. With several blocks (``per_type``) the unit vectors of the blocks are
 concatenated and divided by sqrt(#blocks), so the result has unit norm too.
 
-Both sums come from the statistics ``gamma^T [x, x^2]`` of :mod:`idtprior.encoding.gmm` (chunked float32 matrix products):
+Both sums come from the statistics ``gamma^T [x, x^2]`` of :mod:`idtprior.encoding.gmm` (chunked matrix products on rows
+centred on a reference point; posteriors in float32, or float64 for ill-conditioned components; statistics in float64):
 sum gamma (x - mu)^2 = S2 - 2 mu S1 + mu^2 S0.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from idtprior.encoding.backend import get_array_module
 from idtprior.encoding.codebook import Codebook, CodebookBlock, _check_descriptors, project
-from idtprior.encoding.gmm import DiagGMM, _chunk_stats, _estep_params
+from idtprior.encoding.gmm import DiagGMM, _chunk_stats, _estep_params, _uncentre
 
 
 def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 8192) -> tuple[Any, Any]:
@@ -34,15 +35,15 @@ def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 8192) -> tuple[Any
     """
     xp = get_array_module(z)
     n, d = z.shape
-    W, c = _estep_params(gmm, xp)
+    est = _estep_params(gmm, xp)
     k = gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     for start in range(0, n, chunk_rows):
-        a, b, _ = _chunk_stats(xp.asarray(z[start:start + chunk_rows], dtype=xp.float32), W, c, xp)
+        a, b, _ = _chunk_stats(xp.asarray(z[start:start + chunk_rows], dtype=xp.float32), est, xp)
         s0 += a
         s12 += b
-    return _gradients(s0, s12[:, :d], s12[:, d:], n, gmm, xp)
+    return _gradients(s0, *_uncentre(s0, s12, est, xp), n, gmm, xp)
 
 
 def _gradients(s0: Any, s1: Any, s2: Any, n: int, gmm: DiagGMM, xp: Any) -> tuple[Any, Any]:
@@ -101,13 +102,13 @@ def _block_statistics(descriptors: Any, block: CodebookBlock, chunk_rows: int, x
     """Project chunk by chunk (no (N, D) copy of the whole video) and accumulate the FV statistics of one block."""
     n = descriptors.shape[0]
     d = block.dim
-    W, c = _estep_params(block.gmm, xp)
+    est = _estep_params(block.gmm, xp)
     k = block.gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     for start in range(0, n, chunk_rows):
         z = project(descriptors[start:start + chunk_rows], block)  # (b, D) float32
-        a, b, _ = _chunk_stats(z, W, c, xp)
+        a, b, _ = _chunk_stats(z, est, xp)
         s0 += a
         s12 += b
-    return _gradients(s0, s12[:, :d], s12[:, d:], n, block.gmm, xp)
+    return _gradients(s0, *_uncentre(s0, s12, est, xp), n, block.gmm, xp)

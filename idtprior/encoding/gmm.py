@@ -1,12 +1,21 @@
 """Diagonal Gaussian mixtures: a chunked float32 EM that fits millions of rows in a few GB, and the shared E-step.
 
-The E-step writes the log-density of every component as one matrix product: with ``xx = [x, x*x]`` (n, 2D),
+The E-step writes the log-density of every component as one matrix product of rows centred on a reference point r (the
+weighted mean of the means): with ``x' = x - r``, ``mu' = mu - r`` and ``xx = [x', x'*x']`` (n, 2D),
 
-    log w_k + log N(x | mu_k, var_k) = xx @ W[:, k] + c_k,   W = [mu/var ; -1/(2 var)]^T  (2D, K),
-    c_k = log w_k - 1/2 sum_d (log(2 pi var_kd) + mu_kd^2 / var_kd),
+    log w_k + log N(x | mu_k, var_k) = xx @ W[:, k] + c_k,   W = [mu'/var ; -1/(2 var)]^T  (2D, K),
+    c_k = log w_k - 1/2 sum_d (log(2 pi var_kd) + mu'_kd^2 / var_kd),
 
-and the sufficient statistics of the M-step (and of the Fisher vector) are ``gamma^T @ xx`` (K, 2D). The posteriors are
-float32. Rows are processed in chunks so memory is the data plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
+and the sufficient statistics of the M-step (and of the Fisher vector) are ``gamma^T @ xx`` (K, 2D), un-centred in
+float64 at the end (the float32 product below takes the plain rows). The expansion's terms are ~ (x' / sigma)^2 while
+their sum, for the rows a component explains, is ~ ((x - mu) / sigma)^2: in float32 that cancellation costs ~6e-8 * q
+nats, q = sum_d mu'_kd^2 / var_kd. Centring keeps q small for components near the bulk; a component with
+q > ``ILL_CONDITIONED_Q`` (a tight one far from r: variances are floored at 1e-4 of the data's, so q reaches 1e4-1e7)
+gets its log-densities in float64 from the exact float64 x'. Against a float64 textbook Fisher vector, overlapping
+components (posteriors ~0.5) at |mu|/sigma = 10, 30, 100 per dimension were off by up to 2.1e-4, 6.4e-4, 3.6e-2
+(D = 32) with uncentred float32 logits; now < 1e-6 (centred float32) and < 1e-7 (float64 path;
+tests/encoding/test_encoding_fisher.py). The posteriors are float32. Rows are processed in chunks so memory is the data
+plus O(chunk_rows * K) floats; no (n, K) matrix is ever kept.
 
 Precision of ``gamma^T @ xx`` (``precision``): ``"float64"`` runs the product in float64 (Fisher vectors: a video's few
 thousand rows are later centred on the component means, S2 - 2 mu S1 + mu^2 S0, which cancels for tight components);
@@ -93,60 +102,175 @@ class GMMFit:
         return len(self.log_likelihood)
 
 
-def _estep_params(gmm: DiagGMM, xp: ModuleType) -> tuple[Any, Any]:
-    """(W (2D, K) float32, c (K,) float32) of the linear form of the log joint density (see module docstring)."""
+# A component whose squared Mahalanobis distance q from the reference point exceeds this gets its log-densities in
+# float64: float32 rounding of the expanded quadratic form costs ~6e-8 * q nats (<= ~1e-4 here), which moves the
+# posteriors of overlapping components by as much. Measured worst case below it (overlapping pair, D = 200, q = 1150):
+# Fisher vector max error 1.2e-4; D <= 48: 2.4e-5. Typical codebook components (q of a few times D) stay in float32.
+# Measured against the uncentred float32 E-step (2 shared cores): the encode_speed synthetic codebooks have none above
+# 1500 (Fisher vector D = 200 and 48, EM 48-d: 0.97-1.13x); at 1000, 58% of the D = 200 one is above (1.2-1.35x);
+# with every component in float64, 1.5-1.6x.
+ILL_CONDITIONED_Q = 1500.0
+
+
+@dataclass(frozen=True)
+class EStep:
+    """The E-step of a mixture in the centred linear form (see the module docstring), ready for chunk after chunk.
+
+    The components are reordered so that the G well-conditioned ones come first and the B ill-conditioned ones last
+    (``order``); the statistics of a chunk are put back in the mixture's order before they are returned.
+
+    Attributes:
+        ref: (D,) float32 reference point (the weighted mean of the means); every chunk is centred on it.
+        W: (2D, G) float32 ``[mu'/var ; -1/(2 var)]^T`` of the well-conditioned components, ``mu' = mu - ref``.
+        c: (G,) float32 their constants minus ``offset``.
+        W1, W2: (D, B) float64 ``mu'/var`` and ``-1/(2 var)`` of the ill-conditioned components; c64: (B,) float64.
+        offset: float64 constant common to every component (keeps the float32 constants small), added back to log p.
+        order: (K,) int, well-conditioned then ill-conditioned component indices (NumPy); None when B = 0.
+        inverse: (K,) int, the inverse permutation of ``order`` (an xp array); None when B = 0.
+    """
+
+    ref: Any
+    W: Any
+    c: Any
+    W1: Any
+    W2: Any
+    c64: Any
+    offset: float
+    order: np.ndarray | None
+    inverse: Any
+
+    @property
+    def n_ill(self) -> int:
+        return int(self.W1.shape[1])
+
+
+def _estep_params(gmm: DiagGMM, xp: ModuleType) -> EStep:
+    """The centred linear form of the log joint densities of ``gmm`` (float64 arithmetic, float32 where safe)."""
     w = np.asarray(to_numpy(gmm.weights), dtype=np.float64)
     mu = np.asarray(to_numpy(gmm.means), dtype=np.float64)
     var = np.asarray(to_numpy(gmm.variances), dtype=np.float64)
+    # The expanded quadratic form's terms are ~ ((x - ref) / sigma)^2 and cancel to ~((x - mu) / sigma)^2: centring on
+    # the means' mean keeps them small for every component near the bulk. A float32 ref makes float32 x - ref exact
+    # in float64 (for magnitudes within 2^29 of each other), which the ill-conditioned components' path relies on.
+    ref = ((w / w.sum())[:, None] * mu).sum(0).astype(np.float32)  # (D,)
+    mu_c = mu - ref.astype(np.float64)  # (K, D)
     prec = 1.0 / var
-    W = np.concatenate([mu * prec, -0.5 * prec], axis=1).T  # (2D, K)
-    c = np.log(w) - 0.5 * (np.log(var).sum(1) + mu.shape[1] * _LOG_2PI + (mu * mu * prec).sum(1))  # (K,)
-    return xp.asarray(W, dtype=xp.float32), xp.asarray(c, dtype=xp.float32)
+    q = (mu_c * mu_c * prec).sum(1)  # (K,) squared Mahalanobis distance of each mean from ref
+    with np.errstate(divide="ignore"):  # a zero weight: log 0 = -inf, no posterior mass
+        c = np.log(w) - 0.5 * (np.log(var).sum(1) + mu.shape[1] * _LOG_2PI + q)  # (K,)
+    ill = q > ILL_CONDITIONED_Q
+    good, bad = np.nonzero(~ill)[0], np.nonzero(ill)[0]
+    # a common offset: the posteriors do not see it, and the float32 constants round less near 0 (~6e-8 * |c| nats;
+    # a log-determinant differs by 0.5 * D * log(1e4) = 74 nats at D = 16 between a broad and a floored component)
+    finite = c[good][np.isfinite(c[good])]  # a zero weight gives -inf
+    offset = float(np.median(finite)) if finite.size else 0.0
+    W = np.concatenate([mu_c[good] * prec[good], -0.5 * prec[good]], axis=1).T  # (2D, G)
+    order = np.concatenate([good, bad]) if bad.size else None
+    return EStep(
+        ref=xp.asarray(ref),
+        W=xp.asarray(W, dtype=xp.float32),
+        c=xp.asarray(c[good] - offset, dtype=xp.float32),
+        W1=xp.asarray((mu_c[bad] * prec[bad]).T.copy()),
+        W2=xp.asarray((-0.5 * prec[bad]).T.copy()),
+        c64=xp.asarray(c[bad] - offset),
+        offset=offset,
+        order=order,
+        inverse=None if order is None else xp.asarray(np.argsort(order)),
+    )
 
 
-def _posteriors(xx: Any, W: Any, c: Any, xp: ModuleType) -> tuple[Any, Any]:
+def _posteriors(xx: Any, est: EStep, xp: ModuleType, x64: Any = None, x64sq: Any = None) -> tuple[Any, Any]:
     """Responsibilities of one chunk by a log-sum-exp.
 
     Args:
-        xx: (n, 2D) float32, ``[x, x*x]``.
+        xx: (n, 2D) float32 ``[x', x'^2]`` of the chunk centred on ``est.ref``.
+        x64, x64sq: (n, D) float64 ``x'`` (exact: float32 x minus float32 ref) and ``x'^2``; needed when
+            ``est.n_ill > 0`` (the float32 ``x'`` itself is rounded by ~eps * |x'|, i.e. ~eps * sqrt(q) sigma).
     Returns:
-        gamma (n, K) float32 rows summing to 1, and log p(x) (n,) float32.
+        gamma (n, K) float32 rows summing to 1, components in ``est.order``; log p(x) (n,) float32.
     """
-    logp = xx @ W  # (n, K)
-    logp += c
-    m = logp.max(axis=1, keepdims=True)  # (n, 1)
-    logp -= m
+    g = est.W.shape[1]
+    if not est.n_ill:
+        logp = xx @ est.W  # (n, K)
+        logp += est.c
+        m = logp.max(axis=1, keepdims=True)  # (n, 1)
+        logp -= m
+    else:
+        lb = x64 @ est.W1  # (n, B) float64
+        lb += x64sq @ est.W2
+        lb += est.c64
+        logp = xp.empty((xx.shape[0], g + est.n_ill), dtype=xp.float32)  # (n, K)
+        if g:
+            logp[:, :g] = xx @ est.W
+            logp[:, :g] += est.c
+            m = xp.maximum(logp[:, :g].max(axis=1, keepdims=True), lb.max(axis=1, keepdims=True).astype(xp.float32))
+        else:
+            m = lb.max(axis=1, keepdims=True).astype(xp.float32)
+        # one float32 shift for both parts: the float64 log-densities are rounded only after it, near 0
+        logp[:, :g] -= m
+        lb -= m.astype(xp.float64)
+        logp[:, g:] = lb
     xp.exp(logp, out=logp)
     s = logp.sum(axis=1, keepdims=True)  # (n, 1)
     logp /= s
-    return logp, (m + xp.log(s))[:, 0]
+    loglik = (m.astype(xp.float64) + xp.log(s.astype(xp.float64)) + est.offset)[:, 0]
+    return logp, loglik.astype(xp.float32)
 
 
 PRECISIONS = ("float32", "float64")
 
 
-def _chunk_stats(x: Any, W: Any, c: Any, xp: ModuleType, precision: str = "float64") -> tuple[Any, Any, Any]:
+def _chunk_stats(x: Any, est: EStep, xp: ModuleType, precision: str = "float64") -> tuple[Any, Any, Any]:
     """Sufficient statistics of one chunk.
 
     Args:
         x: (n, D) float32.
-        precision: dtype of the ``gamma^T [x, x^2]`` product (see the module docstring).
+        est: the mixture's E-step (:func:`_estep_params`).
+        precision: dtype of the ``gamma^T [x', x'^2]`` product (see the module docstring).
     Returns:
-        s0 (K,) float64 = sum_i gamma_ik; s12 (K, 2D) float64 = [sum_i gamma_ik x_i, sum_i gamma_ik x_i^2];
-        loglik (n,) float32 = log p(x_i).
+        s0 (K,) float64 = sum_i gamma_ik; s12 (K, 2D) float64 = [sum_i gamma_ik x'_i, sum_i gamma_ik x'_i^2] of the
+        CENTRED rows x' = x - est.ref (:func:`_uncentre` gives the plain sums); loglik (n,) float32 = log p(x_i).
     """
-    xx = xp.concatenate([x, x * x], axis=1)  # (n, 2D)
-    gamma, loglik = _posteriors(xx, W, c, xp)
+    xc = x - est.ref  # (n, D) float32
+    xx = xp.concatenate([xc, xc * xc], axis=1)  # (n, 2D)
+    x64 = x64sq = None
+    if precision == "float64" or est.n_ill:
+        x64 = x.astype(xp.float64) - est.ref.astype(xp.float64)  # (n, D), exact
+        x64sq = x64 * x64
+    gamma, loglik = _posteriors(xx, est, xp, x64, x64sq)
     s0 = gamma.sum(axis=0, dtype=xp.float64)  # (K,)
     if precision == "float32":
-        return s0, (gamma.T @ xx).astype(xp.float64), loglik  # (K, 2D): float32 product, float64 across chunks
-    # float64 product: the gradients and the M-step subtract mu * S1 and mu^2 * S0 from these sums, which cancels badly
-    # in float32 for tight components (|mu| / sigma ~ 10s, common for near-duplicate IDT descriptors). Costs ~1.4x.
-    g64 = gamma.astype(xp.float64)  # (n, K) C-order: BLAS reads it transposed without a copy
-    x64 = x.astype(xp.float64)
-    # two (K, n) @ (n, D) products run ~2x faster than one against the (n, 2D) concatenation (measured, OpenBLAS)
-    s12 = xp.concatenate([g64.T @ x64, g64.T @ (x64 * x64)], axis=1)  # (K, 2D)
+        # float32 product of the plain rows, float64 across chunks: from the centred rows it would be ~3x less precise
+        # in S1 and S2 (x' itself is rounded); re-centred in float64 here, un-centred exactly by _uncentre
+        s12 = (gamma.T @ xp.concatenate([x, x * x], axis=1)).astype(xp.float64)  # (K, 2D)
+        s12 = _recentre(s0, s12, est, xp)
+    else:
+        # float64 product: the gradients and the M-step subtract mu * S1 and mu^2 * S0 from these sums, which cancels
+        # badly in float32 for tight components (|mu| / sigma ~ 10s, common for near-duplicate IDT descriptors).
+        g64 = gamma.astype(xp.float64)  # (n, K) C-order: BLAS reads it transposed without a copy
+        # two (K, n) @ (n, D) products run ~2x faster than one against the (n, 2D) concatenation (measured, OpenBLAS)
+        s12 = xp.concatenate([g64.T @ x64, g64.T @ x64sq], axis=1)  # (K, 2D)
+    if est.inverse is not None:  # back to the mixture's component order
+        s0, s12 = s0[est.inverse], s12[est.inverse]
     return s0, s12, loglik
+
+
+def _recentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> Any:
+    """Centred sums (K, 2D) float64 [sum gamma x', sum gamma x'^2] from the plain ones (the inverse of _uncentre)."""
+    d = s12.shape[1] // 2
+    r = xp.asarray(est.ref, dtype=xp.float64)[None, :]  # (1, D)
+    s1, s2 = s12[:, :d], s12[:, d:]
+    s1c = s1 - r * s0[:, None]
+    return xp.concatenate([s1c, s2 - 2.0 * r * s1c - r * r * s0[:, None]], axis=1)
+
+
+def _uncentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> tuple[Any, Any]:
+    """Plain sums (K, D) float64 [sum gamma x, sum gamma x^2] from the centred ones of :func:`_chunk_stats`."""
+    d = s12.shape[1] // 2
+    r = xp.asarray(est.ref, dtype=xp.float64)[None, :]  # (1, D)
+    s1c, s2c = s12[:, :d], s12[:, d:]
+    s1 = s1c + r * s0[:, None]
+    return s1, s2c + 2.0 * r * s1c + r * r * s0[:, None]
 
 
 def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096,
@@ -166,18 +290,19 @@ def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096,
         raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     xp = get_array_module(x)
     n, d = x.shape
-    W, c = _estep_params(gmm, xp)
+    est = _estep_params(gmm, xp)
     k = gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     loglik = xp.empty(n, dtype=xp.float32)
     for start in range(0, n, chunk_rows):
         xc = xp.asarray(x[start:start + chunk_rows], dtype=xp.float32)
-        a, b, ll = _chunk_stats(xc, W, c, xp, precision)
+        a, b, ll = _chunk_stats(xc, est, xp, precision)
         s0 += a
         s12 += b
         loglik[start:start + chunk_rows] = ll
-    return s0, s12[:, :d], s12[:, d:], loglik
+    s1, s2 = _uncentre(s0, s12, est, xp)
+    return s0, s1, s2, loglik
 
 
 def gmm_log_likelihood(x: Any, gmm: DiagGMM, chunk_rows: int = 4096) -> float:

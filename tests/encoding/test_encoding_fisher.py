@@ -5,6 +5,7 @@ import pytest
 
 from idtprior.encoding import (
     Codebook,
+    CodebookBlock,
     CodebookParams,
     DiagGMM,
     fisher_statistics,
@@ -43,6 +44,50 @@ def textbook_video(x: np.ndarray, cb: Codebook) -> np.ndarray:
         z = (x[:, b.start:b.stop].astype(np.float64) - b.pca_mean) @ b.pca_components.T.astype(np.float64)
         parts.append(textbook_fisher(z, b.gmm.weights, b.gmm.means, b.gmm.variances))
     return np.concatenate(parts) / np.sqrt(len(parts))
+
+
+def overlapping_far_pair(ratio: float, bulk: bool, d: int = 32, n: int = 1500, seed: int = 0):
+    """Rows (n, d) float32 of two overlapping components (posteriors ~0.5) whose means sit ``ratio`` standard deviations
+    from the origin in every dimension, and the mixture; with ``bulk``, a broad heavy component at the origin too, so
+    the pair is also far from the mixture's weighted mean of means."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.5, 2.0, d) * rng.uniform(0.98, 1.02, (2, d))  # (2, d) nearly equal
+    mu = ratio * sigma.mean(0) * rng.choice([-1.0, 1.0], d) + rng.uniform(-0.05, 0.05, (2, d)) * sigma
+    lab = rng.integers(0, 2, n)
+    z = (mu[lab] + rng.standard_normal((n, d)) * sigma[lab]).astype(np.float32)
+    w, var = np.array([0.5, 0.5]), sigma**2
+    if bulk:
+        mu = np.concatenate([np.zeros((1, d)), mu])
+        var = np.concatenate([(ratio * sigma.mean(0))[None] ** 2, var])
+        w = np.array([0.8, 0.1, 0.1])
+    return z, DiagGMM(w.astype(np.float32), mu.astype(np.float32), var.astype(np.float32))
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["pair", "pair+bulk"])
+@pytest.mark.parametrize("ratio", [10, 30, 100])
+def test_overlapping_components_far_from_the_origin_match_float64(ratio, bulk):
+    # Issue 11: float32 logits xx @ W + c cancel for |mu| / sigma >> 1 (measured here before the centred form: max
+    # errors 2.1e-4, 6.4e-4, 3.6e-2 at 10, 30, 100; after: < 1e-6 for the pair, < 1e-7 with the bulk, where the pair
+    # goes through the float64 path). The reference is the float64 textbook loop above.
+    z, gmm = overlapping_far_pair(ratio, bulk)
+    d = z.shape[1]
+    desc = np.zeros((len(z), 426), np.float32)
+    desc[:, :d] = z  # an identity "PCA" on the first d columns: project() returns z exactly
+    block = CodebookBlock(0, 426, np.zeros(426, np.float32), np.eye(d, 426, dtype=np.float32), gmm)
+    cb = Codebook(blocks=(block,), pca_mode="concat", sketch_seed=0, sketch_dim=2000)
+    np.testing.assert_array_equal(project(desc, block), z)
+    ours, valid = fisher_vector(desc, cb)
+    ref = textbook_fisher(z, gmm.weights, gmm.means, gmm.variances)
+    assert valid
+    # the posteriors of the pair are balanced: the setting where logit errors reach the vector
+    k = gmm.n_components
+    mu, var = gmm.means.astype(np.float64), gmm.variances.astype(np.float64)
+    logp = np.log(gmm.weights) - 0.5 * (np.log(var).sum(1) + ((z[:, None].astype(np.float64) - mu) ** 2 / var).sum(-1))
+    gamma = np.exp(logp - logp.max(1, keepdims=True))
+    gamma /= gamma.sum(1, keepdims=True)
+    assert np.minimum(gamma[:, k - 2], gamma[:, k - 1]).mean() > 0.35
+    assert np.abs(ours - ref).max() < 1e-4, np.abs(ours - ref).max()
+    assert float(ours @ ref) > 1 - 1e-8
 
 
 @pytest.fixture(scope="module")

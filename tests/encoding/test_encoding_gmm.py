@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from idtprior.encoding import DiagGMM, fit_gmm, gmm_log_likelihood, sufficient_statistics
-from idtprior.encoding.gmm import em_step
+from idtprior.encoding.gmm import _estep_params, em_step
 
 
 def mixture_sample(n: int, k: int, d: int, sep: float, seed: int):
@@ -92,6 +92,46 @@ def test_float32_statistics_match_float64_on_offset_tight_components():
     var64 = s64[2] / s64[0][:, None] - (s64[1] / s64[0][:, None]) ** 2
     np.testing.assert_allclose(var32, var64, rtol=1e-3)
     np.testing.assert_allclose(var64, 0.25, rtol=0.05)  # the planted variance
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_tight_components_far_from_the_bulk_match_float64(precision):
+    # Two overlapping tight components 100 standard deviations (per dimension) from a broad heavy one: their
+    # log-densities go through the float64 path (q >> ILL_CONDITIONED_Q); posteriors, their sums and log p(x) must
+    # match a float64 computation (sklearn's, and the direct one here).
+    rng = np.random.default_rng(7)
+    d, n = 16, 4000
+    sigma = rng.uniform(0.5, 2.0, d)
+    centre = 100 * sigma * rng.choice([-1.0, 1.0], d)
+    mu = np.stack([np.zeros(d), centre + 0.05 * sigma, centre - 0.05 * sigma])
+    var = np.stack([(100 * sigma) ** 2, sigma**2, sigma**2])
+    w = np.array([0.8, 0.1, 0.1])
+    lab = rng.choice(3, size=n, p=w)
+    x = (mu[lab] + rng.standard_normal((n, d)) * np.sqrt(var[lab])).astype(np.float32)
+    g = DiagGMM(w.astype(np.float32), mu.astype(np.float32), var.astype(np.float32))
+    est = _estep_params(g, np)
+    assert est.n_ill == 2 and est.order.tolist() == [0, 1, 2]  # the pair is the ill-conditioned block
+    s0, s1, s2, loglik = sufficient_statistics(x, g, chunk_rows=1000, precision=precision)
+    x64, mu64, var64 = x.astype(np.float64), g.means.astype(np.float64), g.variances.astype(np.float64)
+    logp = np.log(g.weights.astype(np.float64)) - 0.5 * (
+        np.log(2 * np.pi * var64).sum(1) + ((x64[:, None] - mu64) ** 2 / var64).sum(-1))  # (n, 3)
+    ref_ll = np.logaddexp.reduce(logp, axis=1)
+    gamma = np.exp(logp - ref_ll[:, None])
+    assert np.minimum(gamma[:, 1], gamma[:, 2])[lab > 0].mean() > 0.35  # the pair overlaps
+    np.testing.assert_allclose(loglik, ref_ll, rtol=1e-6)
+    np.testing.assert_allclose(loglik, g.to_sklearn().score_samples(x64), rtol=1e-6)
+    np.testing.assert_allclose(s0, gamma.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(s1, gamma.T @ x64, rtol=1e-5)
+    np.testing.assert_allclose(s2, gamma.T @ x64**2, rtol=1e-5)
+
+
+def test_zero_weight_component_gets_no_mass():
+    x, w, mu, var = mixture_sample(500, 3, 4, sep=3.0, seed=8)
+    g = DiagGMM(np.array([0.5, 0.5, 0.0], np.float32), mu.astype(np.float32), var.astype(np.float32))
+    s0, s1, s2, loglik = sufficient_statistics(x, g)
+    assert np.isfinite(loglik).all() and s0[2] == 0.0 and s0.sum() == pytest.approx(500)
+    two = DiagGMM(np.array([0.5, 0.5], np.float32), mu[:2].astype(np.float32), var[:2].astype(np.float32))
+    np.testing.assert_allclose(loglik, sufficient_statistics(x, two)[3], rtol=1e-6)
 
 
 def test_em_step_precisions_agree_and_fit_defaults_to_float32():

@@ -134,7 +134,7 @@ class KineticsIndex:
         self.root = root
         self._scandir = scandir or os.scandir
         self.names: dict[tuple[str, ...], set[str]] = {}  # folder (parts below root) -> names that exist in it
-        self.real: dict[tuple[str, ...], Path] = {}  # folder -> its resolved path (one realpath per folder, not per row)
+        self.real: dict[tuple[str, ...], Path] = {}  # folder -> its resolved path (a realpath per folder, not per row)
         self.links: dict[tuple[str, ...], set[str]] = {}  # folder -> names that are links (resolved one by one)
         self.deep: dict[str, tuple[str, str, str]] = {}  # stem -> smallest (dir, subdir, name) matching */*/stem.*
         for d1 in self._list(())[1]:

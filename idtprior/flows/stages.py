@@ -45,6 +45,7 @@ def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     content = stats.fingerprints({v["path"]: chunks[vid] for vid, v in listing.items()})
     if remember:
         stats.save()
+        get_run_logger().info(f"ingest: read {stats.reads} of {len(listing)} files (new, or stat changed since read)")
     plans = {}
     for chunk, videos in group_by_chunk(listing, chunks).items():
         videos = {vid: {**v, "fingerprint": content[v["path"]]} for vid, v in videos.items()}

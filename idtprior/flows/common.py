@@ -37,10 +37,6 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
             close_clients()
 
 
-def chunk_suffix(num_chunks: int) -> str:
-    return f"-of-{num_chunks:04d}"
-
-
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
                concurrency: int = 4) -> dict[str, ChunkRecord]:
     """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
@@ -89,15 +85,14 @@ def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: in
             ws.remove_stale_versions(stage, chunk, keep=None)
 
 
-def rebuild_manifest(ws: Workspace, num_chunks: int) -> list[ManifestRow]:
+def rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     """The manifest from the records: ingest's probe facts, duplicates by fingerprint, then the failures of later
     stages (in ``failed_in`` and ``error``; ``status`` stays ingest's, so no later failure changes any stage's plan).
     Written atomically; returns the rows."""
-    suffix = chunk_suffix(num_chunks)
+    # ``ws.records`` lists only the workspace's current chunking: filtering on the config's ``num_chunks`` too would
+    # empty the manifest when a later stage runs with a config whose num_chunks differs from the last ingest's
     rows: dict[str, ManifestRow] = {}
     for chunk, rec in ws.records("ingest").items():
-        if not chunk.endswith(suffix):
-            continue
         for vid, info in rec.videos.items():
             row = ManifestRow(video_id=vid, path=info.get("path", ""), label=info.get("label", ""),
                               split=info.get("split", ""), chunk=chunk, status=info["status"])
@@ -119,7 +114,7 @@ def rebuild_manifest(ws: Workspace, num_chunks: int) -> list[ManifestRow]:
             first_by_content[row.fingerprint] = vid
     for stage in STAGES[1:]:
         for chunk, rec in ws.records(stage).items():
-            if not chunk.endswith(suffix):
+            if chunk_count(chunk) is None:  # whole-dataset records (``all``) hold no per-video outcome
                 continue
             for vid, info in rec.videos.items():
                 row = rows.get(vid)

@@ -12,7 +12,7 @@ from idtprior.config import ConfigError, PipelineConfig
 from idtprior.datasets.lists import read_labels, read_source
 from idtprior.flows.common import (dask_cluster, drop_stale_records, group_by_chunk, rebuild_manifest,
                                    report_stage, run_chunks)
-from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest, stat_fingerprint
+from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
@@ -71,7 +71,7 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
         get_run_logger().info(f"ingest: num_chunks is {cfg.num_chunks}; removed {len(removed)} records and stores of "
                               f"the previous chunking (later stages recompute theirs)")
     drop_stale_records(ws, "ingest", set(plans), cfg.num_chunks)
-    rows = rebuild_manifest(ws, cfg.num_chunks)
+    rows = rebuild_manifest(ws)
     duplicates = [{"video_id": r.video_id, "error": r.error} for r in rows if r.duplicate_of]
     counts = report_stage("ingest", records, duplicates)
     counts["duplicates"] = len(duplicates)
@@ -93,16 +93,21 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     return report_stage("decode", records)
 
 
-def plan_detect(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
-    """Detect's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
+def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+    """Detect's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing (``remember``:
+    store the imported files' stat cache; False in ``idtprior status``, which writes nothing)."""
     cfg = config.detect
     plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
                          {"config": cfg})
-    if cfg.bb_folder:  # the imported files are inputs too
-        for plan in plans.values():
+    if cfg.bb_folder:  # the imported files are inputs too, by content (a same-size edit with mtime set back counts)
+        stats = StatCache(ws, name="detect-bb")
+        for chunk, plan in plans.items():
             files = {v: detect_tasks.bb_file(cfg.bb_folder, v, p) for v, p in plan["videos"].items()}
+            known = stats.fingerprints({str(f): chunk for f in files.values() if f})
             plan["fingerprint"] = hash_json([plan["fingerprint"], {
-                v: stat_fingerprint(f) if f else "missing" for v, f in files.items()}])
+                v: known[str(f)] if f else "missing" for v, f in files.items()}])
+        if remember:
+            stats.save()
     return plans
 
 
@@ -132,12 +137,17 @@ def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
     return plans
 
 
-def _with_text_files(plans: dict[str, dict], folder: str) -> dict[str, dict]:
+def _with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: str,
+                     remember: bool) -> dict[str, dict]:
     """Make each video's imported IDT text file (``encode.idt_text_folder``) part of its chunk's fingerprint, by
-    content: a replaced file reruns its chunk, and only its chunk."""
-    for plan in plans.values():
+    content: a replaced file reruns its chunk, and only its chunk. The stage's own stat cache keeps a rerun over
+    unchanged files from reading them."""
+    stats = StatCache(ws, name=f"idt-text-{stage}")
+    for chunk, plan in plans.items():
         plan["fingerprint"] = hash_json([plan["fingerprint"], "idt_text",
-                                         idt_tasks.text_fingerprints(folder, plan["videos"])])
+                                         idt_tasks.text_fingerprints(folder, plan["videos"], stats, chunk)])
+    if remember:
+        stats.save()
     return plans
 
 
@@ -148,7 +158,7 @@ def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineCon
         records = run_chunks(task, ws, stage, {c: {**p, "dask_address": address} for c, p in plans.items()},
                              progress, config.chunk_concurrency)
     drop_stale_records(ws, stage, set(plans), config.ingest.num_chunks)
-    rebuild_manifest(ws, config.ingest.num_chunks)
+    rebuild_manifest(ws)
     return records
 
 
@@ -179,7 +189,7 @@ def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, ext
     return plans
 
 
-def plan_idt(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
     """The IDT sample's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     rows = _ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
@@ -188,7 +198,7 @@ def plan_idt(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt)])
     plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code("idt"),
                          {"config": config.idt, "text_folder": text_folder})
-    return _with_text_files(plans, text_folder) if text_folder else _with_boxes(ws, plans)
+    return _with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else _with_boxes(ws, plans)
 
 
 @flow(name="idt", flow_run_name="idt sample {config.workspace}")
@@ -227,7 +237,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
         k: info[k] for k in ("rows", "fv_dim")}}
 
 
-def plan_encode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
     """Encode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     rows = _ok_rows(ws)
     book = ws.read_record("fit_codebook", encode_tasks.ALL)
@@ -238,7 +248,7 @@ def plan_encode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code("encode"),
                          {"idt": config.idt, "config": config.encode})
     if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
-        plans = _with_text_files(plans, config.encode.idt_text_folder)
+        plans = _with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
     else:
         plans = _with_boxes(ws, plans)
     return plans
@@ -357,8 +367,9 @@ def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
 
 
 STAGE_PLANS = {"ingest": lambda config, ws: plan_ingest(config, ws, remember=False), "decode": plan_decode,
-               "detect": plan_detect, "idt": plan_idt, "fit_codebook": plan_fit_codebook, "encode": plan_encode,
-               "cluster": plan_cluster}
+               "detect": lambda config, ws: plan_detect(config, ws, remember=False),
+               "idt": lambda config, ws: plan_idt(config, ws, remember=False), "fit_codebook": plan_fit_codebook,
+               "encode": lambda config, ws: plan_encode(config, ws, remember=False), "cluster": plan_cluster}
 """Stages whose plans (chunk -> task arguments with the "fingerprint") can be built without running anything."""
 
 

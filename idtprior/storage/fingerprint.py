@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -33,16 +32,6 @@ def file_fingerprint(path: str | Path, full: bool = False) -> str:
         elif size > MIB:
             h.update(f.read())
     return f"{size}-{h.hexdigest()[:24]}"
-
-
-def stat_fingerprint(path: str | Path) -> str:
-    """``"<size>-<mtime_ns>"``, or ``"missing"``: a cheap change check without reading the file. It misses a same-size
-    rewrite whose mtime was set back; ingest keys on content instead (``statcache.py``)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def hash_json(obj) -> str:

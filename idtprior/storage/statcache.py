@@ -10,8 +10,10 @@ Entries whose ctime was within ``RACY_SECONDS`` of the moment they were statted 
 timestamp tick (coarse on some file systems: 1 s on NFS from some servers, 2 s on FAT) could leave the stat unchanged;
 such a file is simply read again next time.
 
-Stored as ``cache/ingest-stats/<chunk>.json`` (path -> [stat, fingerprint], per chunk of the current chunking, so a
-touch rewrites one small file); each file is written atomically, and deleting the folder only costs one re-read.
+Stored as ``cache/<name>-stats/<chunk>.json`` (path -> [stat, fingerprint], per chunk of the current chunking, so a
+touch rewrites one small file); each file is written atomically, and deleting the folder only costs one re-read. Each
+user keeps its own folder (``name``): ingest's sources (``ingest``), and the files imported instead of computing, the
+IDT text files (``idt-text-idt``, ``idt-text-encode``: the sample reads a subset) and the bb-files (``detect-bb``).
 """
 
 import json
@@ -23,7 +25,12 @@ from idtprior.storage.fingerprint import file_fingerprint
 from idtprior.storage.workspace import Workspace
 
 RACY_SECONDS = 2.0
-FOLDER = ("cache", "ingest-stats")
+CACHE_FOLDER = "cache"
+
+
+def stats_folder(ws: Workspace, name: str) -> str:
+    """Where the stat cache called ``name`` keeps its chunk files."""
+    return ws.path(CACHE_FOLDER, f"{name}-stats")
 
 
 def stat_key(st: os.stat_result) -> str:
@@ -39,12 +46,12 @@ class StatCache:
     >>> cache.save()                                                   # remember what was read (not in dry runs)
     """
 
-    def __init__(self, ws: Workspace, full_hash: bool = False, workers: int = 8):
+    def __init__(self, ws: Workspace, full_hash: bool = False, workers: int = 8, name: str = "ingest"):
         self.ws = ws
         self.mode = "sha256" if full_hash else "edges"
         self.workers = workers
         self.reads = 0  # files read by ``fingerprints`` (0 on a rerun over unchanged files)
-        self._folder = ws.path(*FOLDER)
+        self._folder = stats_folder(ws, name)
         self._stored: dict[str, dict] = {}  # chunk -> its file's entries as stored (other modes: {})
         self._known: dict[str, list] = {}  # path -> [stat, fingerprint] from every stored chunk file of this mode
         self._fresh: dict[str, dict] = {}  # chunk -> entries to store now

@@ -10,7 +10,7 @@ Layout::
       records/<stage>/<chunk>.json    commit record of a finished chunk (the commit point)
       results/                        Prefect task results
       artifacts/                      files a user inspects (plots, tables)
-      cache/ingest-stats/<chunk>.json what ingest read: path -> (stat, content fingerprint); deletable
+      cache/<name>-stats/<chunk>.json what ingest (and imports) read: path -> (stat, content fingerprint); deletable
 
 A chunk is written into a fresh ``<chunk>/<version>`` group, and only then is its record written, atomically (temp file
 and rename on a local disk, a single object write on an object store). A crash before the record leaves an orphan
@@ -217,7 +217,7 @@ class Workspace:
         removed = []
         for folder, suffix in [(p, ".json") for p in self._subfolders(self.path("records"))] + [
                 (p, "") for p in self._subfolders(self.root) if p.endswith(".zarr")] + [
-                (self.path("cache", "ingest-stats"), ".json")]:
+                (p, ".json") for p in self._subfolders(self.path("cache")) if p.endswith("-stats")]:
             if not self.fs.exists(folder):
                 continue
             for p in self.fs.ls(folder, detail=False):

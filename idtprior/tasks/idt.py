@@ -11,7 +11,7 @@ import numpy as np
 from prefect import task
 
 from idtprior.config import IDTConfig
-from idtprior.storage import ChunkRecord, Workspace, file_fingerprint
+from idtprior.storage import ChunkRecord, StatCache, Workspace, file_fingerprint
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes
@@ -60,10 +60,15 @@ def idt_text_file(folder: str, video_id: str, path: str) -> Path | None:
     return None
 
 
-def text_fingerprints(folder: str, videos: dict[str, str]) -> dict[str, str]:
+def text_fingerprints(folder: str, videos: dict[str, str], stats: StatCache | None = None,
+                      chunk: str = "") -> dict[str, str]:
     """Content fingerprint of each video's imported text file (``videos``: id -> path), ``"missing"`` where there is
-    none: part of the idt and encode keys, so a replaced file reruns its chunk."""
+    none: part of the idt and encode keys, so a replaced file reruns its chunk. With ``stats`` (a stat cache; the
+    files are listed under ``chunk``) a file whose stat did not change is not read again."""
     files = {v: idt_text_file(folder, v, p) for v, p in videos.items()}
+    if stats is not None:
+        known = stats.fingerprints({str(f): chunk for f in files.values() if f is not None})
+        return {v: known[str(f)] if f is not None else "missing" for v, f in files.items()}
     return {v: file_fingerprint(f) if f is not None else "missing" for v, f in files.items()}
 
 

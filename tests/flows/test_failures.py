@@ -9,7 +9,7 @@ import pytest
 from idtprior_testutils import moving_square_frames
 from idtprior.config import ConfigError, IDTConfig, PipelineConfig, parse_config
 from idtprior.flows.pipeline import pretrain_pipeline, select_stages
-from idtprior.storage import Workspace, read_manifest
+from idtprior.storage import Workspace, file_fingerprint, read_manifest, statcache
 from idtprior.video.idt.textformat import write_idt_text
 from idtprior.video.io import write_video
 
@@ -86,7 +86,10 @@ def test_a_bad_setting_fails_the_stage_before_any_video_and_the_fixed_run_keeps_
 
 
 @pytest.mark.usefixtures("prefect_engine")
-def test_a_video_that_fails_in_encode_stays_planned_and_reruns_recompute_nothing(tmp_path):
+def test_a_video_that_fails_in_encode_stays_planned_and_reruns_recompute_nothing(tmp_path, monkeypatch):
+    reads: list[str] = []
+    monkeypatch.setattr(statcache, "file_fingerprint", lambda p, full=False: reads.append(p) or file_fingerprint(p))
+    monkeypatch.setattr(statcache, "RACY_SECONDS", 0.0)  # the files are seconds old; see test_statcache.py
     make_videos(tmp_path / "videos", 8, frames=20)  # IDT needs track_length + 1 frames
     idt_text_files(tmp_path / "idt-files", 8, bad=5)
     cfg = PipelineConfig.model_validate({
@@ -105,7 +108,9 @@ def test_a_video_that_fails_in_encode_stays_planned_and_reruns_recompute_nothing
     assert first["decode"]["videos_ok"] == 8 and first["pretrain_ir"]["videos_ok"] == 8
     stages = [*STAGES_TO_CLUSTER, "pretrain_ir"]
     done = {s: created(ws, s) for s in stages}
+    reads.clear()
     for _ in range(3):
         pretrain_pipeline(cfg, progress=False)
         assert {s: created(ws, s) for s in stages} == done
+    assert reads == []  # neither the videos nor the imported IDT files are read again to plan a rerun
     assert "clip005" in ws.read_record("decode", row.chunk).videos  # still in decode's plan

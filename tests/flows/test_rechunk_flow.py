@@ -52,3 +52,10 @@ def test_a_new_num_chunks_replaces_the_old_chunking_everywhere(tmp_path, monkeyp
     for vid in ids:
         assert after._index[vid][0] == next(r.chunk for r in manifest if r.video_id == vid)
         np.testing.assert_array_equal(after.read_clip(vid, 0, 24), frames[vid])
+
+    # a later stage run alone with the OLD num_chunks in its config plans the workspace's chunking, and the manifest
+    # it rebuilds keeps every video (it used to filter on the config's chunk names and came out empty)
+    decoded = {c: r.created for c, r in ws.records("decode").items()}
+    pretrain_pipeline(cfg, stages=["decode"], progress=False)
+    assert [r.video_id for r in read_manifest(ws)] == ids
+    assert {c: r.created for c, r in ws.records("decode").items()} == decoded

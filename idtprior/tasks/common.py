@@ -7,6 +7,7 @@ else in-process. A video whose processing raises anything but a transient I/O er
 error message; the chunk goes on. The chunk's record is committed only when every video has an outcome.
 """
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +27,37 @@ class TransientError(OSError):
     """An I/O fault worth retrying (a flaky network filesystem, a lost worker)."""
 
 
+class InjectedFault(RuntimeError):
+    """The failure ``IDTPRIOR_FAULT`` asks for (tests and drills only); never transient, so never retried."""
+
+
+FAULT_ENV = "IDTPRIOR_FAULT"
+
+
+def maybe_inject_fault(ws: Workspace, stage: str, chunk: str) -> None:
+    """Raise ``InjectedFault`` for the chunk named by ``IDTPRIOR_FAULT="<stage>:<chunk>:once"``; inactive when unset.
+
+    It fires once per workspace: a marker ``faults/<stage>-<chunk>`` in the workspace records that it fired, so a
+    Retry of the run (a new process, maybe another machine sharing the workspace) succeeds."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[2] != "once" or not parts[0] or not parts[1]:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<stage>:<chunk>:once' (e.g. 'decode:0001-of-0004:once')")
+    if (parts[0], parts[1]) != (stage, chunk):
+        return
+    marker = ws.path("faults", f"{stage}-{chunk}")
+    if ws.fs.exists(marker):
+        return
+    ws.write_bytes_atomic(marker, f"{spec} fired at {time.time():.3f}\n".encode())
+    raise InjectedFault(f"{stage} {chunk}: fault injected by {FAULT_ENV}={spec!r} (fires once per workspace; "
+                        f"marker {marker})")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Retry only faults that a second try can fix; bad videos and bad settings never are."""
-    if isinstance(exc, (ValueError, TypeError, KeyError)):
+    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault)):
         return False
     if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
         return True
@@ -152,6 +181,8 @@ def run_chunk(
     if finish is not None:
         finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
     results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
+    # after the work and before the commit: the worst moment to die (an orphan version, no record)
+    maybe_inject_fault(ws, stage, chunk)
     record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
                          videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids}, seconds=round(time.time() - t0, 3))
     ws.commit(record)

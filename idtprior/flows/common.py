@@ -1,7 +1,9 @@
 """Flow-level plumbing shared by the stage flows: the Dask cluster, chunk submission with progress, the manifest
 rebuild, and the failure artifacts (artifacts are made at flow level: a cached task does not re-create its own)."""
 
+import hashlib
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,42 @@ from idtprior.config import STAGES, DaskConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.tasks.common import close_clients, needs_refresh, task_options
+
+ARTIFACT_PREFIX = "idtprior"
+
+
+def _slug(text: str) -> str:
+    """Lowercase letters, digits and single dashes only (Prefect's rule for artifact keys)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-")
+
+
+def workspace_slug(ws: "Workspace | str") -> str:
+    """The workspace's folder name slugified, plus 6 hex chars of sha1 of its URL: two workspaces with one folder
+    name (``/a/demo``, ``/b/demo``) on one server get different keys, the same workspace always the same one."""
+    url = ws.url if isinstance(ws, Workspace) else _workspace_url(ws)
+    name = _slug(url.rstrip("/").rsplit("/", 1)[-1])[:40].strip("-") or "workspace"
+    return f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:6]}"
+
+
+def _workspace_url(path: str) -> str:
+    """``Workspace(path).url`` (one key per workspace however it is spelled), without creating a local folder."""
+    import fsspec
+
+    fs, local = fsspec.core.url_to_fs(str(path))
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        from pathlib import Path
+
+        return str(Path(local).resolve())
+    return Workspace(path).url
+
+
+def artifact_key(ws: "Workspace | str", stage: str, what: str) -> str:
+    """The key of a stage's artifact: ``idtprior-<workspace slug>-<stage>-<what>`` (``what``: summary, failures,
+    progress, ...), so one workspace's history of one artifact stays together on a shared server and apart from
+    every other workspace's."""
+    if not _slug(stage) or not _slug(what):
+        raise ValueError(f"artifact_key: stage {stage!r} and what {what!r} must hold a letter or digit")
+    return f"{ARTIFACT_PREFIX}-{workspace_slug(ws)}-{_slug(stage)}-{_slug(what)}"
 
 
 @contextmanager
@@ -126,21 +164,22 @@ def rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     return out
 
 
-def report_stage(stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None) -> dict:
-    """Make the stage's artifacts (a summary and a table of per-video failures) and return the counts."""
+def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None) -> dict:
+    """Make the stage's artifacts (a summary and a table of per-video failures, keyed by ``artifact_key``) and return
+    the counts."""
     ok = sum(r.n_ok for r in records.values())
     failed = {vid: info.get("error", "") for r in records.values() for vid, info in r.videos.items()
               if info.get("status") == STATUS_FAILED}
     counts = {"stage": stage, "chunks": len(records), "videos_ok": ok, "videos_failed": len(failed)}
     table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + (extra or [])
-    key = f"{stage.replace('_', '-')}"
     create_markdown_artifact(
-        key=f"{key}-summary",
+        key=artifact_key(ws, stage, "summary"),
         markdown=f"## {stage}\n\n| chunks | videos ok | videos failed |\n|---|---|---|\n"
                  f"| {len(records)} | {ok} | {len(failed)} |\n",
         description=f"{stage}: {ok} ok, {len(failed)} failed")
     if table:
-        create_table_artifact(key=f"{key}-failures", table=table, description=f"{stage}: videos that failed")
+        create_table_artifact(key=artifact_key(ws, stage, "failures"), table=table,
+                              description=f"{stage}: videos that failed")
     get_run_logger().info(f"{stage}: {len(records)} chunks, {ok} videos ok, {len(failed)} failed")
     return counts
 

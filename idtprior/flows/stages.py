@@ -10,8 +10,8 @@ from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.datasets.lists import read_labels, read_source
-from idtprior.flows.common import (dask_cluster, drop_stale_records, group_by_chunk, rebuild_manifest,
-                                   report_stage, run_chunks)
+from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
+                                   rebuild_manifest, report_stage, run_chunks)
 from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
@@ -73,7 +73,7 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
     drop_stale_records(ws, "ingest", set(plans), cfg.num_chunks)
     rows = rebuild_manifest(ws)
     duplicates = [{"video_id": r.video_id, "error": r.error} for r in rows if r.duplicate_of]
-    counts = report_stage("ingest", records, duplicates)
+    counts = report_stage(ws, "ingest", records, duplicates)
     counts["duplicates"] = len(duplicates)
     return counts
 
@@ -90,7 +90,7 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     ws = Workspace(config.workspace)
     plans = plan_decode(config, ws)
     records = _run_stage(decode_tasks.decode_chunk, ws, "decode", plans, config, dask_address, progress)
-    return report_stage("decode", records)
+    return report_stage(ws, "decode", records)
 
 
 def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
@@ -119,7 +119,7 @@ def detect_flow(config: PipelineConfig, dask_address: str | None = None, progres
     detect_tasks.check_backend(config.detect)
     plans = plan_detect(config, ws)
     records = _run_stage(detect_tasks.detect_chunk, ws, "detect", plans, config, dask_address, progress)
-    counts = report_stage("detect", records)
+    counts = report_stage(ws, "detect", records)
     infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
     frames = sum(v.get("frames", 0) for v in infos)
     counts["frames_with_person"] = round(sum(v.get("frames_with_person", 0) for v in infos) / max(frames, 1), 4)
@@ -208,7 +208,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     ws = Workspace(config.workspace)
     plans = plan_idt(config, ws)
     records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
-    counts = report_stage("idt", records)
+    counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     return counts
 
@@ -230,7 +230,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
     ws = Workspace(config.workspace)
     records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook", plan_fit_codebook(config, ws), progress)
     info = records[encode_tasks.ALL].videos["codebook"]
-    create_markdown_artifact(key="fit-codebook-summary", markdown=(
+    create_markdown_artifact(key=artifact_key(ws, "fit_codebook", "summary"), markdown=(
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
         f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"))
     return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
@@ -269,7 +269,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
-    counts = report_stage("encode", records, invalid)
+    counts = report_stage(ws, "encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
     encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
@@ -297,7 +297,8 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     if truth:
         stats.update(cluster_agreement(labels, label_ids, truth))
     rows_md = "\n".join(f"| {k} | {v} |" for k, v in stats.items() if k != "status")
-    create_markdown_artifact(key="cluster-summary", markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n")
+    create_markdown_artifact(key=artifact_key(ws, "cluster", "summary"),
+                             markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n")
     get_run_logger().info(f"cluster: {stats}")
     return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
             **{k: v for k, v in stats.items() if k in ("nmi", "purity", "close_pairs", "close_precision",

@@ -3,6 +3,7 @@ rebuild, and the failure artifacts (artifacts are made at flow level: a cached t
 
 import hashlib
 import logging
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from tqdm import tqdm
 
-from idtprior.config import STAGES, DaskConfig
+from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.tasks.common import close_clients, needs_refresh, task_options
@@ -55,12 +56,25 @@ def artifact_key(ws: "Workspace | str", stage: str, what: str) -> str:
     return f"{ARTIFACT_PREFIX}-{workspace_slug(ws)}-{_slug(stage)}-{_slug(what)}"
 
 
+DASK_ADDRESS_ENV = "IDTPRIOR_DASK_ADDRESS"
+"""A scheduler address for runs that name none (set in a worker's environment, e.g. by infra/compose.yaml)."""
+
+
 @contextmanager
 def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | None]:
-    """Yield a scheduler address: the one given, the config's, a new LocalCluster's, or None (in-process)."""
-    address = address or cfg.address
+    """Yield a scheduler address: the one given, the config's, ``$IDTPRIOR_DASK_ADDRESS``, a new cluster's (a
+    LocalCluster listening on ``cfg.host``, or SLURM jobs for ``cluster: slurm``), or None (in-process)."""
+    address = address or cfg.address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         yield address
+        return
+    if cfg.cluster == "slurm":
+        with slurm_cluster(cfg.slurm) as cluster:
+            cluster.scale(jobs=cfg.slurm.jobs)
+            try:
+                yield cluster.scheduler_address
+            finally:
+                close_clients()
         return
     if cfg.n_workers == 0:
         yield None
@@ -68,11 +82,31 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+                      host=cfg.host, dashboard_address=None, silence_logs=logging.WARNING) as cluster:
         try:
             yield cluster.scheduler_address
         finally:
             close_clients()
+
+
+def slurm_cluster(cfg: SlurmConfig):
+    """dask-jobqueue's ``SLURMCluster`` for ``cfg``, no job submitted yet (``cluster.scale(jobs=n)`` submits;
+    ``cluster.job_script()`` shows what each job runs). Its scheduler starts in this process."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as e:
+        raise ConfigError("dask.cluster: slurm needs dask-jobqueue; install it with pip install 'idtprior[slurm]'"
+                          ) from e
+    processes = cfg.processes or cfg.cores
+    return SLURMCluster(
+        queue=cfg.queue, account=cfg.account, cores=cfg.cores, processes=processes, memory=cfg.memory,
+        walltime=cfg.walltime, job_name="idtprior-dask", job_extra_directives=list(cfg.job_extra_directives),
+        job_script_prologue=list(cfg.job_script_prologue), python=cfg.python, interface=cfg.interface,
+        local_directory=cfg.local_directory, log_directory=cfg.log_directory,
+        # each worker's HTTP endpoints (health, metrics) on the node's loopback only: dask's default is every
+        # interface, one more open port per process on the compute nodes
+        worker_extra_args=["--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+        scheduler_options={"dashboard_address": cfg.dashboard_address}, silence_logs=logging.WARNING)
 
 
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,

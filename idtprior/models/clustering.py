@@ -107,17 +107,34 @@ def cluster_bank(bank: torch.Tensor, k: int, runs: int, seed: int, iters: int = 
 
 
 def cluster_joint(
-    bank: torch.Tensor, idt_sketch: torch.Tensor, k: int, runs: int, seed: int, iters: int = 20
+    bank: torch.Tensor, idt_sketch: torch.Tensor, k: int, runs: int, seed: int, iters: int = 20,
+    valid: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
     """Cluster source ``joint``: K-means of ``[l2n(bank) | l2n(sketch)]`` ``(N, D + S)`` -> labels ``(runs, N)``.
 
     Both halves are L2-normalised per row so that the ConvNet and the IDT space weigh equally in the distance, whatever
-    the sketch's scale.
+    the sketch's scale. ``valid`` ``(N,)`` bool marks the rows that have a sketch (None: all): only those are
+    clustered (labels ``0..k-1``); every other video gets a cluster of its own, label ``k + j`` for the j-th of them,
+    in every run, as the ``idt`` source does. Their zero sketch rows would otherwise pull them together into clusters
+    of their own kind, and make them each other's Local Aggregation positives.
     """
-    if idt_sketch.ndim != 2 or idt_sketch.shape[0] != bank.shape[0]:
-        raise ValueError(f"idt_sketch shape {tuple(idt_sketch.shape)} must be ({bank.shape[0]}, S)")
+    n = bank.shape[0]
+    if idt_sketch.ndim != 2 or idt_sketch.shape[0] != n:
+        raise ValueError(f"idt_sketch shape {tuple(idt_sketch.shape)} must be ({n}, S)")
     joint = torch.cat([F.normalize(bank.float(), dim=1), F.normalize(idt_sketch.float().to(bank.device), dim=1)], 1)
-    return kmeans(joint, k, runs=runs, seed=seed, iters=iters)
+    if valid is None:
+        return kmeans(joint, k, runs=runs, seed=seed, iters=iters)
+    valid = torch.as_tensor(np.asarray(valid), dtype=torch.bool)
+    if valid.shape != (n,):
+        raise ValueError(f"valid mask shape {tuple(valid.shape)} must be ({n},)")
+    n_valid = int(valid.sum())
+    if not 1 <= k <= n_valid:
+        raise ValueError(f"n_clusters {k} must be in [1, {n_valid}] (the videos with an IDT sketch, of {n})")
+    valid = valid.to(bank.device)
+    labels = torch.empty(runs, n, dtype=torch.long, device=bank.device)
+    labels[:, valid] = kmeans(joint[valid], k, runs=runs, seed=seed, iters=iters).to(bank.device)
+    labels[:, ~valid] = k + torch.arange(n - n_valid, device=bank.device)
+    return labels
 
 
 def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: float = 0.07) -> float:

@@ -2,8 +2,10 @@
 
 ``train(params, source, out_dir=...)`` is the single entry the pipeline stages call. Everything a run needs to
 continue identically after a kill lives in ``out_dir/checkpoints/last.ckpt``: weights, optimiser and LR schedule
-(Lightning), the memory bank, the NCE normaliser and the cluster labels (module buffers), and the noise generator and
-global RNG states (``on_save_checkpoint``). Clips are seeded per ``(seed, epoch, video)`` (see ``data.py``).
+(Lightning), the memory bank, the NCE normaliser and the cluster labels (module buffers), and the global RNG states
+(``on_save_checkpoint``). Clips are seeded per ``(seed, epoch, video)`` (see ``data.py``), the NCE noise per
+``(seed, epoch, rank)`` (:func:`noise_seed`), so neither depends on what a checkpoint carries or on how many epochs the
+run is set to: a resumed or lengthened run draws what an uninterrupted one draws, on every DDP rank.
 """
 
 import dataclasses
@@ -126,6 +128,15 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def noise_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the NCE noise one DDP rank draws in one epoch.
+
+    A function of ``(seed, epoch, rank)`` only: a generator state carried in the checkpoint would be rank 0's (only
+    rank 0 writes it), so after a DDP resume every rank would draw rank 0's noise.
+    """
+    return int(np.random.SeedSequence([seed, epoch, rank, 0x4E4345]).generate_state(1)[0])  # "NCE" tag
+
+
 class PretrainModule(pl.LightningModule):
     """Encoder + memory bank + objective.
 
@@ -134,6 +145,8 @@ class PretrainModule(pl.LightningModule):
         n_videos: N, the number of training videos (rows of the bank).
         cluster_labels: ``(m, N)`` int labels for ``cluster_source="idt"`` (from the cluster stage).
         idt_sketch: ``(N, S)`` IDT sketches for ``cluster_source="joint"``; kept on the CPU, not in checkpoints.
+        idt_valid: ``(N,)`` bool, False where a video has no IDT sketch (``joint``; None: all valid). Such a video
+            gets a cluster of its own in every joint K-means run.
         labels_for_eval: ``(N,)`` int class labels (< 0 = unknown) for the per-epoch kNN monitor, or None.
     """
 
@@ -147,6 +160,7 @@ class PretrainModule(pl.LightningModule):
         cluster_labels: np.ndarray | torch.Tensor | None = None,
         idt_sketch: np.ndarray | torch.Tensor | None = None,
         labels_for_eval: np.ndarray | torch.Tensor | None = None,
+        idt_valid: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.params = params
@@ -156,18 +170,21 @@ class PretrainModule(pl.LightningModule):
             self.encoder = ResNet3d(params.arch, params.embed_dim, params.width)
         self.bank = MemoryBank(n_videos, params.embed_dim, params.bank_momentum, seed=params.seed)
         self.register_buffer("log_z", torch.tensor(float("nan")))  # NCE log Z; nan until the first batch
-        self.register_buffer("cluster_labels", self._initial_labels(params, n_videos, cluster_labels, idt_sketch))
+        self.register_buffer("cluster_labels", self._initial_labels(params, n_videos, cluster_labels, idt_sketch,
+                                                                    idt_valid))
         self.idt_sketch = None if idt_sketch is None else torch.as_tensor(np.asarray(idt_sketch), dtype=torch.float32)
+        self.idt_valid = None if idt_valid is None else torch.as_tensor(np.asarray(idt_valid), dtype=torch.bool)
         self.labels_for_eval = None
         if labels_for_eval is not None:
             self.labels_for_eval = torch.as_tensor(np.asarray(labels_for_eval), dtype=torch.long)
             if self.labels_for_eval.shape != (n_videos,):
                 raise ValueError(f"labels_for_eval shape {tuple(self.labels_for_eval.shape)} must be ({n_videos},)")
+        # reseeded per (seed, epoch, rank) at every epoch start (noise_seed); this seed only serves calls outside fit
         self.noise_generator = torch.Generator().manual_seed(params.seed)
 
     @staticmethod
     def _initial_labels(
-        params: PretrainParams, n: int, cluster_labels: Any, idt_sketch: Any
+        params: PretrainParams, n: int, cluster_labels: Any, idt_sketch: Any, idt_valid: Any = None
     ) -> torch.Tensor:
         if params.objective != "la":
             return torch.zeros(0, n, dtype=torch.long)
@@ -184,14 +201,16 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError("cluster_source 'joint' needs idt_sketch of shape (N, S)")
             if np.asarray(idt_sketch).shape[0] != n:
                 raise ValueError(f"idt_sketch shape {np.asarray(idt_sketch).shape} must be ({n}, S)")
+            if idt_valid is not None:
+                if np.asarray(idt_valid).shape != (n,):
+                    raise ValueError(f"idt_valid shape {np.asarray(idt_valid).shape} must be ({n},)")
+                n_valid = int(np.asarray(idt_valid, bool).sum())
+                if params.n_clusters > n_valid:
+                    raise ValueError(f"n_clusters {params.n_clusters} exceeds the {n_valid} of {n} videos that "
+                                     f"have an IDT sketch")
         if params.n_clusters > n:
             raise ValueError(f"n_clusters {params.n_clusters} exceeds the {n} videos")
         return torch.zeros(params.kmeans_runs, n, dtype=torch.long)  # filled at every epoch start
-
-    def setup(self, stage: str) -> None:
-        # each DDP rank draws its own NCE noise; rank 0 keeps the single-device stream (checkpoints restore it after)
-        if self.trainer is not None and self.trainer.global_rank > 0:
-            self.noise_generator.manual_seed(self.params.seed + 1_000_003 * self.trainer.global_rank)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, 3, T, H, W) -> (B, embed_dim)``."""
@@ -233,6 +252,8 @@ class PretrainModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         p = self.params
+        # runs after any checkpoint restore (setup() runs before it, and would be overwritten by rank 0's state)
+        self.noise_generator.manual_seed(noise_seed(p.seed, self.current_epoch, self.trainer.global_rank))
         if p.objective == "la" and p.cluster_source in ("bank", "joint"):
             self.recompute_clusters(seed=p.seed * 1009 + self.current_epoch)
 
@@ -245,7 +266,7 @@ class PretrainModule(pl.LightningModule):
                 labels = cluster_bank(self.bank.bank, p.n_clusters, p.kmeans_runs, seed, p.kmeans_iters)
             else:
                 labels = cluster_joint(self.bank.bank, self.idt_sketch, p.n_clusters, p.kmeans_runs, seed,
-                                       p.kmeans_iters)
+                                       p.kmeans_iters, valid=self.idt_valid)
             self.cluster_labels.copy_(labels.to(self.cluster_labels.device))
         if _is_dist():  # GPU K-means may differ in the last bit between ranks: rank 0's labels rule
             dist.broadcast(self.cluster_labels, src=0)
@@ -272,8 +293,7 @@ class PretrainModule(pl.LightningModule):
     # --- checkpoint extras ----------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["idtprior_rng"] = {
-            "noise": self.noise_generator.get_state(),
+        checkpoint["idtprior_rng"] = {  # no NCE noise state: it is reseeded per (seed, epoch, rank), see noise_seed
             "torch": torch.get_rng_state(),
             # plain tensors and ints only: Lightning loads checkpoints with torch.load(weights_only=True)
             "numpy": _numpy_state_to_plain(np.random.get_state()),
@@ -285,7 +305,6 @@ class PretrainModule(pl.LightningModule):
         rng = checkpoint.get("idtprior_rng")
         if rng is None:
             return
-        self.noise_generator.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
         np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
         random.setstate(rng["python"])
@@ -404,6 +423,15 @@ def _tensorboard(out_dir: Path) -> list:
     return [TensorBoardLogger(save_dir=out_dir, name="tensorboard", version=None)]
 
 
+def epochs_in_checkpoint(path: str | Path) -> int:
+    """Epochs completed by the run that wrote the checkpoint ``path`` (checkpoints are written at epoch ends)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: the weights stay on disk
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except KeyError:
+        return int(ckpt["epoch"]) + 1
+
+
 def _strategy(params: PretrainParams) -> str:
     if params.strategy != "auto":
         return params.strategy
@@ -419,6 +447,7 @@ def train(
     init_from: str | Path | None = None,
     cluster_labels: np.ndarray | None = None,
     idt_sketch: np.ndarray | None = None,
+    idt_valid: np.ndarray | None = None,
     resume: bool = True,
     export_embeddings: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -434,23 +463,33 @@ def train(
         init_from: a checkpoint whose encoder and bank start this run (ignored when resuming from ``last.ckpt``).
         cluster_labels: ``(m, N)`` labels for ``la`` with ``cluster_source="idt"``.
         idt_sketch: ``(N, S)`` sketches for ``cluster_source="joint"``.
-        resume: continue from ``out_dir/checkpoints/last.ckpt`` when present.
+        idt_valid: ``(N,)`` bool, False where a video has no sketch (``joint``): a cluster of its own.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when present. The checkpoint may come from a run set
+            to fewer epochs with otherwise equal params: nothing a run computes depends on ``epochs``, so it continues
+            as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused.
         callbacks: extra Lightning callbacks.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(source)
     module = PretrainModule(params, n, cluster_labels=cluster_labels, idt_sketch=idt_sketch,
-                            labels_for_eval=labels_for_eval)
+                            labels_for_eval=labels_for_eval, idt_valid=idt_valid)
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path is not None and (done := epochs_in_checkpoint(last)) > params.epochs:
+        # Lightning would stop at once and hand back the longer run's weights as this run's
+        raise ValueError(f"checkpoint {last}: {done} epochs done, more than this run's epochs {params.epochs}; "
+                         f"train in a new out_dir (or resume=False)")
     if init_from is not None and ckpt_path is None:
         module.load_init(init_from)
     data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
                           params.seed, drop_last=params.drop_last, augment=augment_of(params),
                           frame_step=params.frame_step)
+    # no version counter: a last.ckpt this callback did not write itself (one adopted from a shorter run, whose
+    # folder the restored callback state names) must be replaced, not kept beside a new last-v1.ckpt
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
-                                 auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True)
+                                 auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True,
+                                 enable_version_counter=False)
     # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log
     logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
@@ -470,5 +509,6 @@ def train(
     return TrainResult(
         checkpoint=last, encoder=out_dir / "encoder.pt", bank=out_dir / "bank.npy",
         embeddings=paths.get("embeddings"), metrics_csv=Path(logger.log_dir) / "metrics.csv",
-        epochs_completed=trainer.current_epoch, metrics=metrics,
+        # from the checkpoint: under ddp_spawn the fit ran in other processes and this trainer's counter stayed 0
+        epochs_completed=epochs_in_checkpoint(last) if last.exists() else trainer.current_epoch, metrics=metrics,
     )

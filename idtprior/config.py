@@ -174,6 +174,9 @@ class PretrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     tau: float = Field(0.07, gt=0)
     negatives: int = Field(4096, ge=1, description="IR: NCE noise samples per clip")
+    nce_z_momentum: float = Field(0.99, ge=0, le=1, description="IR: the NCE normaliser Z is estimated on the first "
+                                  "batch, then kept as a running average Z <- m Z + (1 - m) Z_batch with this m; "
+                                  "1.0 fixes it after the first batch, as Wu et al. do; 0.0 re-estimates it per batch")
     ir_exact: bool = Field(False, description="IR: the full softmax over the memory bank instead of NCE (small N)")
     bank_momentum: float = Field(0.5, ge=0, lt=1)
     la_k: int = Field(4096, ge=1, description="LA: background neighbours (clipped to the number of videos)")

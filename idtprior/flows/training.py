@@ -79,10 +79,15 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
             raise ConfigError(f"{stage} starts from {stage_cfg.init_from} (init_from), which has not run in "
                               f"{ws.url}; run it first or set {stage}.init_from: null")
         init_checkpoint = rec.videos["model"]["checkpoint"]
-        inputs["init"] = rec.fingerprint
-    train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([pretrain_tasks.train_config_fields(shared),
-                                                                stage_cfg.model_dump(mode="json")]),
+        # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
+        # (records written before the train fingerprint was stored fall back to the whole fingerprint)
+        inputs["init"] = rec.videos["model"].get("train_fingerprint", rec.fingerprint)
+    train_config = pretrain_tasks.train_config_fields(shared)
+    train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([train_config, stage_cfg.model_dump(mode="json")]),
                                  pretrain_tasks.CODE_VERSION)
+    # every training input but the schedule's end: a run set to more epochs continues the shorter run that has this key
+    resume_key = chunk_fingerprint(stage, ALL, inputs, hash_json(
+        [train_config, stage_cfg.model_dump(mode="json", exclude={"epochs"})]), pretrain_tasks.CODE_VERSION)
     label_sets = {"label": {r.video_id: r.label for r in rows if r.label}}
     if shared.eval_labels_file:
         for name, values in read_label_sets(shared.eval_labels_file).items():
@@ -92,7 +97,7 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     fingerprint = hash_json({"train": train_fp, "eval_ids": eval_ids, "knn_k": shared.knn_k,
                              "labels": hash_json(label_sets), "splits": hash_json(splits)})
     records = run_chunks(pretrain_tasks.train_stage_task, ws, stage, {ALL: {
-        "fingerprint": fingerprint, "train_fingerprint": train_fp, "train_ids": train_ids,
+        "fingerprint": fingerprint, "train_fingerprint": train_fp, "resume_key": resume_key, "train_ids": train_ids,
         "train_frames": [frames[v] for v in train_ids], "eval_ids": eval_ids,
         "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
         "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}}, progress, 1)

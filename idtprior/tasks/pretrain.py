@@ -4,8 +4,16 @@ the decoded frames of the workspace, with the IDT cluster labels / sketches of t
 A stage's run folder ``runs/<stage>/<train fingerprint>/`` holds the checkpoint of every epoch, so a killed run resumes
 where it stopped; its record (``records/<stage>/all.json``) is committed only when training, the export of the encoder
 and the (N, D) embeddings of every decoded video, and the kNN evaluation are done.
+
+Two keys: the train fingerprint covers what training reads (frames, training ids, clusters or sketches, the stage it
+starts from, the training settings, the code); the record's fingerprint adds what only the evaluation reads (labels,
+splits, evaluated ids, ``knn_k``). A change of the second kind re-evaluates the trained run without training, and the
+next stage, keyed on this one's train fingerprint, does not retrain either. A run whose settings differ only in a
+larger ``epochs`` continues from the last checkpoint of the shorter run (``adopt_shorter_run``).
 """
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -67,7 +75,8 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
         color_jitter=shared.color_jitter, hflip=shared.hflip, batch_size=shared.batch_size, lr=stage.lr,
         momentum=shared.momentum, weight_decay=shared.weight_decay, milestones=stage.lr_milestones,
         gamma=stage.lr_gamma, epochs=stage.epochs, tau=shared.tau, objective=stage.objective,
-        negatives=shared.negatives, ir_exact=shared.ir_exact, bank_momentum=shared.bank_momentum, la_k=shared.la_k,
+        negatives=shared.negatives, nce_z_momentum=shared.nce_z_momentum, ir_exact=shared.ir_exact,
+        bank_momentum=shared.bank_momentum, la_k=shared.la_k,
         cluster_source=stage.cluster_source, n_clusters=stage.n_clusters, kmeans_runs=stage.kmeans_runs,
         kmeans_iters=stage.kmeans_iters, knn_k=shared.knn_k, seed=shared.seed, num_workers=shared.num_workers,
         precision=shared.precision, accelerator=shared.accelerator,
@@ -126,6 +135,60 @@ def knn_report(emb: np.ndarray, ids: list[str], splits: dict[str, str], label_se
     return out
 
 
+RUN_META = "run.json"  # in every run folder: its resume key and epochs, to find the run a longer one can continue
+
+
+def adopt_shorter_run(runs: Path, run_dir: Path, resume_key: str, epochs: int) -> Path | None:
+    """Start the empty run folder ``run_dir`` from the last checkpoint of a run in ``runs`` with the same
+    ``resume_key`` (every training input and setting but ``epochs``) set to fewer epochs, the one set to the most.
+
+    Nothing a run computes depends on its ``epochs`` (clips and noise are seeded per epoch, the lr milestones are in
+    the key), so continuing gives what an uninterrupted run of ``epochs`` gives, without repeating the epochs done.
+    A run set to more epochs is never adopted: a shorter schedule trains afresh. The shorter run stays whole (its
+    checkpoint is hard-linked, and checkpoints are replaced by rename, never rewritten in place) until the new record
+    is committed and the superseded runs are removed. Returns the adopted run folder, or None.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() or not runs.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for other in runs.iterdir():
+        meta = other / RUN_META
+        if other == run_dir or not meta.is_file() or not (other / "checkpoints" / "last.ckpt").is_file():
+            continue
+        info = json.loads(meta.read_text())
+        shorter = info.get("resume_key") == resume_key and info.get("epochs", epochs) < epochs
+        if shorter and (best is None or info["epochs"] > best[0]):
+            best = (int(info["epochs"]), other)
+    if best is None:
+        return None
+    source = best[1]
+    if (source / "csv").is_dir():  # the loss history of the epochs already done
+        shutil.copytree(source / "csv", run_dir / "csv", dirs_exist_ok=True)
+    last.parent.mkdir(parents=True, exist_ok=True)
+    tmp = last.with_name(f".{last.name}.adopt-{os.getpid()}")
+    try:
+        os.link(source / "checkpoints" / "last.ckpt", tmp)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source / "checkpoints" / "last.ckpt", tmp)
+    os.replace(tmp, last)  # last: its presence tells a rerun that the adoption is complete
+    return source
+
+
+def finished_training(done: ChunkRecord | None, train_fingerprint: str) -> dict | None:
+    """The training part of a stage's earlier record when it trained with the same train fingerprint and its files
+    are still there (only evaluation settings changed since), else None."""
+    if done is None:
+        return None
+    info = done.videos.get("model", {})
+    if info.get("train_fingerprint") != train_fingerprint:
+        return None
+    if not (Path(info.get("checkpoint", "")).is_file() and Path(info.get("encoder", "")).is_file()):
+        return None
+    keys = ("train_fingerprint", "epochs", "run_dir", "checkpoint", "encoder", "knn_monitor")
+    return {k: info[k] for k in keys if k in info}
+
+
 def initial_encoder(shared: PretrainConfig) -> ResNet3d:
     """The randomly initialised encoder every stage without ``init_from`` starts from (same seed, same weights)."""
     with torch.random.fork_rng(devices=[]):
@@ -151,43 +214,33 @@ CODE_VERSION = stage_code("pretrain")
 
 @task(name="train-stage", task_run_name="{stage}")
 def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, train_fingerprint: str,
-                     train_ids: list[str], train_frames: list[int], eval_ids: list[str], eval_frames: list[int],
-                     splits: dict[str, str], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
-                     stage_config: TrainStageConfig, init_checkpoint: str | None = None,
+                     resume_key: str, train_ids: list[str], train_frames: list[int], eval_ids: list[str],
+                     eval_frames: list[int], splits: dict[str, str], label_sets: dict[str, dict[str, str]],
+                     shared: PretrainConfig, stage_config: TrainStageConfig, init_checkpoint: str | None = None,
                      progress: bool = True) -> ChunkRecord:
-    """Train (or resume) one stage, export the encoder and the embeddings of every decoded video, evaluate kNN."""
+    """Train (or resume, or continue a shorter run) one stage, export the encoder and the embeddings of every
+    decoded video, evaluate kNN. When only the evaluation changed (``fingerprint`` differs, ``train_fingerprint`` is
+    the earlier record's), the trained run is exported and evaluated again without training."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         return done
     runs = Path(ws.path("runs", stage))
-    run_dir = runs / train_fingerprint[:16]
-    params = pretrain_params(shared, stage_config, len(train_ids), progress)
-    cluster_labels = idt_sketch = None
-    if stage_config.objective == "la" and stage_config.cluster_source == "idt":
-        cluster_labels = idt_labels_for(ws, train_ids)
-    if stage_config.objective == "la" and stage_config.cluster_source == "joint":
-        idt_sketch = read_sketches(ws, train_ids)[0]  # zero rows where a video has no valid sketch
-    monitor = None
-    if "label" in label_sets:
-        monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])
-        monitor = monitor if (monitor >= 0).sum() >= 2 else None
-    source = WorkspaceClipSource(ws.url, train_ids, train_frames)
-    result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
-                   cluster_labels=cluster_labels, idt_sketch=idt_sketch, resume=True, export_embeddings=False)
+    trained = finished_training(done, train_fingerprint)
+    if trained is None:
+        trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
+                         label_sets, shared, stage_config, init_checkpoint, progress)
+    run_dir = Path(trained["run_dir"])
     evaluation = WorkspaceClipSource(ws.url, eval_ids, eval_frames)
     emb_args = (shared.clip_length, shared.crop_size, shared.batch_size, shared.num_workers)
-    emb = compute_embeddings(load_encoder(result.encoder), evaluation, *emb_args, frame_step=shared.frame_step)
+    emb = compute_embeddings(load_encoder(trained["encoder"]), evaluation, *emb_args, frame_step=shared.frame_step)
     info = {
         "status": "ok", "objective": stage_config.objective, "train_videos": len(train_ids),
-        "eval_videos": len(eval_ids), "epochs": result.epochs_completed, "loss_per_epoch": _loss_history(run_dir),
-        "run_dir": str(run_dir), "checkpoint": str(result.checkpoint), "encoder": str(result.encoder),
+        "eval_videos": len(eval_ids), **trained, "loss_per_epoch": _loss_history(run_dir),
         "knn": knn_report(emb, eval_ids, splits, label_sets, shared.knn_k, shared.tau),
     }
     if stage_config.objective == "la":
         info["cluster_source"] = stage_config.cluster_source
-    if "knn_acc" in result.metrics:
-        info["knn_monitor"] = round(result.metrics["knn_acc"], 4)
     if init_checkpoint is None:  # the same network before any training: the random-init baseline
         base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args, frame_step=shared.frame_step)
         info["knn_init"] = knn_report(base, eval_ids, splits, label_sets, shared.knn_k, shared.tau)
@@ -200,6 +253,36 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
         if old.is_dir() and old != run_dir:
             shutil.rmtree(old, ignore_errors=True)
     return record
+
+
+def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str, train_ids: list[str],
+           train_frames: list[int], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
+           stage_config: TrainStageConfig, init_checkpoint: str | None, progress: bool) -> dict:
+    """Train the stage in ``run_dir`` (resuming its last checkpoint, or continuing a shorter run's); the training
+    part of the record."""
+    params = pretrain_params(shared, stage_config, len(train_ids), progress)
+    cluster_labels = idt_sketch = idt_valid = None
+    if stage_config.objective == "la" and stage_config.cluster_source == "idt":
+        cluster_labels = idt_labels_for(ws, train_ids)
+    if stage_config.objective == "la" and stage_config.cluster_source == "joint":
+        idt_sketch, idt_valid = read_sketches(ws, train_ids)  # zero rows (valid False) where a video has no sketch
+    monitor = None
+    if "label" in label_sets:
+        monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])
+        monitor = monitor if (monitor >= 0).sum() >= 2 else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    adopt_shorter_run(run_dir.parent, run_dir, resume_key, stage_config.epochs)
+    (run_dir / RUN_META).write_text(json.dumps({"resume_key": resume_key, "epochs": stage_config.epochs,
+                                                "train_fingerprint": train_fingerprint}))
+    source = WorkspaceClipSource(ws.url, train_ids, train_frames)
+    result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
+                   cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid, resume=True,
+                   export_embeddings=False)
+    trained = {"train_fingerprint": train_fingerprint, "epochs": result.epochs_completed, "run_dir": str(run_dir),
+               "checkpoint": str(result.checkpoint), "encoder": str(result.encoder)}
+    if "knn_acc" in result.metrics:
+        trained["knn_monitor"] = round(result.metrics["knn_acc"], 4)
+    return trained
 
 
 def read_embeddings(ws: Workspace, stage: str) -> tuple[np.ndarray, list[str]]:

@@ -80,12 +80,40 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
     before = {s: ws.read_record(s, "all").created for s in ("pretrain_ir", "pretrain_la")}
     pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)  # nothing to do
     assert {s: ws.read_record(s, "all").created for s in before} == before
+    # an evaluation setting re-evaluates both stages from their trained runs, training no epoch again: LA is keyed on
+    # what IR trained, not on how IR was evaluated
+    runs = Path(ws.root) / "runs"
+    trained = {s: _files(runs / s) for s in before}
+    cfg = cfg.with_updates(pretrain={"knn_k": 3})
+    pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)
+    for s in before:
+        rec = ws.read_record(s, "all")
+        assert rec.created != before[s], f"{s} was not re-evaluated"
+        assert _files(runs / s) == trained[s], f"{s} trained again"
+        assert rec.videos["model"]["run_dir"] == str(runs / s / rec.videos["model"]["train_fingerprint"][:16])
+    before = {s: ws.read_record(s, "all").created for s in before}
     # a new setting of the LA stage retrains LA only; the IR stage stays
     pretrain_pipeline(cfg.with_updates(pretrain_la={"n_clusters": 2}), stages=["pretrain_ir", "pretrain_la"],
                       progress=False)
     assert ws.read_record("pretrain_ir", "all").created == before["pretrain_ir"]
     assert ws.read_record("pretrain_la", "all").created != before["pretrain_la"]
     assert len(list((Path(ws.root) / "runs" / "pretrain_la").iterdir())) == 1  # the superseded run is removed
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` and its modification time (ns): a run that trained again changes it."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _csv_epochs(run_dir: Path) -> dict[str, list[int]]:
+    """{log folder of one start of the run: the epochs it trained}."""
+    import csv
+
+    out = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            out[path.parent.name] = sorted({int(r["epoch"]) for r in csv.DictReader(f) if r.get("loss_epoch")})
+    return out
 
 
 def test_bad_training_inputs_are_named_before_any_training(tmp_path):
@@ -191,3 +219,29 @@ def test_a_killed_training_stage_resumes_from_its_last_epoch(tmp_path, one_threa
                         ).state_dict()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+
+
+def test_more_epochs_continue_the_shorter_run_and_fewer_epochs_retrain(tmp_path, one_thread):
+    """2 epochs (lr halved at epoch 1), then 1: a shorter schedule trains afresh; then 2 again: the run continues
+    from the 1-epoch run's checkpoint, trains epoch 1 only, and ends with the straight 2-epoch run's weights."""
+    cfg = make_workspace(tmp_path, n=8, pretrain_ir={"epochs": 2, "lr_milestones": [1], "lr_gamma": 0.5})
+    ws = Workspace(cfg.workspace)
+    runs = Path(ws.root) / "runs" / "pretrain_ir"
+
+    def trained():
+        info = ws.read_record("pretrain_ir", "all").videos["model"]
+        return info, load_encoder(info["encoder"]).state_dict(), list(runs.iterdir())
+
+    pretrain_pipeline(cfg, stages=["pretrain_ir"], progress=False)
+    straight, straight_weights, _ = trained()
+    pretrain_pipeline(cfg.with_updates(pretrain_ir={"epochs": 1}), stages=["pretrain_ir"], progress=False)
+    one, _, one_runs = trained()
+    assert len(one_runs) == 1 and _csv_epochs(one_runs[0]) == {"version_0": [0]}  # afresh; the 2-epoch run removed
+    assert one["epochs"] == 1 and one["loss_per_epoch"] == straight["loss_per_epoch"][:1]
+    pretrain_pipeline(cfg, stages=["pretrain_ir"], progress=False)
+    grown, grown_weights, grown_runs = trained()
+    assert len(grown_runs) == 1 and grown_runs[0] != one_runs[0]  # a new run folder; the 1-epoch one removed after
+    assert _csv_epochs(grown_runs[0]) == {"version_0": [0], "version_1": [1]}  # epoch 0 not trained again
+    assert grown["epochs"] == 2 and grown["loss_per_epoch"] == straight["loss_per_epoch"]
+    for k in straight_weights:
+        torch.testing.assert_close(grown_weights[k], straight_weights[k], rtol=0, atol=1e-6, msg=k)

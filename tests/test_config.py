@@ -9,7 +9,7 @@ def test_bundled_configs_carry_the_paper_settings():
     assert (k400.codebook.gmm_components, k400.codebook.sketch_dim) == (256, 2000)
     assert (k400.cluster.k, k400.cluster.runs) == (6000, 3)
     p = k400.pretrain
-    assert (p.clip_length, p.crop_size, p.batch_size, p.tau, p.negatives, p.la_k) == (16, 112, 256, 0.07, 4096, 4096)
+    assert (p.clip_length, p.crop_size, p.tau, p.negatives, p.la_k) == (16, 112, 0.07, 4096, 4096)
     assert (len(p.crop_scales), p.crop_scales[-1], p.grayscale_p, p.color_jitter, p.hflip, p.ir_exact) == (
         5, 0.5, 0.2, 0.4, True, False)
     assert (k400.pretrain_ir.objective, k400.pretrain_ir.epochs, k400.pretrain_ir.lr) == ("ir", 40, 0.03)
@@ -78,3 +78,27 @@ def test_augmentation_settings_are_checked_and_reach_the_trainer():
         0.5, 0.2, 0.4, True, False, 1)
     # the training fingerprint follows the augmentation: changing it retrains
     assert train_config_fields(mild.pretrain) != train_config_fields(paper.pretrain)
+
+
+def test_kinetics_config_trains_with_the_papers_global_batch():
+    """The paper's batch of 256 is global (at lr 0.03); ``batch_size`` is per device; and the config's stages reach
+    the training stages, so ``idtprior run configs/kinetics400.yaml`` trains."""
+    from idtprior.config import TRAIN_STAGES
+
+    k400 = load_config(bundled_config("kinetics400"))
+    p = k400.pretrain
+    assert (p.batch_size, p.devices, p.batch_size * p.devices) == (32, 8, 256)
+    assert k400.pretrain_ir.lr == k400.pretrain_la.lr == 0.03
+    assert k400.stages[-3:] == TRAIN_STAGES and "cluster" in k400.stages
+
+
+def test_nce_normaliser_momentum_is_a_setting_and_part_of_the_training_key():
+    from idtprior.tasks.pretrain import pretrain_params, train_config_fields
+
+    paper, fixed = parse_config({}), parse_config({"pretrain": {"nce_z_momentum": 1.0}})
+    assert paper.pretrain.nce_z_momentum == 0.99
+    assert pretrain_params(fixed.pretrain, fixed.pretrain_ir, 100).nce_z_momentum == 1.0
+    assert pretrain_params(paper.pretrain, paper.pretrain_ir, 100).nce_z_momentum == 0.99
+    assert train_config_fields(fixed.pretrain) != train_config_fields(paper.pretrain)
+    with pytest.raises(ConfigError, match=r"pretrain.nce_z_momentum.*value 1.5"):
+        parse_config({"pretrain": {"nce_z_momentum": 1.5}})

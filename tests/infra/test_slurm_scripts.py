@@ -1,0 +1,74 @@
+"""infra/slurm/gpu-worker.sbatch: its directives, and what it runs (with a stand-in ``prefect`` on PATH: no SLURM
+here, and the real worker would poll a server forever)."""
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_WORKER = ROOT / "infra" / "slurm" / "gpu-worker.sbatch"
+
+
+def sbatch_directives(text: str) -> dict[str, str]:
+    """The ``#SBATCH --key=value`` lines sbatch reads: those before the first command line."""
+    out = {}
+    for line in text.splitlines()[1:]:
+        if line.startswith("#SBATCH "):
+            key, _, value = line[len("#SBATCH "):].partition("=")
+            out[key] = value
+        elif line.strip() and not line.startswith("#"):
+            break  # sbatch stops reading directives at the first command
+    return out
+
+
+def test_the_gpu_worker_job_asks_for_one_gpu_node_and_a_day():
+    text = GPU_WORKER.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    d = sbatch_directives(text)
+    assert d == {"--job-name": "idtprior-gpu-worker", "--nodes": "1", "--ntasks": "1", "--gres": "gpu:1",
+                 "--cpus-per-task": "16", "--mem": "64G", "--time": "24:00:00", "--export": "ALL",
+                 "--output": "idtprior-gpu-worker-%j.out"}
+    assert "AUTH_STRING=" not in text.replace("export PREFECT_API_AUTH_STRING=user:password", "")  # no secret in it
+    assert subprocess.run(["bash", "-n", str(GPU_WORKER)]).returncode == 0
+
+
+def _fake_venv(tmp_path: Path) -> Path:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export PATH="{venv / "bin"}:$PATH"\n')
+    prefect = venv / "bin" / "prefect"
+    prefect.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"\necho "auth=${PREFECT_API_AUTH_STRING:-}"\n'
+                       'printf "%s\\n" "$@"\n')
+    prefect.chmod(0o755)
+    return venv
+
+
+def test_the_job_starts_a_process_worker_of_the_gpu_pool_named_after_its_node(tmp_path):
+    venv = _fake_venv(tmp_path)
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PREFECT_API_URL": "http://head:4200/api",
+           "PREFECT_API_AUTH_STRING": "admin:s3cret", "IDTPRIOR_VENV": str(venv), "SLURM_JOB_ID": "4242",
+           "SLURM_SUBMIT_DIR": str(clone)}
+    out = subprocess.run(["bash", str(GPU_WORKER)], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"cwd={clone}" and lines[1] == "auth=admin:s3cret"  # from the environment, not the file
+    host = socket.gethostname().split(".")[0]
+    assert lines[2:] == ["worker", "start", "--pool", "idtprior-gpu", "--type", "process", "--limit", "1", "--name",
+                         f"idtprior-gpu-{host}-4242"]
+    import prefect.cli  # noqa: F401 - registers the subcommands
+    from prefect.cli._app import _app
+
+    _, bound, _ = _app.parse_args(lines[2:])  # the installed Prefect's CLI accepts it
+    assert bound.arguments["work_pool_name"] == "idtprior-gpu" and bound.arguments["worker_type"] == "process"
+
+
+def test_without_a_server_address_or_a_venv_the_job_stops_and_says_which(tmp_path):
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SLURM_SUBMIT_DIR": str(tmp_path)}
+    out = subprocess.run(["bash", str(GPU_WORKER)], env=base, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "PREFECT_API_URL" in out.stderr
+    out = subprocess.run(["bash", str(GPU_WORKER)], env={**base, "PREFECT_API_URL": "http://h:4200/api"},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f"no prefect in {tmp_path}/.venv" in out.stderr

@@ -81,8 +81,11 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
         return
     from distributed import LocalCluster
 
+    # the scheduler opens its HTTP endpoints (health, metrics) even without a dashboard, by default on port 8787:
+    # a free port instead, so two runs on one machine do not collide
     with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      host=cfg.host, dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+                      host=cfg.host, dashboard_address=None, silence_logs=logging.WARNING,
+                      scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}) as cluster:
         try:
             yield cluster.scheduler_address
         finally:

@@ -20,6 +20,14 @@ def test_the_local_cluster_and_its_workers_listen_on_the_loopback_only():
             assert len(workers) == 2
             assert all(w.startswith("tcp://127.0.0.1:") for w in workers), list(workers)
             assert client.submit(sum, [1, 2, 3]).result() == 6
+            http = client.run_on_scheduler(
+                lambda dask_scheduler: [s.getsockname()[:2] for s in dask_scheduler.http_server._sockets.values()])
+    # the scheduler's HTTP endpoints too, on a free port (not dask's fixed 8787, which a second run would find taken)
+    assert http and all(host == "127.0.0.1" for host, _ in http), http
+    with dask_cluster(DaskConfig(n_workers=1)) as first, dask_cluster(DaskConfig(n_workers=1)) as second:
+        with Client(first) as a, Client(second) as b:
+            ports = [c.scheduler_info()["services"]["dashboard"] for c in (a, b)]
+    assert ports[0] != ports[1], ports
 
 
 def test_an_address_from_the_environment_is_used_when_the_run_names_none(monkeypatch):

@@ -39,7 +39,7 @@ def _fake_venv(tmp_path: Path) -> Path:
     (venv / "bin" / "activate").write_text(f'export PATH="{venv / "bin"}:$PATH"\n')
     prefect = venv / "bin" / "prefect"
     prefect.write_text('#!/usr/bin/env bash\necho "cwd=$PWD"\necho "auth=${PREFECT_API_AUTH_STRING:-}"\n'
-                       'printf "%s\\n" "$@"\n')
+                       'echo "job name=${SLURM_JOB_NAME:-}"\nprintf "%s\\n" "$@"\n')
     prefect.chmod(0o755)
     return venv
 
@@ -50,18 +50,21 @@ def test_the_job_starts_a_process_worker_of_the_gpu_pool_named_after_its_node(tm
     clone.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PREFECT_API_URL": "http://head:4200/api",
            "PREFECT_API_AUTH_STRING": "admin:s3cret", "IDTPRIOR_VENV": str(venv), "SLURM_JOB_ID": "4242",
-           "SLURM_SUBMIT_DIR": str(clone)}
+           "SLURM_SUBMIT_DIR": str(clone), "SLURM_JOB_NAME": "idtprior-gpu-worker", "SLURM_NTASKS": "1"}
     out = subprocess.run(["bash", str(GPU_WORKER)], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"cwd={clone}" and lines[1] == "auth=admin:s3cret"  # from the environment, not the file
+    # Lightning must not read the worker's batch job as an srun-launched training job (its ddp_spawn would get
+    # world size 1 and rank 0 in every process); the job name is its documented opt-out
+    assert lines[2] == "job name=interactive"
     host = socket.gethostname().split(".")[0]
-    assert lines[2:] == ["worker", "start", "--pool", "idtprior-gpu", "--type", "process", "--limit", "1", "--name",
+    assert lines[3:] == ["worker", "start", "--pool", "idtprior-gpu", "--type", "process", "--limit", "1", "--name",
                          f"idtprior-gpu-{host}-4242"]
     import prefect.cli  # noqa: F401 - registers the subcommands
     from prefect.cli._app import _app
 
-    _, bound, _ = _app.parse_args(lines[2:])  # the installed Prefect's CLI accepts it
+    _, bound, _ = _app.parse_args(lines[3:])  # the installed Prefect's CLI accepts it
     assert bound.arguments["work_pool_name"] == "idtprior-gpu" and bound.arguments["worker_type"] == "process"
 
 
@@ -72,3 +75,13 @@ def test_without_a_server_address_or_a_venv_the_job_stops_and_says_which(tmp_pat
     out = subprocess.run(["bash", str(GPU_WORKER)], env={**base, "PREFECT_API_URL": "http://h:4200/api"},
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and f"no prefect in {tmp_path}/.venv" in out.stderr
+
+
+def test_lightning_reads_a_batch_job_as_srun_launched_unless_its_name_is_interactive(monkeypatch):
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "idtprior-gpu-worker")
+    assert SLURMEnvironment.detect()  # why gpu-worker.sbatch renames its job for the worker's children
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    assert not SLURMEnvironment.detect()

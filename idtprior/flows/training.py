@@ -13,7 +13,9 @@ from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.common import run_chunks
+from idtprior.flows.stages import plan_decode
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
+from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import pretrain as pretrain_tasks
 from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.encode import ALL
@@ -51,6 +53,26 @@ def _decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
     return rows, frames, fps
 
 
+def frames_key(config: PipelineConfig, ws: Workspace, rows: list, train_ids: list[str], frames: dict[str, int],
+               decode_fps: dict[str, str]) -> str:
+    """What the decoded frames of the training videos were made from, and nothing else.
+
+    When every decode chunk holding a training video is current (its record has the fingerprint the present decode
+    settings and code plan for it), a training video's frames follow from its content fingerprint, the decode settings
+    and the decode code: keyed on those, a video added to the workspace (a test video) or a decode chunk recomputed for
+    another video's sake changes no training key. Otherwise the frames on disk are older than the settings and the
+    decode chunks' record fingerprints stand in (a decode rerun will change the frames, and then the key).
+    """
+    plans = plan_decode(config, ws)
+    train = set(train_ids)
+    chunks = sorted(c for c, plan in plans.items() if train & set(plan["videos"]))
+    if all(decode_fps.get(c) == plans[c]["fingerprint"] for c in chunks):
+        content = {r.video_id: r.fingerprint for r in rows}
+        return hash_json({"decode": [config.decode.config_hash(), decode_tasks.CODE_VERSION],
+                          "videos": {v: [content[v], frames[v]] for v in train_ids}})
+    return hash_json({c: decode_fps.get(c) for c in chunks})
+
+
 def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
     ws = Workspace(config.workspace)
     if not ws.is_local:
@@ -61,7 +83,7 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     train_ids = sorted(r.video_id for r in rows if shared.train_split is None or r.split == shared.train_split)
     if not train_ids:
         raise ConfigError(f"pretrain.train_split {shared.train_split!r}: no decoded video of the manifest is in it")
-    inputs = {"frames": hash_json(decode_fps), "train_ids": hash_json(train_ids)}
+    inputs = {"frames": frames_key(config, ws, rows, train_ids, frames, decode_fps), "train_ids": hash_json(train_ids)}
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "idt":
         rec = ws.read_record("cluster", ALL)
         if rec is None:

@@ -43,7 +43,9 @@ def make_workspace(tmp_path: Path, n: int = 10, **updates) -> PipelineConfig:
 
 
 def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
-    cfg = make_workspace(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label,split\n" + "".join(f"clip{i:03d},m{i % 2},train\n" for i in range(10)))
+    cfg = make_workspace(tmp_path, ingest={"labels_file": str(labels)}, pretrain={"train_split": "train"})
     with pytest.raises(ConfigError, match="pretrain_la starts from pretrain_ir.*has not run"):
         pretrain_pipeline(cfg, stages=["pretrain_la"], progress=False)
     result = pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)
@@ -91,6 +93,15 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
         assert rec.created != before[s], f"{s} was not re-evaluated"
         assert _files(runs / s) == trained[s], f"{s} trained again"
         assert rec.videos["model"]["run_dir"] == str(runs / s / rec.videos["model"]["train_fingerprint"][:16])
+    # a test video added to the workspace: its decode chunk is recomputed and both stages evaluate it; none trains
+    write_video(tmp_path / "videos" / "clip010.mp4", moving_square_frames(12, seed=10), fps=25,
+                options={"preset": "ultrafast"})
+    labels.write_text(labels.read_text() + "clip010,m0,test\n")
+    pretrain_pipeline(cfg, stages=["ingest", "decode", "pretrain_ir", "pretrain_la"], progress=False)
+    for s in before:
+        info = ws.read_record(s, "all").videos["model"]
+        assert (info["train_videos"], info["eval_videos"]) == (10, 11)
+        assert _files(runs / s) == trained[s], f"{s} trained again for a test video"
     before = {s: ws.read_record(s, "all").created for s in before}
     # a new setting of the LA stage retrains LA only; the IR stage stays
     pretrain_pipeline(cfg.with_updates(pretrain_la={"n_clusters": 2}), stages=["pretrain_ir", "pretrain_la"],

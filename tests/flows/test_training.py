@@ -82,26 +82,22 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
     before = {s: ws.read_record(s, "all").created for s in ("pretrain_ir", "pretrain_la")}
     pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)  # nothing to do
     assert {s: ws.read_record(s, "all").created for s in before} == before
-    # an evaluation setting re-evaluates both stages from their trained runs, training no epoch again: LA is keyed on
-    # what IR trained, not on how IR was evaluated
+    # an evaluation setting and a test video added to the workspace (its decode chunk is recomputed) re-evaluate both
+    # stages from their trained runs, training no epoch again: IR's key covers only the training videos' frames, and
+    # LA's covers what IR trained, not how IR was evaluated
     runs = Path(ws.root) / "runs"
     trained = {s: _files(runs / s) for s in before}
     cfg = cfg.with_updates(pretrain={"knn_k": 3})
-    pretrain_pipeline(cfg, stages=["pretrain_ir", "pretrain_la"], progress=False)
-    for s in before:
-        rec = ws.read_record(s, "all")
-        assert rec.created != before[s], f"{s} was not re-evaluated"
-        assert _files(runs / s) == trained[s], f"{s} trained again"
-        assert rec.videos["model"]["run_dir"] == str(runs / s / rec.videos["model"]["train_fingerprint"][:16])
-    # a test video added to the workspace: its decode chunk is recomputed and both stages evaluate it; none trains
     write_video(tmp_path / "videos" / "clip010.mp4", moving_square_frames(12, seed=10), fps=25,
                 options={"preset": "ultrafast"})
     labels.write_text(labels.read_text() + "clip010,m0,test\n")
     pretrain_pipeline(cfg, stages=["ingest", "decode", "pretrain_ir", "pretrain_la"], progress=False)
     for s in before:
-        info = ws.read_record(s, "all").videos["model"]
-        assert (info["train_videos"], info["eval_videos"]) == (10, 11)
-        assert _files(runs / s) == trained[s], f"{s} trained again for a test video"
+        rec = ws.read_record(s, "all")
+        info = rec.videos["model"]
+        assert rec.created != before[s] and (info["train_videos"], info["eval_videos"]) == (10, 11)
+        assert _files(runs / s) == trained[s], f"{s} trained again"
+        assert info["run_dir"] == str(runs / s / info["train_fingerprint"][:16])
     before = {s: ws.read_record(s, "all").created for s in before}
     # a new setting of the LA stage retrains LA only; the IR stage stays
     pretrain_pipeline(cfg.with_updates(pretrain_la={"n_clusters": 2}), stages=["pretrain_ir", "pretrain_la"],

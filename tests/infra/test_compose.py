@@ -6,6 +6,7 @@ volumes, ports bound to the loopback, secrets taken only from the environment, e
 setting of the installed Prefect, and every command line parsed by the real CLI it calls (Prefect's, dask's)."""
 
 import re
+import shlex
 import subprocess
 import tomllib
 from pathlib import Path
@@ -131,8 +132,7 @@ def test_the_pools_of_infra_prefect_yaml_are_the_ones_compose_serves(compose):
     served = {services(compose)[w]["command"][services(compose)[w]["command"].index("--pool") + 1]
               for w in ("cpu-worker", "gpu-worker")}
     assert named and named <= served, (named, served)
-    cmd = services(compose)["deploy"]["command"]
-    assert cmd[cmd.index("--prefect-file") + 1] == "infra/prefect.yaml"
+    assert services(compose)["deploy"]["command"] == ["sh", "infra/docker/deploy.sh"]
 
 
 def test_the_gpu_worker_reserves_the_gpus_and_runs_the_cuda_image(compose):
@@ -215,6 +215,36 @@ def _prefect_argv(cmd: list[str]) -> list[str]:
     return [t for t in cmd[1:] if t not in ("--no-prompt", "--prompt")]  # session flags, parsed by the root app
 
 
+def _prefect_calls_of_deploy_script() -> list[list[str]]:
+    """The ``prefect`` command lines of infra/docker/deploy.sh, the pool loop unrolled."""
+    text = (INFRA / "docker" / "deploy.sh").read_text()
+    pools = re.search(r"^for pool in (.+); do$", text, re.M).group(1).split()
+    calls = []
+    for line in text.splitlines():
+        line = line.strip().removeprefix("exec ")
+        for pool in pools if "$pool" in line else [None]:
+            for part in re.split(r"\|\||&&", line.replace("$pool", pool or "")):
+                argv = shlex.split(part.split(">")[0])
+                if argv[:1] == ["prefect"]:
+                    calls.append(argv)
+    return calls
+
+
+def test_the_deploy_step_creates_both_pools_then_deploys_infra_prefect_yaml():
+    import prefect.cli  # noqa: F401 - registers the subcommands
+    from prefect.cli._app import _app
+
+    parsed = []
+    for argv in _prefect_calls_of_deploy_script():
+        command, bound, _ = _app.parse_args(_prefect_argv(argv))
+        parsed.append((command.__name__, dict(bound.arguments)))
+    assert parsed == [
+        ("inspect", {"name": "idtprior-cpu"}), ("create", {"name": "idtprior-cpu", "type": "process"}),
+        ("inspect", {"name": "idtprior-gpu"}), ("create", {"name": "idtprior-gpu", "type": "process"}),
+        ("deploy", {"deploy_all": True, "prefect_file": Path("infra/prefect.yaml")})]
+    assert subprocess.run(["sh", "-n", str(INFRA / "docker" / "deploy.sh")]).returncode == 0
+
+
 def test_every_command_line_parses_with_the_installed_clis(compose):
     import prefect.cli  # noqa: F401 - registers the subcommands
     from distributed.cli.dask_scheduler import main as dask_scheduler
@@ -237,7 +267,6 @@ def test_every_command_line_parses_with_the_installed_clis(compose):
     assert parsed["gpu-worker"]["work_pool_name"] == "idtprior-gpu" and parsed["gpu-worker"]["limit"] == 1
     assert parsed["gpu-worker"]["with_healthcheck"] and parsed["cpu-worker"]["with_healthcheck"]
     assert parsed["prefect-server"] == {"host": "0.0.0.0", "port": 4200}
-    assert parsed["deploy"]["deploy_all"] is True
     assert parsed["dask-scheduler"]["port"] == "8786"  # dask takes it as text
     assert parsed["dask-worker"]["nthreads"] == 1 and parsed["dask-worker"]["dashboard_address"] == "127.0.0.1:8789"
     assert parsed["dask-worker"]["dashboard"] is False

@@ -252,3 +252,29 @@ def test_more_epochs_continue_the_shorter_run_and_fewer_epochs_retrain(tmp_path,
     assert grown["epochs"] == 2 and grown["loss_per_epoch"] == straight["loss_per_epoch"]
     for k in straight_weights:
         torch.testing.assert_close(grown_weights[k], straight_weights[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_longer_run_adopts_only_a_shorter_run_of_the_same_settings(tmp_path):
+    import json
+
+    from idtprior.tasks.pretrain import RUN_META, adopt_shorter_run
+
+    runs = tmp_path / "runs"
+    for name, key, epochs in [("short", "k1", 1), ("shorter", "k1", 2), ("other", "k2", 2), ("longer", "k1", 9)]:
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(name.encode())
+        (runs / name / "csv" / "version_0").mkdir(parents=True)
+        (runs / name / "csv" / "version_0" / "metrics.csv").write_text(f"epoch,loss_epoch\n0,{epochs}\n")
+        (runs / name / RUN_META).write_text(json.dumps({"resume_key": key, "epochs": epochs}))
+    new = runs / "new"
+    new.mkdir()
+    assert adopt_shorter_run(runs, new, "k1", 2) == runs / "short"  # "shorter" is set to as many epochs, not fewer
+    assert adopt_shorter_run(runs, runs / "none", "k1", 1) is None  # no run of k1 is set to fewer than 1 epoch
+    assert adopt_shorter_run(runs, runs / "none", "k3", 5) is None  # no run of these settings at all
+    fresh = runs / "fresh"
+    fresh.mkdir()
+    assert adopt_shorter_run(runs, fresh, "k1", 5) == runs / "shorter"  # the most epochs below 5, of the same key
+    assert (fresh / "checkpoints" / "last.ckpt").read_bytes() == b"shorter"
+    assert (fresh / "csv" / "version_0" / "metrics.csv").read_text().endswith("0,2\n")
+    assert (runs / "shorter" / "checkpoints" / "last.ckpt").read_bytes() == b"shorter"  # the adopted run stays whole
+    assert adopt_shorter_run(runs, fresh, "k1", 5) is None  # already started: its own checkpoint resumes

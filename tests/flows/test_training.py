@@ -92,10 +92,10 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
                 options={"preset": "ultrafast"})
     labels.write_text(labels.read_text() + "clip010,m0,test\n")
     pretrain_pipeline(cfg, stages=["ingest", "decode", "pretrain_ir", "pretrain_la"], progress=False)
-    for s in before:
+    for s, created in before.items():
         rec = ws.read_record(s, "all")
         info = rec.videos["model"]
-        assert rec.created != before[s] and (info["train_videos"], info["eval_videos"]) == (10, 11)
+        assert rec.created != created and (info["train_videos"], info["eval_videos"]) == (10, 11)
         assert _files(runs / s) == trained[s], f"{s} trained again"
         assert info["run_dir"] == str(runs / s / info["train_fingerprint"][:16])
     before = {s: ws.read_record(s, "all").created for s in before}

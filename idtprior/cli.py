@@ -40,43 +40,43 @@ def _load(config: str, workspace: str | None, source: str | None, video_root: st
     return cfg.with_updates(**updates) if updates else cfg
 
 
-def cmd_run(args) -> int:
-    from idtprior.flows.pipeline import pretrain_pipeline
+def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:
+    """Run the pipeline in this process; its results are persisted in the workspace. A failed stage prints one line
+    (the stage's message; its run in Prefect holds the details) and returns None; a ConfigError (a missing
+    prerequisite, a refused setting) is raised for ``main`` to print."""
+    from idtprior.config import ConfigError
+    from idtprior.flows.pipeline import in_workspace, pretrain_pipeline
 
+    state = in_workspace(pretrain_pipeline, cfg)(cfg, return_state=True, **kwargs)
+    if state.is_completed():
+        return state.result()
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, ConfigError):
+        raise exc
+    print(f"idtprior {command}: error: {state.message}", file=sys.stderr)
+    return None
+
+
+def cmd_run(args) -> int:
     cfg = _load(args.config, args.workspace, args.source, args.video_root)
-    result = pretrain_pipeline(cfg, stages=_split(args.stages), from_stage=args.from_stage,
-                               dask_address=args.dask_address)
+    result = _run_pipeline("run", cfg, stages=_split(args.stages), from_stage=args.from_stage,
+                           dask_address=args.dask_address)
+    if result is None:
+        return 1
     _print_counts(result)
     return 0
 
 
 def cmd_demo(args) -> int:
     from idtprior.config import bundled_config, load_config
-    from idtprior.datasets.synthetic import demo_data_mismatch, make_demo_data
-    from idtprior.flows.pipeline import pretrain_pipeline
+    from idtprior.demo import demo_inputs, ensure_demo_data
 
     cfg = load_config(args.config or bundled_config("demo"))
-    data = Path(args.data)
-    settings = cfg.demo.model_dump()
-    if not (data / "labels.csv").exists():
-        make_demo_data(data, **settings, progress=True)
-    else:
-        try:
-            differ = demo_data_mismatch(data, settings)
-        except FileNotFoundError as e:
-            print(f"demo data already in {data}; its settings cannot be checked ({e}); delete it to render again")
-        else:
-            if differ:
-                print(f"idtprior demo: error: the demo data in {data} was rendered with other settings than the "
-                      f"config's demo section:\n  " + "\n  ".join(differ) + f"\ndelete {data} to render it again, "
-                      "or pass another --data folder", file=sys.stderr)
-                return 2
-            print(f"demo data already in {data}, rendered with the config's settings (delete it to render again)")
-    cfg = cfg.with_updates(workspace=str(Path(args.workspace).resolve()), ingest={
-        "source": str((data / "splits" / "trainlist01.txt").resolve()), "video_root": str((data / "videos").resolve()),
-        "source_format": "ucf_split", "labels_file": None},
-        pretrain={"eval_labels_file": str((data / "labels.csv").resolve())})
-    result = pretrain_pipeline(cfg, stages=_split(args.stages), dask_address=args.dask_address)
+    ensure_demo_data(cfg, Path(args.data), progress=True)
+    cfg = demo_inputs(cfg, args.data, args.workspace)
+    result = _run_pipeline("demo", cfg, stages=_split(args.stages), dask_address=args.dask_address)
+    if result is None:
+        return 1
     _print_counts(result)
     print(f"workspace: {cfg.workspace}  (inspect with: idtprior status {cfg.workspace})")
     return 0
@@ -88,6 +88,13 @@ def _print_counts(result: dict) -> None:
                                                                              "videos_failed"))
         print(f"{stage:>10}: {counts['chunks']} chunks, {counts['videos_ok']} videos ok, "
               f"{counts['videos_failed']} failed{extra}")
+
+
+def cmd_serve(args) -> int:
+    from idtprior.flows.deployments import serve
+
+    serve(limit=args.limit)
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -176,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "a list file resolve against (with --source: default the list file's folder)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="register the deployments (the pipeline, and each stage on the cpu and gpu pools) "
+                       "with the Prefect server at PREFECT_API_URL and run them from this process until Ctrl-C")
+    p.add_argument("--limit", type=int, default=None, help="at most this many flow runs at once (at least 2: a "
+                   "pipeline run waits for its stage runs; default: no limit)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="per stage: chunks done, videos ok/failed, with the errors; with --config, "
                        "which stages a run with that config would redo")

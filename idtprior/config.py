@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la",
           "tune_joint")
@@ -296,6 +296,14 @@ class DaskConfig(_Section):
     slurm: SlurmConfig = SlurmConfig()
 
 
+PoolsConfig = create_model(
+    "PoolsConfig", __base__=_Section, __doc__="The work pool each stage's run goes to when the pipeline runs from a "
+    "deployment: auto (training and Mask R-CNN detection on the GPU pool, the rest on the CPU pool), cpu or gpu.",
+    **{stage: (Literal["auto", "cpu", "gpu"], Field("auto", description=f"the pool of {stage}'s runs"))
+       for stage in STAGES})
+"""One ``auto | cpu | gpu`` field per stage, generated from ``STAGES`` (a stage added there gets its field)."""
+
+
 class DemoDataConfig(_Section):
     """The synthetic motion benchmark (embedded demo data)."""
 
@@ -327,6 +335,7 @@ class PipelineConfig(_Section):
     pretrain_la: PretrainLAConfig = PretrainLAConfig()
     tune_joint: TuneJointConfig = TuneJointConfig()
     dask: DaskConfig = DaskConfig()
+    pools: PoolsConfig = PoolsConfig()
     demo: DemoDataConfig = DemoDataConfig()
 
     @model_validator(mode="after")

@@ -4,11 +4,15 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.states import Failed
 
 from idtprior.config import STAGES, ConfigError, PipelineConfig
 from idtprior.flows.common import dask_cluster
+from idtprior.flows.runs import flow_name, remember_config, run_name
 from idtprior.flows.stages import STAGE_FLOWS
 from idtprior.flows.training import TRAIN_FLOWS
+from idtprior.storage import Workspace
 
 FLOWS = {**STAGE_FLOWS, **TRAIN_FLOWS}
 """Every stage's flow by name."""
@@ -32,12 +36,54 @@ def select_stages(config: PipelineConfig, stages: list[str] | None = None, from_
     return ordered
 
 
-@flow(name="idtprior-pretrain", flow_run_name="pretrain {config.workspace}")
+def in_workspace(flow_obj, config: PipelineConfig):
+    """``flow_obj`` with its results (a failed run's exception too) persisted in the workspace's results folder, not in
+    Prefect's default storage (``~/.prefect/storage``): a workspace holds everything its runs wrote."""
+    results = Workspace(config.workspace).results_dir
+    return flow_obj.with_options(result_storage=results) if results is not None else flow_obj
+
+
+def pipeline_failed(stage: str, exc: BaseException):
+    """The pipeline's Failed state when ``stage`` failed: one message naming the stage, logged once; the stage's own
+    run holds the details (and a Retry in the UI where it came from a deployment)."""
+    message = f"stage {stage} failed: {exc}"
+    get_run_logger().error(message)
+    return Failed(message=message, data=exc)
+
+
+def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | None = None,
+               progress: bool = True) -> dict:
+    """Run ``stages`` in this process, each a subflow of the current flow run, sharing one Dask cluster; returns their
+    counts, or a Failed state naming the first stage that failed (its exception in the state's data).
+
+    Each stage waits for the previous one's result (``wait_for``), so the run graph draws the chain
+    ingest -> decode -> ...; the results' strings are unshared (``runs.unshared``), so no stage is drawn as a child
+    of an earlier one through a config value that happens to be the same object."""
+    remember_config(config)
+    results: dict[str, dict] = {}
+    previous = None
+    with dask_cluster(config.dask, dask_address) as address:
+        for stage in stages:
+            try:
+                results[stage] = in_workspace(FLOWS[stage], config)(
+                    config, dask_address=address, progress=progress,
+                    wait_for=[previous] if previous is not None else None)
+            except Exception as e:  # noqa: BLE001 - the stage's run logged it; the pipeline fails naming the stage
+                return pipeline_failed(stage, e)
+            previous = results[stage]
+    return results
+
+
+@flow(name=flow_name("pretrain"), flow_run_name=run_name("pretrain"))
 def pretrain_pipeline(config: PipelineConfig, stages: list[str] | None = None, from_stage: str | None = None,
                       dask_address: str | None = None, progress: bool = True) -> dict:
-    """Run the selected stages (each a subflow, so each is visible and rerunnable on its own); returns their counts."""
-    results = {}
-    with dask_cluster(config.dask, dask_address) as address:
-        for stage in select_stages(config, stages, from_stage):
-            results[stage] = FLOWS[stage](config, dask_address=address, progress=progress)
-    return results
+    """Run the selected stages (each a subflow, so each is visible and rerunnable on its own); returns their counts.
+
+    A stage that fails ends the run Failed with one message naming the stage (a Python caller gets the stage's
+    exception raised: a ``ConfigError`` for a missing prerequisite)."""
+    try:
+        selected = select_stages(config, stages, from_stage)
+    except ConfigError as e:
+        get_run_logger().error(str(e))
+        return Failed(message=str(e), data=e)
+    return run_stages(config, selected, dask_address, progress)

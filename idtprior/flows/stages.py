@@ -4,7 +4,6 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import numpy as np
-from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
@@ -12,6 +11,7 @@ from idtprior.config import ConfigError, PipelineConfig
 from idtprior.datasets.lists import read_labels, read_source
 from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
                                    rebuild_manifest, report_stage, run_chunks)
+from idtprior.flows.runs import missing_stage, stage_flow
 from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
@@ -55,7 +55,7 @@ def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     return plans
 
 
-@flow(name="ingest", flow_run_name="ingest {config.workspace}")
+@stage_flow("ingest")
 def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """List the source, probe every video per chunk, rebuild the manifest (with duplicates) and report failures."""
     cfg = config.ingest
@@ -84,7 +84,7 @@ def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
                         decode_tasks.CODE_VERSION, {"config": config.decode})
 
 
-@flow(name="decode", flow_run_name="decode {config.workspace}")
+@stage_flow("decode")
 def decode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Decode every ok video of the manifest into the frame store, chunk by chunk."""
     ws = Workspace(config.workspace)
@@ -111,7 +111,7 @@ def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     return plans
 
 
-@flow(name="detect", flow_run_name="detect {config.workspace}")
+@stage_flow("detect")
 def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
     ws = Workspace(config.workspace)
@@ -175,7 +175,7 @@ def check_settings(stage: str, build, *sections) -> None:
 def _ok_rows(ws: Workspace) -> list:
     rows = [r for r in read_manifest(ws) if r.ok]
     if not rows:
-        raise ConfigError(f"workspace {ws.url}: the manifest has no usable video; run the ingest stage first")
+        raise missing_stage(ws, "the manifest has no usable video", "ingest")
     return rows
 
 
@@ -201,7 +201,7 @@ def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> di
     return _with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else _with_boxes(ws, plans)
 
 
-@flow(name="idt", flow_run_name="idt sample {config.workspace}")
+@stage_flow("idt")
 def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
     check_settings("idt", idt_tasks.idt_params, config.idt)
@@ -217,13 +217,13 @@ def plan_fit_codebook(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """The codebook's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
     inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
     if not inputs:
-        raise ConfigError(f"workspace {ws.url}: no IDT sample; run the idt stage first")
+        raise missing_stage(ws, "no IDT sample", "idt")
     fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
                            stage_code("fit_codebook"))
     return {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}
 
 
-@flow(name="fit_codebook", flow_run_name="fit codebook {config.workspace}")
+@stage_flow("fit_codebook")
 def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """PCA + GMM on the IDT sample; the codebook (with its sketch seed) goes to the workspace."""
     check_settings("fit_codebook", encode_tasks.codebook_params, config.codebook)
@@ -242,7 +242,7 @@ def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     rows = _ok_rows(ws)
     book = ws.read_record("fit_codebook", encode_tasks.ALL)
     if book is None:
-        raise ConfigError(f"workspace {ws.url}: no codebook; run the fit_codebook stage first")
+        raise missing_stage(ws, "no codebook", "fit_codebook")
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt), config.encode.config_hash(),
                           book.fingerprint])
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code("encode"),
@@ -259,7 +259,7 @@ def sketches_fingerprint(records: dict, ids: list[str]) -> str:
     return hash_json({"encode": {c: r.fingerprint for c, r in records.items()}, "ids": ids})
 
 
-@flow(name="encode", flow_run_name="encode {config.workspace}")
+@stage_flow("encode")
 def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
     check_settings("encode", idt_tasks.idt_params, config.idt)
@@ -280,12 +280,14 @@ def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Clustering's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
     ids = [r.video_id for r in _ok_rows(ws)]
     inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
+    if not inputs:
+        raise missing_stage(ws, "no sketches", "encode")
     fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
                            config.cluster.config_hash(), stage_code("cluster"))
     return {encode_tasks.ALL: {"fingerprint": fp, "video_ids": ids, "config": config.cluster}}
 
 
-@flow(name="cluster", flow_run_name="cluster {config.workspace}")
+@stage_flow("cluster")
 def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """K-means on the sketches; cluster-size statistics, and NMI / purity where the manifest has labels."""
     ws = Workspace(config.workspace)

@@ -1,0 +1,138 @@
+"""What every stage flow run shares: its names (flow, run), the config its workspace remembers, the values it returns
+and how it fails on a missing prerequisite.
+
+No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
+"""
+
+import yaml
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.states import Failed
+
+from idtprior.config import ConfigError, PipelineConfig, parse_config
+from idtprior.storage import Workspace
+
+FLOW_PREFIX = "idtprior"
+CONFIG_FILE = "config.yaml"
+"""The config a workspace was last run with, written by every stage run (``<workspace>/config.yaml``)."""
+
+
+def flow_name(stage: str) -> str:
+    """The Prefect flow of a stage: ``idtprior-<stage>``, ``_`` -> ``-`` (``idtprior-fit-codebook``)."""
+    return f"{FLOW_PREFIX}-{stage.replace('_', '-')}"
+
+
+def workspace_name(workspace: str) -> str:
+    """The workspace's folder name (``/data/runs/k400-a`` -> ``k400-a``): what run names show, not the whole path."""
+    return str(workspace).rstrip("/").rsplit("/", 1)[-1] or str(workspace)
+
+
+def _workspace_of(parameters: dict) -> str:
+    """The workspace a run's parameters point at: a ``PipelineConfig``'s, the ``workspace`` parameter, the preset's
+    or YAML file's own, or the folder name of a ``<workspace>/config.yaml`` path."""
+    config = parameters.get("config")
+    if isinstance(config, PipelineConfig):
+        return config.workspace
+    if parameters.get("workspace"):
+        return parameters["workspace"]
+    if isinstance(config, str) and config:
+        from idtprior.flows.deployments import config_path  # the UI module resolves presets
+
+        try:
+            path = config_path(config)
+            return (yaml.safe_load(path.read_text()) or {}).get("workspace") or "workspace"
+        except (ConfigError, OSError, yaml.YAMLError, AttributeError):
+            return config
+    return "workspace"
+
+
+def run_name(stage: str):
+    """A ``flow_run_name`` callable: ``<workspace folder name>: <stage>``."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        return f"{workspace_name(_workspace_of(dict(flow_run.parameters)))}: {stage}"
+
+    name.__name__ = f"{stage}_run_name"
+    return name
+
+
+def remember_config(config: PipelineConfig) -> None:
+    """Write ``config`` to ``<workspace>/config.yaml`` (atomically), so a later stage run on the workspace from the UI
+    defaults to it instead of a preset: a stage rerun never mixes a demo setting into a Kinetics workspace."""
+    ws = Workspace(config.workspace)
+    data = config.model_dump(mode="json")
+    data["workspace"] = ws.url
+    header = "# the config this workspace was last run with (written by idtprior at every stage run)\n"
+    ws.write_bytes_atomic(ws.path(CONFIG_FILE), (header + yaml.safe_dump(data, sort_keys=False)).encode())
+
+
+def remembered_config(workspace: str) -> PipelineConfig | None:
+    """The config ``workspace`` was last run with, or None when it has none (never run, or run before this file)."""
+    ws = Workspace(workspace)
+    raw = ws.read_bytes(ws.path(CONFIG_FILE))
+    if raw is None:
+        return None
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{ws.path(CONFIG_FILE)}: not valid YAML: {e}") from e
+    return parse_config(data, origin=ws.path(CONFIG_FILE))
+
+
+def how_to_run(stage: str) -> str:
+    """How a user runs ``stage``: from the command line or from its deployment in the UI."""
+    return f"`idtprior run CONFIG --stages {stage}`, or the {flow_name(stage)} deployment in the Prefect UI"
+
+
+def missing_stage(ws: Workspace, what: str, stage: str) -> ConfigError:
+    """The error of a stage whose input is missing: what is missing, which stage makes it, and how to run that."""
+    return ConfigError(f"workspace {ws.url}: {what}; run the {stage} stage first ({how_to_run(stage)})")
+
+
+def _fresh(value):
+    # a new str object with the same text (a one-character str is a shared singleton and cannot be copied)
+    return "".join(list(value)) if type(value) is str and len(value) > 1 else value
+
+
+def unshared(counts: dict) -> dict:
+    """``counts`` with every string key and value a fresh object.
+
+    Prefect links a flow's return value AND each of its items to the flow run by ``id()``, and draws an edge from that
+    run to any later run whose parameters hold an object with one of those ids. The counts' strings are interned
+    literals ("idt", "stage", ...) that the config holds too (the stage list, ``cluster_source: idt``, ``init_from:
+    pretrain_la``), so every later stage was drawn as a child of the idt run. Fresh copies are held by nothing else;
+    the numbers are computed in the run, so they are fresh objects already (or small ints, which Prefect skips)."""
+    return {_fresh(k): _fresh(v) for k, v in counts.items()}
+
+
+def stage_failed(stage: str, exc: ConfigError):
+    """A Failed state for a stage that cannot start (a missing prerequisite, a refused setting): its one-line
+    message, logged once, instead of a traceback in the stage's run and another in the pipeline's. The exception rides
+    in the state, so a Python caller still gets it raised (a ``ConfigError``)."""
+    message = str(exc) if str(exc).startswith(stage) else f"{stage}: {exc}"
+    get_run_logger().error(message)
+    return Failed(message=message, data=exc)
+
+
+def stage_flow(stage: str):
+    """Make a stage's body ``(config, dask_address, progress) -> counts`` its flow ``idtprior-<stage>``: runs named
+    ``<workspace folder>: <stage>``, the config remembered in the workspace, fresh return values (graph edges) and a
+    one-message Failed state for a stage that cannot start. The Python signature stays ``(config, dask_address=None,
+    progress=True)`` for the CLI and the tests."""
+
+    def decorate(body):
+        def run(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+            try:
+                remember_config(config)
+                return unshared(body(config, dask_address, progress))
+            except ConfigError as e:
+                return stage_failed(stage, e)
+
+        run.__name__, run.__qualname__, run.__module__, run.__doc__ = (
+            body.__name__, body.__qualname__, body.__module__, body.__doc__)
+        return flow(name=flow_name(stage), flow_run_name=run_name(stage),
+                    description=(body.__doc__ or "").strip().split("\n")[0] or None)(run)
+
+    return decorate

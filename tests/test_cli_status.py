@@ -78,6 +78,18 @@ def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp
     assert lines["fit_codebook"].endswith("[out of date: idt out of date]"), lines["fit_codebook"]
     assert _tree(ws) == files_before  # status --config ran and wrote nothing
 
+    # a training stage: checked against its record key (training + evaluation); an evaluation setting re-evaluates
+    trained = cfg.with_updates(stages=["ingest", "decode", "pretrain_ir"], pretrain_ir={"epochs": 1}, pretrain={
+        "width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
+        "num_workers": 0, "accelerator": "cpu"})
+    pretrain_pipeline(trained, stages=["pretrain_ir"], progress=False)
+    fifth = tmp_path / "fifth.yaml"
+    fifth.write_text(yaml.safe_dump(trained.model_dump(mode="json")))
+    assert _status(capsys, ws.url, "--config", str(fifth))["pretrain_ir"].endswith("[up to date]")
+    fifth.write_text(yaml.safe_dump(trained.with_updates(pretrain={"knn_k": 3}).model_dump(mode="json")))
+    lines = _status(capsys, ws.url, "--config", str(fifth))
+    assert lines["pretrain_ir"].endswith("[out of date: 1 of 1 chunks keyed differently]"), lines["pretrain_ir"]
+
 def _tree(ws: Workspace) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in Path(ws.root).rglob("*") if p.is_file()}
 

@@ -7,7 +7,7 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import TRAIN_STAGES, ConfigError, PipelineConfig
 from idtprior.datasets.lists import read_labels, read_source
 from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
                                    rebuild_manifest, report_stage, run_chunks)
@@ -383,6 +383,11 @@ def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, di
     out: dict[str, dict[str, str] | str] = {}
     for stage in config.stages:
         plan = STAGE_PLANS.get(stage)
+        if plan is None and stage in TRAIN_STAGES:
+            from idtprior.flows.training import plan_train_stage  # training imports this module
+
+            def plan(config, ws, stage=stage):  # the record key: training + evaluation (an eval change re-evaluates)
+                return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
         if plan is None:
             out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
             continue

@@ -160,6 +160,11 @@ def cmd_export_boxes(args) -> int:
     return 0
 
 
+VERBOSE_HELP = ("print every log line (Prefect's for each flow and task run, Dask's, Lightning's) with tracebacks; by "
+                "default the terminal shows one progress display per stage, the stages' results, warnings and "
+                "errors, and the rest is in the run's Prefect logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idtprior", description="Video representations from dense trajectory "
                                      "clustering, as a Prefect pipeline.")
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a config to use instead of the bundled configs/demo.yaml")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the config's)")
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the pipeline (or some stages) from a config")
@@ -182,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", default=None, help="override ingest.video_root, the folder that relative paths in "
                    "a list file resolve against (with --source: default the list file's folder)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="register the deployments (the pipeline, and each stage on the cpu and gpu pools) "
@@ -235,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "demo") and not args.verbose:
+        from idtprior.terminal import use_terminal_logging
+
+        use_terminal_logging()  # before Prefect is imported: it reads its logging settings once, at import
     from idtprior.config import ConfigError
     from idtprior.datasets.lists import ListFormatError
 

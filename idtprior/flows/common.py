@@ -9,15 +9,16 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                                update_progress_artifact)
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
-from tqdm import tqdm
 
 from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
-from idtprior.tasks.common import close_clients, needs_refresh, task_options
+from idtprior.tasks.common import close_clients, needs_refresh, showing_progress, task_options
+from idtprior.terminal import StageProgress
 
 ARTIFACT_PREFIX = "idtprior"
 
@@ -113,12 +114,15 @@ def slurm_cluster(cfg: SlurmConfig):
 
 
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
-               concurrency: int = 4) -> dict[str, ChunkRecord]:
+               concurrency: int = 4, progress_artifact: bool = True) -> dict[str, ChunkRecord]:
     """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
     the records.
 
     Every chunk runs to its end even when another fails; then the first failure is raised, so a rerun finds the
-    finished chunks committed and redoes only the rest.
+    finished chunks committed and redoes only the rest. ``progress``: the stage's display on the terminal (a bar, or
+    a line per chunk; ``idtprior.terminal.StageProgress``). ``progress_artifact``: a progress artifact
+    (``artifact_key(ws, stage, "progress")``) updated as each chunk ends, so the UI shows a long stage moving; a
+    stage with a finer measure of its own (a training stage: epochs) passes False and keeps the key for it.
     """
     logger = get_run_logger()
     configured = task.with_options(**task_options(ws))
@@ -127,7 +131,10 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     in_flight: dict = {}
     records: dict[str, ChunkRecord] = {}
     errors: list[tuple[str, BaseException]] = []
-    with tqdm(total=len(pending), desc=f"{stage} chunks", unit="chunk", disable=not progress) as bar:
+    display = StageProgress(stage, plans, logger, enabled=progress)
+    artifact = ProgressArtifactUpdater(artifact_key(ws, stage, "progress"), stage, len(plans), "chunks",
+                                       logger) if progress_artifact else None
+    with showing_progress(ws.url, stage, display.advance):
         while pending or in_flight:
             while pending and len(in_flight) < concurrency:
                 chunk, kwargs = pending.pop(0)
@@ -140,11 +147,60 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
             except Exception as e:  # noqa: BLE001 - collected, raised after the other chunks finish
                 errors.append((chunk, e))
                 logger.error(f"{stage} {chunk} failed: {e}")
-            bar.update(1)
+                outcome = "failed"
+            else:
+                rec = records[chunk]
+                outcome = f"{rec.n_ok} ok, {rec.n_failed} failed" if display.unit == "video" else "done"
+            display.finish(chunk, outcome, cached=getattr(fut.state, "name", "") == "Cached",
+                           say=chunk in records)  # a failed chunk: its error line above says it
+            if artifact is not None:
+                artifact.update(len(records) + len(errors), f"last: {chunk} {outcome}")
+    display.close(_stage_counts(records, errors, display.unit))
     if errors:
         chunk, exc = errors[0]
         raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {exc}") from exc
     return records
+
+
+def _stage_counts(records: dict[str, ChunkRecord], errors: list, unit: str) -> str:
+    failed = f", {len(errors)} chunks failed" if errors else ""
+    if unit != "video":
+        return f"{len(errors)} of {len(records) + len(errors)} chunks failed" if errors else ""
+    ok = sum(r.n_ok for r in records.values())
+    bad = sum(r.n_failed for r in records.values())
+    return f"{ok} videos ok, {bad} failed{failed}"
+
+
+class ProgressArtifactUpdater:
+    """A progress artifact (``create_progress_artifact``) of ``total`` steps, updated in place at each step: one
+    artifact per stage run under the stage's ``progress`` key, its description saying how many steps are done.
+
+    Made at flow level, like every artifact here. A failed update (the API unreachable for a moment) is logged once
+    and skipped: the stage's own work never fails for its progress display."""
+
+    def __init__(self, key: str, stage: str, total: int, what: str, logger):
+        self.stage, self.total, self.what, self.logger = stage, total, what, logger
+        self.id = None
+        try:
+            self.id = create_progress_artifact(100.0 if total == 0 else 0.0, key=key,
+                                               description=f"{stage}: 0 of {total} {what} done")
+        except Exception as e:  # noqa: BLE001 - progress only; the work goes on
+            self._skip(e)
+
+    def update(self, done: int, note: str = "") -> None:
+        if self.id is None:
+            return
+        percent = 100.0 * done / self.total if self.total else 100.0
+        text = f"{self.stage}: {done} of {self.total} {self.what} done" + (f"; {note}" if note else "")
+        try:
+            update_progress_artifact(self.id, percent, description=text)
+        except Exception as e:  # noqa: BLE001 - progress only; the work goes on
+            self._skip(e)
+
+    def _skip(self, error: Exception) -> None:
+        self.logger.warning(f"{self.stage}: the progress artifact could not be written ({error}); the stage goes on "
+                            f"without it")
+        self.id = None
 
 
 def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int | None = None) -> None:

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.cache_policies import NO_CACHE
@@ -163,7 +164,7 @@ def run_chunk(
     version = ws.new_version(stage, chunk)[0] if needs_version else ""
     ids = sorted(videos)
     results: dict[str, dict] = {}
-    bar = _bar(len(ids), f"{stage} {chunk}", progress)
+    tick = video_done_callback(ws.url, stage, chunk) if progress else _no_display
     if dask_address:
         client = get_client(dask_address)
         futures = {client.submit(_guard, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
@@ -172,12 +173,11 @@ def run_chunk(
 
         for fut in as_completed(futures, loop=client.loop):
             results[futures[fut]] = fut.result()
-            bar.update(1)
+            tick()
     else:
         for vid in ids:
             results[vid] = _guard(per_video, vid, ws.url, stage, chunk, version, *videos[vid])
-            bar.update(1)
-    bar.close()
+            tick()
     if finish is not None:
         finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
     results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
@@ -199,10 +199,35 @@ def _logger():
         return logging.getLogger("idtprior")
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+# The stage flow's progress display (``idtprior.terminal.StageProgress``), per (workspace URL, stage), for the chunk
+# tasks that run in the flow's own process (Prefect's thread runner): one display per stage counts their videos
+# instead of one bar per chunk. A chunk task elsewhere (another process) finds none; its chunk still completes the
+# display when its result comes back.
+_displays: dict[tuple[str, str], Callable[[str], None]] = {}
+_displays_lock = threading.Lock()
 
-    return tqdm(total=total, desc=desc, unit="video", leave=False, disable=not enabled)
+
+@contextmanager
+def showing_progress(workspace_url: str, stage: str, advance: Callable[[str], None]):
+    """While inside, ``advance(chunk)`` is called once per finished video of the stage's chunk tasks."""
+    with _displays_lock:
+        _displays[(workspace_url, stage)] = advance
+    try:
+        yield
+    finally:
+        with _displays_lock:
+            _displays.pop((workspace_url, stage), None)
+
+
+def video_done_callback(workspace_url: str, stage: str, chunk: str) -> Callable[[], None]:
+    """What a chunk task calls per finished video: the stage's display, or nothing where none is shown here."""
+    with _displays_lock:
+        advance = _displays.get((workspace_url, stage))
+    return (lambda: advance(chunk)) if advance is not None else _no_display
+
+
+def _no_display() -> None:
+    pass
 
 
 def task_options(workspace: Workspace) -> dict:

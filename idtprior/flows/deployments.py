@@ -27,6 +27,7 @@ from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, l
 from idtprior.flows.pipeline import FLOWS, pipeline_failed, run_stages, select_stages
 from idtprior.flows.runs import (CONFIG_FILE, _fresh, flow_name, remember_config, remembered_config, run_name,
                                  stage_failed, workspace_name)
+from idtprior.flows.stages import STAGE_FLOWS
 from idtprior.storage import Workspace
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -187,7 +188,7 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
         if previous is not None and previous.state is not None:
             link_state_to_flow_run_result(previous.state, parameters["config"])
         try:
-            run = run_deployment(name, parameters=parameters, as_subflow=True,
+            run = run_deployment(name, parameters=parameters, as_subflow=True, poll_interval=1,
                                  flow_run_name=f"{workspace_name(ws.url)}: {stage}")
         except Exception as e:  # noqa: BLE001 - no such deployment, server unreachable: named, with the fix
             return pipeline_failed(stage, ConfigError(
@@ -272,7 +273,10 @@ def _stage_ui_flow(stage: str):
 
     # a module-level name: the entrypoint a worker or `serve` loads (idtprior.flows.deployments.<stage>_ui)
     run.__name__ = run.__qualname__ = f"{stage}_ui"
-    run.__doc__ = f"Run the {stage} stage on a workspace. " + (FLOWS[stage].description or "")
+    # the stage flow's own description, except for the training flows, which are imported only when one runs
+    stage_flow_obj = STAGE_FLOWS.get(stage)
+    run.__doc__ = f"Run the {stage} stage on a workspace." + (
+        f" {stage_flow_obj.description}" if stage_flow_obj and stage_flow_obj.description else "")
     return flow(name=flow_name(stage), flow_run_name=run_name(stage), description=run.__doc__)(run)
 
 

@@ -3,18 +3,40 @@
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
+from collections.abc import Iterator, Mapping
+
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 
-from idtprior.config import STAGES, ConfigError, PipelineConfig
+from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig
 from idtprior.flows.common import dask_cluster
 from idtprior.flows.runs import flow_name, remember_config, run_name
 from idtprior.flows.stages import STAGE_FLOWS
-from idtprior.flows.training import TRAIN_FLOWS
 from idtprior.storage import Workspace
 
-FLOWS = {**STAGE_FLOWS, **TRAIN_FLOWS}
+
+class StageFlows(Mapping):
+    """Every stage's flow by name. The training flows are imported on first use: they pull in torch and Lightning
+    (seconds per process), which a run of the other stages (a new process per deployment run) never needs."""
+
+    def __getitem__(self, stage: str):
+        if stage in STAGE_FLOWS:
+            return STAGE_FLOWS[stage]
+        if stage in TRAIN_STAGES:
+            from idtprior.flows.training import TRAIN_FLOWS
+
+            return TRAIN_FLOWS[stage]
+        raise KeyError(stage)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([s for s in STAGES if s in STAGE_FLOWS or s in TRAIN_STAGES])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+FLOWS = StageFlows()
 """Every stage's flow by name."""
 
 

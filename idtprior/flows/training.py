@@ -7,12 +7,12 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 
 import csv
 
-from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, PipelineConfig
-from idtprior.flows.common import run_chunks
+from idtprior.flows.common import artifact_key, run_chunks
+from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import plan_decode
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
 from idtprior.tasks import decode as decode_tasks
@@ -49,7 +49,7 @@ def _decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
                 frames[vid] = int(info["frames"])
     rows = [r for r in read_manifest(ws) if r.ok and r.video_id in frames]
     if not rows:
-        raise ConfigError(f"workspace {ws.url}: no decoded video to train on; run the ingest and decode stages first")
+        raise missing_stage(ws, "no decoded video to train on", "decode")
     return rows, frames, fps
 
 
@@ -87,19 +87,19 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "idt":
         rec = ws.read_record("cluster", ALL)
         if rec is None:
-            raise ConfigError(f"{stage} uses the IDT clusters: run the cluster stage first (workspace {ws.url})")
+            raise missing_stage(ws, f"{stage} uses the IDT clusters, and there are none", "cluster")
         inputs["clusters"] = rec.fingerprint
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "joint":
         encoded = {c: r.fingerprint for c, r in ws.records("encode").items()}
         if not encoded:
-            raise ConfigError(f"{stage} clusters [bank | IDT sketch]: run the encode stage first (workspace {ws.url})")
+            raise missing_stage(ws, f"{stage} clusters [bank | IDT sketch], and there are no sketches", "encode")
         inputs["sketches"] = hash_json(encoded)
     init_checkpoint = None
     if stage_cfg.init_from:
         rec = ws.read_record(stage_cfg.init_from, ALL)
         if rec is None:
             raise ConfigError(f"{stage} starts from {stage_cfg.init_from} (init_from), which has not run in "
-                              f"{ws.url}; run it first or set {stage}.init_from: null")
+                              f"{ws.url}; run it first ({how_to_run(stage_cfg.init_from)}) or set {stage}.init_from: null")
         init_checkpoint = rec.videos["model"]["checkpoint"]
         # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
         # (records written before the train fingerprint was stored fall back to the whole fingerprint)
@@ -124,7 +124,7 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
         "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
         "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}}, progress, 1)
     info = records[ALL].videos["model"]
-    _report(stage, info)
+    _report(ws, stage, info)
     counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,
               "epochs": info["epochs"]}
     if info["loss_per_epoch"]:
@@ -134,7 +134,7 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     return counts
 
 
-def _report(stage: str, info: dict) -> None:
+def _report(ws: Workspace, stage: str, info: dict) -> None:
     sets = sorted(info["knn"])
     head = "| network | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets) + "\n"
     body = f"| after {stage} | " + " | ".join(f"{info['knn'][s]:.3f}" for s in sets) + " |\n"
@@ -145,23 +145,23 @@ def _report(stage: str, info: dict) -> None:
           f"{info['objective']}{' / ' + info['cluster_source'] if 'cluster_source' in info else ''}; loss per epoch "
           f"{losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} videos; test split against "
           f"the rest):\n\n{head}{body}\nencoder: `{info['encoder']}`\n")
-    create_markdown_artifact(key=f"{stage.replace('_', '-')}-summary", markdown=md)
+    create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
 
 
-@flow(name="pretrain_ir", flow_run_name="pretrain_ir {config.workspace}")
+@stage_flow("pretrain_ir")
 def pretrain_ir_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Instance Recognition warm-up of the 3D ResNet on the decoded frames."""
     return train_stage_flow_body("pretrain_ir", config, progress)
 
 
-@flow(name="pretrain_la", flow_run_name="pretrain_la {config.workspace}")
+@stage_flow("pretrain_la")
 def pretrain_la_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Local Aggregation with the IDT clusters (or the bank's, for plain Video LA), from the IR model."""
     return train_stage_flow_body("pretrain_la", config, progress)
 
 
-@flow(name="tune_joint", flow_run_name="tune_joint {config.workspace}")
+@stage_flow("tune_joint")
 def tune_joint_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Local Aggregation in the joint [memory bank | IDT sketch] space, from the LA model."""
     return train_stage_flow_body("tune_joint", config, progress)

@@ -86,6 +86,15 @@ def test_each_stage_form_defaults_to_the_workspace_config():
         assert "config.yaml" in schema["properties"]["config"]["description"]
 
 
+def test_flows_are_named_with_the_project_prefix():
+    from idtprior.flows.pipeline import FLOWS, pretrain_pipeline
+
+    assert pretrain_pipeline.name == pretrain_ui.name == "idtprior-pretrain"
+    assert [FLOWS[s].name for s in STAGES] == [STAGE_UI_FLOWS[s].name for s in STAGES] == [
+        "idtprior-ingest", "idtprior-decode", "idtprior-detect", "idtprior-idt", "idtprior-fit-codebook",
+        "idtprior-encode", "idtprior-cluster", "idtprior-pretrain-ir", "idtprior-pretrain-la", "idtprior-tune-joint"]
+
+
 def test_deployments_one_pipeline_and_one_per_stage_and_pool():
     deps = deployments()
     names = [(d.flow_name, d.name) for d in deps]
@@ -247,7 +256,7 @@ def test_cli_missing_prerequisite_prints_one_line_and_no_traceback(tmp_path, cap
     assert main(["run", str(path), "--stages", "encode"]) == 2
     out, err = capfd.readouterr()
     errors = [line for line in err.splitlines() if line.startswith("idtprior run: error:")]
-    assert errors == [f"idtprior run: error: workspace {Workspace(str(tmp_path / 'ws')).url}: no codebook; run the "
-                      "fit_codebook stage first (`idtprior run CONFIG --stages fit_codebook`, or the "
-                      "idtprior-fit-codebook deployment in the Prefect UI)"]
+    assert errors == [(f"idtprior run: error: workspace {Workspace(str(tmp_path / 'ws')).url}: no codebook; run the "
+                       "fit_codebook stage first (`idtprior run CONFIG --stages fit_codebook`, or the "
+                       "idtprior-fit-codebook deployment in the Prefect UI)")]
     assert "Traceback" not in out + err

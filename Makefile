@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install clean ui-browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,15 +19,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["idtprior"]["no-deps"]))')
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) ui-browser
+
+# Headless Chromium (Debian's package) for the UI screenshot test (tests/server/test_retry_drill.py), best effort:
+# about a minute once; where apt-get is missing or we are not root the install goes on and that test skips, saying why.
+ui-browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium not installed (needs apt-get as root): the UI screenshot test will skip"
 
 demo: $(STAMP)
 	$(VENV)/bin/idtprior demo --workspace demo-workspace --data demo-data
 
-test: $(STAMP)
+test: $(STAMP) ui-browser
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) ui-browser
 	$(PY) -m pytest -q -m ""
 
 clean:

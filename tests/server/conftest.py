@@ -3,11 +3,13 @@ temporary folder, sqlite), shared by every test of the session (its start is the
 `prefect worker start` subprocesses against it, with their logs in files (helpers in ``server_process``).
 """
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_process import BIN, REPO, Proc, ServerProcess, free_port
+from server_process import BIN, FAULT, REPO, Proc, ServerProcess, free_port, tail
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +71,70 @@ def prefect_worker(start_process):
                                                 "process", "--name", f"{pool}-worker"], **env)
 
     return start
+
+
+WORK_POOLS = ("idtprior-cpu", "idtprior-gpu")
+
+
+def copy_of_repo(dest: Path) -> Path:
+    """The working tree as a clone would hold it: tracked and untracked-but-not-ignored files (no .venv, no
+    workspaces), symlinks kept as links."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if not src.exists() and not src.is_symlink():  # deleted in the working tree, not yet in git
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel, follow_symlinks=False)
+    return dest
+
+
+def run_cli(server: ServerProcess, args: list[str], cwd: Path, log: Path, timeout_s: float = 240) -> str:
+    """Run a `prefect ...` command against the server; its output (in ``log`` too) or an error that shows it."""
+    proc = subprocess.run(args, cwd=cwd, env=server.env(), capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+    out = proc.stdout + proc.stderr
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(args)}\n{out}\n")
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} (in {cwd}) exited {proc.returncode}:\n{out[-4000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server, tmp_path_factory) -> Path:
+    """The deployments of infra/prefect.yaml on the server, as a user makes them from a clone: the two process pools
+    (`prefect work-pool create`), then `prefect deploy --all --prefect-file infra/prefect.yaml` in the clone's root.
+    Returns the clone (where the workers' runs execute: the deployments' working directory)."""
+    clone = copy_of_repo(tmp_path_factory.mktemp("clone"))
+    log = clone.parent / "deploy.log"
+    for pool in WORK_POOLS:
+        run_cli(prefect_server, [str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], clone, log)
+    run_cli(prefect_server, [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+                             "infra/prefect.yaml"], clone, log)
+    return clone
+
+
+@pytest.fixture(scope="session")
+def pool_workers(prefect_server, deployed, tmp_path_factory) -> Iterator[dict[str, Proc]]:
+    """One `prefect worker start --type process` per pool (idtprior-cpu, idtprior-gpu), for the session, with the
+    drill's fault armed (``FAULT``); each runs its flow runs as child processes in the clone of ``deployed``."""
+    logs = tmp_path_factory.mktemp("workers")
+    workers = {pool: Proc([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+                           "--name", f"{pool}-worker"], logs / f"{pool}.log",
+                          prefect_server.env(IDTPRIOR_FAULT=FAULT), cwd=deployed)
+               for pool in WORK_POOLS}
+    try:
+        deadline = time.monotonic() + 120
+        for pool, proc in workers.items():
+            while not prefect_server.post(f"/work_pools/{pool}/workers/filter", {}):
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker of {pool} not online:\n{tail(proc.log)}")
+                time.sleep(0.5)
+        yield workers
+    finally:
+        for proc in workers.values():
+            proc.stop()

@@ -66,11 +66,11 @@ def in_workspace(flow_obj, config: PipelineConfig):
 
 
 def pipeline_failed(stage: str, exc: BaseException):
-    """The pipeline's Failed state when ``stage`` failed: one message naming the stage, logged once; the stage's own
-    run holds the details (and a Retry in the UI where it came from a deployment)."""
-    message = f"stage {stage} failed: {exc}"
-    get_run_logger().error(message)
-    return Failed(message=message, data=exc)
+    """The pipeline's Failed state when ``stage`` failed: its message names the stage; the stage's own run logged the
+    error and holds the details (and a Retry in the UI where it came from a deployment), so the pipeline's log says
+    only where it stopped instead of repeating the error."""
+    get_run_logger().info(f"stopped: stage {stage} failed")
+    return Failed(message=f"stage {stage} failed: {exc}", data=exc)
 
 
 def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | None = None,

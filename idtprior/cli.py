@@ -160,6 +160,39 @@ def cmd_export_boxes(args) -> int:
     return 0
 
 
+def _train_stage_config(workspace: str, config: str | None):
+    """``--config`` (a YAML file, or a bundled preset's name), else the config ``workspace`` was last run with; its
+    workspace set to ``workspace``."""
+    from idtprior.config import ConfigError, bundled_config, load_config
+
+    if config is None:
+        from idtprior.flows.runs import CONFIG_FILE, remembered_config
+
+        cfg = remembered_config(workspace)
+        if cfg is None:
+            raise ConfigError(f"workspace {workspace} has no {CONFIG_FILE} (no stage has run there): give --config")
+    else:
+        cfg = load_config(config if Path(config).exists() or config.endswith((".yaml", ".yml"))
+                          else bundled_config(config))
+    return cfg.with_updates(workspace=workspace)
+
+
+def cmd_train_stage(args) -> int:
+    from idtprior.flows.training import train_stage_command
+
+    cfg = _train_stage_config(args.workspace, args.config)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    record = train_stage_command(cfg, args.stage, fingerprint=args.fingerprint, prepare_only=args.prepare_only,
+                                 progress=progress)
+    if args.prepare_only:
+        print(f"{args.stage}: run folder ready in {cfg.workspace}")
+    elif record is not None:  # global rank 0; the other ranks of a job print nothing
+        info = record.videos["model"]
+        print(f"{args.stage}: committed {record.fingerprint[:12]} in {cfg.workspace}: {info['epochs']} epochs, "
+              f"kNN {info['knn']}")
+    return 0
+
+
 VERBOSE_HELP = ("print every log line (Prefect's for each flow and task run, Dask's, Lightning's) with tracebacks; by "
                 "default the terminal shows one progress display per stage, the stages' results, warnings and "
                 "errors, and the rest is in the run's Prefect logs")
@@ -227,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--videos", default=None, help="comma-separated video ids (default: all)")
     p.set_defaults(func=cmd_export_boxes)
+
+    from idtprior.config import TRAIN_STAGES
+
+    p = sub.add_parser("train-stage", help="train one training stage in this process, as one process of a DDP job "
+                       "(under srun on every node, or alone with its devices), and commit the stage's record: what a "
+                       "multi-node stage's batch job runs")
+    p.add_argument("workspace")
+    p.add_argument("stage", choices=TRAIN_STAGES)
+    p.add_argument("--config", default=None, help="a config YAML or a preset name (default: the config the "
+                   "workspace was last run with, its config.yaml)")
+    p.add_argument("--fingerprint", default=None, help="the record key the submitter planned: train nothing when "
+                   "the stage's plan differs (the workspace changed since)")
+    p.add_argument("--prepare-only", action="store_true", help="ready the run folder (adopt a shorter run's "
+                   "checkpoint) and stop; a batch job does it in one process before its ranks start")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="Lightning's progress bar (default: when stderr is a terminal)")
+    p.set_defaults(func=cmd_train_stage)
 
     try:
         from idtprior.video.idt.cli import add_idt_arguments, run_idt

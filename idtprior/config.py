@@ -152,6 +152,28 @@ class ClusterConfig(_Section):
     seed: int = 0
 
 
+class TrainSlurmConfig(_Section):
+    """The batch job of a training stage run through SLURM (``pretrain.launcher: slurm``, or ``num_nodes`` > 1):
+    ``num_nodes`` nodes x ``devices`` tasks, one ``idtprior train-stage`` process per device."""
+
+    partition: str | None = Field(None, description="sbatch --partition (None: the site's default)")
+    account: str | None = Field(None, description="sbatch --account")
+    cpus_per_task: int = Field(8, ge=1, le=1024, description="cores per training process (its clip-loading "
+                               "workers and itself)")
+    mem: str = Field("64G", pattern=r"^\d+[KMGT]?$", description="memory per node (sbatch --mem), e.g. 256G")
+    time: str = Field("1-00:00:00", pattern=r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$",
+                      description="time limit (sbatch --time), [D-]HH:MM[:SS]; a job cut off resumes from its last "
+                      "epoch when the stage runs again")
+    gres: str | None = Field(None, description="sbatch --gres (None: gpu:<devices>, none for accelerator cpu), "
+                             "e.g. gpu:a100:4")
+    job_extra_directives: tuple[str, ...] = Field((), description="more #SBATCH lines, e.g. ['--exclusive']")
+    job_script_prologue: tuple[str, ...] = Field((), description="shell lines run before training, e.g. "
+                                                 "['module load cuda/12.8', 'source /shared/venv/bin/activate']")
+    command: str | None = Field(None, description="the idtprior command on the nodes (None: this environment's, "
+                                "by its absolute path: the nodes share its file system)")
+    poll_seconds: float = Field(30.0, gt=0, le=3600, description="how often the stage asks squeue about its job")
+
+
 class PretrainConfig(_Section):
     """What the three training stages share: the network, the clips, the objective's constants, the hardware."""
 
@@ -187,7 +209,14 @@ class PretrainConfig(_Section):
     num_workers: int = Field(4, ge=0, description="clip-loading worker processes")
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = Field(1, ge=1, description="> 1: DDP (ddp_spawn under Prefect)")
+    devices: int = Field(1, ge=1, description="devices per machine; > 1: DDP (ddp_spawn in the stage's process)")
+    num_nodes: int = Field(1, ge=1, le=4096, description="machines; > 1: the stage runs as a SLURM job of "
+                           "num_nodes x devices processes (pretrain.slurm); global batch batch_size x devices x "
+                           "num_nodes")
+    launcher: Literal["local", "slurm"] = Field("local", description="local: train in the stage's own process; "
+                                                "slurm: submit `idtprior train-stage` as a batch job and wait for it "
+                                                "(always when num_nodes > 1)")
+    slurm: TrainSlurmConfig = TrainSlurmConfig()
     seed: int = 0
 
     @model_validator(mode="after")

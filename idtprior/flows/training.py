@@ -17,6 +17,7 @@ from idtprior.flows.stages import plan_decode
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import pretrain as pretrain_tasks
+from idtprior.tasks import train_job
 from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.encode import ALL
 
@@ -73,7 +74,9 @@ def frames_key(config: PipelineConfig, ws: Workspace, rows: list, train_ids: lis
     return hash_json({c: decode_fps.get(c) for c in chunks})
 
 
-def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
+def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) -> dict:
+    """The training task's arguments for ``stage`` on the config's workspace (keys, ids, labels, settings): what the
+    flow submits, and what every process of an ``idtprior train-stage`` job computes again."""
     ws = Workspace(config.workspace)
     if not ws.is_local:
         raise ConfigError(f"training stages write checkpoints to a local folder; workspace {ws.url} is not local")
@@ -118,11 +121,43 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     splits = {r.video_id: r.split for r in rows}
     fingerprint = hash_json({"train": train_fp, "eval_ids": eval_ids, "knn_k": shared.knn_k,
                              "labels": hash_json(label_sets), "splits": hash_json(splits)})
-    records = run_chunks(pretrain_tasks.train_stage_task, ws, stage, {ALL: {
+    return {
         "fingerprint": fingerprint, "train_fingerprint": train_fp, "resume_key": resume_key, "train_ids": train_ids,
         "train_frames": [frames[v] for v in train_ids], "eval_ids": eval_ids,
         "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
-        "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}}, progress, 1)
+        "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}
+
+
+def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | None = None,
+                        prepare_only: bool = False, progress: bool = False):
+    """``idtprior train-stage``: the stage's plan from ``config``, then ``train_stage`` in this process as one of a
+    DDP job's (srun's on every node, or Lightning's own for several devices here). Returns the committed record on
+    global rank 0, None on the others. ``fingerprint``: the record key the submitter planned; a differing plan (the
+    workspace or the settings changed since) trains nothing. ``prepare_only``: ready the run folder and stop (the
+    batch script does it in one process before srun starts the ranks)."""
+    plan = plan_train_stage(stage, config, progress)
+    if fingerprint is not None and plan["fingerprint"] != fingerprint:
+        raise ConfigError(f"{stage}: workspace {config.workspace} now plans the record key {plan['fingerprint'][:12]}, "
+                          f"not {fingerprint[:12]} as submitted: its inputs or settings changed since; run the stage "
+                          f"again")
+    ws = Workspace(config.workspace)
+    if prepare_only:
+        pretrain_tasks.prepare_stage_run(ws.url, stage, ALL, **plan)
+        return None
+    return pretrain_tasks.train_stage(ws.url, stage, ALL, **plan, launched=True)
+
+
+def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
+    ws = Workspace(config.workspace)
+    plan = plan_train_stage(stage, config, progress)
+    if config.pretrain.launcher == "slurm" or config.pretrain.num_nodes > 1:
+        # srun starts one process per device on every node, which a task's own process cannot: the stage runs as a
+        # batch job of `idtprior train-stage`, and this task waits for it
+        task, kwargs = train_job.train_stage_job_task, {"fingerprint": plan["fingerprint"], "config": config,
+                                                        "progress": progress}
+    else:
+        task, kwargs = pretrain_tasks.train_stage_task, plan
+    records = run_chunks(task, ws, stage, {ALL: kwargs}, progress, 1)
     info = records[ALL].videos["model"]
     _report(ws, stage, info)
     counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,

@@ -74,8 +74,10 @@ class PretrainParams:
     num_workers: int = 8
     precision: str = "32-true"  # "bf16-mixed" on GPUs
     accelerator: str = "auto"
-    devices: int = 1  # > 1 trains with DDP
-    strategy: str = "auto"  # "auto": "ddp" when devices > 1; "ddp_spawn" where the caller is not a script (Prefect)
+    devices: int = 1  # per machine; > 1 trains with DDP
+    num_nodes: int = 1  # machines (devices x num_nodes processes, started by srun: see idtprior train-stage)
+    strategy: str = "auto"  # "auto": "ddp" when devices x num_nodes > 1; "ddp_spawn" where the caller is not a
+    # script (Prefect)
     drop_last: bool = True
     log_every_n_steps: int = 50
     progress_bar: bool = True
@@ -88,7 +90,7 @@ class PretrainParams:
         if self.cluster_source not in CLUSTER_SOURCES:
             raise ValueError(f"cluster_source {self.cluster_source!r} is not one of {CLUSTER_SOURCES}")
         for name in ("embed_dim", "clip_length", "frame_step", "crop_size", "batch_size", "epochs", "negatives",
-                     "la_k", "n_clusters", "kmeans_runs", "knn_k", "devices", "log_every_n_steps"):
+                     "la_k", "n_clusters", "kmeans_runs", "knn_k", "devices", "num_nodes", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("lr", "tau", "width"):
@@ -435,7 +437,7 @@ def epochs_in_checkpoint(path: str | Path) -> int:
 def _strategy(params: PretrainParams) -> str:
     if params.strategy != "auto":
         return params.strategy
-    return "ddp" if params.devices > 1 else "auto"
+    return "ddp" if params.devices * params.num_nodes > 1 else "auto"
 
 
 def train(
@@ -493,7 +495,7 @@ def train(
     # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log
     logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
-        accelerator=params.accelerator, devices=params.devices,
+        accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
         strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,
         logger=[logger, *_tensorboard(out_dir)], callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],

@@ -63,9 +63,10 @@ class WorkspaceClipSource:
         return self._store.read_clip(self.video_ids[index], start, length)
 
 
-def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: int, progress: bool = True
-                    ) -> PretrainParams:
-    """The trainer's parameters from the shared section and the stage's own."""
+def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: int, progress: bool = True,
+                    strategy: str | None = None) -> PretrainParams:
+    """The trainer's parameters from the shared section and the stage's own. ``strategy`` None: ``ddp_spawn`` for
+    several devices (a stage inside a Prefect task); the entry point ``idtprior train-stage`` passes ``ddp``."""
     if stage.objective == "la" and stage.cluster_source in ("bank", "joint") and stage.n_clusters > n_train:
         raise ConfigError(f"n_clusters {stage.n_clusters} exceeds the {n_train} training videos")
     return PretrainParams(
@@ -80,16 +81,17 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
         cluster_source=stage.cluster_source, n_clusters=stage.n_clusters, kmeans_runs=stage.kmeans_runs,
         kmeans_iters=stage.kmeans_iters, knn_k=shared.knn_k, seed=shared.seed, num_workers=shared.num_workers,
         precision=shared.precision, accelerator=shared.accelerator,
-        devices=shared.devices,
+        devices=shared.devices, num_nodes=shared.num_nodes,
         # Lightning's "ddp" re-launches the script; under Prefect the stage is a task in a thread, not a script
-        strategy="ddp_spawn" if shared.devices > 1 else "auto",
+        strategy=strategy or ("ddp_spawn" if shared.devices > 1 else "auto"),
         drop_last=True, log_every_n_steps=10, progress_bar=progress,
     )
 
 
 def train_config_fields(shared: PretrainConfig) -> dict:
     """The shared settings that change what training computes (not where it logs or how fast it loads)."""
-    return shared.model_dump(mode="json", exclude={"eval_labels_file", "knn_k", "num_workers"})
+    # launcher and slurm say where the processes run, not what they compute (num_nodes does: the global batch)
+    return shared.model_dump(mode="json", exclude={"eval_labels_file", "knn_k", "num_workers", "launcher", "slurm"})
 
 
 def idt_labels_for(ws: Workspace, train_ids: list[str]) -> np.ndarray:
@@ -218,18 +220,50 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
                      eval_frames: list[int], splits: dict[str, str], label_sets: dict[str, dict[str, str]],
                      shared: PretrainConfig, stage_config: TrainStageConfig, init_checkpoint: str | None = None,
                      progress: bool = True) -> ChunkRecord:
+    """``train_stage`` in the task's own process (several devices: ``ddp_spawn``)."""
+    return train_stage(workspace, stage, chunk, fingerprint, train_fingerprint, resume_key, train_ids, train_frames,
+                       eval_ids, eval_frames, splits, label_sets, shared, stage_config, init_checkpoint, progress)
+
+
+def launched_rank(devices: int) -> int:
+    """This process's global rank in a DDP job whose processes were started outside it: srun's task index under
+    SLURM (what Lightning's SLURM environment reads), else the rank Lightning's own launcher gave a process it
+    started by running the command again (``NODE_RANK`` x devices + ``LOCAL_RANK``); 0 for the process that starts
+    a job itself."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return int(os.environ.get("NODE_RANK", "0")) * devices + int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_fingerprint: str, resume_key: str,
+                train_ids: list[str], train_frames: list[int], eval_ids: list[str], eval_frames: list[int],
+                splits: dict[str, str], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
+                stage_config: TrainStageConfig, init_checkpoint: str | None = None, progress: bool = True,
+                launched: bool = False) -> ChunkRecord | None:
     """Train (or resume, or continue a shorter run) one stage, export the encoder and the embeddings of every
-    decoded video, evaluate kNN. When only the evaluation changed (``fingerprint`` differs, ``train_fingerprint`` is
-    the earlier record's), the trained run is exported and evaluated again without training."""
+    decoded video, evaluate kNN, commit the record. When only the evaluation changed (``fingerprint`` differs,
+    ``train_fingerprint`` is the earlier record's), the trained run is exported and evaluated again without training.
+
+    The Prefect task runs it; so does ``idtprior train-stage`` with ``launched`` True: this process is one of a DDP
+    job's, started from outside it (by srun on every node, or by Lightning running the command again per device), so
+    it trains with ``ddp`` instead of spawning, and only global rank 0 readies the run folder, exports, evaluates and
+    commits; the other ranks return None when training ends."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         return done
+    rank = launched_rank(shared.devices) if launched else 0
     runs = Path(ws.path("runs", stage))
     trained = finished_training(done, train_fingerprint)
     if trained is None:
+        strategy = ("ddp" if shared.devices * shared.num_nodes > 1 else "auto") if launched else None
         trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
-                         label_sets, shared, stage_config, init_checkpoint, progress)
+                         label_sets, shared, stage_config, init_checkpoint, progress, strategy=strategy,
+                         prepare=rank == 0)
+    if rank != 0:
+        return None
     run_dir = Path(trained["run_dir"])
     evaluation = WorkspaceClipSource(ws.url, eval_ids, eval_frames)
     emb_args = (shared.clip_length, shared.crop_size, shared.batch_size, shared.num_workers)
@@ -255,12 +289,36 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
     return record
 
 
+def prepare_run(run_dir: Path, train_fingerprint: str, resume_key: str, epochs: int) -> None:
+    """Ready ``run_dir`` for training: a shorter run's checkpoint adopted where there is one, the run's keys and
+    epochs written (``RUN_META``). One process does it before a job's ranks start: they must all resume from the same
+    checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    adopt_shorter_run(run_dir.parent, run_dir, resume_key, epochs)
+    (run_dir / RUN_META).write_text(json.dumps({"resume_key": resume_key, "epochs": epochs,
+                                                "train_fingerprint": train_fingerprint}))
+
+
+def prepare_stage_run(workspace: str, stage: str, chunk: str, fingerprint: str, train_fingerprint: str,
+                      resume_key: str, stage_config: TrainStageConfig, **_) -> bool:
+    """``idtprior train-stage --prepare-only``: ``prepare_run`` for the stage's plan (the keyword arguments of
+    ``train_stage``); False, and nothing done, when the stage has nothing to train."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if (done is not None and done.fingerprint == fingerprint) or finished_training(done, train_fingerprint):
+        return False
+    prepare_run(Path(ws.path("runs", stage)) / train_fingerprint[:16], train_fingerprint, resume_key,
+                stage_config.epochs)
+    return True
+
+
 def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str, train_ids: list[str],
            train_frames: list[int], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
-           stage_config: TrainStageConfig, init_checkpoint: str | None, progress: bool) -> dict:
+           stage_config: TrainStageConfig, init_checkpoint: str | None, progress: bool, strategy: str | None = None,
+           prepare: bool = True) -> dict:
     """Train the stage in ``run_dir`` (resuming its last checkpoint, or continuing a shorter run's); the training
-    part of the record."""
-    params = pretrain_params(shared, stage_config, len(train_ids), progress)
+    part of the record. ``prepare`` False: another process readied ``run_dir`` (a DDP job's rank other than 0)."""
+    params = pretrain_params(shared, stage_config, len(train_ids), progress, strategy)
     cluster_labels = idt_sketch = idt_valid = None
     if stage_config.objective == "la" and stage_config.cluster_source == "idt":
         cluster_labels = idt_labels_for(ws, train_ids)
@@ -271,9 +329,8 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
         monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])
         monitor = monitor if (monitor >= 0).sum() >= 2 else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    adopt_shorter_run(run_dir.parent, run_dir, resume_key, stage_config.epochs)
-    (run_dir / RUN_META).write_text(json.dumps({"resume_key": resume_key, "epochs": stage_config.epochs,
-                                                "train_fingerprint": train_fingerprint}))
+    if prepare:
+        prepare_run(run_dir, train_fingerprint, resume_key, stage_config.epochs)
     source = WorkspaceClipSource(ws.url, train_ids, train_frames)
     result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
                    cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid, resume=True,

@@ -161,17 +161,24 @@ def train_stage_job_task(workspace: str, stage: str, chunk: str, fingerprint: st
         return done
     job_dir = Path(ws.path(JOBS_DIR, stage, fingerprint[:16]))
     job_dir.mkdir(parents=True, exist_ok=True)
-    config_file = job_dir / "config.yaml"
-    data = config.model_dump(mode="json")
-    data["workspace"] = ws.url
-    ws.write_bytes_atomic(str(config_file), yaml.safe_dump(data, sort_keys=False).encode())
-    script = job_dir / "train.sbatch"
-    ws.write_bytes_atomic(str(script), train_job_script(config, stage, config_file, fingerprint, job_dir).encode())
-    job_id = submit(script)
-    log = job_dir / f"slurm-{job_id}.out"
     logger = _logger()
-    logger.info(f"{stage}: SLURM job {job_id} submitted ({config.pretrain.num_nodes} node(s) x "
-                f"{config.pretrain.devices} device(s)); script {script}, log {log}")
+    script, job_file = job_dir / "train.sbatch", job_dir / "job_id"
+    job_id = job_file.read_text().strip() if job_file.is_file() else ""
+    if job_id and job_state(job_id) is not None:
+        # a retry of this task (after a lost squeue, a restarted worker): the job it submitted still holds the run
+        # folder; a second job would train the same run beside it
+        logger.info(f"{stage}: SLURM job {job_id}, submitted earlier for this plan, is still in the queue: waiting")
+    else:
+        config_file = job_dir / "config.yaml"
+        data = config.model_dump(mode="json")
+        data["workspace"] = ws.url
+        ws.write_bytes_atomic(str(config_file), yaml.safe_dump(data, sort_keys=False).encode())
+        ws.write_bytes_atomic(str(script), train_job_script(config, stage, config_file, fingerprint, job_dir).encode())
+        job_id = submit(script)
+        ws.write_bytes_atomic(str(job_file), job_id.encode())
+        logger.info(f"{stage}: SLURM job {job_id} submitted ({config.pretrain.num_nodes} node(s) x "
+                    f"{config.pretrain.devices} device(s)); script {script}, log {job_dir / f'slurm-{job_id}.out'}")
+    log = job_dir / f"slurm-{job_id}.out"
     state = wait_for_job(job_id, config.pretrain.slurm.poll_seconds)
     record = ws.read_record(stage, chunk)
     if record is None or record.fingerprint != fingerprint:

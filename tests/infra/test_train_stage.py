@@ -66,6 +66,37 @@ def test_the_training_job_script_asks_for_nodes_x_gpus_and_runs_one_entry_point_
     assert "--gres=gpu:a100:4" in _sbatch(train_job_script(typed, "pretrain_la", "c.yaml", "0" * 64, tmp_path))
 
 
+def test_a_retried_job_task_waits_for_its_earlier_job_and_a_job_without_a_record_fails_with_its_log(tmp_path,
+                                                                                                      monkeypatch):
+    from idtprior.tasks.train_job import submit, train_stage_job_task
+
+    state = tmp_path / "slurm-state"
+    monkeypatch.setenv("PATH", f"{install_fake_slurm(tmp_path / 'bin', state)}{os.pathsep}{os.environ['PATH']}")
+    cfg = PipelineConfig.model_validate({"workspace": str(tmp_path / "ws"), "pretrain": {
+        "launcher": "slurm", "slurm": {"poll_seconds": 0.2}}})
+    ws = Workspace(cfg.workspace)
+    key = "a" * 64
+    job_dir = Path(ws.path("jobs", "pretrain_ir", key[:16]))
+    job_dir.mkdir(parents=True)
+    # the job an earlier try of the task submitted for this plan: still running, then it fails without a record
+    earlier = tmp_path / "earlier.sbatch"
+    earlier.write_text(f"#!/usr/bin/env bash\n#SBATCH --job-name=idtprior-pretrain_ir\n"
+                       f"#SBATCH --output={job_dir}/slurm-%j.out\necho 'rank 0: CUDA out of memory'\nsleep 2\n"
+                       f"exit 1\n")
+    job = submit(earlier)
+    (job_dir / "job_id").write_text(job)
+    with pytest.raises(RuntimeError) as e:
+        train_stage_job_task.fn(workspace=ws.url, stage="pretrain_ir", chunk="all", fingerprint=key, config=cfg)
+    assert f"SLURM job {job} ended FAILED without committing the stage's record" in str(e.value)
+    assert "CUDA out of memory" in str(e.value)  # the log's tail
+    calls = [json.loads(line) for line in (state / "calls.log").read_text().splitlines()]
+    assert [c["cmd"] for c in calls].count("sbatch") == 1  # the earlier one only: nothing submitted beside it
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="sbatch not found on PATH"):
+        submit(earlier)
+
+
 def _workspace(tmp_path: Path, **pretrain) -> PipelineConfig:
     src = tmp_path / "videos"
     src.mkdir()

@@ -103,8 +103,9 @@ def resolve_config(config: str | None, workspace: str | None = None, source: str
     """The config of a UI run: a preset or YAML file (None: the one ``workspace`` was last run with), then the
     workspace, source and video root given, then the overrides; validated as a whole.
 
-    The ``demo`` preset without a source reads the demo data next to the workspace (``<workspace>/../demo-data``),
-    rendered there when ``render_demo`` (a run that ingests) and missing, as ``idtprior demo`` does."""
+    The ``demo`` preset with its own source reads the demo data next to the workspace (``<workspace>/../demo-data``),
+    rendered there with the config's ``demo`` settings (overrides included) when ``render_demo`` (a run that ingests)
+    and missing, as ``idtprior demo`` does."""
     if config is None or config == "":
         if not workspace:
             raise ConfigError("config is empty and no workspace is given: name a preset "
@@ -113,18 +114,19 @@ def resolve_config(config: str | None, workspace: str | None = None, source: str
         if cfg is None:
             raise ConfigError(f"workspace {workspace} has no {CONFIG_FILE} (no run has used it yet): give a config, "
                               f"a preset ({', '.join(PRESETS)}) or a YAML file")
-    else:
-        cfg = load_config(config_path(config))
-        if config == "demo" and not source:
-            from idtprior.demo import demo_inputs, ensure_demo_data
+        return apply_overrides(with_inputs(cfg, workspace, source, video_root), overrides)
+    cfg = load_config(config_path(config))
+    preset_source = cfg.ingest.source
+    cfg = apply_overrides(with_inputs(cfg, workspace, source, video_root), overrides)
+    if config == "demo" and cfg.ingest.source == preset_source:
+        from idtprior.demo import demo_inputs, ensure_demo_data
 
-            ws = Path(workspace or cfg.workspace).resolve()
-            data = ws.parent / "demo-data"
-            if render_demo:
-                ensure_demo_data(cfg, data, progress=False, say=_log)
-            cfg = demo_inputs(cfg, data, ws)
-    cfg = with_inputs(cfg, workspace, source, video_root)
-    return apply_overrides(cfg, overrides)
+        ws = Path(cfg.workspace).resolve()
+        data = ws.parent / "demo-data"
+        if render_demo:
+            ensure_demo_data(cfg, data, progress=False, say=_log)
+        cfg = demo_inputs(cfg, data, ws)
+    return cfg
 
 
 def with_inputs(cfg: PipelineConfig, workspace: str | None = None, source: str | None = None,
@@ -244,7 +246,7 @@ def pretrain_ui(
     try:
         cfg = resolve_config(config, workspace, source, video_root, overrides)
         selected = select_stages(cfg, chosen, start)
-        if "ingest" in selected and config == "demo" and not source:
+        if "ingest" in selected and config == "demo":  # renders the demo data where missing
             cfg = resolve_config(config, workspace, source, video_root, overrides, render_demo=True)
     except ConfigError as e:
         return stage_failed("pretrain", e)

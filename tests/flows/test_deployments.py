@@ -126,6 +126,21 @@ def test_overrides_name_the_key_and_the_value():
         apply_overrides(cfg, {"nosuch.k": 2})
 
 
+def test_the_demo_preset_renders_its_data_next_to_the_workspace_only_for_a_run_that_ingests(tmp_path):
+    from idtprior.flows.deployments import resolve_config
+
+    small = {"demo.videos_per_class": 1, "demo.frames": 16, "pretrain_la.epochs": 2}
+    planned = resolve_config("demo", workspace=str(tmp_path / "ws"), overrides=small)
+    data = tmp_path / "demo-data"
+    assert planned.ingest.source == str(data / "splits" / "trainlist01.txt") and not data.exists()
+    cfg = resolve_config("demo", workspace=str(tmp_path / "ws"), overrides=small, render_demo=True)
+    assert cfg == planned and cfg.workspace == str(tmp_path / "ws") and cfg.pretrain_la.epochs == 2
+    assert len(list((data / "videos").rglob("*.mp4"))) == 6  # the overrides' demo settings: 6 classes x 1
+    # a source of one's own: the demo preset's settings, nothing rendered
+    own = resolve_config("demo", workspace=str(tmp_path / "ws2"), source=str(tmp_path / "mine"))
+    assert own.ingest.source == str(tmp_path / "mine") and own.ingest.video_root is None
+
+
 def test_stage_pool_auto_rule_and_per_stage_choice():
     cfg = PipelineConfig()
     assert set(type(cfg.pools).model_fields) == set(STAGES)  # one choice per stage, generated from STAGES

@@ -174,8 +174,8 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
     its own Retry), one after the other; returns each stage's run name and state, or a Failed state naming the first
     stage that did not complete.
 
-    The stages read the config this run resolved (``<workspace>/config.yaml``). Each stage run's ``config`` parameter
-    is linked to the previous stage's run, so the graph draws the chain ingest -> decode -> ..."""
+    The stages read the config this run resolved (``<workspace>/config.yaml``). Each stage run's ``workspace``
+    parameter is linked to the previous stage's run, so the graph draws the chain ingest -> decode -> ..."""
     from prefect.deployments import run_deployment
     from prefect.utilities.engine import link_state_to_flow_run_result
 
@@ -185,10 +185,12 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
     previous = None
     for stage in stages:
         name = f"{flow_name(stage)}/{stage_pool(config, stage)}"
-        # a fresh string per stage: Prefect keys its links by id(), and only this stage's parameter may point back
-        parameters = {"config": _fresh(ws.path(CONFIG_FILE)), "workspace": ws.url, "dask_address": dask_address}
+        # config None: the stage reads the config this run stored in the workspace (config.yaml), local or not. The
+        # workspace string is a fresh object per stage: Prefect keys its links by id(), and only this stage's
+        # parameter may point back at the previous stage's run
+        parameters = {"config": None, "workspace": _fresh(ws.url), "dask_address": dask_address}
         if previous is not None and previous.state is not None:
-            link_state_to_flow_run_result(previous.state, parameters["config"])
+            link_state_to_flow_run_result(previous.state, parameters["workspace"])
         try:
             run = run_deployment(name, parameters=parameters, as_subflow=True, poll_interval=1,
                                  flow_run_name=f"{workspace_name(ws.url)}: {stage}")

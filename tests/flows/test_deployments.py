@@ -107,6 +107,13 @@ def test_deployments_one_pipeline_and_one_per_stage_and_pool():
     assert [d.work_pool_name for d in pooled] == ["idtprior-cpu"] + ["idtprior-cpu", "idtprior-gpu"] * len(STAGES)
 
 
+def test_serve_refuses_a_limit_that_would_deadlock_a_pipeline_run(capsys):
+    from idtprior.cli import main
+
+    assert main(["serve", "--limit", "1"]) == 2
+    assert "--limit 1: a pipeline run waits for its stage runs" in capsys.readouterr().err
+
+
 def test_overrides_name_the_key_and_the_value():
     cfg = PipelineConfig()
     got = apply_overrides(cfg, {"pretrain_la.epochs": 5, "ingest.num_chunks": "16", "stages": ["ingest"]})

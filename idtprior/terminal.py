@@ -183,3 +183,41 @@ class StageProgress:
                 return
             cached = f", {self.n_cached} cached" if self.n_cached else ""
             self.logger.info(f"{self.stage}: done, {self.n_chunks} chunks{cached}, {summary} {took}", extra=TERMINAL)
+
+
+def epoch_text(row: dict) -> str:
+    """``loss 3.0954, lr 0.03, kNN 0.412`` of an epoch's row (``EpochReporter``)."""
+    parts = [f"loss {row['loss']:.4f}"] if "loss" in row else []
+    parts += [f"lr {row['lr']:.3g}"] if "lr" in row else []
+    parts += [f"kNN {row['knn_acc']:.3f}"] if "knn_acc" in row else []
+    return ", ".join(parts)
+
+
+class EpochDisplay:
+    """A training stage's progress on the terminal: a tqdm bar over its epochs when stderr is a terminal, else one
+    line per finished epoch (loss, lr, kNN monitor). Thread-safe."""
+
+    def __init__(self, stage: str, epochs: int, logger, enabled: bool = True, bar: bool | None = None):
+        self.stage, self.epochs, self.logger, self.enabled = stage, epochs, logger, enabled
+        self.t0 = time.time()
+        self._lock = threading.Lock()
+        self._bar = None
+        if enabled and (stderr_is_terminal() if bar is None else bar):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=epochs, desc=stage, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+    def epoch_done(self, row: dict) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.set_postfix_str(epoch_text(row), refresh=False)
+                self._bar.update(max(0, min(row["epoch"], self.epochs) - self._bar.n))
+            elif self.enabled:
+                self.logger.info(f"{self.stage}: epoch {row['epoch']}/{self.epochs}: {epoch_text(row)}",
+                                 extra=TERMINAL)
+
+    def close(self, summary: str) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self.enabled:
+            self.logger.info(f"{self.stage}: done, {summary} ({time.time() - self.t0:.1f} s)", extra=TERMINAL)

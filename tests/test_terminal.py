@@ -2,8 +2,10 @@
 lines, Dask's INFO lines, Lightning's tips and warnings stay out of it (they are in the Prefect logs).
 
 Measured on a tiny run (6 videos and a broken file, ingest..cluster + a 1-epoch IR stage, 2 Dask workers, stdout and
-stderr piped): 143 lines before this display, 35 after it (Lightning's own bar still printing 3 of them). The test runs
-ingest, decode and the IR stage, which make every kind of noise there was."""
+stderr piped): 143 lines before this display (33 Dask INFO lines, 42 Prefect flow/task-run lines, 51 tqdm bar lines,
+6 Lightning INFO lines and its bar, 2 warnings, ...), 27 after it: per stage its chunk (or epoch) lines and its end
+line, then the summary. A failed chunk: 293 lines before (three tracebacks), 12 after. The test runs ingest, decode
+and the IR stage, which make every kind of noise there was."""
 
 import logging
 import os
@@ -19,9 +21,9 @@ from idtprior_testutils import moving_square_frames
 from idtprior.terminal import TERMINAL, StageProgress, TerminalFilter
 from idtprior.video.io import write_video
 
-MAX_LINES = 50  # the measured run prints 35
+MAX_LINES = 40  # the measured run prints 27
 NOISE = ("distributed.", "LightningDeprecationWarning", "Tip:", "dashboard", "Traceback", "Finished in state Completed",
-         "Beginning flow run", "Beginning subflow run", "Warning:")
+         "Beginning flow run", "Beginning subflow run", "Warning:", "Epoch 0/0", "it/s")
 # the noise comes from the Dask cluster (every stage) and Lightning (training): three stages show all of it
 STAGES = ["ingest", "decode", "pretrain_ir"]
 
@@ -100,6 +102,8 @@ def test_cli_run_prints_a_line_per_chunk_and_stage_and_keeps_the_noise_in_the_pr
     assert re.search(r"decode: chunk [12]/2 0001-of-0002: 3 ok, 0 failed \(cached\)\n", out), out
     assert "decode: done, 2 chunks, 1 cached, 6 videos ok, 0 failed" in out
     assert "ingest: done, 2 chunks, 2 cached, 6 videos ok, 1 failed" in out
+    assert re.search(r"pretrain_ir: epoch 1/1: loss \d+\.\d{4}, lr 0\.03\n", out), out  # one line per epoch
+    assert re.search(r"pretrain_ir: done, 1 epochs, loss ", out), out
     for stage in STAGES:
         assert any(f"{stage}: done" in line for line in lines), (stage, out)
         assert any(line.strip().startswith(f"{stage}:") for line in done.stdout.splitlines()), (stage, done.stdout)

@@ -2,9 +2,11 @@
 rebuild, and the failure artifacts (artifacts are made at flow level: a cached task does not re-create its own)."""
 
 import hashlib
+import json
 import logging
 import os
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.tasks.common import close_clients, needs_refresh, showing_progress, task_options
-from idtprior.terminal import StageProgress
+from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
 ARTIFACT_PREFIX = "idtprior"
 
@@ -114,7 +116,7 @@ def slurm_cluster(cfg: SlurmConfig):
 
 
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
-               concurrency: int = 4, progress_artifact: bool = True) -> dict[str, ChunkRecord]:
+               concurrency: int = 4, progress_artifact: bool = True, display=None) -> dict[str, ChunkRecord]:
     """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
     the records.
 
@@ -122,7 +124,8 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     finished chunks committed and redoes only the rest. ``progress``: the stage's display on the terminal (a bar, or
     a line per chunk; ``idtprior.terminal.StageProgress``). ``progress_artifact``: a progress artifact
     (``artifact_key(ws, stage, "progress")``) updated as each chunk ends, so the UI shows a long stage moving; a
-    stage with a finer measure of its own (a training stage: epochs) passes False and keeps the key for it.
+    stage with a finer measure of its own (a training stage: epochs) passes False and keeps the key for it, and
+    passes its own ``display`` (``EpochProgress``), which its tasks in this process report to and which it closes.
     """
     logger = get_run_logger()
     configured = task.with_options(**task_options(ws))
@@ -131,10 +134,11 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     in_flight: dict = {}
     records: dict[str, ChunkRecord] = {}
     errors: list[tuple[str, BaseException]] = []
-    display = StageProgress(stage, plans, logger, enabled=progress)
+    own_display = display is None
+    display = StageProgress(stage, plans, logger, enabled=progress) if own_display else display
     artifact = ProgressArtifactUpdater(artifact_key(ws, stage, "progress"), stage, len(plans), "chunks",
                                        logger) if progress_artifact else None
-    with showing_progress(ws.url, stage, display.advance):
+    with showing_progress(ws.url, stage, display):
         while pending or in_flight:
             while pending and len(in_flight) < concurrency:
                 chunk, kwargs = pending.pop(0)
@@ -155,7 +159,8 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
                            say=chunk in records)  # a failed chunk: its error line above says it
             if artifact is not None:
                 artifact.update(len(records) + len(errors), f"last: {chunk} {outcome}")
-    display.close(_stage_counts(records, errors, display.unit))
+    if own_display:
+        display.close(_stage_counts(records, errors, display.unit))
     if errors:
         chunk, exc = errors[0]
         raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {exc}") from exc
@@ -201,6 +206,77 @@ class ProgressArtifactUpdater:
         self.logger.warning(f"{self.stage}: the progress artifact could not be written ({error}); the stage goes on "
                             f"without it")
         self.id = None
+
+
+class EpochProgress:
+    """A training stage's progress while it runs, per epoch: on the terminal (``EpochDisplay``), as a progress
+    artifact (``artifact_key(ws, stage, "progress")``: epochs done of the stage's epochs) and as a table artifact of
+    one row per epoch (``artifact_key(ws, stage, "epochs")``: epoch, loss, lr, knn_acc), both made here at flow level
+    and updated in place. Fed by the training task through ``epoch_done`` where it runs in this process;
+    ``complete(rows)`` sets the table from the run's logs at the end (a cached stage, a job elsewhere, a resumed
+    run's earlier epochs). As a ``run_chunks`` display it passes on the task's chunk events silently."""
+
+    unit = "chunk"
+
+    def __init__(self, ws: Workspace, stage: str, epochs: int, logger, enabled: bool = True,
+                 rows: list[dict] | None = None):
+        self.stage, self.epochs, self.logger = stage, epochs, logger
+        self.rows: dict[int, dict] = {r["epoch"]: r for r in rows or []}
+        self.cached = False
+        self._lock = threading.Lock()
+        self.terminal = EpochDisplay(stage, epochs, logger, enabled)
+        self.progress = ProgressArtifactUpdater(artifact_key(ws, stage, "progress"), stage, epochs, "epochs", logger)
+        self.table_id = None
+        try:
+            self.table_id = create_table_artifact(key=artifact_key(ws, stage, "epochs"), table=self._table(),
+                                                  description=f"{stage}: one row per finished epoch")
+        except Exception as e:  # noqa: BLE001 - progress only; the work goes on
+            logger.warning(f"{stage}: the epochs table artifact could not be written ({e}); the stage goes on")
+
+    def _table(self) -> list[dict]:
+        return [self.rows[e] for e in sorted(self.rows)]
+
+    def advance(self, chunk: str) -> None:
+        pass
+
+    def finish(self, chunk: str, outcome: str, cached: bool = False, say: bool = True) -> None:
+        self.cached = cached
+
+    def epoch_done(self, row: dict) -> None:
+        with self._lock:
+            self.rows[row["epoch"]] = row
+            self._publish(f"epoch {row['epoch']}: {epoch_text(row)}")
+        self.terminal.epoch_done(row)
+
+    def complete(self, rows: list[dict]) -> None:
+        """The run's epochs as its logs hold them (every epoch, across restarts): the table's final rows."""
+        with self._lock:
+            self.rows = {r["epoch"]: r for r in rows}
+            last = self._table()[-1] if self.rows else None
+            self._publish(f"last epoch {last['epoch']}: {epoch_text(last)}" if last else "no epoch logged")
+
+    def _publish(self, note: str) -> None:
+        done = min(max(self.rows, default=0), self.epochs)
+        self.progress.update(done, note)
+        if self.table_id is None:
+            return
+        try:
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.actions import ArtifactUpdate
+
+            with get_client(sync_client=True) as client:
+                client.update_artifact(self.table_id, ArtifactUpdate(data=json.dumps(self._table())))
+        except Exception as e:  # noqa: BLE001 - progress only; the work goes on
+            self.logger.warning(f"{self.stage}: the epochs table artifact could not be updated ({e})")
+            self.table_id = None
+
+    def close(self, summary: str = "") -> None:
+        """The stage's end line: cached or not, its epochs and loss, then ``summary`` (e.g. the kNN accuracies)."""
+        rows = self._table()
+        parts = ["cached"] if self.cached else []
+        if rows:
+            parts.append(f"{len(rows)} epochs, loss {rows[0].get('loss')} -> {rows[-1].get('loss')}")
+        self.terminal.close(", ".join(parts + ([summary] if summary else [])))
 
 
 def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int | None = None) -> None:

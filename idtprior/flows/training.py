@@ -6,12 +6,13 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import csv
+from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, PipelineConfig
-from idtprior.flows.common import artifact_key, run_chunks
+from idtprior.flows.common import EpochProgress, artifact_key, run_chunks
 from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import plan_decode
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
@@ -157,8 +158,19 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
                                                         "progress": progress}
     else:
         task, kwargs = pretrain_tasks.train_stage_task, plan
-    records = run_chunks(task, ws, stage, {ALL: kwargs}, progress, 1)
+    # one display per stage, in epochs: the terminal's, a progress artifact and a table of the epochs, fed live by the
+    # task where it trains in this process, and set from the run's logs at the end (a resumed run's earlier epochs too)
+    run_dir = Path(ws.path("runs", stage)) / plan["train_fingerprint"][:16]
+    display = EpochProgress(ws, stage, getattr(config, stage).epochs, get_run_logger(), progress,
+                            rows=pretrain_tasks.epoch_rows(run_dir))
+    try:
+        records = run_chunks(task, ws, stage, {ALL: kwargs}, progress, 1, progress_artifact=False, display=display)
+    except BaseException:
+        display.close("failed")
+        raise
     info = records[ALL].videos["model"]
+    display.complete(pretrain_tasks.epoch_rows(Path(info["run_dir"])))
+    display.close(", ".join(f"kNN {name} {acc:.3f}" for name, acc in sorted(info["knn"].items())))
     _report(ws, stage, info)
     counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,
               "epochs": info["epochs"]}

@@ -22,7 +22,8 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
@@ -402,6 +403,49 @@ class TrainResult:
     metrics: dict[str, float]  # last logged values: loss_epoch, lr, knn_acc (when labels were given)
 
 
+EPOCH_METRICS = {"loss_epoch": "loss", "lr": "lr", "knn_acc": "knn_acc"}
+"""What ``EpochReporter`` reports of each epoch (the module's epoch-level metrics), under the names it uses."""
+
+
+class EpochReporter(Logger):
+    """Hands each finished epoch's metrics to ``report(row)``, ``row`` = {"epoch": 1-based, "loss", "lr"[, "knn_acc"]}
+    (loss rounded to 5 digits, as the stage's record keeps it), on global rank zero: progress reports while a long
+    stage runs. A logger, not a callback: Lightning gives loggers an epoch's metrics once they are reduced, after every
+    epoch-end hook has logged its own (lr, the kNN monitor).
+
+    ``report`` stays in the process that made the reporter: a copy sent to ``ddp_spawn``'s processes reports
+    nothing (a closure over a display cannot travel, and those processes have no display)."""
+
+    def __init__(self, report) -> None:
+        super().__init__()
+        self.report = report
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "report": None}
+
+    @property
+    def name(self) -> str:
+        return "epochs"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.report is None or "loss_epoch" not in metrics:  # a step's metrics, not an epoch's
+            return
+        row = {"epoch": int(metrics.get("epoch", 0)) + 1}
+        for key, name in EPOCH_METRICS.items():
+            if key in metrics:
+                row[name] = round(float(metrics[key]), 5 if key == "loss_epoch" else 6)
+        self.report(row)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file then renamed: a run killed mid-save leaves the previous checkpoint
     whole, never a truncated one that a resume would choke on."""
@@ -453,6 +497,7 @@ def train(
     resume: bool = True,
     export_embeddings: bool = True,
     callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Logger] = (),
 ) -> TrainResult:
     """Run (or resume) one pretraining stage and export its encoder, bank and embeddings.
 
@@ -470,6 +515,7 @@ def train(
             to fewer epochs with otherwise equal params: nothing a run computes depends on ``epochs``, so it continues
             as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused.
         callbacks: extra Lightning callbacks.
+        loggers: extra Lightning loggers (``EpochReporter`` for progress reports).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -497,7 +543,8 @@ def train(
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
         strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,
-        logger=[logger, *_tensorboard(out_dir)], callbacks=[checkpoint, *callbacks], use_distributed_sampler=False,
+        logger=[logger, *_tensorboard(out_dir), *loggers], callbacks=[checkpoint, *callbacks],
+        use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0,

@@ -199,19 +199,21 @@ def _logger():
         return logging.getLogger("idtprior")
 
 
-# The stage flow's progress display (``idtprior.terminal.StageProgress``), per (workspace URL, stage), for the chunk
-# tasks that run in the flow's own process (Prefect's thread runner): one display per stage counts their videos
-# instead of one bar per chunk. A chunk task elsewhere (another process) finds none; its chunk still completes the
-# display when its result comes back.
-_displays: dict[tuple[str, str], Callable[[str], None]] = {}
+# The stage flow's progress display (``idtprior.terminal.StageProgress``, ``flows.common.EpochProgress``), per
+# (workspace URL, stage), for the tasks that run in the flow's own process (Prefect's thread runner): one display per
+# stage counts the chunk tasks' videos, or a training task's epochs. A task elsewhere (another process, a batch job)
+# finds none; its chunk still completes the display when its result comes back, and a training stage's epochs are
+# read from its run's logs then.
+_displays: dict[tuple[str, str], object] = {}
 _displays_lock = threading.Lock()
 
 
 @contextmanager
-def showing_progress(workspace_url: str, stage: str, advance: Callable[[str], None]):
-    """While inside, ``advance(chunk)`` is called once per finished video of the stage's chunk tasks."""
+def showing_progress(workspace_url: str, stage: str, display):
+    """While inside, the stage's tasks in this process report to ``display``: ``display.advance(chunk)`` once per
+    finished video, ``display.epoch_done(row)`` once per finished training epoch (where it has that method)."""
     with _displays_lock:
-        _displays[(workspace_url, stage)] = advance
+        _displays[(workspace_url, stage)] = display
     try:
         yield
     finally:
@@ -222,8 +224,16 @@ def showing_progress(workspace_url: str, stage: str, advance: Callable[[str], No
 def video_done_callback(workspace_url: str, stage: str, chunk: str) -> Callable[[], None]:
     """What a chunk task calls per finished video: the stage's display, or nothing where none is shown here."""
     with _displays_lock:
-        advance = _displays.get((workspace_url, stage))
-    return (lambda: advance(chunk)) if advance is not None else _no_display
+        display = _displays.get((workspace_url, stage))
+    return (lambda: display.advance(chunk)) if display is not None else _no_display
+
+
+def epoch_done_callback(workspace_url: str, stage: str) -> Callable[[dict], None] | None:
+    """What a training task calls per finished epoch (``row``: epoch, loss, lr, knn_acc), or None where no display
+    of the stage is shown in this process."""
+    with _displays_lock:
+        display = _displays.get((workspace_url, stage))
+    return getattr(display, "epoch_done", None)
 
 
 def _no_display() -> None:

@@ -24,11 +24,13 @@ from prefect import task
 from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
 from idtprior.models import clustering, data, lightning, losses, memory_bank, resnet3d
 from idtprior.models.clustering import knn_accuracy, knn_classify
-from idtprior.models.lightning import PretrainParams, compute_embeddings, load_encoder, train
+from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, compute_embeddings,
+                                       load_encoder, train)
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
 from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.common import epoch_done_callback
 from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
 
 TEST_SPLIT = "test"
@@ -211,6 +213,23 @@ def _loss_history(run_dir: Path) -> list[float]:
     return [round(by_epoch[e], 5) for e in sorted(by_epoch)]
 
 
+def epoch_rows(run_dir: Path) -> list[dict]:
+    """One row per finished epoch of the run, over every (re)start, in epoch order: {"epoch": 1-based, "loss", "lr"
+    [, "knn_acc"]}, as ``EpochReporter`` reports them live (the loss is ``loss_per_epoch``'s)."""
+    import csv
+
+    by_epoch: dict[int, dict] = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("loss_epoch"):
+                    epoch = int(row["epoch"])
+                    by_epoch[epoch] = {"epoch": epoch + 1, **{
+                        name: round(float(row[key]), 5 if key == "loss_epoch" else 6)
+                        for key, name in EPOCH_METRICS.items() if row.get(key)}}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 CODE_VERSION = stage_code("pretrain")
 
 
@@ -259,9 +278,12 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     trained = finished_training(done, train_fingerprint)
     if trained is None:
         strategy = ("ddp" if shared.devices * shared.num_nodes > 1 else "auto") if launched else None
+        # the stage's display in this process (the flow's, on the terminal and in the UI) shows the epochs: Lightning's
+        # own per-step bar would be a second display of one stage
+        on_epoch = epoch_done_callback(ws.url, stage)
         trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
-                         label_sets, shared, stage_config, init_checkpoint, progress, strategy=strategy,
-                         prepare=rank == 0)
+                         label_sets, shared, stage_config, init_checkpoint, progress and on_epoch is None,
+                         strategy=strategy, prepare=rank == 0, on_epoch=on_epoch)
     if rank != 0:
         return None
     run_dir = Path(trained["run_dir"])
@@ -315,9 +337,10 @@ def prepare_stage_run(workspace: str, stage: str, chunk: str, fingerprint: str, 
 def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str, train_ids: list[str],
            train_frames: list[int], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
            stage_config: TrainStageConfig, init_checkpoint: str | None, progress: bool, strategy: str | None = None,
-           prepare: bool = True) -> dict:
+           prepare: bool = True, on_epoch=None) -> dict:
     """Train the stage in ``run_dir`` (resuming its last checkpoint, or continuing a shorter run's); the training
-    part of the record. ``prepare`` False: another process readied ``run_dir`` (a DDP job's rank other than 0)."""
+    part of the record. ``prepare`` False: another process readied ``run_dir`` (a DDP job's rank other than 0).
+    ``on_epoch(row)``: called after each epoch (``EpochReporter``)."""
     params = pretrain_params(shared, stage_config, len(train_ids), progress, strategy)
     cluster_labels = idt_sketch = idt_valid = None
     if stage_config.objective == "la" and stage_config.cluster_source == "idt":
@@ -334,7 +357,7 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
     source = WorkspaceClipSource(ws.url, train_ids, train_frames)
     result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
                    cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid, resume=True,
-                   export_embeddings=False)
+                   export_embeddings=False, loggers=[EpochReporter(on_epoch)] if on_epoch is not None else ())
     trained = {"train_fingerprint": train_fingerprint, "epochs": result.epochs_completed, "run_dir": str(run_dir),
                "checkpoint": str(result.checkpoint), "encoder": str(result.encoder)}
     if "knn_acc" in result.metrics:

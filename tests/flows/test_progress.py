@@ -1,6 +1,7 @@
 """Progress artifacts on the real Prefect engine: one per stage run under the stage's ``progress`` key, made at flow
 level and updated as the stage goes, ending at 100% with every chunk counted."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,35 @@ def test_progress_artifact_keys_belong_to_their_workspace(tmp_path):
     assert key_a != key_b
     pretrain_pipeline(a, progress=False)
     assert len(artifacts(key_a)) == 1 and artifacts(key_b) == []
+
+
+TINY_TRAINING = {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
+                 "num_workers": 0, "accelerator": "cpu"}
+
+
+def test_a_training_stage_reports_each_epoch_in_a_table_and_a_progress_artifact(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label\n" + "".join(f"clip{i:03d},{'ab'[i % 2]}\n" for i in range(8)))
+    cfg = tiny_config(tmp_path, n=8, stages=["ingest", "decode", "pretrain_ir"], pretrain=TINY_TRAINING,
+                      pretrain_ir={"epochs": 2})
+    cfg = cfg.with_updates(ingest={"labels_file": str(labels)})
+    ws = Workspace(cfg.workspace)
+    pretrain_pipeline(cfg, progress=False)
+    losses = ws.read_record("pretrain_ir", "all").videos["model"]["loss_per_epoch"]
+    assert len(losses) == 2
+
+    (table,) = artifacts(artifact_key(ws, "pretrain_ir", "epochs"))
+    rows = json.loads(table.data)
+    assert table.type == "table" and [r["epoch"] for r in rows] == [1, 2]
+    assert [r["loss"] for r in rows] == losses  # the record's loss per epoch, row by row
+    assert all(r["lr"] > 0 and 0.0 <= r["knn_acc"] <= 1.0 for r in rows)  # the kNN monitor on the labels
+    # the stage's progress artifact counts epochs (no chunk-count artifact beside it), made at flow level
+    (progress,) = artifacts(artifact_key(ws, "pretrain_ir", "progress"))
+    assert float(progress.data) == 100.0 and progress.description.startswith("pretrain_ir: 2 of 2 epochs done")
+    assert table.task_run_id is None and progress.task_run_id is None
+    assert flow_name_of_run(table.flow_run_id) == "idtprior-pretrain-ir"
+
+    # cached on a rerun: the new run's table still holds every epoch (read from the run's logs)
+    pretrain_pipeline(cfg, stages=["pretrain_ir"], progress=False)
+    tables = artifacts(artifact_key(ws, "pretrain_ir", "epochs"))
+    assert len(tables) == 2 and json.loads(tables[1].data) == rows

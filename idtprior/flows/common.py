@@ -85,9 +85,11 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     from distributed import LocalCluster
 
     # the scheduler opens its HTTP endpoints (health, metrics) even without a dashboard, by default on port 8787:
-    # a free port instead, so two runs on one machine do not collide
+    # a free port instead, so two runs on one machine do not collide. Threads in this process (processes: false)
+    # talk through memory (inproc://), which takes no host
+    where = {"host": cfg.host} if cfg.processes else {}
     with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      host=cfg.host, dashboard_address=None, silence_logs=logging.WARNING,
+                      dashboard_address=None, silence_logs=logging.WARNING, **where,
                       scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}) as cluster:
         try:
             yield cluster.scheduler_address

@@ -30,6 +30,18 @@ def test_the_local_cluster_and_its_workers_listen_on_the_loopback_only():
     assert ports[0] != ports[1], ports
 
 
+def test_a_threads_only_cluster_talks_in_memory_and_its_http_endpoints_stay_on_the_loopback():
+    from distributed import Client
+
+    with dask_cluster(DaskConfig(n_workers=1, processes=False)) as address:
+        assert address.startswith("inproc://"), address  # no network port at all
+        with Client(address) as client:
+            assert client.submit(sum, [2, 3]).result() == 5
+            http = client.run_on_scheduler(
+                lambda dask_scheduler: [s.getsockname()[0] for s in dask_scheduler.http_server._sockets.values()])
+    assert set(http) == {"127.0.0.1"}, http
+
+
 def test_an_address_from_the_environment_is_used_when_the_run_names_none(monkeypatch):
     monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://dask-scheduler:8786")
     with dask_cluster(DaskConfig(n_workers=2)) as address:  # no cluster is started for it

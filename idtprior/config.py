@@ -320,8 +320,8 @@ class DaskConfig(_Section):
     n_workers: int = Field(2, ge=0, le=4096, description="LocalCluster workers; 0: run in the flow process")
     threads_per_worker: int = Field(1, ge=1, le=256)
     processes: bool = True
-    host: str = Field("127.0.0.1", description="LocalCluster: the address its scheduler and workers listen on; "
-                      "127.0.0.1 keeps them off the network")
+    host: str = Field("127.0.0.1", description="LocalCluster of processes: the address its scheduler and workers "
+                      "listen on; 127.0.0.1 keeps them off the network (threads, processes: false, talk in memory)")
     slurm: SlurmConfig = SlurmConfig()
 
 

@@ -92,42 +92,53 @@ def copy_of_repo(dest: Path) -> Path:
     return dest
 
 
-def run_cli(server: ServerProcess, args: list[str], cwd: Path, log: Path, timeout_s: float = 240) -> str:
-    """Run a `prefect ...` command against the server; its output (in ``log`` too) or an error that shows it."""
-    proc = subprocess.run(args, cwd=cwd, env=server.env(), capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-    out = proc.stdout + proc.stderr
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(args)}\n{out}\n")
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} (in {cwd}) exited {proc.returncode}:\n{out[-4000:]}")
-    return out
+def run_cli(server: ServerProcess, commands: list[list[str]], cwd: Path, log: Path, timeout_s: float = 240) -> None:
+    """Run `prefect ...` commands against the server, at once (each pays Prefect's import, seconds here); an error
+    shows the failing one's output. Every output goes to ``log``."""
+    procs = [(args, subprocess.Popen(args, cwd=cwd, env=server.env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)) for args in commands]
+    failed = []
+    for args, proc in procs:
+        out, _ = proc.communicate(timeout=timeout_s)
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(args)}\n{out}\n")
+        if proc.returncode != 0:
+            failed.append(f"{' '.join(args)} (in {cwd}) exited {proc.returncode}:\n{out[-4000:]}")
+    if failed:
+        raise AssertionError("\n".join(failed))
 
 
 @pytest.fixture(scope="session")
-def deployed(prefect_server, tmp_path_factory) -> Path:
-    """The deployments of infra/prefect.yaml on the server, as a user makes them from a clone: the two process pools
-    (`prefect work-pool create`), then `prefect deploy --all --prefect-file infra/prefect.yaml` in the clone's root.
-    Returns the clone (where the workers' runs execute: the deployments' working directory)."""
+def work_pools(prefect_server, tmp_path_factory) -> tuple[str, ...]:
+    """The two process pools, made as a user makes them: `prefect work-pool create NAME --type process`."""
+    log = tmp_path_factory.mktemp("pools") / "work-pool-create.log"
+    run_cli(prefect_server, [[str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"]
+                             for pool in WORK_POOLS], REPO, log)
+    return WORK_POOLS
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server, work_pools, tmp_path_factory) -> Path:
+    """The deployments of infra/prefect.yaml on the server, as a user makes them from a clone: `prefect deploy --all
+    --prefect-file infra/prefect.yaml` in the clone's root, after the pools exist. Returns the clone (where the
+    workers' runs execute: the deployments' working directory)."""
     clone = copy_of_repo(tmp_path_factory.mktemp("clone"))
-    log = clone.parent / "deploy.log"
-    for pool in WORK_POOLS:
-        run_cli(prefect_server, [str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], clone, log)
-    run_cli(prefect_server, [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
-                             "infra/prefect.yaml"], clone, log)
+    run_cli(prefect_server, [[str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+                              "infra/prefect.yaml"]], clone, clone.parent / "deploy.log")
     return clone
 
 
 @pytest.fixture(scope="session")
-def pool_workers(prefect_server, deployed, tmp_path_factory) -> Iterator[dict[str, Proc]]:
+def pool_workers(prefect_server, work_pools, tmp_path_factory, request) -> Iterator[dict[str, Proc]]:
     """One `prefect worker start --type process` per pool (idtprior-cpu, idtprior-gpu), for the session, with the
-    drill's fault armed (``FAULT``); each runs its flow runs as child processes in the clone of ``deployed``."""
+    drill's fault armed (``FAULT``), and the deployments of ``deployed`` (made while the workers start)."""
     logs = tmp_path_factory.mktemp("workers")
     workers = {pool: Proc([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
                            "--name", f"{pool}-worker"], logs / f"{pool}.log",
-                          prefect_server.env(IDTPRIOR_FAULT=FAULT), cwd=deployed)
-               for pool in WORK_POOLS}
+                          prefect_server.env(IDTPRIOR_FAULT=FAULT), cwd=logs)
+               for pool in work_pools}
     try:
+        request.getfixturevalue("deployed")
         deadline = time.monotonic() + 120
         for pool, proc in workers.items():
             while not prefect_server.post(f"/work_pools/{pool}/workers/filter", {}):

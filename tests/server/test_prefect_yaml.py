@@ -21,8 +21,12 @@ def resolve(schema: dict, prop: dict) -> dict:
             return prop
 
 
-def test_deploy_all_registers_every_deployment_on_its_pool(prefect_server, deployed):
+def test_deploy_all_registers_every_deployment_on_its_pool(prefect_server, deployed, pool_workers):
     server = prefect_server
+    # (pool_workers: the session's workers start while the deploy runs; checked here too: one online per pool)
+    for pool in ("idtprior-cpu", "idtprior-gpu"):
+        assert [(w["name"], w["status"]) for w in server.post(f"/work_pools/{pool}/workers/filter", {})] == [
+            (f"{pool}-worker", "ONLINE")]
     deployments = server.post("/deployments/filter", {"limit": 200})
     flows = {f["id"]: f["name"] for f in server.post("/flows/filter", {"limit": 200})}
     got = {(flows[d["flow_id"]], d["name"]): d for d in deployments}

@@ -199,7 +199,7 @@ def test_stage_deployment_without_its_inputs_fails_at_once_naming_the_stage(pref
     assert server.task_runs(run["id"]) == []
     assert Workspace(str(empty)).records("decode") == {}
     logs = server.logs(run["id"])
-    assert logs.count("Traceback (most recent call last)") <= 1, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
 
 
 SCREENSHOT = REPO / "scripts" / "ui_screenshot.sh"

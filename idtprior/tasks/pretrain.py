@@ -279,8 +279,10 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     if trained is None:
         strategy = ("ddp" if shared.devices * shared.num_nodes > 1 else "auto") if launched else None
         # the stage's display in this process (the flow's, on the terminal and in the UI) shows the epochs: Lightning's
-        # own per-step bar would be a second display of one stage
-        on_epoch = epoch_done_callback(ws.url, stage)
+        # own per-step bar would be a second display of one stage. Not under ddp_spawn (several devices): its
+        # processes cannot reach the display; the flow reads the epochs from the logs at the end, Lightning's bar
+        # shows them meanwhile
+        on_epoch = epoch_done_callback(ws.url, stage) if shared.devices * shared.num_nodes == 1 else None
         trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
                          label_sets, shared, stage_config, init_checkpoint, progress and on_epoch is None,
                          strategy=strategy, prepare=rank == 0, on_epoch=on_epoch)

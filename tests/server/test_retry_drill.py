@@ -98,6 +98,10 @@ def test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk(prefect_serve
     stages_1 = stage_runs(server, run["id"])
     assert stages_1["idtprior-decode"]["state_type"] == "FAILED"
     assert chunk_task_states(server, stages_1["idtprior-decode"]["id"], "decode")[FAULT_CHUNK] == "Failed"
+    # the run graph's edge: decode's node in the pipeline run (its parent task) takes ingest's run as input
+    decode_node = server.get(f"/task_runs/{stages_1['idtprior-decode']['parent_task_run_id']}")
+    assert decode_node["task_inputs"]["workspace"] == [{"input_type": "flow_run",
+                                                        "id": stages_1["idtprior-ingest"]["id"]}]
     before = {s: created(ws, s) for s in ("ingest", "decode")}
     retried_at = server.flow_run(run["id"])["updated"]
 

@@ -185,10 +185,10 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
     previous = None
     for stage in stages:
         name = f"{flow_name(stage)}/{stage_pool(config, stage)}"
-        # config None: the stage reads the config this run stored in the workspace (config.yaml), local or not. The
+        # config "": the stage reads the config this run stored in the workspace (config.yaml), local or not. The
         # workspace string is a fresh object per stage: Prefect keys its links by id(), and only this stage's
         # parameter may point back at the previous stage's run
-        parameters = {"config": None, "workspace": _fresh(ws.url), "dask_address": dask_address}
+        parameters = {"config": "", "workspace": _fresh(ws.url), "dask_address": dask_address or ""}
         if previous is not None and previous.state is not None:
             link_state_to_flow_run_result(previous.state, parameters["workspace"])
         try:
@@ -235,13 +235,13 @@ DASK_HELP = ("address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; emp
       "training; each stage a run of its own deployment on its work pool.")
 def pretrain_ui(
         config: str = _param("demo", "Config", CONFIG_HELP),
-        workspace: str | None = _param(None, "Workspace", WORKSPACE_HELP),
-        source: str | None = _param(None, "Source", SOURCE_HELP),
-        video_root: str | None = _param(None, "Video root", VIDEO_ROOT_HELP),
-        stages: list[StageName] | None = _param(None, "Stages", STAGES_HELP),
+        workspace: str = _param("", "Workspace", WORKSPACE_HELP),
+        source: str = _param("", "Source", SOURCE_HELP),
+        video_root: str = _param("", "Video root", VIDEO_ROOT_HELP),
+        stages: list[StageName] = _param([], "Stages", STAGES_HELP),
         from_stage: StageName | None = _param(None, "From stage", FROM_STAGE_HELP),
         overrides: dict[str, Any] = _param({}, "Overrides", OVERRIDES_HELP),
-        dask_address: str | None = _param(None, "Dask scheduler", DASK_HELP)) -> dict:
+        dask_address: str = _param("", "Dask scheduler", DASK_HELP)) -> dict:
     """Run the pipeline on a workspace from a preset or a YAML config."""
     chosen = [getattr(s, "value", s) for s in stages] if stages else None
     start = getattr(from_stage, "value", from_stage)
@@ -261,12 +261,12 @@ def pretrain_ui(
 def _stage_ui_flow(stage: str):
     """The UI flow ``idtprior-<stage>``: one stage on a workspace, by default with the config it was last run with."""
 
-    def run(config: str | None = _param(None, "Config", STAGE_CONFIG_HELP),
-            workspace: str | None = _param(None, "Workspace", WORKSPACE_HELP),
-            source: str | None = _param(None, "Source", SOURCE_HELP),
-            video_root: str | None = _param(None, "Video root", VIDEO_ROOT_HELP),
+    def run(config: str = _param("", "Config", STAGE_CONFIG_HELP),
+            workspace: str = _param("", "Workspace", WORKSPACE_HELP),
+            source: str = _param("", "Source", SOURCE_HELP),
+            video_root: str = _param("", "Video root", VIDEO_ROOT_HELP),
             overrides: dict[str, Any] = _param({}, "Overrides", OVERRIDES_HELP),
-            dask_address: str | None = _param(None, "Dask scheduler", DASK_HELP)) -> dict:
+            dask_address: str = _param("", "Dask scheduler", DASK_HELP)) -> dict:
         try:
             cfg = resolve_config(config, workspace, source, video_root, overrides,
                                  render_demo=stage == "ingest")

@@ -71,7 +71,11 @@ def test_the_pipeline_form_is_small_typed_and_runs_with_its_defaults():
     # the stages are an enum generated from STAGES: a multi-select of exactly the stages that exist
     assert schema["definitions"]["StageName"]["enum"] == list(STAGES)
     ref = {"$ref": "#/definitions/StageName"}
-    assert {"items": ref, "type": "array"} in props["stages"]["anyOf"] and ref in props["from_stage"]["anyOf"]
+    assert props["stages"]["items"] == ref and props["stages"]["type"] == "array" and props["stages"]["default"] == []
+    assert ref in props["from_stage"]["anyOf"]
+    # text fields are plain strings ("" = the config's): the UI draws a text box, not a str/None toggle
+    for name in ("workspace", "source", "video_root", "dask_address"):
+        assert props[name]["type"] == "string" and props[name]["default"] == "", (name, props[name])
     for name, prop in props.items():  # a readable title and a description on every field
         assert prop["title"][0].isupper() and prop["title"] != name and len(prop["description"]) > 20, (name, prop)
 
@@ -82,7 +86,7 @@ def test_each_stage_form_defaults_to_the_workspace_config():
         schema = _schema(flow_obj)
         assert list(schema["properties"]) == ["config", "workspace", "source", "video_root", "overrides",
                                               "dask_address"]
-        assert schema.get("required", []) == [] and schema["properties"]["config"]["default"] is None
+        assert schema.get("required", []) == [] and schema["properties"]["config"]["default"] == ""
         assert "config.yaml" in schema["properties"]["config"]["description"]
 
 

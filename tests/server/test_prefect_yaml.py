@@ -54,7 +54,7 @@ def test_deploy_all_registers_every_deployment_on_its_pool(prefect_server, deplo
 
     stage_schema = got[(flow_name("decode"), "cpu")]["parameter_openapi_schema"]
     assert "stages" not in stage_schema["properties"] and "from_stage" not in stage_schema["properties"]
-    assert stage_schema["properties"]["config"].get("default") is None
+    assert stage_schema["properties"]["config"].get("default") == ""  # "": the config the workspace remembers
     assert not stage_schema.get("required")
 
     pools = {p["name"]: p["type"] for p in server.post("/work_pools/filter", {})}

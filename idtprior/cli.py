@@ -27,17 +27,9 @@ def cmd_make_demo_data(args) -> int:
 
 def _load(config: str, workspace: str | None, source: str | None, video_root: str | None = None):
     from idtprior.config import load_config
+    from idtprior.flows.deployments import with_inputs
 
-    cfg = load_config(config)
-    updates = {}
-    if workspace:
-        updates["workspace"] = workspace
-    if source:
-        # the config's video_root belongs to its own source: a new source resolves against --video-root, else its folder
-        updates["ingest"] = {"source": source, "source_format": "auto", "video_root": video_root}
-    elif video_root:
-        updates["ingest"] = {"video_root": video_root}
-    return cfg.with_updates(**updates) if updates else cfg
+    return with_inputs(load_config(config), workspace, source, video_root)
 
 
 def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:

@@ -26,3 +26,18 @@ def write_audio_only(path) -> None:
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+
+
+def write_moving_square_videos(folder, n: int, frames: int = 12) -> list:
+    """``clip000.mp4`` ... in ``folder``: n H.264 videos of ``moving_square_frames`` (seeds 0..n-1), 25 fps."""
+    from pathlib import Path
+
+    from idtprior.video.io import write_video
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"clip{i:03d}.mp4")
+        write_video(paths[-1], moving_square_frames(frames, seed=i), fps=25, options={"preset": "ultrafast"})
+    return paths

@@ -22,7 +22,6 @@ import torch
 from prefect import task
 
 from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
-from idtprior.models import clustering, data, lightning, losses, memory_bank, resnet3d
 from idtprior.models.clustering import knn_accuracy, knn_classify
 from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, compute_embeddings,
                                        load_encoder, train)

@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior_testutils import moving_square_frames
+from idtprior_testutils import write_moving_square_videos
 from idtprior.config import ConfigError, IDTConfig, PipelineConfig, parse_config
 from idtprior.flows.pipeline import pretrain_pipeline, select_stages
 from idtprior.storage import Workspace, file_fingerprint, read_manifest, statcache
 from idtprior.video.idt.textformat import write_idt_text
-from idtprior.video.io import write_video
 
 STAGES_TO_CLUSTER = ["ingest", "decode", "idt", "fit_codebook", "encode", "cluster"]
 TINY_TRAIN = {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
@@ -22,11 +21,7 @@ def created(ws: Workspace, stage: str) -> dict[str, float]:
     return {c: r.created for c, r in ws.records(stage).items()}
 
 
-def make_videos(folder: Path, n: int, frames: int = 12) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        write_video(folder / f"clip{i:03d}.mp4", moving_square_frames(frames, seed=i), fps=25,
-                    options={"preset": "ultrafast"})
+make_videos = write_moving_square_videos
 
 
 def idt_text_files(folder: Path, n: int, bad: int) -> None:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from idtprior_testutils import moving_square_frames
+from idtprior_testutils import write_moving_square_videos
 from idtprior.config import PipelineConfig
 from idtprior.flows.common import artifact_key
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import Workspace
-from idtprior.video.io import write_video
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -37,10 +36,7 @@ def flow_name_of_run(flow_run_id) -> str:
 
 def tiny_config(tmp_path: Path, n: int = 7, **updates) -> PipelineConfig:
     src = tmp_path / "videos"
-    src.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        write_video(src / f"clip{i:03d}.mp4", moving_square_frames(12, seed=i), fps=25,
-                    options={"preset": "ultrafast"})
+    write_moving_square_videos(src, n)
     cfg = PipelineConfig.model_validate({
         "workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode"],
         "ingest": {"source": str(src), "num_chunks": 3}, "decode": {"short_side": 32}, "dask": {"n_workers": 0}})

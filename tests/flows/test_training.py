@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from idtprior_testutils import moving_square_frames
+from idtprior_testutils import moving_square_frames, write_moving_square_videos
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
@@ -27,10 +27,7 @@ TINY = {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "bat
 
 def make_workspace(tmp_path: Path, n: int = 10, **updates) -> PipelineConfig:
     src = tmp_path / "videos"
-    src.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        write_video(src / f"clip{i:03d}.mp4", moving_square_frames(12, seed=i), fps=25,
-                    options={"preset": "ultrafast"})
+    write_moving_square_videos(src, n)
     cfg = PipelineConfig.model_validate({
         "workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode", "pretrain_ir", "pretrain_la"],
         "ingest": {"source": str(src), "num_chunks": 2}, "decode": {"short_side": 32}, "dask": {"n_workers": 0},

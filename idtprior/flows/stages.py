@@ -99,15 +99,9 @@ def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     cfg = config.detect
     plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
                          {"config": cfg})
-    if cfg.bb_folder:  # the imported files are inputs too, by content (a same-size edit with mtime set back counts)
-        stats = StatCache(ws, name="detect-bb")
-        for chunk, plan in plans.items():
-            files = {v: detect_tasks.bb_file(cfg.bb_folder, v, p) for v, p in plan["videos"].items()}
-            known = stats.fingerprints({str(f): chunk for f in files.values() if f})
-            plan["fingerprint"] = hash_json([plan["fingerprint"], {
-                v: known[str(f)] if f else "missing" for v, f in files.items()}])
-        if remember:
-            stats.save()
+    if cfg.bb_folder:  # the imported files are inputs too
+        plans = _with_imported_files(ws, plans, lambda v, p: detect_tasks.bb_file(cfg.bb_folder, v, p), "detect-bb",
+                                     remember)
     return plans
 
 
@@ -137,18 +131,28 @@ def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
     return plans
 
 
-def _with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: str,
-                     remember: bool) -> dict[str, dict]:
-    """Make each video's imported IDT text file (``encode.idt_text_folder``) part of its chunk's fingerprint, by
-    content: a replaced file reruns its chunk, and only its chunk. The stage's own stat cache keeps a rerun over
-    unchanged files from reading them."""
-    stats = StatCache(ws, name=f"idt-text-{stage}")
+def _with_imported_files(ws: Workspace, plans: dict[str, dict], find, cache: str, remember: bool,
+                         *tag: str) -> dict[str, dict]:
+    """Make each video's imported file (``find(video_id, path) -> Path | None``) part of its chunk's fingerprint, by
+    content: a replaced file reruns its chunk, and only its chunk, even a same-size edit with its mtime set back. The
+    stat cache ``cache`` keeps a rerun over unchanged files from reading them (``remember``: store what was read)."""
+    stats = StatCache(ws, name=cache)
     for chunk, plan in plans.items():
-        plan["fingerprint"] = hash_json([plan["fingerprint"], "idt_text",
-                                         idt_tasks.text_fingerprints(folder, plan["videos"], stats, chunk)])
+        files = {v: find(v, p) for v, p in plan["videos"].items()}
+        known = stats.fingerprints({str(f): chunk for f in files.values() if f})
+        content = {v: known[str(f)] if f else "missing" for v, f in files.items()}
+        plan["fingerprint"] = hash_json([plan["fingerprint"], *tag, content])
     if remember:
         stats.save()
     return plans
+
+
+def _with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: str,
+                     remember: bool) -> dict[str, dict]:
+    """Each video's imported IDT text file (``encode.idt_text_folder``) in its chunk's fingerprint, by content; the
+    stage keeps its own stat cache (the sample reads a subset of encode's files)."""
+    return _with_imported_files(ws, plans, lambda v, p: idt_tasks.idt_text_file(folder, v, p), f"idt-text-{stage}",
+                                remember, "idt_text")
 
 
 def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,

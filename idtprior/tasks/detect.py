@@ -40,14 +40,20 @@ def check_backend(cfg: DetectConfig) -> None:
     detect_core.check_available(detect_params(cfg))
 
 
-def bb_file(folder: str, video_id: str, path: str) -> Path | None:
-    """The bb-file of a video in ``folder``: ``<video_id>`` or the video file's stem, with a .bb[.gz] suffix."""
+def imported_file(folder: str, video_id: str, path: str, suffixes: tuple[str, ...]) -> Path | None:
+    """A video's file in a folder of imported results: ``<video_id>`` or the video file's stem, with one of
+    ``suffixes`` (tried in order); None when there is none."""
     for stem in dict.fromkeys((video_id, Path(path).stem)):
-        for suffix in BB_SUFFIXES:
+        for suffix in suffixes:
             candidate = Path(folder) / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate
     return None
+
+
+def bb_file(folder: str, video_id: str, path: str) -> Path | None:
+    """The bb-file of a video in ``folder``: ``<video_id>`` or the video file's stem, with a .bb[.gz] suffix."""
+    return imported_file(folder, video_id, path, BB_SUFFIXES)
 
 
 def rescale_boxes(boxes: list[np.ndarray], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> list[np.ndarray]:

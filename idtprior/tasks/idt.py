@@ -11,10 +11,10 @@ import numpy as np
 from prefect import task
 
 from idtprior.config import IDTConfig
-from idtprior.storage import ChunkRecord, StatCache, Workspace, file_fingerprint
+from idtprior.storage import ChunkRecord, Workspace
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
-from idtprior.tasks.detect import boxes_for_frames, read_chunk_boxes
+from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
 from idtprior.video.idt.textformat import read_idt_text
@@ -52,24 +52,7 @@ TEXT_SUFFIXES = (".txt.gz", ".txt")  # reference-release IDT output, as imported
 
 def idt_text_file(folder: str, video_id: str, path: str) -> Path | None:
     """A video's IDT text file in ``folder``: ``<video_id>`` or the video file's stem, with a .txt[.gz] suffix."""
-    for stem in dict.fromkeys((video_id, Path(path).stem)):
-        for suffix in TEXT_SUFFIXES:
-            candidate = Path(folder) / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def text_fingerprints(folder: str, videos: dict[str, str], stats: StatCache | None = None,
-                      chunk: str = "") -> dict[str, str]:
-    """Content fingerprint of each video's imported text file (``videos``: id -> path), ``"missing"`` where there is
-    none: part of the idt and encode keys, so a replaced file reruns its chunk. With ``stats`` (a stat cache; the
-    files are listed under ``chunk``) a file whose stat did not change is not read again."""
-    files = {v: idt_text_file(folder, v, p) for v, p in videos.items()}
-    if stats is not None:
-        known = stats.fingerprints({str(f): chunk for f in files.values() if f is not None})
-        return {v: known[str(f)] if f is not None else "missing" for v, f in files.items()}
-    return {v: file_fingerprint(f) if f is not None else "missing" for v, f in files.items()}
+    return imported_file(folder, video_id, path, TEXT_SUFFIXES)
 
 
 def video_rows(video_id: str, path: str, cfg: IDTConfig, text_folder: str | None = None,

@@ -16,7 +16,9 @@ only the index followed by one line per box. Frames without a line have no boxes
 
 import gzip
 import io
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -25,11 +27,25 @@ import numpy as np
 INFO_COLUMNS = 40  # end frame + 9 info values + 30 shape values (L = 15)
 
 
+# gzip's own default: Python's gzip module defaults to 9, which costs ~4x the time of 6 on IDT text for ~3% smaller files
+GZIP_LEVEL = 6
+
+
 def _open(path: str | Path, mode: str) -> IO[str]:
     path = Path(path)
     if path.suffix == ".gz":
         return gzip.open(path, mode + "t", encoding="ascii", newline="")
     return open(path, mode, encoding="ascii", newline="")
+
+
+@contextmanager
+def _open_for_writing(path: Path, gzipped: bool, compresslevel: int) -> Iterator[IO[str]]:
+    with open(path, "wb") as raw:
+        # no file name and no time in the gzip header: the same rows give the same bytes
+        stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) \
+            if gzipped else raw
+        with io.TextIOWrapper(stream, encoding="ascii", newline="") as f:
+            yield f
 
 
 def format_idt_rows(rows: np.ndarray, info_columns: int = INFO_COLUMNS) -> str:
@@ -47,14 +63,34 @@ def format_idt_rows(rows: np.ndarray, info_columns: int = INFO_COLUMNS) -> str:
     return out.getvalue()
 
 
-def write_idt_text(path_or_file: str | Path | IO[str], rows: np.ndarray, info_columns: int = INFO_COLUMNS) -> None:
-    """Write ``rows`` (N, D) to a path (``.gz`` compresses) or an open text file (e.g. ``sys.stdout``)."""
-    text = format_idt_rows(rows, info_columns)
-    if isinstance(path_or_file, (str, Path)):
-        with _open(path_or_file, "w") as f:
-            f.write(text)
-    else:
-        path_or_file.write(text)
+def write_idt_text(path_or_file: str | Path | IO[str], rows: np.ndarray | Iterable[np.ndarray],
+                   info_columns: int = INFO_COLUMNS, compresslevel: int = GZIP_LEVEL) -> int:
+    """Write ``rows`` ((N, D), or an iterable of such blocks, written as they come) to a path (``.gz`` compresses at
+    ``compresslevel``) or an open text file (e.g. ``sys.stdout``); returns the number of rows written.
+
+    A path is written to a temporary file beside it and renamed when complete, so a crash or a bad video never leaves
+    a truncated file under the final name."""
+    blocks = [rows] if isinstance(rows, np.ndarray) else rows
+    if not isinstance(path_or_file, (str, Path)):
+        return _write_blocks(path_or_file, blocks, info_columns)
+    path = Path(path_or_file)
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        with _open_for_writing(tmp, path.suffix == ".gz", compresslevel) as f:
+            n = _write_blocks(f, blocks, info_columns)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _write_blocks(f: IO[str], blocks: Iterable[np.ndarray], info_columns: int) -> int:
+    n = 0
+    for block in blocks:
+        if len(block):
+            f.write(format_idt_rows(block, info_columns))
+            n += len(block)
+    return n
 
 
 def _read_lines(path_or_file: str | Path | IO[str]) -> tuple[list[str], str]:

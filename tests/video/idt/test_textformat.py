@@ -73,3 +73,27 @@ def test_boxes_round_trip_and_multiline_form(tmp_path):
     assert multi[2].shape == (2, 5) and multi[5].shape == (1, 5)
     with pytest.raises(ValueError, match="line 1"):
         read_boxes(io.StringIO("1 2 3 4 0.5\n"))
+
+
+def test_streamed_blocks_write_the_same_bytes_as_one_array_at_any_gzip_level(tmp_path):
+    rows = random_rows(7)
+    whole, streamed, fast = tmp_path / "whole.txt.gz", tmp_path / "streamed.txt.gz", tmp_path / "fast.txt.gz"
+    assert write_idt_text(whole, rows) == 7
+    assert write_idt_text(streamed, iter([rows[:3], rows[3:3], rows[3:]])) == 7
+    assert whole.read_bytes() == streamed.read_bytes()  # no name or time in the header: deterministic
+    write_idt_text(fast, rows, compresslevel=1)
+    assert gzip.decompress(fast.read_bytes()) == gzip.decompress(whole.read_bytes()) == format_idt_rows(rows).encode()
+    assert fast.read_bytes()[8] == 4 and whole.read_bytes()[8] == 0  # gzip's XFL byte: 4 = fastest, 0 = level 2-8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.txt.gz", "streamed.txt.gz", "whole.txt.gz"]
+
+
+def test_a_failure_while_streaming_leaves_no_file_behind(tmp_path):
+    out = tmp_path / "o.txt.gz"
+
+    def blocks():
+        yield random_rows(3)
+        raise ValueError("video v.avi: decode error at frame 9")
+
+    with pytest.raises(ValueError, match="frame 9"):
+        write_idt_text(out, blocks())
+    assert list(tmp_path.iterdir()) == []

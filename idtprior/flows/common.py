@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
+from idtprior.storage.lock import manifest_lock
 from idtprior.tasks.common import close_clients, needs_refresh, showing_progress, task_options
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
@@ -297,7 +298,16 @@ def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: in
 def rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     """The manifest from the records: ingest's probe facts, duplicates by fingerprint, then the failures of later
     stages (in ``failed_in`` and ``error``; ``status`` stays ingest's, so no later failure changes any stage's plan).
-    Written atomically; returns the rows."""
+    Written atomically; returns the rows.
+
+    Every stage rebuilds it when it ends, and two stages of one workspace may end together: the read of the records
+    and the write are one step under the manifest's lock (``storage.lock.manifest_lock``, waited for), so a rebuild
+    that read the records before another stage committed never overwrites that stage's newer manifest."""
+    with manifest_lock(ws):
+        return _rebuild_manifest(ws)
+
+
+def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     # ``ws.records`` lists only the workspace's current chunking: filtering on the config's ``num_chunks`` too would
     # empty the manifest when a later stage runs with a config whose num_chunks differs from the last ingest's
     rows: dict[str, ManifestRow] = {}

@@ -11,6 +11,7 @@ from prefect.states import Failed
 
 from idtprior.config import ConfigError, PipelineConfig, parse_config
 from idtprior.storage import Workspace
+from idtprior.storage.lock import StageBusy, stage_lock
 
 FLOW_PREFIX = "idtprior"
 CONFIG_FILE = "config.yaml"
@@ -107,10 +108,11 @@ def unshared(counts: dict) -> dict:
     return {_fresh(k): _fresh(v) for k, v in counts.items()}
 
 
-def stage_failed(stage: str, exc: ConfigError):
-    """A Failed state for a stage that cannot start (a missing prerequisite, a refused setting): its one-line
-    message, logged once, instead of a traceback in the stage's run and another in the pipeline's. The exception rides
-    in the state, so a Python caller still gets it raised (a ``ConfigError``)."""
+def stage_failed(stage: str, exc: Exception):
+    """A Failed state for a stage that cannot start (a missing prerequisite, a refused setting, another run of the
+    stage holding its lock): its one-line message, logged once, instead of a traceback in the stage's run and another
+    in the pipeline's. The exception rides in the state, so a Python caller still gets it raised (a ``ConfigError``,
+    a ``StageBusy``)."""
     message = str(exc) if str(exc).startswith(stage) else f"{stage}: {exc}"
     get_run_logger().error(message)
     return Failed(message=message, data=exc)
@@ -118,16 +120,19 @@ def stage_failed(stage: str, exc: ConfigError):
 
 def stage_flow(stage: str):
     """Make a stage's body ``(config, dask_address, progress) -> counts`` its flow ``idtprior-<stage>``: runs named
-    ``<workspace folder>: <stage>``, the config remembered in the workspace, fresh return values (graph edges) and a
-    one-message Failed state for a stage that cannot start. The Python signature stays ``(config, dask_address=None,
-    progress=True)`` for the CLI and the tests."""
+    ``<workspace folder>: <stage>``, the stage's lock held for the run (``storage.lock.stage_lock``: a second run of
+    the stage on the workspace fails at once naming the holder), the config remembered in the workspace, fresh return
+    values (graph edges) and a one-message Failed state for a stage that cannot start. The Python signature stays
+    ``(config, dask_address=None, progress=True)`` for the CLI and the tests."""
 
     def decorate(body):
         def run(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
             try:
-                remember_config(config)
-                return unshared(body(config, dask_address, progress))
-            except ConfigError as e:
+                # the stage's lock for the whole run (a second run of the stage fails at once naming this one)
+                with stage_lock(Workspace(config.workspace), stage):
+                    remember_config(config)
+                    return unshared(body(config, dask_address, progress))
+            except (ConfigError, StageBusy) as e:
                 return stage_failed(stage, e)
 
         run.__name__, run.__qualname__, run.__module__, run.__doc__ = (

@@ -4,10 +4,15 @@ for transient faults only.
 A stage task handles one CHUNK of videos (never one video: Prefect costs ~20 ms to 0.6 s per task run). Inside, each
 video is one call of a plain function, run on a ``dask.distributed`` client when the flow gave a scheduler address,
 else in-process. A video whose processing raises anything but a transient I/O error is recorded as failed with the
-error message; the chunk goes on. The chunk's record is committed only when every video has an outcome.
+error message; the chunk goes on. The chunk's record is committed only when every video has an outcome. A full disk
+(``ENOSPC``, ``EDQUOT``) is no video's fault: it fails the chunk (``DiskFull``, naming stage and chunk, never
+retried) and commits nothing.
 """
 
+import errno
+import functools
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -32,33 +37,111 @@ class InjectedFault(RuntimeError):
     """The failure ``IDTPRIOR_FAULT`` asks for (tests and drills only); never transient, so never retried."""
 
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFull(OSError):
+    """The disk (or the quota) filled up while a chunk was written: the chunk fails, no video is marked failed, no
+    record is committed, and it is never retried (a retry seconds later finds the disk as full). ``str()`` is the
+    message, which names the stage, the chunk and the video being written."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` / ``EDQUOT`` error in ``exc`` or its causes (a store may wrap it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 FAULT_ENV = "IDTPRIOR_FAULT"
+FAULT_KINDS = ("once", "enospc", "kill", "hold")
+"""What ``IDTPRIOR_FAULT="<stage>:<chunk>:<kind>"`` does to that chunk, once per workspace (tests and drills only):
+
+- ``once``: ``InjectedFault`` after the work, before the commit (the worst moment to die: an orphan version);
+- ``enospc``: a disk-full ``OSError`` (``ENOSPC``) once the chunk's last video's files are written;
+- ``kill``: SIGKILL to the process running the chunk's last video (a Dask worker, or the flow's own process without
+  Dask) once that video's files are written;
+- ``hold``: the chunk's last video, its files written, waits until ``faults/<stage>-<chunk>.release`` exists in the
+  workspace (it writes ``faults/<stage>-<chunk>.held`` first): a run paused in the middle of a chunk."""
+HOLD_MAX_S = 600.0
+
+
+def fault_kind(stage: str, chunk: str) -> str | None:
+    """The kind of fault ``IDTPRIOR_FAULT`` asks for this chunk, or None (unset, or another chunk)."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[2] not in FAULT_KINDS or not parts[0] or not parts[1]:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<stage>:<chunk>:<kind>', kind one of {list(FAULT_KINDS)} "
+                         f"(e.g. 'decode:0001-of-0004:once')")
+    return parts[2] if (parts[0], parts[1]) == (stage, chunk) else None
+
+
+def _fire(ws: Workspace, stage: str, chunk: str, kind: str) -> str | None:
+    """The fault's marker ``faults/<stage>-<chunk>`` written, or None when it fired before (once per workspace: a
+    Retry of the run, a new process or another machine sharing the workspace, succeeds)."""
+    marker = ws.path("faults", f"{stage}-{chunk}")
+    if ws.fs.exists(marker):
+        return None
+    ws.write_bytes_atomic(marker, f"{stage}:{chunk}:{kind} fired at {time.time():.3f} in pid {os.getpid()}\n".encode())
+    return marker
 
 
 def maybe_inject_fault(ws: Workspace, stage: str, chunk: str) -> None:
-    """Raise ``InjectedFault`` for the chunk named by ``IDTPRIOR_FAULT="<stage>:<chunk>:once"``; inactive when unset.
-
-    It fires once per workspace: a marker ``faults/<stage>-<chunk>`` in the workspace records that it fired, so a
-    Retry of the run (a new process, maybe another machine sharing the workspace) succeeds."""
+    """Raise ``InjectedFault`` for the chunk named by ``IDTPRIOR_FAULT="<stage>:<chunk>:once"``; inactive when unset
+    or for another kind (those act on a video: ``_video_fault``)."""
+    if fault_kind(stage, chunk) != "once":
+        return
+    marker = _fire(ws, stage, chunk, "once")
+    if marker is None:
+        return
     spec = os.environ.get(FAULT_ENV, "").strip()
-    if not spec:
-        return
-    parts = spec.split(":")
-    if len(parts) != 3 or parts[2] != "once" or not parts[0] or not parts[1]:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<stage>:<chunk>:once' (e.g. 'decode:0001-of-0004:once')")
-    if (parts[0], parts[1]) != (stage, chunk):
-        return
-    marker = ws.path("faults", f"{stage}-{chunk}")
-    if ws.fs.exists(marker):
-        return
-    ws.write_bytes_atomic(marker, f"{spec} fired at {time.time():.3f}\n".encode())
     raise InjectedFault(f"{stage} {chunk}: fault injected by {FAULT_ENV}={spec!r} (fires once per workspace; "
                         f"marker {marker})")
 
 
+def _video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace: str, stage: str, chunk: str,
+                 version: str, *args) -> dict:
+    """``fn`` for one video, then, for the ``target`` video only and once per workspace, the ``kind`` of fault."""
+    out = fn(video_id, workspace, stage, chunk, version, *args)
+    if video_id != target:
+        return out
+    ws = Workspace(workspace)
+    marker = _fire(ws, stage, chunk, kind)
+    if marker is None:
+        return out
+    if kind == "enospc":
+        raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV} after video {video_id}'s "
+                                    f"files were written; marker {marker})", ws.path(f"{stage}.zarr", chunk, version))
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hold":
+        release = f"{marker}.release"
+        ws.write_bytes_atomic(f"{marker}.held", f"{os.getpid()}\n".encode())
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not ws.fs.exists(release):
+            if time.monotonic() > deadline:
+                raise InjectedFault(f"{stage} {chunk}: held by {FAULT_ENV} for {HOLD_MAX_S:.0f} s; {release} never "
+                                    f"appeared")
+            time.sleep(0.1)
+    return out
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Retry only faults that a second try can fix; bad videos and bad settings never are."""
-    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault)):
+    """Retry only faults that a second try can fix; bad videos, bad settings and a full disk never are."""
+    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault)) or disk_full(exc) is not None:
         return False
     if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
         return True
@@ -124,11 +207,12 @@ def close_clients() -> None:
 
 
 def _guard(fn: Callable, video_id: str, *args) -> dict:
-    """Run one video's work; turn its failure into a result row unless it is a transient I/O fault."""
+    """Run one video's work; turn its failure into a result row unless it is a transient I/O fault or a full disk
+    (the chunk's fault, not the video's: ``run_chunk`` fails the chunk)."""
     try:
         return {"status": "ok", **(fn(video_id, *args) or {})}
     except Exception as e:  # noqa: BLE001 - a bad video must not fail its chunk
-        if is_transient(e) and not isinstance(e, FileNotFoundError):
+        if disk_full(e) is not None or (is_transient(e) and not isinstance(e, FileNotFoundError)):
             raise
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
@@ -161,31 +245,52 @@ def run_chunk(
         logger.info(f"{stage} {chunk}: up to date ({len(done.videos)} videos), skipped")
         return done
     t0 = time.time()
-    version = ws.new_version(stage, chunk)[0] if needs_version else ""
     ids = sorted(videos)
+    kind = fault_kind(stage, chunk)
+    if kind not in (None, "once") and ids:
+        per_video = functools.partial(_video_fault, per_video, kind, ids[-1])
     results: dict[str, dict] = {}
     tick = video_done_callback(ws.url, stage, chunk) if progress else _no_display
-    if dask_address:
-        client = get_client(dask_address)
-        futures = {client.submit(_guard, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
-                                 key=f"{stage}-{chunk}-{version}-{vid}", pure=False): vid for vid in ids}
-        from distributed import as_completed
+    writing = None  # the video whose work (or, after the loop, the chunk step) a full disk interrupts
+    try:
+        version = ws.new_version(stage, chunk)[0] if needs_version else ""
+        if dask_address:
+            client = get_client(dask_address)
+            futures = {client.submit(_guard, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
+                                     key=f"{stage}-{chunk}-{version}-{vid}", pure=False): vid for vid in ids}
+            from distributed import as_completed
 
-        for fut in as_completed(futures, loop=client.loop):
-            results[futures[fut]] = fut.result()
-            tick()
-    else:
-        for vid in ids:
-            results[vid] = _guard(per_video, vid, ws.url, stage, chunk, version, *videos[vid])
-            tick()
-    if finish is not None:
-        finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
-    results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
-    # after the work and before the commit: the worst moment to die (an orphan version, no record)
-    maybe_inject_fault(ws, stage, chunk)
-    record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
-                         videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids}, seconds=round(time.time() - t0, 3))
-    ws.commit(record)
+            try:
+                for fut in as_completed(futures, loop=client.loop):
+                    writing = futures[fut]
+                    results[writing] = fut.result()
+                    tick()
+            except BaseException:
+                client.cancel(list(futures))  # the chunk failed: its other videos would write for nothing
+                raise
+        else:
+            for vid in ids:
+                writing = vid
+                results[vid] = _guard(per_video, vid, ws.url, stage, chunk, version, *videos[vid])
+                tick()
+        writing = None
+        if finish is not None:
+            finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
+        results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
+        # after the work and before the commit: the worst moment to die (an orphan version, no record)
+        maybe_inject_fault(ws, stage, chunk)
+        record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
+                             videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids},
+                             seconds=round(time.time() - t0, 3))
+        ws.commit(record)
+    except Exception as e:
+        full = disk_full(e)
+        if full is None or isinstance(e, DiskFull):
+            raise
+        what = f"video {writing}" if writing is not None else "the chunk"
+        raise DiskFull(full.errno, f"{stage} {chunk}: disk full ({errno.errorcode.get(full.errno, full.errno)}) "
+                                   f"while writing {what} to {ws.url}: {full}; no record committed, no video marked "
+                                   f"failed: free space and run the stage again") from e
     logger.info(f"{stage} {chunk}: {record.n_ok} ok, {record.n_failed} failed in {record.seconds:.1f}s")
     return record
 

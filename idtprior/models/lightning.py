@@ -12,6 +12,9 @@ import dataclasses
 import math
 import os
 import random
+import re
+import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +134,42 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training step's loss is NaN or infinite. Raised before that step's backward pass and optimiser update, so the
+    weights in memory and every checkpoint on disk are those of the last finished epoch; never retried (not an
+    ``OSError``: the same data and weights give the same loss again)."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint of the run folder cannot be resumed from (unreadable, truncated, or missing keys)."""
+
+
+FAULT_LOSS_ENV = "IDTPRIOR_FAULT_LOSS"
+"""Tests and drills only: ``"<epoch>:<batch>[:<value>[:<rank>]]"`` makes the loss of that batch ``value`` (default
+nan; ``inf``, ``-inf``) on every rank or on global rank ``rank``; epoch and batch count from 1, as
+:class:`NonFiniteLossError` names them."""
+
+
+def fault_loss_from_env() -> tuple[int, int, float, int | None] | None:
+    """``(epoch, batch, value, rank)`` of :data:`FAULT_LOSS_ENV`, or None where it is unset."""
+    spec = os.environ.get(FAULT_LOSS_ENV, "").strip()
+    if not spec:
+        return None
+    parts = spec.split(":")
+    try:
+        if not 2 <= len(parts) <= 4:
+            raise ValueError(f"{len(parts)} fields")
+        epoch, batch = int(parts[0]), int(parts[1])
+        value = float(parts[2]) if len(parts) > 2 and parts[2] else float("nan")
+        rank = int(parts[3]) if len(parts) > 3 else None
+        if epoch < 1 or batch < 1 or math.isfinite(value):
+            raise ValueError("epoch and batch count from 1; the value must be nan, inf or -inf")
+    except ValueError as e:
+        raise ValueError(f"{FAULT_LOSS_ENV}={spec!r}: expected '<epoch>:<batch>[:<nan|inf|-inf>[:<rank>]]', "
+                         f"epoch and batch counted from 1 (e.g. '2:3'): {e}") from e
+    return epoch, batch, value, rank
+
+
 def noise_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the NCE noise one DDP rank draws in one epoch.
 
@@ -184,6 +223,7 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError(f"labels_for_eval shape {tuple(self.labels_for_eval.shape)} must be ({n_videos},)")
         # reseeded per (seed, epoch, rank) at every epoch start (noise_seed); this seed only serves calls outside fit
         self.noise_generator = torch.Generator().manual_seed(params.seed)
+        self.fault_loss = fault_loss_from_env()  # read here: the module travels to ddp_spawn's processes
 
     @staticmethod
     def _initial_labels(
@@ -245,8 +285,38 @@ class PretrainModule(pl.LightningModule):
             loss = ir_nce_loss(v, bank, indices, noise, self.log_z, p.tau)
         else:
             loss = la_loss(v, bank, indices, self.cluster_labels, p.la_k, p.tau)
+        if self.fault_loss is not None:
+            loss = self._injected_fault(loss, batch_idx)
+        self._stop_on_non_finite(loss, batch_idx)
         self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=v.shape[0])
         return {"loss": loss, "embeddings": v.detach().float(), "indices": indices}
+
+    def _injected_fault(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        epoch, batch, value, rank = self.fault_loss
+        if (self.current_epoch + 1, batch_idx + 1) == (epoch, batch) and rank in (None, self.global_rank):
+            return loss + value  # stays in the graph, as a real overflow would
+        return loss
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise :class:`NonFiniteLossError` when this step's loss is NaN or infinite on any rank.
+
+        Under DDP every rank gathers every rank's loss (one float each) and raises at the same step: a rank stopping
+        alone would leave the others waiting in the gradient all-reduce."""
+        losses = loss.detach().float().reshape(1)
+        if _is_dist():
+            gathered = [torch.empty_like(losses) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, losses)
+            losses = torch.cat(gathered)
+        if bool(torch.isfinite(losses).all()):  # one device sync per step: the update must wait for the answer
+            return
+        values = losses.tolist()
+        what = f"loss {values[0]}" if len(values) == 1 else "loss per rank " + ", ".join(
+            f"{r}: {x}" for r, x in enumerate(values))
+        trainer = self.trainer
+        raise NonFiniteLossError(
+            f"non-finite {what} at epoch {self.current_epoch + 1} of {trainer.max_epochs}, batch {batch_idx + 1} of "
+            f"{trainer.num_training_batches}, global step {trainer.global_step + 1} (counted from 1): training stopped "
+            f"before this step's update; the checkpoints hold the last good epoch ({self.current_epoch} done)")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # runs after the optimiser step: the bank moves towards this batch's (pre-step) embeddings, as in Wu et al.
@@ -316,7 +386,13 @@ class PretrainModule(pl.LightningModule):
 
     def load_init(self, path: str | Path) -> None:
         """Start from another run's encoder and bank (e.g. LA from the IR warm-up); optimiser and epoch start afresh."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, ...: name the file, not the pickle
+            raise ValueError(f"init_from {path}: unreadable checkpoint ({_first_line(e)}); train the stage that "
+                             f"wrote it again") from e
+        if not isinstance(state, dict):
+            raise ValueError(f"init_from {path}: holds a {type(state).__name__}, not a checkpoint")
         state = state.get("state_dict", state)
         bank = state.get("bank.bank")
         if bank is None:
@@ -367,21 +443,41 @@ def export_encoder(
     out_dir.mkdir(parents=True, exist_ok=True)
     p = module.params
     paths = {"encoder": out_dir / "encoder.pt", "bank": out_dir / "bank.npy"}
-    torch.save({"arch": p.arch, "width": p.width, "embed_dim": p.embed_dim,
-                "state_dict": {k: v.cpu() for k, v in module.encoder.state_dict().items()}}, paths["encoder"])
-    np.save(paths["bank"], module.bank.bank.detach().cpu().numpy())
+    # each file written whole then renamed: a kill mid-export leaves the earlier file or none, never a torn one
+    _write_atomic(paths["encoder"], lambda f: torch.save({
+        "arch": p.arch, "width": p.width, "embed_dim": p.embed_dim,
+        "state_dict": {k: v.cpu() for k, v in module.encoder.state_dict().items()}}, f))
+    _write_atomic(paths["bank"], lambda f: np.save(f, module.bank.bank.detach().cpu().numpy()))
     if source is not None:
         paths["embeddings"] = out_dir / "embeddings.npy"
         # device=None picks CUDA when present: after fit, Lightning's teardown has moved the module to the CPU
         emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers,
                                  frame_step=p.frame_step)
-        np.save(paths["embeddings"], emb)
+        _write_atomic(paths["embeddings"], lambda f: np.save(f, emb))
     return paths
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def load_encoder(path: str | Path) -> ResNet3d:
     """The :class:`ResNet3d` written by :func:`export_encoder`."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: name it, not the pickle
+        raise ValueError(f"encoder {path}: unreadable ({_first_line(e)})") from e
+    if not isinstance(blob, dict) or not {"arch", "embed_dim", "width", "state_dict"} <= set(blob):
+        raise ValueError(f"encoder {path}: not an encoder written by export_encoder")
     encoder = ResNet3d(blob["arch"], blob["embed_dim"], blob["width"])
     encoder.load_state_dict(blob["state_dict"])
     return encoder
@@ -478,6 +574,77 @@ def epochs_in_checkpoint(path: str | Path) -> int:
         return int(ckpt["epoch"]) + 1
 
 
+CHECKPOINT_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
+"""What a resumable training checkpoint holds at least (Lightning's keys)."""
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What makes ``path`` unusable as a training checkpoint (unreadable by ``torch.load``, truncated, not a
+    checkpoint, missing keys), or None when it is whole. Reads every tensor: a torn file fails here, not mid-resume."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, an empty file: all mean "corrupt"
+        return f"unreadable ({_first_line(e)})"
+    if not isinstance(ckpt, dict):
+        return f"holds a {type(ckpt).__name__}, not a checkpoint"
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if not missing and not (isinstance(ckpt["state_dict"], dict) and "bank.bank" in ckpt["state_dict"]):
+        missing = ["state_dict['bank.bank']"]
+    return f"missing keys {missing}" if missing else None
+
+
+def _epoch_checkpoints(checkpoints: Path) -> list[Path]:
+    """The run's per-epoch checkpoints (``epoch<NNNN>.ckpt``), newest first."""
+    found = [(int(m.group(1)), f) for f in checkpoints.glob("epoch*.ckpt")
+             if (m := re.fullmatch(r"epoch(\d+)\.ckpt", f.name))]
+    return [f for _, f in sorted(found, reverse=True)]
+
+
+def resume_checkpoint(checkpoints: str | Path) -> Path | None:
+    """The checkpoint a resumed run starts from: ``last.ckpt`` when it is whole, else the newest whole epoch checkpoint
+    (the run keeps the last two), else None (train from the start). Every checkpoint passed over is named in a
+    :class:`CorruptCheckpointWarning`. Reads only: every rank of a DDP job may call it at once."""
+    checkpoints = Path(checkpoints)
+    last = checkpoints / "last.ckpt"
+    epochs = _epoch_checkpoints(checkpoints) if checkpoints.is_dir() else []
+    if not last.exists() and not epochs:
+        return None
+    bad = []
+    for path in ([last] if last.exists() else []) + epochs:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if bad:
+                warnings.warn(f"run {checkpoints.parent}: {'; '.join(bad)}; resuming from {path.name} "
+                              f"({epochs_in_checkpoint(path)} epochs done)", CorruptCheckpointWarning, stacklevel=2)
+            return path
+        bad.append(f"checkpoint {path} is {problem}")
+    if not last.exists():
+        bad.insert(0, f"no {last}")
+    warnings.warn(f"run {checkpoints.parent}: {'; '.join(bad)}; no checkpoint to resume from, training starts over "
+                  f"from epoch 1", CorruptCheckpointWarning, stacklevel=2)
+    return None
+
+
+def _put_in_place(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source`` (a hard link where the file system has them), by rename."""
+    tmp = target.with_name(f".{target.name}.restore-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def _epochs_done(last: Path, fallback: int) -> int:
+    """Epochs in ``last`` (under ddp_spawn the fit ran in other processes and this trainer's counter stayed 0); the
+    trainer's count where it cannot be read (a DDP rank other than 0 while rank 0 puts a whole one in place)."""
+    try:
+        return epochs_in_checkpoint(last)
+    except Exception:  # noqa: BLE001 - only the count is at stake, and rank 0 reports the checkpoint's
+        return fallback
+
+
 def _strategy(params: PretrainParams) -> str:
     if params.strategy != "auto":
         return params.strategy
@@ -513,9 +680,15 @@ def train(
         idt_valid: ``(N,)`` bool, False where a video has no sketch (``joint``): a cluster of its own.
         resume: continue from ``out_dir/checkpoints/last.ckpt`` when present. The checkpoint may come from a run set
             to fewer epochs with otherwise equal params: nothing a run computes depends on ``epochs``, so it continues
-            as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused.
+            as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused. A
+            corrupt ``last.ckpt`` is passed over for the newest whole epoch checkpoint (the last two are kept), which
+            then takes its place; with none, training starts over (:func:`resume_checkpoint`, with a warning).
         callbacks: extra Lightning callbacks.
         loggers: extra Lightning loggers (``EpochReporter`` for progress reports).
+
+    Raises:
+        NonFiniteLossError: a step's loss was NaN or infinite (named with the run folder, epoch, batch and step); the
+            checkpoints on disk are those of the last finished epoch.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -523,10 +696,11 @@ def train(
     module = PretrainModule(params, n, cluster_labels=cluster_labels, idt_sketch=idt_sketch,
                             labels_for_eval=labels_for_eval, idt_valid=idt_valid)
     last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path is not None and (done := epochs_in_checkpoint(last)) > params.epochs:
+    start = resume_checkpoint(last.parent) if resume else None
+    ckpt_path = None if start is None else str(start)
+    if start is not None and (done := epochs_in_checkpoint(start)) > params.epochs:
         # Lightning would stop at once and hand back the longer run's weights as this run's
-        raise ValueError(f"checkpoint {last}: {done} epochs done, more than this run's epochs {params.epochs}; "
+        raise ValueError(f"checkpoint {start}: {done} epochs done, more than this run's epochs {params.epochs}; "
                          f"train in a new out_dir (or resume=False)")
     if init_from is not None and ckpt_path is None:
         module.load_init(init_from)
@@ -535,9 +709,11 @@ def train(
                           frame_step=params.frame_step)
     # no version counter: a last.ckpt this callback did not write itself (one adopted from a shorter run, whose
     # folder the restored callback state names) must be replaced, not kept beside a new last-v1.ckpt
+    # the last two epochs' checkpoints besides last.ckpt ("step" only grows, so the top 2 are the newest): a corrupt
+    # last.ckpt leaves the epoch before it to resume from
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
-                                 auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1, save_last=True,
-                                 enable_version_counter=False)
+                                 auto_insert_metric_name=False, every_n_epochs=1, monitor="step", mode="max",
+                                 save_top_k=2, save_last=True, enable_version_counter=False)
     # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log
     logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
@@ -549,9 +725,20 @@ def train(
         log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"run {out_dir}: {e}") from e
+    except Exception as e:  # ddp_spawn: a process's exception comes back as the text of its traceback
+        found = re.findall(rf"{NonFiniteLossError.__name__}: (.+)", str(e))
+        if found:
+            raise NonFiniteLossError(f"run {out_dir}: {found[-1].strip()}") from e
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     paths: dict[str, Path] = {}
+    if trainer.is_global_zero and start is not None and start != last and checkpoint_problem(last) is not None:
+        # resumed past a corrupt last.ckpt and trained no epoch (the run was done): no save replaced it
+        _put_in_place(start, last)
     if trainer.is_global_zero:
         paths = export_encoder(module, out_dir, source if export_embeddings else None,
                                batch_size=params.batch_size, num_workers=params.num_workers)
@@ -559,5 +746,5 @@ def train(
         checkpoint=last, encoder=out_dir / "encoder.pt", bank=out_dir / "bank.npy",
         embeddings=paths.get("embeddings"), metrics_csv=Path(logger.log_dir) / "metrics.csv",
         # from the checkpoint: under ddp_spawn the fit ran in other processes and this trainer's counter stayed 0
-        epochs_completed=epochs_in_checkpoint(last) if last.exists() else trainer.current_epoch, metrics=metrics,
+        epochs_completed=_epochs_done(last, trainer.current_epoch), metrics=metrics,
     )

@@ -625,6 +625,23 @@ def resume_checkpoint(checkpoints: str | Path) -> Path | None:
     return None
 
 
+def whole_init_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``init_from`` ``path`` stands for: ``path`` itself when it is whole; for a corrupt ``last.ckpt``
+    of a finished run, the newest epoch checkpoint beside it when that is whole (with a warning): it holds the same
+    weights, written at the same epoch end just before ``last.ckpt``. Else ``path``, whose load then names the fault."""
+    path = Path(path)
+    problem = checkpoint_problem(path) if path.name == "last.ckpt" and path.exists() else None
+    if problem is None:
+        return path
+    newest = _epoch_checkpoints(path.parent)[:1]
+    if newest and checkpoint_problem(newest[0]) is None:
+        warnings.warn(f"init_from {path} is {problem}; starting from {newest[0].name} beside it, the newest epoch "
+                      f"checkpoint of that run ({epochs_in_checkpoint(newest[0])} epochs done)",
+                      CorruptCheckpointWarning, stacklevel=2)
+        return newest[0]
+    return path
+
+
 def _put_in_place(source: Path, target: Path) -> None:
     """``target`` becomes a copy of ``source`` (a hard link where the file system has them), by rename."""
     tmp = target.with_name(f".{target.name}.restore-{os.getpid()}")
@@ -703,7 +720,7 @@ def train(
         raise ValueError(f"checkpoint {start}: {done} epochs done, more than this run's epochs {params.epochs}; "
                          f"train in a new out_dir (or resume=False)")
     if init_from is not None and ckpt_path is None:
-        module.load_init(init_from)
+        module.load_init(whole_init_checkpoint(init_from))
     data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
                           params.seed, drop_last=params.drop_last, augment=augment_of(params),
                           frame_step=params.frame_step)

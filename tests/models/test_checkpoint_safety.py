@@ -13,7 +13,7 @@ import torch
 
 from idtprior.models.lightning import (FAULT_LOSS_ENV, CorruptCheckpointWarning, NonFiniteLossError, PretrainModule,
                                        checkpoint_problem, epochs_in_checkpoint, fault_loss_from_env, load_encoder,
-                                       train)
+                                       train, whole_init_checkpoint)
 
 
 class _EpochEndStates(pl.Callback):
@@ -183,6 +183,15 @@ def test_a_corrupt_checkpoint_or_encoder_is_never_taken_as_finished_or_as_a_star
     with pytest.raises(ValueError, match=rf"init_from {re.escape(str(run.checkpoint))}: unreadable checkpoint "
                                          rf"\(RuntimeError: PytorchStreamReader"):
         la.load_init(run.checkpoint)
+    # the next stage starting from this finished run takes the same weights from its newest epoch checkpoint
+    with pytest.warns(CorruptCheckpointWarning, match=r"init_from .*last.ckpt is unreadable .*starting from "
+                                                      r"epoch0000.ckpt beside it.*\(1 epochs done\)"):
+        start = whole_init_checkpoint(run.checkpoint)
+    assert start == run.checkpoint.parent / "epoch0000.ckpt"
+    la.load_init(start)
+    np.testing.assert_array_equal(la.bank.bank.numpy(), np.load(run.bank))
+    (run.checkpoint.parent / "epoch0000.ckpt").write_bytes(b"")  # no whole one left: the load names the fault
+    assert whole_init_checkpoint(run.checkpoint) == run.checkpoint
     run.checkpoint.write_bytes(whole_ckpt)
     _truncate(run.encoder)
     assert finished_training(record, "fp") is None

@@ -54,13 +54,16 @@ def chunk_of(video_id: str, num_chunks: int) -> str:
 def sanitize_id(raw: str) -> str:
     """A video id that is safe as a single path component and as a Zarr node name.
 
-    Path separators become ``__``, any other character outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots are
-    dropped (no ``..``, no hidden names), and over-long ids are cut and suffixed with a hash so they stay unique.
+    Path separators become ``__``, any other character outside ``[A-Za-z0-9._-]`` becomes ``_`` (NUL bytes and the
+    surrogate escapes of non-UTF-8 bytes too), leading dots are dropped (no ``..``, no hidden names), and over-long ids
+    are cut and suffixed with a hash so they stay unique.
     """
     parts = [p for p in re.split(r"[\\/]+", raw) if p not in ("", ".", "..")]
     text = "__".join(_SAFE.sub("_", p) for p in parts).lstrip(".")
+    # any str hashes, the surrogate escapes of a name that was not UTF-8 and NUL bytes included
+    digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     if not text:
-        text = "video_" + hashlib.sha1(raw.encode()).hexdigest()[:10]
+        text = "video_" + digest
     if len(text) > MAX_ID_LENGTH:
-        text = text[: MAX_ID_LENGTH - 11] + "_" + hashlib.sha1(raw.encode()).hexdigest()[:10]
+        text = text[: MAX_ID_LENGTH - 11] + "_" + digest
     return text

@@ -32,6 +32,6 @@ from idtprior.evaluation.probe import (
 __all__ = [
     "FinetuneParams", "FinetuneResult", "McNemar", "Plateau", "cluster_montage", "cluster_purity", "contingency",
     "decode_png", "draw_tracks", "encode_png", "eval_clips", "extract_features", "few_shot_indices", "few_shot_table",
-    "finetune", "kmeans_agreement", "knn_probe", "largest_clusters", "line_plot", "markdown_image", "mcnemar_exact",
-    "middle_frame", "montage", "nmi", "png_data_uri", "split_validation", "training_curves",
+    "finetune", "kmeans_agreement", "knn_probe", "largest_clusters", "line_plot", "linear_probe", "markdown_image",
+    "mcnemar_exact", "middle_frame", "montage", "nmi", "png_data_uri", "split_validation", "training_curves",
 ]

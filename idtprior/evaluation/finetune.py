@@ -224,9 +224,9 @@ def finetune(
     if not (train_labels >= 0).any():
         raise ValueError("finetune: no labelled training video")
     n_classes = int(train_labels.max()) + 1 if n_classes is None else int(n_classes)
-    if train_labels.max() >= n_classes or (test_labels is not None and test_labels.max(initial=-1) >= n_classes):
-        raise ValueError(f"labels up to {max(train_labels.max(), -1 if test_labels is None else test_labels.max())} "
-                         f"do not fit n_classes {n_classes}")
+    top = max(int(train_labels.max()), -1 if test_labels is None else int(test_labels.max(initial=-1)))
+    if top >= n_classes:
+        raise ValueError(f"label {top} does not fit n_classes {n_classes}")
     p = params
     if val_ids is None:
         train_ids, val = split_validation(train_labels, p.val_fraction, p.seed)

@@ -54,8 +54,12 @@ def nmi(clusters: Sequence | np.ndarray, labels: Sequence | np.ndarray) -> float
     mi = float((p[nz] * np.log(p[nz] / np.outer(pk, pc)[nz])).sum())
     if mi <= 0:
         return 0.0
-    h = lambda q: float(-(q[q > 0] * np.log(q[q > 0])).sum())  # noqa: E731
-    return mi / ((h(pk) + h(pc)) / 2)
+    return mi / ((_entropy(pk) + _entropy(pc)) / 2)
+
+
+def _entropy(q: np.ndarray) -> float:
+    q = q[q > 0]
+    return float(-(q * np.log(q)).sum())
 
 
 @dataclass(frozen=True)

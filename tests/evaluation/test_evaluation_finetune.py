@@ -38,8 +38,10 @@ def motion_run():
     torch.manual_seed(0)
     encoder = resnet3d(width=0.125, embed_dim=8)
     before = _state(encoder)
-    result = finetune(encoder, train, labels[:64], test, labels[64:], _tiny(frozen_blocks=1))
-    return dict(result=result, encoder=encoder, before=before, labels=labels, test=test)
+    reported = []
+    result = finetune(encoder, train, labels[:64], test, labels[64:], _tiny(frozen_blocks=1), on_epoch=reported.append)
+    return {"result": result, "encoder": encoder, "before": before, "labels": labels, "test": test,
+            "reported": reported}
 
 
 def test_finetuning_learns_a_planted_motion_task(motion_run):
@@ -52,6 +54,7 @@ def test_finetuning_learns_a_planted_motion_task(motion_run):
     np.testing.assert_allclose(r.test_probabilities.sum(1), 1.0, rtol=1e-5)
     assert np.array_equal(r.test_predictions, r.test_probabilities.argmax(1))
     assert r.test_accuracy == float((r.test_predictions == motion_run["labels"][64:]).mean())
+    assert motion_run["reported"] == r.history and [h["epoch"] for h in r.history] == list(range(len(r.history)))
 
 
 def test_frozen_blocks_keep_their_weights_and_the_rest_moves(motion_run):
@@ -141,5 +144,7 @@ def test_bad_inputs_name_the_value():
         FinetuneParams(frozen_blocks=5)
     with pytest.raises(ValueError, match=r"\(7,\)"):
         finetune(resnet3d(width=0.125), src, labels[:7], src, None, _tiny())
+    with pytest.raises(ValueError, match="label 3 does not fit n_classes 2"):
+        finetune(resnet3d(width=0.125), src, labels, src, None, _tiny(), n_classes=2)
     with pytest.raises(ValueError, match=r"validation ids \[8\]"):
         finetune(resnet3d(width=0.125), src, labels, src, None, _tiny(), val_ids=[1, 8])

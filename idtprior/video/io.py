@@ -2,11 +2,19 @@
 
 Frames are numpy arrays ``(H, W, 3)`` uint8 RGB. Nothing here holds a whole video in memory: decoding is a generator,
 writing takes an iterable.
+
+Frames come as they are SHOWN, not as they are stored: phone footage stores frames sideways with a display matrix that
+rotates (or mirrors) them upright, and anamorphic footage stores non-square pixels (a sample aspect ratio). Probing and
+decoding apply both (``Orientation``), so sizes, frames and boxes are all in upright display pixels. A display matrix
+that is not a multiple of 90 degrees cannot be applied without resampling: such a video is refused, naming the angle.
 """
 
 import math
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -25,9 +33,80 @@ class VideoInfo:
     duration: float  # seconds
     fps: float
     frame_count: int  # from the container when it says, else duration * fps rounded
-    width: int
+    width: int  # as shown: upright, at the display aspect (what ``iter_frames`` yields)
     height: int
     codec: str
+    rotation: int = 0  # degrees counter-clockwise the stored frames are turned to be shown (0, 90, 180, 270)
+    sample_aspect: float = 1.0  # stored pixel width / height (1: square pixels)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a stored frame ``(h, w)`` becomes the shown one: ``transpose`` then flips (exact, no resampling), and a
+    stretch to square pixels by ``sample_aspect`` (a resize, folded into ``iter_frames``' resizing)."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+    sample_aspect: Fraction = Fraction(1)
+
+    @property
+    def rotation(self) -> int:
+        """Counter-clockwise degrees of the turn (a mirror image says the turn of its unmirrored part)."""
+        turns = {(False, False, False): 0, (True, True, False): 90, (False, True, True): 180,
+                 (True, False, True): 270, (False, False, True): 0, (False, True, False): 180,
+                 (True, False, False): 90, (True, True, True): 270}
+        return turns[(self.transpose, self.flip_rows, self.flip_cols)]
+
+    def display_shape(self, height: int, width: int) -> tuple[int, int]:
+        """``(H, W)`` shown for a stored ``(height, width)``: pixels stretched to square (never shrunk), then turned."""
+        sar = self.sample_aspect
+        if sar > 1:
+            width = max(1, int(round(width * sar)))
+        elif 0 < sar < 1:
+            height = max(1, int(round(height / sar)))
+        return (width, height) if self.transpose else (height, width)
+
+    def turn(self, img: np.ndarray) -> np.ndarray:
+        """The stored frame ``(h, w[, C])`` turned and mirrored as shown (no stretch): ``(w, h[, C])`` if transposed."""
+        if self.transpose:
+            img = np.swapaxes(img, 0, 1)
+        if self.flip_rows:
+            img = img[::-1]
+        if self.flip_cols:
+            img = img[:, ::-1]
+        return np.ascontiguousarray(img)
+
+
+def frame_orientation(frame, stream, path: str | Path) -> Orientation:
+    """The ``Orientation`` of a decoded PyAV frame (its display matrix side data) in ``stream`` (its sample aspect
+    ratio). Raises ``VideoError`` for a display matrix that is not a multiple of 90 degrees."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
+    sar = Fraction(sar) if sar > 0 else Fraction(1)
+    matrix = None
+    for data in frame.side_data:
+        if getattr(data.type, "name", str(data.type)).endswith("DISPLAYMATRIX"):
+            matrix = np.frombuffer(bytes(data), np.int32)[:9].astype(np.float64)
+    if matrix is None or len(matrix) < 9:
+        return Orientation(sample_aspect=sar)
+    # FFmpeg's row-vector convention (libavutil/display.h): a shown point is (x', y') = (a x + c y, b x + d y) for
+    # a stored column x and row y, with [a b . c d .] the matrix's first two rows in 16.16 fixed point
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    big = max(abs(a), abs(b), abs(c), abs(d), 1.0)
+    tiny = [abs(v) < 1e-3 * big for v in (a, b, c, d)]
+    if tiny == [False, True, True, False]:
+        return Orientation(False, d < 0, a < 0, sar)
+    if tiny == [True, False, False, True]:  # x' = c y, y' = b x: the shown rows are the stored columns
+        return Orientation(True, b < 0, c < 0, sar)
+    angle = -math.degrees(math.atan2(b, a))  # counter-clockwise, as av_display_rotation_get
+    raise VideoError(f"video {path}: its display matrix turns frames by {angle:.1f} degrees counter-clockwise; only "
+                     f"multiples of 90 can be shown upright without resampling (matrix {[int(v) for v in matrix]})")
+
+
+def _shown(path: str | Path, limit: int = 300) -> str:
+    """A path for a message: cut in the middle past ``limit`` characters (a 5,000-character name stays readable)."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 2):]}"
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -38,10 +117,16 @@ def probe_video(path: str | Path) -> VideoInfo:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise VideoError(f"video {path}: cannot stat: {e}") from e
-    if size == 0:
+        st = path.stat()
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if os.path.islink(path):  # False for a name too long or with a NUL byte, where is_symlink raises
+            detail += f" (a symlink to {_shown(os.readlink(path))}, which does not exist)"
+        raise VideoError(f"video {_shown(path)}: cannot stat: {detail}") from e
+    if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (opening one would wait forever), a device
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a file"
+        raise VideoError(f"video {_shown(path)}: {kind}, not a regular file")
+    if st.st_size == 0:
         raise VideoError(f"video {path}: file is empty (0 bytes)")
     try:
         with av.open(str(path)) as container:
@@ -65,16 +150,21 @@ def probe_video(path: str | Path) -> VideoInfo:
             if first is None:
                 raise VideoError(f"video {path}: no decodable frame")
             width, height = width or first.width, height or first.height
+            orientation = frame_orientation(first, stream, path)
+            height, width = orientation.display_shape(height, width)
             codec = ctx.name
     except VideoError:
         raise
+    except PermissionError as e:
+        raise VideoError(f"video {_shown(path)}: cannot read: permission denied ({e.strerror or e})") from e
     except (av.error.FFmpegError, OSError, StopIteration, ValueError) as e:
         raise VideoError(f"video {path}: cannot decode: {e}") from e
     if fps <= 0:
         raise VideoError(f"video {path}: frame rate unknown ({fps})")
     if duration <= 0:
         duration = frame_count / fps if frame_count else 0.0
-    return VideoInfo(duration=duration, fps=fps, frame_count=frame_count, width=width, height=height, codec=codec)
+    return VideoInfo(duration=duration, fps=fps, frame_count=frame_count, width=width, height=height, codec=codec,
+                     rotation=orientation.rotation, sample_aspect=round(float(orientation.sample_aspect), 6))
 
 
 def resized_shape(height: int, width: int, short_side: int | None = None, max_side: int | None = None) -> tuple[int, int]:
@@ -98,7 +188,8 @@ def iter_frames(
     """Yield the frames of ``path`` one by one: ``(H, W, 3)`` uint8 RGB, or ``(H, W)`` uint8 when ``gray``.
 
     ``short_side`` resizes so the shorter side has that many pixels; ``max_side`` caps the longer side (both keep the
-    aspect ratio, area interpolation when shrinking). Decoding streams: memory stays at a few frames.
+    aspect ratio, area interpolation when shrinking). Frames come upright and at the display aspect (``Orientation``
+    of the first frame, for every frame). Decoding streams: memory stays at a few frames.
     """
     path = Path(path)
     try:
@@ -110,12 +201,15 @@ def iter_frames(
             raise VideoError(f"video {path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        target = None
+        target = orientation = None
         try:
             for frame in container.decode(stream):
-                img = frame.to_ndarray(format="gray" if gray else "rgb24")
+                if orientation is None:
+                    orientation = frame_orientation(frame, stream, path)
+                img = orientation.turn(frame.to_ndarray(format="gray" if gray else "rgb24"))
                 if target is None:
-                    target = resized_shape(img.shape[0], img.shape[1], short_side, max_side)
+                    shown = orientation.display_shape(frame.height, frame.width)
+                    target = resized_shape(shown[0], shown[1], short_side, max_side)
                 if target != img.shape[:2]:
                     interp = cv2.INTER_AREA if target[0] < img.shape[0] else cv2.INTER_LINEAR
                     img = cv2.resize(img, (target[1], target[0]), interpolation=interp)

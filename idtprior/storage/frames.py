@@ -1,7 +1,9 @@
 """Decoded frames in the workspace: streaming writes and random-access clip reads.
 
 Each video is one Zarr array ``(T, H, W, 3)`` uint8, chunked along time (``time_chunk`` frames a chunk, whole frames
-spatially), so reading a 16-frame clip touches one or two chunks and never decodes the video.
+spatially), so reading a 16-frame clip touches one or two chunks and never decodes the video. Every chunk has a file
+(a black one too) with a crc32c, and a video is opened only after its files are checked against the decode record, so
+a missing or damaged chunk is an ``IntegrityError`` naming the chunk and video, never black frames.
 """
 
 from collections.abc import Iterable
@@ -10,7 +12,8 @@ from functools import lru_cache
 import numpy as np
 import zarr
 
-from idtprior.storage.workspace import Workspace
+from idtprior.storage.integrity import array_options, reading
+from idtprior.storage.workspace import ChunkRecord, Workspace
 
 STAGE = "decode"
 
@@ -31,7 +34,7 @@ def write_frames(group: zarr.Group, video_id: str, frames: Iterable[np.ndarray],
         if arr is None:
             h, w = img.shape[:2]
             arr = group.create_array(video_id, shape=(0, h, w, 3), chunks=(time_chunk, h, w, 3), dtype="uint8",
-                                     overwrite=True)
+                                     overwrite=True, **array_options())
         buf.append(img)
         n += 1
         if len(buf) == time_chunk:
@@ -54,11 +57,11 @@ class FrameStore:
 
     def __init__(self, ws: Workspace):
         self.ws = ws
-        self._index: dict[str, tuple[str, str]] = {}
+        self._index: dict[str, ChunkRecord] = {}
         for rec in ws.records(STAGE).values():
             for vid, info in rec.videos.items():
                 if info.get("status") == "ok":
-                    self._index[vid] = (rec.chunk, rec.version)
+                    self._index[vid] = rec
         self._arrays: dict[str, zarr.Array] = {}
 
     @property
@@ -73,8 +76,10 @@ class FrameStore:
         if arr is None:
             if video_id not in self._index:
                 raise KeyError(f"video {video_id!r} has no decoded frames in {self.ws.url} (run the decode stage)")
-            chunk, version = self._index[video_id]
-            arr = self.ws.chunk_group(STAGE, chunk, version)[video_id]
+            rec = self._index[video_id]
+            group = self.ws.open_verified(STAGE, rec, video=video_id)
+            with reading(STAGE, rec.chunk, video_id):
+                arr = group[video_id]
             self._arrays[video_id] = arr
         return arr
 
@@ -93,7 +98,8 @@ class FrameStore:
         total = arr.shape[0]
         if start < 0 or length < 1 or start + length > total:
             raise ValueError(f"video {video_id}: clip [{start}, {start + length}) outside its {total} frames")
-        return arr[start:start + length]
+        with reading(STAGE, self._index[video_id].chunk, video_id):
+            return arr[start:start + length]
 
 
 @lru_cache(maxsize=8)

@@ -15,13 +15,15 @@ Layout::
 A chunk is written into a fresh ``<chunk>/<version>`` group, and only then is its record written, atomically (temp file
 and rename on a local disk, a single object write on an object store). A crash before the record leaves an orphan
 version that nobody reads and the next commit removes; a crash after it leaves the whole chunk. Readers go through the
-record, never through directory listings.
+record, never through directory listings, and check the chunk's files against it (``open_verified``; see
+``integrity.py``: the record lists every file of its version with a size and a checksum).
 
 Chunks are named ``<i>-of-<N>`` after ``ingest.num_chunks``; whole-dataset stages use the chunk ``all``. Only one
 chunking is current (``chunking.json``): ``records`` lists only its chunks (and ``all``), and ingest removes every
 other chunking's records and data when it commits a new one, so no reader ever sees a video twice.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -35,6 +37,8 @@ from pathlib import Path
 import fsspec
 import zarr
 import zarr.errors
+
+from idtprior.storage.integrity import IntegrityError, check_files, chunk_label, describe_files, full_check_asked
 
 RECORD_FORMAT = 1
 _CHUNK_NAME = re.compile(r"^\d+-of-(\d+)$")
@@ -58,6 +62,9 @@ class ChunkRecord:
     created: float = 0.0
     seconds: float = 0.0
     format: int = RECORD_FORMAT
+    # every file of the version group: relpath -> [size, crc32c hex], set at commit; None: a record from before files
+    # were listed (it reads, but cannot be verified)
+    files: dict[str, list] | None = None
 
     @property
     def n_ok(self) -> int:
@@ -146,19 +153,65 @@ class Workspace:
     def chunk_group(self, stage: str, chunk: str, version: str, mode: str = "r") -> zarr.Group:
         return zarr.open_group(self.store_url(stage), mode=mode, path=f"{chunk}/{version}")
 
+    def version_path(self, stage: str, chunk: str, version: str) -> str:
+        return self.path(f"{stage}.zarr", chunk, version)
+
+    def open_verified(self, stage: str, record: ChunkRecord, video: str | None = None,
+                      full: bool | None = None) -> zarr.Group:
+        """The chunk's version group, read-only, after checking its files against ``record`` (only ``video``'s when
+        given): each listed file present with its size, and with its checksum when ``full`` (default: asked by
+        ``IDTPRIOR_VERIFY=full``). Raises ``IntegrityError`` naming the stage, chunk and video. A record from before
+        records listed their files is opened unchecked."""
+        if record.files is not None:
+            full = full_check_asked() if full is None else full
+            folder = self.version_path(stage, record.chunk, record.version)
+            prefix = f"{video}/" if video else ""
+            problems = check_files(self.fs, folder, record.files, full, prefix)
+            if not problems and video and not any(rel.startswith(prefix) for rel in record.files):
+                problems = [f"the record lists no file of {video}"]
+            if problems:
+                more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+                raise IntegrityError(
+                    f"{chunk_label(stage, record.chunk, video)}: stored data does not match its record (version "
+                    f"{record.version}): {'; '.join(problems[:3])}{more}; run `idtprior verify {self.url} --repair` "
+                    f"and rerun the {stage} stage")
+        try:
+            return self.chunk_group(stage, record.chunk, record.version)
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{chunk_label(stage, record.chunk, video)}: version {record.version} of the record "
+                                 f"is not in {self.store_url(stage)}") from e
+
+    def stages(self) -> list[str]:
+        """Every stage the workspace holds records or data of."""
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self._subfolders(self.path("records"))}
+        names |= {p.rsplit("/", 1)[-1][:-len(".zarr")] for p in self._subfolders(self.root) if p.endswith(".zarr")}
+        return sorted(names)
+
+    def version_groups(self, stage: str) -> dict[str, list[str]]:
+        """chunk -> the version groups ``<stage>.zarr/<chunk>/v*`` on storage, named by a record or not."""
+        out = {}
+        for chunk_dir in self._subfolders(self.path(f"{stage}.zarr")):
+            versions = [p.rsplit("/", 1)[-1] for p in self._subfolders(chunk_dir)]
+            out[chunk_dir.rsplit("/", 1)[-1]] = sorted(v for v in versions if v.startswith("v"))
+        return out
+
     # records -----------------------------------------------------------------------------------------------------
     def record_path(self, stage: str, chunk: str) -> str:
         return self.path("records", stage, f"{chunk}.json")
 
     def read_record(self, stage: str, chunk: str) -> ChunkRecord | None:
         data = self.read_bytes(self.record_path(stage, chunk))
+        return None if data is None else self.parse_record(data)[0]  # unreadable: the chunk is not done
+
+    @staticmethod
+    def parse_record(data: bytes | None) -> tuple[ChunkRecord | None, str]:
+        """A record from its stored bytes, or None and why not."""
         if data is None:
-            return None
+            return None, "no file"
         try:
-            raw = json.loads(data)
-            return ChunkRecord(**raw)
-        except (ValueError, TypeError):
-            return None  # unreadable record: treat the chunk as not done
+            return ChunkRecord(**json.loads(data)), ""
+        except (ValueError, TypeError) as e:
+            return None, f"{type(e).__name__}: {e}"[:200]
 
     def records(self, stage: str) -> dict[str, ChunkRecord]:
         """The committed records of a stage, by chunk: those of the current chunking (``num_chunks``) and whole-dataset
@@ -236,11 +289,30 @@ class Workspace:
         return sorted(p.rstrip("/") for p in self.fs.ls(folder, detail=False) if self.fs.isdir(p))
 
     def commit(self, record: ChunkRecord) -> None:
-        """Make ``record`` (and the version group it names) the chunk's output, then drop older versions."""
+        """Make ``record`` (and the version group it names) the chunk's output, then drop older versions and any
+        leftover of an earlier attempt. The record lists the version's files with their sizes and checksums (one
+        read of the bytes just written) for readers and ``idtprior verify`` to check."""
         record.created = time.time()
+        record.files = describe_files(self.fs, self.version_path(record.stage, record.chunk, record.version)) \
+            if record.version else {}
         self.write_bytes_atomic(self.record_path(record.stage, record.chunk),
                                 json.dumps(asdict(record), sort_keys=True).encode())
-        self.remove_stale_versions(record.stage, record.chunk, keep=record.version)
+        self.remove_orphans(record.stage, record.chunk, keep=record.version)
+
+    def remove_orphans(self, stage: str, chunk: str, keep: str | None = None) -> None:
+        """Remove what a crashed attempt of the chunk left behind: versions other than ``keep`` (default: the one its
+        record names; all when it has none) and temporary record files. Only while no other attempt of the chunk
+        is writing (one writer per chunk, as everywhere)."""
+        if keep is None:
+            rec = self.read_record(stage, chunk)
+            keep = rec.version if rec is not None else ""
+        self.remove_stale_versions(stage, chunk, keep=keep)
+        if self.is_local:
+            folder = self.path("records", stage)
+            for name in os.listdir(folder) if os.path.isdir(folder) else ():
+                if name.startswith(f"{chunk}.json.tmp-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(f"{folder}/{name}")
 
     def remove_stale_versions(self, stage: str, chunk: str, keep: str | None) -> None:
         folder = f"{self.root}/{stage}.zarr/{chunk}"

@@ -13,6 +13,7 @@ from prefect import task
 
 from idtprior.config import DetectConfig
 from idtprior.storage import ChunkRecord, Workspace
+from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
@@ -90,8 +91,8 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     offsets, rows = pack_boxes(boxes)
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a").require_group(video_id)
     group.attrs.update({"height": height, "width": width})
-    group.create_array("offsets", data=offsets, overwrite=True)
-    group.create_array("rows", data=rows, overwrite=True)
+    group.create_array("offsets", data=offsets, overwrite=True, **array_options())
+    group.create_array("rows", data=rows, overwrite=True, **array_options())
     with_person = sum(1 for b in boxes if len(b))
     out = {"frames": len(boxes), "boxes": int(len(rows)), "frames_with_person": with_person}
     if cfg.bb_folder and bb_file(cfg.bb_folder, video_id, path) is None:
@@ -116,10 +117,18 @@ def read_chunk_boxes(workspace: str, chunk: str, version: str | None, video_id: 
     """A video's per-frame boxes from a detect chunk version (None when the chunk or the video has none)."""
     if not version:
         return None
-    group = Workspace(workspace).chunk_group(STAGE, chunk, version)
-    if video_id not in group:
-        return None
-    return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...])
+    ws = Workspace(workspace)
+    rec = ws.read_record(STAGE, chunk)
+    if rec is not None and rec.version == version:  # the committed chunk: its files checked against the record
+        if rec.videos.get(video_id, {}).get("status") != "ok":
+            return None
+        group = ws.open_verified(STAGE, rec, video=video_id)
+    else:
+        group = ws.chunk_group(STAGE, chunk, version)
+        if video_id not in group:
+            return None
+    with reading(STAGE, chunk, video_id):
+        return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...])
 
 
 def boxes_for_frames(boxes: list[np.ndarray] | None, height: int, width: int, max_side: int | None):

@@ -7,6 +7,7 @@ from prefect import task
 from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
 from idtprior.storage import ChunkRecord, Workspace
+from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.tasks.detect import read_chunk_boxes
@@ -24,8 +25,9 @@ def read_codebook(ws: Workspace) -> Codebook:
     rec = ws.read_record("fit_codebook", ALL)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no codebook: run the fit_codebook stage first")
-    group = ws.chunk_group("fit_codebook", ALL, rec.version)
-    return Codebook.from_arrays({name: np.asarray(arr[...]) for name, arr in group.arrays()})
+    group = ws.open_verified("fit_codebook", rec)
+    with reading("fit_codebook", ALL):
+        return Codebook.from_arrays({name: np.asarray(arr[...]) for name, arr in group.arrays()})
 
 
 @task(name="fit-codebook", task_run_name="fit codebook")
@@ -34,6 +36,7 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
+        ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
         return done
     sample = read_sample(ws)
     if len(sample) < config.gmm_components:
@@ -42,7 +45,7 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     book = fit_codebook(sample[:, 10:], codebook_params(config))
     version, group = ws.new_version(stage, chunk)
     for name, arr in book.to_arrays().items():
-        group.create_array(name, data=np.asarray(arr), overwrite=True)
+        group.create_array(name, data=np.asarray(arr), overwrite=True, **array_options())
     record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": {
         "status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint()}})
     ws.commit(record)
@@ -67,12 +70,13 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
     ids = sorted(v for v, r in results.items() if r.get("status") == "ok")
     dim = next((r["_sketch"].shape[0] for r in results.values() if "_sketch" in r), 0)
     data = np.stack([results[v]["_sketch"] for v in ids]) if ids else np.zeros((0, dim), np.float32)
-    arr = group.create_array("sketches", data=data, overwrite=True)
+    arr = group.create_array("sketches", data=data, overwrite=True, **array_options())
     arr.attrs["video_ids"] = ids
-    group.create_array("valid", data=np.array([results[v]["valid"] for v in ids], bool), overwrite=True)
+    group.create_array("valid", data=np.array([results[v]["valid"] for v in ids], bool), overwrite=True,
+                       **array_options())
     for v in ids:
         if "_rows" in results[v]:
-            group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True)
+            group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True, **array_options())
 
 
 CODE_VERSION = stage_code("encode")  # fit_codebook's and cluster's: stage_code("fit_codebook"), stage_code("cluster")
@@ -96,9 +100,10 @@ def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.n
     index = {v: i for i, v in enumerate(video_ids)}
     x, valid = None, np.zeros(len(video_ids), bool)
     for chunk, rec in ws.records("encode").items():
-        group = ws.chunk_group("encode", chunk, rec.version)
-        arr = group["sketches"]
-        ids, data, ok = arr.attrs["video_ids"], arr[...], group["valid"][...]
+        group = ws.open_verified("encode", rec)
+        with reading("encode", chunk):
+            arr = group["sketches"]
+            ids, data, ok = arr.attrs["video_ids"], arr[...], group["valid"][...]
         if x is None:
             x = np.zeros((len(video_ids), data.shape[1]), np.float32)
         for j, vid in enumerate(ids):
@@ -119,14 +124,15 @@ def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, row
     when the record matches ``fingerprint``. The encode chunks are read once (as the cluster stage reads them)."""
     done = ws.read_record(SKETCHES, ALL)
     if done is not None and done.fingerprint == fingerprint:
+        ws.remove_orphans(SKETCHES, ALL, keep=done.version)  # what a commit killed part-way left
         return done
     if not video_ids:
         raise KeyError(f"workspace {ws.url}: no video to assemble sketches for")
     x, valid = read_sketches(ws, video_ids)
     version, group = ws.new_version(SKETCHES, ALL)
     arr = group.create_array("sketches", data=x, chunks=(min(rows_per_chunk, len(video_ids)), x.shape[1]),
-                             overwrite=True)
-    group.create_array("valid", data=valid, overwrite=True)
+                             overwrite=True, **array_options())
+    group.create_array("valid", data=valid, overwrite=True, **array_options())
     arr.attrs["video_ids"] = list(video_ids)
     record = ChunkRecord(SKETCHES, ALL, fingerprint, version, {"sketches": {
         "status": "ok", "videos": len(video_ids), "valid": int(valid.sum()), "dim": int(x.shape[1])}})
@@ -139,9 +145,10 @@ def read_assembled_sketches(ws: Workspace) -> tuple[np.ndarray, np.ndarray, list
     rec = ws.read_record(SKETCHES, ALL)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no assembled sketches: run the encode stage first")
-    group = ws.chunk_group(SKETCHES, ALL, rec.version)
-    arr = group["sketches"]
-    return np.asarray(arr[...]), np.asarray(group["valid"][...]), list(arr.attrs["video_ids"])
+    group = ws.open_verified(SKETCHES, rec)
+    with reading(SKETCHES, ALL):
+        arr = group["sketches"]
+        return np.asarray(arr[...]), np.asarray(group["valid"][...]), list(arr.attrs["video_ids"])
 
 
 @task(name="cluster", task_run_name="cluster k={config.k}")
@@ -151,6 +158,7 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
+        ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
         return done
     x, valid = read_sketches(ws, video_ids)
     n_valid = int(valid.sum())
@@ -161,8 +169,8 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
     labels = np.full((config.runs, len(video_ids)), -1, np.int64)
     labels[:, valid] = labels_valid
     version, group = ws.new_version(stage, chunk)
-    group.create_array("labels", data=labels, overwrite=True).attrs["video_ids"] = list(video_ids)
-    group.create_array("centroids", data=np.asarray(centroids, np.float32), overwrite=True)
+    group.create_array("labels", data=labels, overwrite=True, **array_options()).attrs["video_ids"] = list(video_ids)
+    group.create_array("centroids", data=np.asarray(centroids, np.float32), overwrite=True, **array_options())
     sizes = [np.bincount(run, minlength=config.k) for run in labels_valid]
     stats = {"status": "ok", "videos": n_valid, "k": config.k,
              "empty_clusters": [int((s == 0).sum()) for s in sizes], "largest_cluster": [int(s.max()) for s in sizes],
@@ -177,5 +185,6 @@ def read_cluster_labels(ws: Workspace) -> tuple[np.ndarray, list[str]]:
     rec = ws.read_record("cluster", ALL)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no clusters: run the cluster stage first")
-    arr = ws.chunk_group("cluster", ALL, rec.version)["labels"]
-    return np.asarray(arr[...]), list(arr.attrs["video_ids"])
+    with reading("cluster", ALL):
+        arr = ws.open_verified("cluster", rec)["labels"]
+        return np.asarray(arr[...]), list(arr.attrs["video_ids"])

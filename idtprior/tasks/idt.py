@@ -12,6 +12,7 @@ from prefect import task
 
 from idtprior.config import IDTConfig
 from idtprior.storage import ChunkRecord, Workspace
+from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
@@ -84,7 +85,8 @@ def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
     keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
-    group.create_array(video_id, data=keep.astype(np.float16 if cfg.float16 else np.float32), overwrite=True)
+    group.create_array(video_id, data=keep.astype(np.float16 if cfg.float16 else np.float32), overwrite=True,
+                       **array_options())
     note = "" if len(rows) else "no trajectory (video too short or static)"
     return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
 
@@ -107,7 +109,8 @@ def read_sample(ws: Workspace) -> np.ndarray:
     """All stored sample rows, (n, 436) float32, in video-id order."""
     parts = []
     for chunk, rec in sorted(ws.records(STAGE).items()):
-        group = ws.chunk_group(STAGE, chunk, rec.version)
+        group = ws.open_verified(STAGE, rec)
         for vid in sorted(v for v, info in rec.videos.items() if info.get("status") == "ok"):
-            parts.append(np.asarray(group[vid][:], dtype=np.float32))
+            with reading(STAGE, chunk, vid):
+                parts.append(np.asarray(group[vid][:], dtype=np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 436), np.float32)

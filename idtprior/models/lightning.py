@@ -6,6 +6,10 @@ continue identically after a kill lives in ``out_dir/checkpoints/last.ckpt``: we
 (``on_save_checkpoint``). Clips are seeded per ``(seed, epoch, video)`` (see ``data.py``), the NCE noise per
 ``(seed, epoch, rank)`` (:func:`noise_seed`), so neither depends on what a checkpoint carries or on how many epochs the
 run is set to: a resumed or lengthened run draws what an uninterrupted one draws, on every DDP rank.
+
+Faults: a NaN or infinite loss stops the run (:class:`NonFiniteLossError`) before that step's update, so no checkpoint
+ever holds poisoned weights; the last two epochs' checkpoints are kept besides ``last.ckpt``, and a corrupt
+``last.ckpt`` is passed over for the newest whole one (:func:`resume_checkpoint`).
 """
 
 import dataclasses

@@ -202,11 +202,19 @@ def _without_suffix(name: str) -> str:
 
 
 def _resolved(path: Path) -> tuple[str, str]:
-    """``(str(path.resolve()), "")``, or the path as given and why it cannot be resolved (a symlink loop)."""
+    """``(str(path.resolve()), "")``; for a dangling or looping symlink (or one that cannot be resolved) the path as
+    given, absolute, and why it names no file."""
     try:
-        return str(path.resolve()), ""
+        resolved = str(path.resolve())
     except (OSError, RuntimeError, ValueError) as e:
-        return str(path), f"cannot be resolved: {e}"
+        return os.path.abspath(path), f"cannot be resolved: {e}"
+    if resolved != str(path) and os.path.islink(path) and not os.path.exists(resolved):
+        try:
+            target = printable(os.readlink(path))
+        except OSError as e:
+            target = f"? ({e})"
+        return os.path.abspath(path), f"dangling symlink to {target}, which does not exist"
+    return resolved, ""
 
 
 def _read_folder(folder: Path, extensions, skipped: list[SkippedLine]) -> list:
@@ -226,15 +234,7 @@ def _read_folder(folder: Path, extensions, skipped: list[SkippedLine]) -> list:
                 continue
             p = Path(dirpath) / name
             rel = p.relative_to(folder).with_suffix("").as_posix()
-            if p.is_symlink() and not os.path.exists(p):  # dangling, or a loop
-                try:
-                    target = os.readlink(p)
-                except OSError as e:
-                    target = f"? ({e})"
-                error = _resolved(p)[1] or f"dangling symlink to {printable(target)}, which does not exist"
-                out.append((rel, os.path.abspath(p), "", "", error))
-                continue
-            path, error = _resolved(p)
+            path, error = _resolved(p)  # a dangling or looping link: the link, with the error
             out.append((rel, path, "", "", error))
     return out
 

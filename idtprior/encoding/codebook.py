@@ -11,6 +11,7 @@ Two PCA modes:
 """
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -28,6 +29,32 @@ IDT_ROW_DIM = 436
 """Width of a full IDT row; its columns 10:436 are the descriptors."""
 PCA_MODES = ("concat", "per_type")
 _FORMAT_VERSION = 1
+
+PAPER_SAMPLE_ROWS = 1_750_000
+"""The paper's codebook sample: 3500 videos x 500 descriptors, for 256 components (~6,800 rows per component)."""
+PAPER_COMPONENTS = 256
+MIN_ROWS_PER_COMPONENT = 100
+"""Fewer sample rows per GMM component than this gives a ``SmallSampleWarning``: each component then rests on a few
+dozen points for its 2D + 1 parameters (the demo fits 64 components on ~30,000 rows: ~470 per component)."""
+
+
+class SmallSampleWarning(UserWarning):
+    """A codebook fitted on too few sample rows for its GMM components: it works, but the components are poorly
+    estimated. A warning, not an error: tests and demos fit tiny samples on purpose."""
+
+
+def check_sample_size(n_rows: int, n_components: int) -> str:
+    """Warn (``SmallSampleWarning``) when ``n_rows`` are under ``MIN_ROWS_PER_COMPONENT`` per GMM component; returns
+    the warning's text ("" when the sample is large enough)."""
+    per = n_rows / max(n_components, 1)
+    if per >= MIN_ROWS_PER_COMPONENT:
+        return ""
+    text = (f"codebook: a GMM of {n_components} components fitted on {n_rows:,} sample rows ({per:.1f} rows per "
+            f"component, fewer than {MIN_ROWS_PER_COMPONENT}); the paper fits {PAPER_COMPONENTS} on "
+            f"{PAPER_SAMPLE_ROWS:,} rows ({PAPER_SAMPLE_ROWS / PAPER_COMPONENTS:,.0f} per component). Sample more "
+            f"(idt.sample_videos x idt.sample_rows) or fit fewer components (codebook.gmm_components)")
+    warnings.warn(text, SmallSampleWarning, stacklevel=3)
+    return text
 
 
 def _type_columns() -> list[tuple[int, int]]:
@@ -300,6 +327,8 @@ def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codeboo
         cfg: the settings.
     Returns:
         The :class:`Codebook` (host NumPy arrays).
+    Warns:
+        ``SmallSampleWarning`` under ``MIN_ROWS_PER_COMPONENT`` rows per component (every block has all n rows).
     """
     if not isinstance(cfg, CodebookParams):
         raise TypeError(f"cfg: expected CodebookParams, got {type(cfg).__name__}")
@@ -308,6 +337,7 @@ def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codeboo
     n = sample.shape[0]
     if n < cfg.n_components:
         raise ValueError(f"sample: {n} rows, need at least n_components={cfg.n_components}")
+    check_sample_size(n, cfg.n_components)
     finite = xp.isfinite(sample).all(axis=1)
     if not bool(finite.all()):
         raise ValueError(f"sample: {int((~finite).sum())} of {n} rows have non-finite values")

@@ -1,0 +1,109 @@
+"""Bad configs give one message naming the key and the value, exit status 2 and no traceback: on the command line
+(``idtprior run``) and on the UI's path (``resolve_config`` with the run form's overrides). Nothing here starts a flow:
+every one of them is refused before."""
+
+from pathlib import Path
+
+import pytest
+
+from idtprior.cli import main
+from idtprior.config import ConfigError, PipelineConfig
+from idtprior.flows.deployments import resolve_config
+from idtprior.flows.stages import plan_ingest
+from idtprior.storage import Workspace
+
+BAD = {  # YAML text -> what the one line must say (the key and the value)
+    "ingest: {num_chunks: many}\n": ["key 'ingest.num_chunks'", "(value 'many')"],
+    "stages: [ingest, decod]\n": ["key 'stages': unknown stage(s) ['decod']", "(value ['ingest', 'decod'])"],
+    "stages: ingest\n": ["key 'stages'", "(value 'ingest')"],
+    "decode: {short_side: -1}\n": ["key 'decode.short_side'", "greater than or equal to 16", "(value -1)"],
+    "ingest: {num_chunks: -4}\n": ["key 'ingest.num_chunks'", "(value -4)"],
+    "idt: {seed: -3}\n": ["key 'idt.seed'", "(value -3)"],
+    "dask: {n_workers: 1.5}\n": ["key 'dask.n_workers'", "(value 1.5)"],
+    "ingest: [1, 2]\n": ["key 'ingest'", "(value [1, 2])"],
+    "ingest: {allowed_roots: [videos]}\n": ["key 'ingest.allowed_roots'", "['videos'] must be absolute paths"],
+    "ingest: {allowed_roots: []}\n": ["key 'ingest.allowed_roots'", "(value [])"],
+    "ingest: {sorce: x}\n": ["unknown key 'ingest.sorce' (value 'x')"],
+    "[1, 2]\n": ["top level must be a mapping", "[1, 2]"],
+    "ingest: {num_chunks: 4\n": ["not valid YAML: line 2, column 1: expected ',' or '}', but got '<stream end>' "
+                                  "(while parsing a flow mapping at line 1, column 9)"],
+}
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"idtprior {argv[0]}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("text", list(BAD))
+def test_a_bad_config_is_one_line_naming_key_and_value(tmp_path, capsys, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    line = _one_line(capsys, ["run", str(path), "--workspace", str(tmp_path / "ws")])
+    assert str(path) in line
+    for part in BAD[text]:
+        assert part in line
+
+
+def test_a_workspace_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workspace: {taken}\nstages: [ingest]\n")
+    line = _one_line(capsys, ["run", str(config)])
+    assert f"key 'workspace': {taken} is a file, not a folder (value '{taken}')" in line
+    config.write_text("stages: [ingest]\n")
+    line = _one_line(capsys, ["run", str(config), "--workspace", str(taken / "ws")])
+    assert f"{taken} is a file, not a folder (it would be inside {taken})" in line
+    line = _one_line(capsys, ["status", str(taken)])  # a command that takes the workspace as it is
+    assert str(taken) in line
+    assert not list(tmp_path.glob("taken*/**"))  # nothing was created
+
+
+def test_the_run_form_overrides_are_refused_naming_key_and_value(tmp_path):
+    """The UI's path: the same checks, through the run form's dotted overrides (a flow turns the ConfigError into
+    its one-message Failed state)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("stages: [ingest]\n")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    cases = [("stages", ["ingest", "nope"], "key 'stages': unknown stage(s) ['nope']"),
+             ("decode.short_side", -5, "key 'decode.short_side'"),
+             ("ingest.num_chunks", "lots", "(value 'lots')"),
+             ("workspace", str(taken), f"{taken} is a file, not a folder"),
+             ("ingest.allowed_roots", ["rel"], "['rel'] must be absolute paths"),
+             ("ingest.nope", 1, "unknown key 'ingest.nope' (value 1)")]
+    for key, value, said in cases:
+        with pytest.raises(ConfigError) as e:
+            resolve_config(str(config), str(tmp_path / "ws"), overrides={key: value})
+        assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_allowed_roots_refuse_a_source_or_labels_file_outside(tmp_path):
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    for folder in (inside, outside):
+        folder.mkdir()
+        (folder / "list.txt").write_text("a.mp4\n")
+        (folder / "labels.csv").write_text("video_id,label\na,x\n")
+    (inside / "escape.txt").symlink_to(outside / "list.txt")
+    ws = Workspace(str(tmp_path / "ws"))
+
+    def plan(**ingest):
+        cfg = PipelineConfig.model_validate({"workspace": ws.url, "ingest": {"allowed_roots": [str(inside)],
+                                                                             **ingest}})
+        return plan_ingest(cfg, ws, remember=False)
+
+    (only,) = plan(source=str(inside / "list.txt"), labels_file=str(inside / "labels.csv")).values()
+    assert {v: (x["path"], x["label"]) for v, x in only["videos"].items()} == {"a": (str(inside / "a.mp4"), "x")}
+    for key, value in (("source", outside / "list.txt"), ("source", inside / "escape.txt"),
+                       ("source", inside / ".." / "outside" / "list.txt")):
+        with pytest.raises(ConfigError, match=rf"ingest.{key} '{value}' is outside ingest.allowed_roots"):
+            plan(**{key: str(value)})
+    with pytest.raises(ConfigError, match=r"ingest.labels_file '.*outside/labels.csv' is outside"):
+        plan(source=str(inside / "list.txt"), labels_file=str(outside / "labels.csv"))
+    assert Path(ws.url).is_dir()

@@ -173,14 +173,16 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
                 rec, why = None, f"names chunk {rec.chunk!r}"
             if rec is None:
                 finding = Finding(stage, chunk, "bad record", f"{name}: unreadable ({why})")
+            elif not rec.version:  # a record without data (ingest's): nothing to check
+                named[chunk] = rec.version
+                continue
             elif rec.files is None:
                 report.findings.append(Finding(stage, chunk, "not verifiable",
                                                "record written before records listed their files"))
                 named[chunk] = rec.version
                 continue
             else:
-                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), rec.files, full) \
-                    if rec.version else []
+                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), rec.files, full)
                 if not problems:
                     named[chunk] = rec.version
                     continue
@@ -190,7 +192,7 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
             report.findings.append(finding)
             if repair:  # the record first: a crash in between leaves unreferenced data, never a record without it
                 ws.fs.rm(path)
-                if rec is not None and rec.version:
+                if rec is not None:
                     ws.fs.rm(ws.version_path(stage, chunk, rec.version), recursive=True)
                 finding.repaired = True
         for chunk, versions in ws.version_groups(stage).items():

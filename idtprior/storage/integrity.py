@@ -192,7 +192,7 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
             report.findings.append(finding)
             if repair:  # the record first: a crash in between leaves unreferenced data, never a record without it
                 ws.fs.rm(path)
-                if rec is not None:
+                if rec is not None and ws.fs.exists(ws.version_path(stage, chunk, rec.version)):
                     ws.fs.rm(ws.version_path(stage, chunk, rec.version), recursive=True)
                 finding.repaired = True
         for chunk, versions in ws.version_groups(stage).items():

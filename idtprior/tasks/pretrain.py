@@ -23,11 +23,12 @@ from prefect import task
 
 from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
 from idtprior.models.clustering import knn_accuracy, knn_classify
-from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, compute_embeddings,
-                                       load_encoder, train)
+from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, checkpoint_problem,
+                                       compute_embeddings, load_encoder, train)
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
+from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import epoch_done_callback
 from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
@@ -188,6 +189,12 @@ def finished_training(done: ChunkRecord | None, train_fingerprint: str) -> dict 
         return None
     if not (Path(info.get("checkpoint", "")).is_file() and Path(info.get("encoder", "")).is_file()):
         return None
+    if checkpoint_problem(info["checkpoint"]) is not None:  # corrupt: resuming the run repairs it from an epoch's
+        return None
+    try:
+        load_encoder(info["encoder"])
+    except ValueError:  # a torn export: exported again from the checkpoint
+        return None
     keys = ("train_fingerprint", "epochs", "run_dir", "checkpoint", "encoder", "knn_monitor")
     return {k: info[k] for k in keys if k in info}
 
@@ -302,7 +309,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
         base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args, frame_step=shared.frame_step)
         info["knn_init"] = knn_report(base, eval_ids, splits, label_sets, shared.knn_k, shared.tau)
     version, group = ws.new_version(stage, chunk)
-    arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True)
+    arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True, **array_options())
     arr.attrs["video_ids"] = list(eval_ids)
     record = ChunkRecord(stage, chunk, fingerprint, version, {"model": info})
     ws.commit(record)
@@ -371,5 +378,6 @@ def read_embeddings(ws: Workspace, stage: str) -> tuple[np.ndarray, list[str]]:
     rec = ws.read_record(stage, ALL)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no {stage} embeddings: run the {stage} stage first")
-    arr = ws.chunk_group(stage, ALL, rec.version)["embeddings"]
-    return np.asarray(arr[...]), list(arr.attrs["video_ids"])
+    with reading(stage, ALL):
+        arr = ws.open_verified(stage, rec)["embeddings"]
+        return np.asarray(arr[...]), list(arr.attrs["video_ids"])

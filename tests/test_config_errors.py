@@ -25,8 +25,8 @@ BAD = {  # YAML text -> what the one line must say (the key and the value)
     "ingest: {allowed_roots: []}\n": ["key 'ingest.allowed_roots'", "(value [])"],
     "ingest: {sorce: x}\n": ["unknown key 'ingest.sorce' (value 'x')"],
     "[1, 2]\n": ["top level must be a mapping", "[1, 2]"],
-    "ingest: {num_chunks: 4\n": ["not valid YAML: line 2, column 1: expected ',' or '}', but got '<stream end>' "
-                                  "(while parsing a flow mapping at line 1, column 9)"],
+    "ingest: {num_chunks: 4\n": [("not valid YAML: line 2, column 1: expected ',' or '}', but got '<stream end>' "
+                                   "(while parsing a flow mapping at line 1, column 9)")],
 }
 
 

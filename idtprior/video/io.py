@@ -62,9 +62,9 @@ class Orientation:
         """``(H, W)`` shown for a stored ``(height, width)``: pixels stretched to square (never shrunk), then turned."""
         sar = self.sample_aspect
         if sar > 1:
-            width = max(1, int(round(width * sar)))
+            width = max(1, round(width * sar))
         elif 0 < sar < 1:
-            height = max(1, int(round(height / sar)))
+            height = max(1, round(height / sar))
         return (width, height) if self.transpose else (height, width)
 
     def turn(self, img: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@ line with its reason; nothing raises but a list that cannot be read at all, and 
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la",
           "tune_joint")
@@ -47,6 +47,18 @@ class IngestConfig(_Section):
     full_hash: bool = Field(False, description="fingerprint a new or changed file by a sha256 of all its bytes (reads "
                             "every byte) instead of its size and first and last MiB (misses a same-size edit in the "
                             "middle of a file over 2 MiB)")
+    allowed_roots: tuple[str, ...] | None = Field(
+        None, min_length=1, description="absolute folders the source, the labels file and every listed video must lie "
+        "in once resolved (symlinks followed): a source outside is refused, a video outside is a failed row; None: "
+        "no restriction (whoever can start a run can have the worker read any file it can)")
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _absolute_roots(cls, roots):
+        relative = [r for r in roots or () if not Path(r).expanduser().is_absolute()]
+        if relative:
+            raise ValueError(f"{relative} must be absolute paths (a relative one would depend on the worker's folder)")
+        return roots
 
 
 class DecodeConfig(_Section):
@@ -97,7 +109,7 @@ class IDTConfig(_Section):
     sample_videos: int = Field(3500, ge=1, description="S: videos in the codebook sample")
     sample_rows: int = Field(500, ge=1, description="R: descriptors kept per sampled video")
     float16: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
     @model_validator(mode="after")
     def _check_layout(self):
@@ -131,7 +143,7 @@ class CodebookConfig(_Section):
     gmm_components: int = Field(256, ge=1, le=65536)
     gmm_iters: int = Field(100, ge=1, le=10000)
     sketch_dim: int = Field(2000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
 
 class EncodeConfig(_Section):
@@ -149,7 +161,7 @@ class ClusterConfig(_Section):
     runs: int = Field(3, ge=1, le=100)
     iters: int = Field(20, ge=1, le=10000)
     n_init: int = Field(1, ge=1, le=1000, description="k-means restarts per run; each run keeps its lowest-inertia one")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
 
 class TrainSlurmConfig(_Section):
@@ -217,7 +229,7 @@ class PretrainConfig(_Section):
                                                 "slurm: submit `idtprior train-stage` as a batch job and wait for it "
                                                 "(always when num_nodes > 1)")
     slurm: TrainSlurmConfig = TrainSlurmConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
     @model_validator(mode="after")
     def _check_scales(self):
@@ -343,7 +355,7 @@ class DemoDataConfig(_Section):
     fps: int = Field(25, ge=1, le=240)
     camera_motion_fraction: float = Field(0.3, ge=0, le=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
 
 class PipelineConfig(_Section):
@@ -367,12 +379,32 @@ class PipelineConfig(_Section):
     pools: PoolsConfig = PoolsConfig()
     demo: DemoDataConfig = DemoDataConfig()
 
-    @model_validator(mode="after")
-    def _known_stages(self):
-        unknown = [s for s in self.stages if s not in STAGES]
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages):
+        unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
-        return self
+        return stages
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_a_folder(cls, workspace):
+        # a local path whose first existing part is a file cannot become the workspace folder: refused here, where
+        # the key is known, instead of a traceback from makedirs when the run starts
+        if "://" in workspace and not workspace.startswith("file://"):
+            return workspace
+        path = Path(workspace.removeprefix("file://")).expanduser()
+        try:
+            for part in (path, *path.parents):
+                if part.exists():
+                    if not part.is_dir():
+                        inside = "" if part == path else f" (it would be inside {part})"
+                        raise ValueError(f"{part} is a file, not a folder{inside}")
+                    break
+        except OSError as e:  # a name too long, a folder that cannot be searched
+            raise ValueError(f"cannot be used as a folder: {e}") from e
+        return workspace
 
     def with_updates(self, **sections) -> "PipelineConfig":
         """A copy with some values replaced, validated: ``cfg.with_updates(decode={"short_side": 64})``."""
@@ -398,8 +430,12 @@ def parse_config(data: dict, origin: str = "config") -> PipelineConfig:
             value = err.get("input")
             if err["type"] == "extra_forbidden":
                 lines.append(f"unknown key '{key}' (value {value!r})")
-            else:
-                lines.append(f"key '{key}': {err['msg']} (value {value!r})")
+            else:  # a validator's own message without pydantic's "Value error, " in front
+                msg = err["msg"].removeprefix("Value error, ")
+                shown = repr(value)
+                if len(shown) > 300:  # a model-level check gets the whole section as its value
+                    shown = shown[:150] + " ... " + shown[-100:]
+                lines.append(f"key '{key}': {msg} (value {shown})")
         raise ConfigError(f"{origin}: " + "; ".join(lines)) from e
 
 
@@ -413,8 +449,20 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML: {e}") from e
+        raise ConfigError(f"config {path}: not valid YAML: {_yaml_problem(e)}") from e
     return parse_config(data, origin=f"config {path}")
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, what, and the construct it was in (PyYAML's own text spans five)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" at line {start.line + 1}, column {start.column + 1})" if start else ")")
+    return text
 
 
 def bundled_config(name: str) -> Path:

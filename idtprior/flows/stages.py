@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import TRAIN_STAGES, ConfigError, PipelineConfig
-from idtprior.datasets.lists import read_labels, read_source
+from idtprior.datasets.lists import list_source, printable, read_labels, within_roots
 from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
                                    rebuild_manifest, report_stage, run_chunks)
 from idtprior.flows.runs import missing_stage, stage_flow
@@ -23,9 +23,11 @@ from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.idt import choose_sample
 
 
-def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True,
+                skipped: list | None = None) -> dict[str, dict]:
     """Ingest's chunks: chunk -> {"fingerprint", "videos", "config"} (videos: id -> path, label, split and the file's
-    content fingerprint). Runs nothing.
+    content fingerprint; "refused": why the listing refused an entry, which then fails without being read). Runs
+    nothing. ``skipped``: extended with the source's lines that named no video (``lists.SkippedLine``).
 
     A chunk's key hashes its videos' paths, labels, splits and CONTENT fingerprints: a touched file (new mtime and
     ctime, same bytes) is read again but re-probes nothing, a rewritten one re-probes its chunk even with its mtime set
@@ -34,15 +36,25 @@ def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     cfg = config.ingest
     if not cfg.source:
         raise ConfigError("ingest.source is not set: give a folder of videos or a list file")
-    entries = read_source(cfg.source, cfg.source_format, cfg.video_root, cfg.extensions)
+    if cfg.allowed_roots is not None:
+        for key in ("source", "labels_file"):
+            value = getattr(cfg, key)
+            if value and not within_roots(value, cfg.allowed_roots):
+                raise ConfigError(f"ingest.{key} {printable(value, 300)!r} is outside ingest.allowed_roots "
+                                  f"{list(cfg.allowed_roots)}")
+    listed = list_source(cfg.source, cfg.source_format, cfg.video_root, cfg.extensions, cfg.allowed_roots)
+    if skipped is not None:
+        skipped.extend(listed.skipped)
     labels = read_labels(cfg.labels_file) if cfg.labels_file else {}
     listing = {}
-    for e in entries:
+    for e in listed.entries:
         label, split = labels.get(e.video_id, (e.label, e.split))
-        listing[e.video_id] = {"path": e.path, "label": label, "split": split}
+        listing[e.video_id] = {"path": e.path, "label": label, "split": split, **({"refused": e.error} if e.error
+                                                                                    else {})}
     chunks = {vid: chunk_of(vid, cfg.num_chunks) for vid in listing}
     stats = StatCache(ws, cfg.full_hash)
-    content = stats.fingerprints({v["path"]: chunks[vid] for vid, v in listing.items()})
+    content = stats.fingerprints({v["path"]: chunks[vid] for vid, v in listing.items() if "refused" not in v})
+    content.update({v["path"]: ingest_tasks.REFUSED_FINGERPRINT for v in listing.values() if "refused" in v})
     if remember:
         stats.save()
         get_run_logger().info(f"ingest: read {stats.reads} of {len(listing)} files (new, or stat changed since read)")
@@ -60,7 +72,13 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
     """List the source, probe every video per chunk, rebuild the manifest (with duplicates) and report failures."""
     cfg = config.ingest
     ws = Workspace(config.workspace)
-    plans = plan_ingest(config, ws)
+    skipped: list = []
+    plans = plan_ingest(config, ws, skipped=skipped)
+    unusable = [f"{s.where}: {s.reason}" for s in skipped if not s.ignorable]  # blank and comment lines: counted
+    if unusable:
+        more = f"; ... {len(unusable) - 3} more" if len(unusable) > 3 else ""
+        get_run_logger().warning(f"ingest: skipped {len(unusable)} lines of the source that name no video (listed "
+                                 f"in the failures artifact): {'; '.join(unusable[:3])}{more}")
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(ingest_tasks.ingest_chunk, ws, "ingest", {
             c: {**p, "dask_address": address} for c, p in plans.items()}, progress, config.chunk_concurrency)
@@ -73,8 +91,10 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
     drop_stale_records(ws, "ingest", set(plans), cfg.num_chunks)
     rows = rebuild_manifest(ws)
     duplicates = [{"video_id": r.video_id, "error": r.error} for r in rows if r.duplicate_of]
-    counts = report_stage(ws, "ingest", records, duplicates)
+    counts = report_stage(ws, "ingest", records, duplicates + ingest_tasks.skipped_report(skipped))
     counts["duplicates"] = len(duplicates)
+    if skipped:
+        counts["lines_skipped"] = len(skipped)
     return counts
 
 

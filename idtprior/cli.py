@@ -135,6 +135,17 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from idtprior.storage import Workspace
+    from idtprior.storage.integrity import report_lines, verify_workspace
+
+    ws = Workspace(args.workspace)
+    report = verify_workspace(ws, _split(args.stages), full=not args.quick, repair=args.repair)
+    for line in report_lines(report):
+        print(line)
+    return 1 if report.unrepaired else 0
+
+
 def cmd_inspect(args) -> int:
     from idtprior.inspect import inspect_stage
 
@@ -230,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-errors", type=int, default=20)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("verify", help="check every commit record against its stored data (files present, sizes, "
+                       "checksums) and list what no record names; exit status 1 while a problem is left")
+    p.add_argument("workspace")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: every stage the workspace holds)")
+    p.add_argument("--quick", action="store_true", help="sizes only, no checksums (one listing, no data read)")
+    p.add_argument("--repair", action="store_true", help="drop the records of bad chunks and remove orphans: the "
+                   "next run recomputes exactly the dropped chunks")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("make-demo-data", help="render the synthetic motion benchmark")
     p.add_argument("out")
     p.add_argument("--videos-per-class", type=int, default=40)
@@ -293,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ListFormatError, FileNotFoundError, KeyError) as e:
-        print(f"idtprior {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, ListFormatError, OSError, KeyError) as e:
+        # one line, no traceback: a bad config or list, a workspace path that is a file, a file that cannot be read
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"idtprior {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -254,9 +254,12 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
     ws = Workspace(config.workspace)
     records = run_chunks(encode_tasks.fit_codebook_task, ws, "fit_codebook", plan_fit_codebook(config, ws), progress)
     info = records[encode_tasks.ALL].videos["codebook"]
+    if info.get("warning"):
+        get_run_logger().warning(info["warning"])
     create_markdown_artifact(key=artifact_key(ws, "fit_codebook", "summary"), markdown=(
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
-        f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"))
+        f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"
+        + (f"\n\n**Warning:** {info['warning']}" if info.get("warning") else "")))
     return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
         k: info[k] for k in ("rows", "fv_dim")}}
 

@@ -1,11 +1,14 @@
 """Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
 (fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
 
+import warnings
+
 import numpy as np
 from prefect import task
 
 from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
+from idtprior.encoding.codebook import SmallSampleWarning
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
@@ -42,12 +45,20 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     if len(sample) < config.gmm_components:
         raise ValueError(f"codebook: {len(sample)} sample descriptors, need at least gmm_components="
                          f"{config.gmm_components}; run the idt stage on more videos")
-    book = fit_codebook(sample[:, 10:], codebook_params(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallSampleWarning)
+        book = fit_codebook(sample[:, 10:], codebook_params(config))
+    small = [str(w.message) for w in caught if issubclass(w.category, SmallSampleWarning)]
+    for w in caught:  # the others as they were
+        if not issubclass(w.category, SmallSampleWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     version, group = ws.new_version(stage, chunk)
     for name, arr in book.to_arrays().items():
         group.create_array(name, data=np.asarray(arr), overwrite=True, **array_options())
-    record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": {
-        "status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint()}})
+    info = {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint()}
+    if small:  # kept in the record: the stage's summary and a rerun that skips the fit still say it
+        info["warning"] = small[0]
+    record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": info})
     ws.commit(record)
     return record
 

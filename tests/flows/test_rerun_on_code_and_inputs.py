@@ -118,7 +118,10 @@ def test_imported_idt_files_are_the_codebook_sample_and_a_replaced_file_reruns_i
     for v in sampled:  # every row of the imported file (fewer than sample_rows), as float32
         np.testing.assert_array_equal(stored[v], read_idt_text(text / f"{v}.txt").astype(np.float32))
     sample = read_sample(ws)
-    assert len(sample) == 80 and ws.read_record("fit_codebook", "all").videos["codebook"]["rows"] == 80
+    book_info = ws.read_record("fit_codebook", "all").videos["codebook"]
+    assert len(sample) == 80 and book_info["rows"] == 80
+    # 80 rows for 4 components: the stage records (and its summary shows) the small-sample warning with the numbers
+    assert "4 components fitted on 80 sample rows (20.0 rows per component" in book_info["warning"]
     assert read_codebook(ws).fv_dim > 0
 
     other = next(v for v in ids if v not in sampled)

@@ -50,7 +50,10 @@ def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:
 
 
 def cmd_run(args) -> int:
+    from idtprior.flows.pipeline import select_stages
+
     cfg = _load(args.config, args.workspace, args.source, args.video_root)
+    select_stages(cfg, _split(args.stages), args.from_stage)  # a bad --stages / --from: one line, before any run
     result = _run_pipeline("run", cfg, stages=_split(args.stages), from_stage=args.from_stage,
                            dask_address=args.dask_address)
     if result is None:
@@ -62,8 +65,10 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from idtprior.config import bundled_config, load_config
     from idtprior.demo import demo_inputs, ensure_demo_data
+    from idtprior.flows.pipeline import select_stages
 
     cfg = load_config(args.config or bundled_config("demo"))
+    select_stages(cfg, _split(args.stages))  # a bad --stages: one line, before the videos are rendered
     ensure_demo_data(cfg, Path(args.data), progress=True)
     cfg = demo_inputs(cfg, args.data, args.workspace)
     result = _run_pipeline("demo", cfg, stages=_split(args.stages), dask_address=args.dask_address)

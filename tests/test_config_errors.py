@@ -50,6 +50,19 @@ def test_a_bad_config_is_one_line_naming_key_and_value(tmp_path, capsys, text):
         assert part in line
 
 
+def test_a_bad_stage_on_the_command_line_is_one_line_before_any_run(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("stages: [ingest]\n")
+    line = _one_line(capsys, ["run", str(config), "--workspace", str(tmp_path / "ws"), "--stages", "ingest,decod"])
+    assert "unknown stage(s) ['decod']" in line
+    line = _one_line(capsys, ["run", str(config), "--workspace", str(tmp_path / "ws"), "--from", "decode"])
+    assert "--from decode: not one of the selected stages ['ingest']" in line
+    line = _one_line(capsys, ["demo", "--workspace", str(tmp_path / "ws"), "--data", str(tmp_path / "data"),
+                              "--stages", "cluster,tune"])
+    assert "unknown stage(s) ['tune']" in line
+    assert not (tmp_path / "data").exists()  # refused before the demo videos are rendered
+
+
 def test_a_workspace_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("not a folder")

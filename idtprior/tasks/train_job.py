@@ -6,6 +6,12 @@ once per GPU on every node (``srun``; Lightning reads each process's rank and th
 submits it with ``sbatch``, waits for the job to leave the queue and returns the record the job committed. The job
 trains, exports and evaluates exactly as the in-process task does (the same function), from a snapshot of the run's
 config, and refuses to run when the plan it computes differs from the one the flow submitted (``--fingerprint``).
+
+The stage's lock (``locks/<stage>.lock``, ``idtprior.storage.lock``) is the launcher's: the flow's stage run holds it
+while this task submits the job and waits for it, so the job's processes (on other nodes, several per node) take
+none. A flow process that dies meanwhile leaves a lock a next run on its host takes over (its pid is gone); that run's
+task then finds the job still queued (``jobs/<stage>/<key>/job_id``) and waits for it instead of submitting another.
+An ``idtprior train-stage`` started by hand (``sbatch train.sbatch`` again) runs outside any lock.
 """
 
 import os

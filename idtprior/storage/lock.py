@@ -111,6 +111,7 @@ class WorkspaceLock:
     def __init__(self, ws: Workspace, name: str, what: str | None = None, heartbeat_s: float = HEARTBEAT_S,
                  stale_after_s: float = STALE_AFTER_S):
         self.ws, self.name, self.path = ws, name, lock_path(ws, name)
+        self.shown = self.path if ws.is_local else f"{ws.url}/{LOCKS_DIR}/{name}.lock"  # what a user removes
         self.what = what or f"stage {name}"
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.token = uuid.uuid4().hex
@@ -160,7 +161,7 @@ class WorkspaceLock:
             who = f"a process whose lock file is unreadable ({holder['unreadable']!r})"
         else:
             who = describe(holder)
-        return (f"{self.what} of workspace {self.ws.url} is being run by {who}; wait for it or remove {self.path} if "
+        return (f"{self.what} of workspace {self.ws.url} is being run by {who}; wait for it or remove {self.shown} if "
                 f"that process is gone")
 
     # taking -------------------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class WorkspaceLock:
             again = self.holder()
             if again is not None and again.get("token") == holder.get("token") and \
                     again.get("unreadable") == holder.get("unreadable"):
-                logger.warning(f"{self.what} of workspace {self.ws.url}: taking over the lock {self.path} of "
+                logger.warning(f"{self.what} of workspace {self.ws.url}: taking over the lock {self.shown} of "
                                f"{describe(holder) if 'unreadable' not in holder else 'an unknown holder'}: {why}")
                 try:
                     self.ws.fs.rm(self.path)
@@ -302,7 +303,7 @@ def stage_lock(ws: Workspace, stage: str, heartbeat_s: float = HEARTBEAT_S, stal
                 why = "ingest rewrites the manifest every stage reads" if name == INGEST else \
                     "ingest rewrites the manifest and chunking that stage reads"
                 raise StageBusy(f"stage {stage} of workspace {ws.url} cannot start while stage {name} runs ({why}): "
-                                f"{name} is being run by {describe(holder)}; wait for it or remove {other.path} if "
+                                f"{name} is being run by {describe(holder)}; wait for it or remove {other.shown} if "
                                 f"that process is gone", holder)
         yield own
     finally:

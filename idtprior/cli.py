@@ -20,7 +20,8 @@ def cmd_make_demo_data(args) -> int:
     from idtprior.datasets.synthetic import make_demo_data
 
     videos = make_demo_data(args.out, videos_per_class=args.videos_per_class, frames=args.frames, width=args.width,
-                            height=args.height, seed=args.seed, progress=True)
+                            height=args.height, seed=args.seed, heldout_appearance=args.heldout_appearance,
+                            progress=True)
     print(f"wrote {len(videos)} videos, labels.csv and UCF101-style splits to {args.out}")
     return 0
 
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout-appearance", action="store_true",
+                   help="test videos whose backgrounds, actor shapes and colours never occur in training (as UCF101's "
+                        "group-wise split)")
     p.set_defaults(func=cmd_make_demo_data)
 
     p = sub.add_parser("inspect", help="render a stage's output for one video to files")

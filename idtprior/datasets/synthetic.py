@@ -179,9 +179,28 @@ def render_video(motion: str, background: str, shape: str, colour: int, camera: 
     return out
 
 
-def plan_videos(videos_per_class: int, test_fraction: float, camera_motion_fraction: float, seed: int
-                ) -> list[tuple[SyntheticVideo, int]]:
-    """Decide every video's class, appearance and camera: appearance and camera independent of the class."""
+HELDOUT_BACKGROUNDS = BACKGROUNDS[4:]
+HELDOUT_SHAPES = SHAPES[4:]
+HELDOUT_COLOURS = (4, 5)
+"""With ``heldout_appearance``: the backgrounds, actor shapes and actor colours of the test split only (training
+videos draw from the others), as UCF101's group-wise split keeps a test group's scenes and actors out of training."""
+
+
+def _appearance(rng: np.random.Generator, test: bool, heldout: bool) -> tuple[str, str, int]:
+    if not heldout:  # the draws of the original benchmark, unchanged (the demo's data stays byte-identical)
+        return (BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))], SHAPES[int(rng.integers(0, len(SHAPES)))],
+                int(rng.integers(0, 6)))
+    backgrounds = HELDOUT_BACKGROUNDS if test else tuple(b for b in BACKGROUNDS if b not in HELDOUT_BACKGROUNDS)
+    shapes = HELDOUT_SHAPES if test else tuple(s for s in SHAPES if s not in HELDOUT_SHAPES)
+    colours = HELDOUT_COLOURS if test else tuple(c for c in range(6) if c not in HELDOUT_COLOURS)
+    return (backgrounds[int(rng.integers(0, len(backgrounds)))], shapes[int(rng.integers(0, len(shapes)))],
+            colours[int(rng.integers(0, len(colours)))])
+
+
+def plan_videos(videos_per_class: int, test_fraction: float, camera_motion_fraction: float, seed: int,
+                heldout_appearance: bool = False) -> list[tuple[SyntheticVideo, int]]:
+    """Decide every video's class, appearance and camera: appearance and camera independent of the class; with
+    ``heldout_appearance`` the test videos' backgrounds, actor shapes and colours never occur in training."""
     rng = np.random.default_rng([seed, 7919])
     n_groups = max(1, math.ceil(videos_per_class / _CLIPS_PER_GROUP))
     n_test_groups = min(n_groups - 1, max(1, round(n_groups * test_fraction))) if n_groups > 1 else 0
@@ -193,18 +212,18 @@ def plan_videos(videos_per_class: int, test_fraction: float, camera_motion_fract
             if rng.random() < camera_motion_fraction:
                 camera = CAMERAS[1 + int(rng.integers(0, 2))]
             vid = f"v_{motion}_g{group:02d}_c{clip:02d}"
+            test = group <= n_test_groups
+            background, shape, colour = _appearance(rng, test, heldout_appearance)
             plan.append((SyntheticVideo(
-                video_id=vid, relpath=f"{motion}/{vid}.mp4", label=motion,
-                split="test" if group <= n_test_groups else "train", group=group,
-                background=BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))],
-                actor_shape=SHAPES[int(rng.integers(0, len(SHAPES)))], actor_colour=int(rng.integers(0, 6)),
-                camera=camera), int(rng.integers(0, 2**31))))
+                video_id=vid, relpath=f"{motion}/{vid}.mp4", label=motion, split="test" if test else "train",
+                group=group, background=background, actor_shape=shape, actor_colour=colour, camera=camera),
+                int(rng.integers(0, 2**31))))
     return plan
 
 
 def make_demo_data(out: str | Path, videos_per_class: int = 40, frames: int = 64, width: int = 160,
                    height: int = 120, fps: int = 25, camera_motion_fraction: float = 0.3, test_fraction: float = 0.3,
-                   seed: int = 0, progress: bool = False) -> list[SyntheticVideo]:
+                   seed: int = 0, heldout_appearance: bool = False, progress: bool = False) -> list[SyntheticVideo]:
     """Render the benchmark into ``out`` (see the module docstring for the layout); returns the videos' facts.
 
     Deterministic from ``seed``: the same arguments give the same labels and the same frames.
@@ -212,7 +231,7 @@ def make_demo_data(out: str | Path, videos_per_class: int = 40, frames: int = 64
     out = Path(out)
     if videos_per_class < 1 or frames < 2:
         raise ValueError(f"demo data needs videos_per_class >= 1 and frames >= 2, got {videos_per_class}, {frames}")
-    plan = plan_videos(videos_per_class, test_fraction, camera_motion_fraction, seed)
+    plan = plan_videos(videos_per_class, test_fraction, camera_motion_fraction, seed, heldout_appearance)
     items = plan
     if progress:
         from tqdm import tqdm
@@ -227,12 +246,14 @@ def make_demo_data(out: str | Path, videos_per_class: int = 40, frames: int = 64
     # superfast, not veryfast: with this x264 build veryfast's output varies run to run; superfast is byte-stable
     _write_lists(out, [v for v, _ in plan])
     settings = {"videos_per_class": videos_per_class, "frames": frames, "width": width, "height": height, "fps": fps,
-                "camera_motion_fraction": camera_motion_fraction, "test_fraction": test_fraction, "seed": seed}
+                "camera_motion_fraction": camera_motion_fraction, "test_fraction": test_fraction, "seed": seed,
+                "heldout_appearance": heldout_appearance}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return [v for v, _ in plan]
 
 
 SETTINGS_FILE = "demo-settings.json"
+_ADDED_LATER = {"heldout_appearance": False}  # settings that data rendered before they existed was rendered without
 
 
 def demo_data_mismatch(out: str | Path, settings: dict) -> list[str]:
@@ -242,7 +263,7 @@ def demo_data_mismatch(out: str | Path, settings: dict) -> list[str]:
     path = Path(out) / SETTINGS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no record of the settings the demo data in {out} was rendered with")
-    have = json.loads(path.read_text())
+    have = {**_ADDED_LATER, **json.loads(path.read_text())}
     return [f"{k}: {have.get(k)!r} in {out}, {v!r} in the config" for k, v in sorted(settings.items())
             if have.get(k) != v]
 

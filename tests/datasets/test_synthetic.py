@@ -77,3 +77,23 @@ def test_demo_refuses_data_rendered_with_other_settings(tmp_path, capsys):
     (data / SETTINGS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=SETTINGS_FILE):
         demo_data_mismatch(data, settings)
+
+
+def test_heldout_appearance_keeps_the_test_splits_backgrounds_shapes_and_colours_out_of_training():
+    from idtprior.datasets.synthetic import HELDOUT_BACKGROUNDS, HELDOUT_COLOURS, HELDOUT_SHAPES, plan_videos
+
+    plan = [v for v, _ in plan_videos(36, 0.3, 0.3, seed=1, heldout_appearance=True)]  # the 216 videos
+    train = [v for v in plan if v.split == "train"]
+    test = [v for v in plan if v.split == "test"]
+    assert len(plan) == 216 and len(test) > 0 and len(train) > len(test)
+    for attr, held in (("background", HELDOUT_BACKGROUNDS), ("actor_shape", HELDOUT_SHAPES),
+                       ("actor_colour", HELDOUT_COLOURS)):
+        assert {getattr(v, attr) for v in test} == set(held)  # every held-out value occurs, only in the test split
+        assert not {getattr(v, attr) for v in train} & set(held)
+    # the classes stay balanced in both splits, and the default draw is the original benchmark's, unchanged
+    assert {sum(v.label == m for v in test) for m in {v.label for v in plan}} == {len(test) // 6}
+    default = plan_videos(40, 0.3, 0.3, seed=0)
+    assert [(v.background, v.actor_shape, v.actor_colour, s) for v, s in default[:3]] == [
+        ("dots", "cross", 1, 195299266), ("dots", "disc", 0, 25736643), ("gradient", "triangle", 1, 1654603060)]
+    assert {v.background for v, _ in default if v.split == "test"} & {v.background for v, _ in default
+                                                                        if v.split == "train"}

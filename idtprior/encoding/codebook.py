@@ -318,15 +318,51 @@ def _check_descriptors(x: Any, name: str, input_dim: int) -> None:
         raise ValueError(f"{name}: {shape[1]} columns, expected {input_dim} descriptor columns{hint}")
 
 
+@dataclass(frozen=True)
+class BlockFitReport:
+    """What fitting one codebook block went through (for the stage's report; no part of the codebook's arrays).
+
+    Attributes:
+        start, stop: the block's descriptor columns.
+        pca_dim: D, PCA components kept.
+        pca_variance_kept: fraction of the block's variance the kept components explain, in (0, 1].
+        log_likelihood: mean log-likelihood per row at each EM iteration's E-step (non-decreasing: EM's property,
+            up to float rounding and re-seeded dead components).
+        converged: EM stopped on ``gmm_tol`` before ``gmm_iters``.
+        reseeded: dead components re-seeded over the iterations.
+    """
+
+    start: int
+    stop: int
+    pca_dim: int
+    pca_variance_kept: float
+    log_likelihood: tuple[float, ...]
+    converged: bool
+    reseeded: int
+
+    def to_json(self) -> dict:
+        return {"columns": [self.start, self.stop], "pca_dim": self.pca_dim,
+                "pca_variance_kept": self.pca_variance_kept, "log_likelihood": list(self.log_likelihood),
+                "converged": self.converged, "reseeded": self.reseeded}
+
+
 def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codebook:
-    """Fit PCA then a diagonal GMM (per block) on a descriptor sample.
+    """Fit PCA then a diagonal GMM (per block) on a descriptor sample (:func:`fit_codebook_with_report` without the
+    report)."""
+    return fit_codebook_with_report(sample, cfg)[0]
+
+
+def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
+                             ) -> tuple[Codebook, tuple[BlockFitReport, ...]]:
+    """Fit PCA then a diagonal GMM (per block) on a descriptor sample; also say, per block, the PCA variance kept and
+    the EM log-likelihood per iteration.
 
     Args:
         sample: (n, 426) float array of IDT descriptors (columns 10:436 of IDT rows), n >= cfg.n_components; NumPy or
             CuPy (the GMM EM then runs on the GPU).
         cfg: the settings.
     Returns:
-        The :class:`Codebook` (host NumPy arrays).
+        The :class:`Codebook` (host NumPy arrays) and one :class:`BlockFitReport` per block.
     Warns:
         ``SmallSampleWarning`` under ``MIN_ROWS_PER_COMPONENT`` rows per component (every block has all n rows).
     """
@@ -345,9 +381,9 @@ def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codeboo
         groups = [((0, DESCRIPTOR_DIM), None)]
     else:
         groups = [((a, b), (b - a) // 2) for a, b in _type_columns()]
-    blocks = []
+    blocks, reports = [], []
     for i, ((start, stop), n_comp) in enumerate(groups):
-        mean, comps, _ = fit_pca(sample[:, start:stop], n_components=n_comp, variance=cfg.pca_variance)
+        mean, comps, ratio = fit_pca(sample[:, start:stop], n_components=n_comp, variance=cfg.pca_variance)
         proto = CodebookBlock(start, stop, mean, comps,
                               DiagGMM(np.ones(1, np.float32), np.zeros((1, len(comps)), np.float32),
                                       np.ones((1, len(comps)), np.float32)))
@@ -360,5 +396,9 @@ def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codeboo
         gmm = DiagGMM(to_numpy(g.weights).astype(np.float32), to_numpy(g.means).astype(np.float32),
                       to_numpy(g.variances).astype(np.float32))
         blocks.append(CodebookBlock(start, stop, mean, comps, gmm))
-    return Codebook(blocks=tuple(blocks), pca_mode=cfg.pca_mode, sketch_seed=cfg.sketch_seed,
+        reports.append(BlockFitReport(start, stop, len(comps), min(1.0, float(np.sum(ratio))),
+                                      tuple(float(v) for v in fit.log_likelihood), bool(fit.converged),
+                                      int(fit.reseeded)))
+    book = Codebook(blocks=tuple(blocks), pca_mode=cfg.pca_mode, sketch_seed=cfg.sketch_seed,
                     sketch_dim=cfg.sketch_dim)
+    return book, tuple(reports)

@@ -7,8 +7,8 @@ import numpy as np
 from prefect import task
 
 from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
-from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, fit_codebook, kmeans
-from idtprior.encoding.codebook import SmallSampleWarning
+from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, kmeans
+from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
@@ -47,7 +47,7 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
                          f"{config.gmm_components}; run the idt stage on more videos")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallSampleWarning)
-        book = fit_codebook(sample[:, 10:], codebook_params(config))
+        book, fit = fit_codebook_with_report(sample[:, 10:], codebook_params(config))
     small = [str(w.message) for w in caught if issubclass(w.category, SmallSampleWarning)]
     for w in caught:  # the others as they were
         if not issubclass(w.category, SmallSampleWarning):
@@ -55,7 +55,8 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     version, group = ws.new_version(stage, chunk)
     for name, arr in book.to_arrays().items():
         group.create_array(name, data=np.asarray(arr), overwrite=True, **array_options())
-    info = {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint()}
+    info = {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint(),
+            "fit": [block.to_json() for block in fit]}  # PCA variance kept, EM log-likelihood per iteration
     if small:  # kept in the record: the stage's summary and a rerun that skips the fit still say it
         info["warning"] = small[0]
     record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": info})

@@ -24,6 +24,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from idtprior.storage import ChunkRecord, Workspace, hash_json
+from idtprior.storage.integrity import IntegrityError
 
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
@@ -141,8 +142,8 @@ def _video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace:
 
 def is_transient(exc: BaseException) -> bool:
     """Retry only faults that a second try can fix; bad videos, bad settings and a full disk never are."""
-    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault)) or disk_full(exc) is not None:
-        return False
+    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault, IntegrityError)) or disk_full(exc) is not None:
+        return False  # IntegrityError: stored data is damaged; reading it again gives the same answer
     if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
         return True
     try:
@@ -212,7 +213,10 @@ def _guard(fn: Callable, video_id: str, *args) -> dict:
     try:
         return {"status": "ok", **(fn(video_id, *args) or {})}
     except Exception as e:  # noqa: BLE001 - a bad video must not fail its chunk
-        if disk_full(e) is not None or (is_transient(e) and not isinstance(e, FileNotFoundError)):
+        # a damaged input (IntegrityError) is the chunk's fault too: as a video's failure it would be cached under an
+        # unchanged key; failing the chunk leaves it to recompute once the input is repaired (idtprior verify --repair)
+        if disk_full(e) is not None or isinstance(e, IntegrityError) or (
+                is_transient(e) and not isinstance(e, FileNotFoundError)):
             raise
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
@@ -243,6 +247,7 @@ def run_chunk(
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         logger.info(f"{stage} {chunk}: up to date ({len(done.videos)} videos), skipped")
+        ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed after its record rename left
         return done
     t0 = time.time()
     ids = sorted(videos)

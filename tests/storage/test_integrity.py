@@ -228,9 +228,10 @@ def test_a_process_killed_before_the_record_rename_leaves_nothing_after_the_next
     assert verify_workspace(ws).findings == []
 
 
-def test_a_process_killed_after_the_record_rename_leaves_a_whole_chunk_and_verify_repair_removes_the_old_one(
-        decoded, tmp_path):
-    _, untouched, _ = decoded
+@pytest.mark.parametrize("cleanup", ["verify --repair", "skipped rerun"])
+def test_a_process_killed_after_the_record_rename_leaves_a_whole_chunk_and_the_old_one_is_removed(
+        decoded, tmp_path, cleanup):
+    videos, untouched, _ = decoded
     shutil.copytree(untouched.root, tmp_path / "ws")
     ws = Workspace(tmp_path / "ws")
     chunk = CHUNKS[0]
@@ -239,8 +240,28 @@ def test_a_process_killed_after_the_record_rename_leaves_a_whole_chunk_and_verif
     new = ws.read_record("decode", chunk)
     assert new.fingerprint == "fp-new" and sorted(version_dirs(ws)[chunk]) == sorted([old, new.version])
     np.testing.assert_array_equal(FrameStore(ws).read_clip("clip000", 0, 6), np.zeros((6, 32, 42, 3), np.uint8))
-    report = verify_workspace(ws, repair=True)
-    assert [(f.chunk, f.kind, f.repaired) for f in report.findings] == [(chunk, "orphan", True)]
+    if cleanup == "verify --repair":
+        report = verify_workspace(ws, repair=True)
+        assert [(f.chunk, f.kind, f.repaired) for f in report.findings] == [(chunk, "orphan", True)]
+    else:  # the chunk is up to date: the rerun skips it and removes what the killed commit left
+        skipped = decode_chunk.fn(ws.url, "decode", chunk, "fp-new", {"clip000": (str(videos[0]), 25.0)}, CONFIG)
+        assert skipped.created == new.created
     assert version_dirs(ws)[chunk] == [new.version] and verify_workspace(ws).findings == []
-    ws.remove_orphans("decode", chunk)  # what a skipped rerun of the chunk calls: nothing more to remove
-    assert version_dirs(ws)[chunk] == [new.version]
+
+
+def test_a_damaged_input_fails_its_chunk_unretried_and_marks_no_video_failed(decoded, tmp_path):
+    from idtprior.tasks.common import is_transient, run_chunk
+
+    _, untouched, _ = decoded
+    shutil.copytree(untouched.root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    time_chunk_file(ws, ws.read_record("decode", CHUNKS[0]), "clip000", 1).unlink()
+
+    def read_all(video_id, workspace, stage, chunk, version):  # a later stage reading its input frames
+        store = FrameStore(Workspace(workspace))
+        return {"mean": float(store.read_clip(video_id, 0, store.num_frames(video_id)).mean())}
+
+    with pytest.raises(IntegrityError, match=rf"decode chunk {CHUNKS[0]} video clip000") as caught:
+        run_chunk(ws.url, "later", "c0", "fp", {"clip000": (), "clip001": ()}, read_all, progress=False)
+    assert not is_transient(caught.value)  # the stored data reads the same on a retry: never retried
+    assert ws.read_record("later", "c0") is None  # no record: the chunk recomputes once the input is repaired

@@ -327,6 +327,29 @@ def main(argv: list[str] | None = None) -> int:
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"idtprior {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not _server_unreachable(e):
+            raise
+        url = os.environ.get("PREFECT_API_URL", "")
+        print(f"idtprior {args.command}: error: the Prefect server at {url} (PREFECT_API_URL) cannot be reached "
+              f"({type(e).__name__}: {e}); start it (prefect server start) or unset PREFECT_API_URL to run with a "
+              f"temporary server; what the run committed before is kept, and a rerun recomputes none of it",
+              file=sys.stderr)
+        return 3
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the Prefect API could not be reached."""
+    import httpx
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, httpx.TransportError) or (
+                isinstance(exc, RuntimeError) and str(exc).startswith("Failed to reach API")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -120,3 +120,19 @@ def test_allowed_roots_refuse_a_source_or_labels_file_outside(tmp_path):
     with pytest.raises(ConfigError, match=r"ingest.labels_file '.*outside/labels.csv' is outside"):
         plan(source=str(inside / "list.txt"), labels_file=str(outside / "labels.csv"))
     assert Path(ws.url).is_dir()
+
+
+@pytest.mark.slow  # a fresh interpreter importing Prefect: ~4 s
+def test_an_unreachable_prefect_server_is_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workspace: {tmp_path / 'ws'}\nstages: [ingest]\ningest: {{source: {tmp_path}}}\n")
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    out = subprocess.run([sys.executable, "-m", "idtprior.cli", "run", str(config)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "the Prefect server at http://127.0.0.1:9/api (PREFECT_API_URL) cannot be reached" in out.stderr

@@ -1,0 +1,210 @@
+"""The evaluate stage: the pretraining workspace's networks on this workspace's labelled splits, through the cores of
+``idtprior.evaluation`` (finetuning, the few-shot linear probe, the weighted kNN and the network's own K-means).
+
+One record per (network, protocol, clip length), chunk ``<network>.<protocol>.<clip length>``
+(``pretrain_ir.finetune.16``), each keyed on its own inputs (``flows.evaluate.plan_evaluate``): the network's train
+fingerprint, the evaluation videos' frames, labels and splits, the settings of that protocol and this stage's code. A
+record holds no arrays (``version`` ""); ``record.videos == {"result": RESULT}``, RESULT a JSON dict:
+
+- every protocol: ``status`` "ok", ``network``, ``protocol``, ``clip_length``, ``label_column``, ``classes`` (class
+  names, index = class id), ``train_fingerprint`` (the network's, or ``scratch:<hash>``), ``seconds``;
+- finetune: ``accuracy``, ``correct`` {video id: bool}, ``predictions`` {video id: class id}, ``history`` (per epoch:
+  epoch, loss, val_loss, val_accuracy, lr), ``frozen_blocks``, ``n_train``, ``n_val``, ``n_test``;
+- probe: ``table`` (rows shots, mode, mean, std, runs), ``correct`` {str(shots): {video id: bool}} of mode "first";
+- knn: ``knn`` {label column: accuracy}, ``correct`` {label column: {video id: bool}}, ``nmi`` and ``purity``
+  {label column: score} of K-means (k = that column's classes, seeded) of the test videos' embeddings.
+
+The frames are read from THIS workspace (the evaluation workspace: ingest + decode of the labelled set); the pretraining
+workspace is only read, for its encoders: evaluation videos never enter its IDT, clustering or training.
+"""
+
+import time
+
+import numpy as np
+from prefect import task
+
+from idtprior.config import EvaluateConfig, PretrainConfig
+from idtprior.evaluation.finetune import FinetuneParams, finetune
+from idtprior.evaluation.probe import extract_features, few_shot_indices, kmeans_agreement, knn_probe, linear_probe
+from idtprior.models.lightning import load_encoder
+from idtprior.models.resnet3d import ResNet3d
+from idtprior.storage import ChunkRecord, Workspace
+from idtprior.tasks.common import maybe_inject_fault
+from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
+
+STAGE = "evaluate"
+PROTOCOLS = ("finetune", "probe", "knn")
+SCRATCH = "scratch"
+
+
+def chunk_name(network: str, protocol: str, clip_length: int) -> str:
+    """The record of one evaluation: ``<network>.<protocol>.<clip length>`` (``scratch.probe.16``)."""
+    return f"{network}.{protocol}.{int(clip_length)}"
+
+
+def read_evaluation(ws: Workspace) -> list[dict]:
+    """Every committed RESULT of the workspace's evaluate records, in chunk-name order."""
+    return [rec.videos["result"] for _, rec in sorted(ws.records(STAGE).items()) if "result" in rec.videos]
+
+
+def network_encoder(encoder_path: str | None, scratch: PretrainConfig | None) -> ResNet3d:
+    """The trained encoder exported at ``encoder_path``, or (None) the seeded random init of ``scratch``'s
+    architecture: what every training stage without ``init_from`` starts from."""
+    if encoder_path is not None:
+        return load_encoder(encoder_path)
+    if scratch is None:
+        raise ValueError("evaluate: a network needs an encoder file or the scratch architecture")
+    return initial_encoder(scratch)
+
+
+def finetune_params(config: EvaluateConfig, clip_length: int, crop_size: int, frame_step: int,
+                    crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int) -> FinetuneParams:
+    """The finetuning core's parameters from the evaluate settings and what the plan resolved."""
+    return FinetuneParams(
+        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, epochs=config.epochs,
+        lr_drops=config.lr_drops, plateau_patience=config.plateau_patience, batch_size=config.batch_size,
+        clip_length=clip_length, frame_step=frame_step, crop_size=crop_size, crop_scales=tuple(crop_scales),
+        hflip=hflip, dropout=config.dropout, frozen_blocks=frozen_blocks, val_fraction=config.val_fraction,
+        test_clips=config.test_clips, seed=config.seed, num_workers=config.num_workers, device=device_of(config))
+
+
+def device_of(config: EvaluateConfig) -> str | None:
+    return None if config.device == "auto" else config.device
+
+
+def label_codes(values: dict[str, str], train_ids: list[str], test_ids: list[str]
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Class ids of the training and the test videos (-1: no value) and the class names, in sorted-name order over
+    both splits."""
+    codes, classes = encode_labels([values.get(v) for v in [*train_ids, *test_ids]])
+    return codes[:len(train_ids)], codes[len(train_ids):], classes
+
+
+def correct_map(ids: list[str], truth: np.ndarray, predictions: np.ndarray) -> dict[str, bool]:
+    """{video id: prediction right} of the labelled videos."""
+    return {v: bool(p == t) for v, t, p in zip(ids, truth, predictions) if t >= 0}
+
+
+def _number(value: float, integer: bool = False) -> float | int | None:
+    """A JSON-safe number: an int, a float, or None for nan (no validation video: no validation loss)."""
+    if integer:
+        return int(value)
+    return None if value != value else float(value)
+
+
+def run_finetune(encoder: ResNet3d, train: WorkspaceClipSource, test: WorkspaceClipSource, y_train: np.ndarray,
+                 y_test: np.ndarray, n_classes: int, params: FinetuneParams) -> dict:
+    if (y_test < 0).all():
+        raise ValueError("finetune: no test video has a label")
+    r = finetune(encoder, train, y_train, test, y_test, params, n_classes=n_classes)
+    return {"accuracy": float(r.test_accuracy), "correct": correct_map(test.video_ids, y_test, r.test_predictions),
+            "predictions": {v: int(p) for v, p in zip(test.video_ids, r.test_predictions)},
+            "history": [{k: _number(v, k == "epoch") for k, v in row.items()} for row in r.history],
+            "frozen_blocks": params.frozen_blocks, "n_train": int(r.train_ids.size), "n_val": int(r.val_ids.size),
+            "n_test": len(test.video_ids)}
+
+
+def probe_result(train_x: np.ndarray, y_train: np.ndarray, test_x: np.ndarray, y_test: np.ndarray,
+                 test_ids: list[str], config: EvaluateConfig) -> dict:
+    """The few-shot table (``few_shot_table``'s rows: per shot count, per mode) and, for mode "first", each test
+    video's correctness (for paired tests at a shot count)."""
+    table, correct = [], {}
+    seeds = list(range(config.seed, config.seed + config.shot_seeds))
+    done: dict[bytes, tuple[float, np.ndarray]] = {}  # one fit per distinct training subset and seed
+
+    def fit(idx: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
+        key = idx.tobytes() + bytes([seed % 256])
+        if key not in done:
+            r = linear_probe(train_x[idx], y_train[idx], test_x, y_test, config.probe_c, 1000, seed)
+            done[key] = (r.accuracy, r.predictions)
+        return done[key]
+
+    for shots in config.shots:
+        n = None if shots == "all" else int(shots)
+        for mode in config.shot_modes:
+            runs = seeds if (mode == "random" and n is not None) else [0]
+            accs = []
+            for s in runs:
+                acc, predictions = fit(few_shot_indices(y_train, n, mode, s), s)
+                accs.append(acc)
+                if mode == "first":
+                    correct[str(shots)] = correct_map(test_ids, y_test, predictions)
+            table.append({"shots": shots if shots == "all" else int(shots), "mode": mode,
+                          "mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": [float(a) for a in accs]})
+    return {"table": table, "correct": correct}
+
+
+def knn_result(train_x: np.ndarray, test_x: np.ndarray, train_ids: list[str], test_ids: list[str],
+               label_sets: dict[str, dict[str, str]], config: EvaluateConfig) -> dict:
+    """Per label column known for the test videos: weighted kNN accuracy (test videos voting among the training
+    videos), each test video's correctness, and NMI / purity of K-means of the test embeddings."""
+    out: dict[str, dict] = {"knn": {}, "correct": {}, "nmi": {}, "purity": {}}
+    for column, values in sorted(label_sets.items()):
+        y_train, y_test, classes = label_codes(values, train_ids, test_ids)
+        if (y_test < 0).all() or (y_train < 0).all():
+            continue
+        out["knn"][column] = float(knn_probe(train_x, y_train, test_x, y_test, config.knn_k, config.knn_tau))
+        # each test video alone against the same voters: the rows of one call are independent of each other
+        out["correct"][column] = {
+            v: knn_probe(train_x, y_train, test_x[i:i + 1], y_test[i:i + 1], config.knn_k, config.knn_tau) == 1.0
+            for i, v in enumerate(test_ids) if y_test[i] >= 0}
+        k = max(1, min(len(classes), len(test_ids)))
+        scores = kmeans_agreement(test_x, y_test, k, runs=1, seed=config.seed)
+        out["nmi"][column], out["purity"][column] = scores["nmi"], scores["purity"]
+    return out
+
+
+def evaluate_network(workspace: str, network: str, protocol: str, clip_length: int, train_fingerprint: str,
+                     encoder_path: str | None, scratch: PretrainConfig | None, train_ids: list[str],
+                     train_frames: list[int], test_ids: list[str], test_frames: list[int],
+                     label_sets: dict[str, dict[str, str]], label_column: str, crop_size: int, frame_step: int,
+                     crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int,
+                     config: EvaluateConfig) -> dict:
+    """One evaluation's RESULT (see the module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"evaluate: protocol {protocol!r} is not one of {PROTOCOLS}")
+    t0 = time.time()
+    encoder = network_encoder(encoder_path, scratch)
+    train = WorkspaceClipSource(workspace, train_ids, train_frames)
+    test = WorkspaceClipSource(workspace, test_ids, test_frames)
+    y_train, y_test, classes = label_codes(label_sets.get(label_column, {}), train_ids, test_ids)
+    result = {"status": "ok", "network": network, "protocol": protocol, "clip_length": int(clip_length),
+              "label_column": label_column, "classes": classes, "train_fingerprint": train_fingerprint}
+    if protocol == "finetune":
+        params = finetune_params(config, clip_length, crop_size, frame_step, crop_scales, hflip, frozen_blocks)
+        result.update(run_finetune(encoder, train, test, y_train, y_test, len(classes), params))
+    else:
+        kind = "backbone" if protocol == "probe" else "embedding"
+        feats = [extract_features(encoder, source, None, clip_length, crop_size, config.test_clips, config.seed,
+                                  frame_step, config.batch_size, kind, device_of(config), config.num_workers)
+                 for source in (train, test)]  # (N, D), (M, D) float32
+        if protocol == "probe":
+            result.update(probe_result(feats[0], y_train, feats[1], y_test, test_ids, config))
+        else:
+            result.update(knn_result(feats[0], feats[1], train_ids, test_ids, label_sets, config))
+    result["seconds"] = round(time.time() - t0, 3)
+    return result
+
+
+@task(name="evaluate", task_run_name="{chunk}")
+def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, network: str, protocol: str,
+                  clip_length: int, train_fingerprint: str, encoder_path: str | None, scratch: PretrainConfig | None,
+                  train_ids: list[str], train_frames: list[int], test_ids: list[str], test_frames: list[int],
+                  label_sets: dict[str, dict[str, str]], label_column: str, crop_size: int, frame_step: int,
+                  crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int,
+                  config: EvaluateConfig) -> ChunkRecord:
+    """Evaluate one (network, protocol, clip length) and commit its record; a record with ``fingerprint`` already
+    committed is returned as it is."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if done is not None and done.fingerprint == fingerprint:
+        return done
+    t0 = time.time()
+    result = evaluate_network(ws.url, network, protocol, clip_length, train_fingerprint, encoder_path, scratch,
+                              train_ids, train_frames, test_ids, test_frames, label_sets, label_column, crop_size,
+                              frame_step, crop_scales, hflip, frozen_blocks, config)
+    maybe_inject_fault(ws, stage, chunk)  # after the work, before the commit (tests and drills only)
+    record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version="", videos={"result": result},
+                         seconds=round(time.time() - t0, 3))
+    ws.commit(record)
+    return record

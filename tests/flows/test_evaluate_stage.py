@@ -1,0 +1,215 @@
+"""The evaluate stage on the real Prefect engine: an evaluation workspace (ingest + decode of a UCF101-style split
+list) evaluates the networks of a separate pretraining workspace, one record per (network, protocol, clip length)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from idtprior_testutils import moving_square_frames, write_moving_square_videos
+from idtprior.config import ConfigError, PipelineConfig
+from idtprior.evaluation.finetune import FinetuneParams, finetune
+from idtprior.evaluation.metrics import mcnemar_exact
+from idtprior.evaluation.probe import extract_features, few_shot_table
+from idtprior.evaluation.report import evaluation_tables, paired_tests
+from idtprior.flows.common import artifact_key
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.models import load_encoder
+from idtprior.storage import Workspace
+from idtprior.tasks.evaluate import read_evaluation
+from idtprior.tasks.pretrain import WorkspaceClipSource, initial_encoder
+from idtprior.video.io import write_video
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+TINY = {"width": 0.125, "embed_dim": 8, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
+        "num_workers": 0, "accelerator": "cpu"}
+CLASSES = ("Left", "Right")
+
+
+@pytest.fixture
+def one_thread():
+    # multi-threaded CPU kernels sum in a varying order; one thread makes the stage and the reference comparable
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def pretraining_workspace(tmp_path: Path, epochs: int = 1) -> PipelineConfig:
+    """6 unlabelled videos, ingested, decoded and trained with IR (TINY network)."""
+    src = tmp_path / "pre-videos"
+    write_moving_square_videos(src, 6)
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "pre"), "stages": ["ingest", "decode", "pretrain_ir"],
+        "ingest": {"source": str(src), "num_chunks": 2}, "decode": {"short_side": 32}, "dask": {"n_workers": 0},
+        "pretrain": TINY, "pretrain_ir": {"epochs": epochs}})
+    pretrain_pipeline(cfg, progress=False)
+    return cfg
+
+
+def evaluation_workspace(tmp_path: Path, pre: PipelineConfig, per_class: int = 4, **evaluate) -> PipelineConfig:
+    """A UCF101-style labelled set (trainlist01/testlist01; two classes: a square moving left or right), ingested and
+    decoded in its own workspace; evaluate reads ``pre``'s networks."""
+    root, splits = tmp_path / "ucf" / "videos", tmp_path / "ucf" / "splits"
+    splits.mkdir(parents=True)
+    train, test = [], []
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for g in range(per_class):
+            frames = moving_square_frames(12, seed=100 + 10 * c + g)
+            rel = f"{name}/v_{name}_g{g:02d}_c01.mp4"
+            write_video(root / rel, frames[:, :, ::-1] if c == 0 else frames, fps=25, options={"preset": "ultrafast"})
+            (test if g == per_class - 1 else train).append(rel)
+    (splits / "trainlist01.txt").write_text("".join(f"{r} {1 + CLASSES.index(r.split('/')[0])}\n" for r in train))
+    (splits / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
+    settings = {"pretrain_workspace": pre.workspace, "networks": ["scratch", "pretrain_ir"],
+                "protocols": ["finetune", "probe", "knn"], "clip_lengths": [8], "epochs": 2, "batch_size": 4,
+                "plateau_patience": 0, "val_fraction": 0.25, "test_clips": 2, "shots": [1, "all"], "shot_seeds": 2,
+                "knn_k": 3, "device": "cpu", "num_workers": 0, **evaluate}
+    settings = {k: v for k, v in settings.items() if v is not None}  # None: the default
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "eval"), "stages": ["ingest", "decode", "evaluate"],
+        "ingest": {"source": str(splits / "trainlist01.txt"), "video_root": str(root), "num_chunks": 2},
+        "decode": {"short_side": 32}, "dask": {"n_workers": 0}, "evaluate": settings})
+    pretrain_pipeline(cfg, stages=["ingest", "decode"], progress=False)
+    return cfg
+
+
+def record_times(ws: Workspace) -> dict[str, float]:
+    return {c: r.created for c, r in ws.records("evaluate").items()}
+
+
+def workspace_files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def summary_markdown(ws: Workspace) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[artifact_key(ws, "evaluate", "summary")])), sort=ArtifactSort.CREATED_DESC)
+    return found[0].data
+
+
+def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread):
+    pre = pretraining_workspace(tmp_path)
+    pre_root = Path(pre.workspace)
+    pre_before = workspace_files(pre_root)
+    cfg = evaluation_workspace(tmp_path, pre)
+    pretrain_pipeline(cfg, stages=["evaluate"], progress=False)
+    ws = Workspace(cfg.workspace)
+    records = ws.records("evaluate")
+    assert sorted(records) == sorted(f"{n}.{p}.8" for n in ("scratch", "pretrain_ir")
+                                     for p in ("finetune", "probe", "knn"))
+    results = {c: r.videos["result"] for c, r in records.items()}
+    assert all(r.version == "" and list(r.videos) == ["result"] for r in records.values())
+    assert sorted(read_evaluation(ws), key=lambda r: (r["network"], r["protocol"])) == sorted(
+        results.values(), key=lambda r: (r["network"], r["protocol"]))
+    ir_info = pre_root.joinpath("records", "pretrain_ir", "all.json")
+    ir_model = json.loads(ir_info.read_text())["videos"]["model"]
+    test_ids = [f"v_{c}_g03_c01" for c in CLASSES]
+    train_ids = sorted(f"v_{c}_g{g:02d}_c01" for c in CLASSES for g in range(3))
+    for chunk, r in results.items():
+        network, protocol, length = chunk.split(".")
+        assert (r["status"], r["network"], r["protocol"], r["clip_length"], r["label_column"], r["classes"]) == (
+            "ok", network, protocol, 8, "label", list(CLASSES))
+        assert r["train_fingerprint"] == (ir_model["train_fingerprint"] if network == "pretrain_ir"
+                                          else r["train_fingerprint"]) and r["seconds"] >= 0
+        if network == "scratch":
+            assert r["train_fingerprint"].startswith("scratch:")
+
+    # the reference: the cores called directly on the same frames, labels and settings
+    train = WorkspaceClipSource(ws.url, train_ids, [12] * 6)
+    test = WorkspaceClipSource(ws.url, sorted(test_ids), [12] * 2)
+    y_train = np.array([CLASSES.index(v.split("_")[1]) for v in train_ids])
+    y_test = np.array([CLASSES.index(v.split("_")[1]) for v in sorted(test_ids)])
+    encoders = {"pretrain_ir": load_encoder(ir_model["encoder"]), "scratch": initial_encoder(pre.pretrain)}
+    params = FinetuneParams(epochs=2, batch_size=4, plateau_patience=0, val_fraction=0.25, test_clips=2,
+                            clip_length=8, crop_size=32, frame_step=1, crop_scales=pre.pretrain.crop_scales,
+                            frozen_blocks=1, seed=0, device="cpu")
+    for network, encoder in encoders.items():
+        ft = results[f"{network}.finetune.8"]
+        ref = finetune(encoder, train, y_train, test, y_test, params, n_classes=2)
+        assert ft["accuracy"] == ref.test_accuracy
+        assert ft["predictions"] == {v: int(p) for v, p in zip(sorted(test_ids), ref.test_predictions)}
+        assert ft["correct"] == {v: bool(p == t) for v, p, t in zip(sorted(test_ids), ref.test_predictions, y_test)}
+        assert [h["loss"] for h in ft["history"]] == [h["loss"] for h in ref.history]
+        assert (ft["frozen_blocks"], ft["n_train"], ft["n_val"], ft["n_test"]) == (1, 4, 2, 2)  # UCF101: 1 block
+        feats = [extract_features(encoder, s, None, 8, 32, 2, 0, 1, 4, "backbone", "cpu") for s in (train, test)]
+        table = few_shot_table(feats[0], y_train, feats[1], y_test, shots=(1, None), seeds=(0, 1))
+        assert results[f"{network}.probe.8"]["table"] == table
+        assert set(results[f"{network}.probe.8"]["correct"]) == {"1", "all"}
+        knn = results[f"{network}.knn.8"]
+        assert set(knn["knn"]) == {"label"} and set(knn["correct"]["label"]) == set(test_ids)
+        assert knn["knn"]["label"] == np.mean(list(knn["correct"]["label"].values()))
+        assert 0 <= knn["nmi"]["label"] <= 1 and 0.5 <= knn["purity"]["label"] <= 1
+
+    # the summary artifact: the tables and the paired test of scratch against pretrain_ir on the finetuning
+    md = summary_markdown(ws)
+    assert md == evaluation_tables(results.values())
+    assert "Table 1" in md and "Table 2" in md and "NMI" in md
+    pair = [t for t in paired_tests(results.values()) if t["what"] == "finetune"]
+    a, b = results["scratch.finetune.8"]["correct"], results["pretrain_ir.finetune.8"]["correct"]
+    want = mcnemar_exact(np.array([a[v] for v in sorted(a)]), np.array([b[v] for v in sorted(a)]))
+    assert [(t["a"], t["b"], t["only_a"], t["only_b"], t["p_value"]) for t in pair] == [
+        ("scratch", "pretrain_ir", want.only_a, want.only_b, want.p_value)]
+
+    # a rerun recomputes nothing; the pretraining workspace was only read: no evaluation video entered it
+    before = record_times(ws)
+    pretrain_pipeline(cfg, stages=["evaluate"], progress=False)
+    assert record_times(ws) == before
+    assert workspace_files(pre_root) == pre_before
+    text = "".join(p.read_text(errors="replace") for p in pre_root.rglob("*") if p.is_file()
+                   and p.suffix in (".json", ".csv", ".yaml"))
+    assert "v_Left" not in text and "v_Right" not in text
+
+    # a network listed by hand and never trained fails the stage, naming the stage to run first
+    with pytest.raises(ConfigError, match="network pretrain_la has not been trained.*run the pretrain_la stage"):
+        pretrain_pipeline(cfg.with_updates(evaluate={"networks": ["scratch", "pretrain_la"]}), stages=["evaluate"],
+                          progress=False)
+    assert record_times(ws) == before
+
+
+@pytest.mark.slow
+def test_new_clip_lengths_and_a_retrained_network_recompute_only_their_records(tmp_path, one_thread):
+    from idtprior.flows.stages import expected_fingerprints
+
+    pre = pretraining_workspace(tmp_path)
+    cfg = evaluation_workspace(tmp_path, pre, protocols=["finetune", "knn"], networks=None)
+    ws = Workspace(cfg.workspace)
+    # the default network list: the stages not trained in the pretraining workspace are skipped
+    result = pretrain_pipeline(cfg, stages=["evaluate"], progress=False)
+    assert sorted(ws.records("evaluate")) == sorted(f"{n}.{p}.8" for n in ("scratch", "pretrain_ir")
+                                                    for p in ("finetune", "knn"))
+    assert "finetune_pretrain_ir_8" in result["evaluate"]
+    assert "Skipped (not trained in the pretraining workspace): pretrain_la_bank, pretrain_la, tune_joint, " \
+           "supervised" in summary_markdown(ws)
+    first = record_times(ws)
+    # a clip length added: only its records are computed
+    longer = cfg.with_updates(evaluate={"clip_lengths": [8, 16]})
+    assert expected_fingerprints(longer.model_copy(update={"stages": ("evaluate",)}), ws)["evaluate"].keys() == {
+        f"{n}.{p}.{k}" for n in ("scratch", "pretrain_ir") for p in ("finetune", "knn") for k in (8, 16)}
+    pretrain_pipeline(longer, stages=["evaluate"], progress=False)
+    second = record_times(ws)
+    assert {c: t for c, t in second.items() if c in first} == first
+    assert sorted(set(second) - set(first)) == sorted(f"{n}.{p}.16" for n in ("scratch", "pretrain_ir")
+                                                      for p in ("finetune", "knn"))
+    assert all(r["clip_length"] in (8, 16) for r in read_evaluation(ws))
+    # pretrain_ir retrained with a changed setting: only its evaluations are recomputed
+    pretrain_pipeline(pre.with_updates(pretrain_ir={"epochs": 2}), stages=["pretrain_ir"], progress=False)
+    expected = expected_fingerprints(longer.model_copy(update={"stages": ("evaluate",)}), ws)["evaluate"]
+    stale = {c for c, fp in expected.items() if ws.read_record("evaluate", c).fingerprint != fp}
+    assert stale == {c for c in second if c.startswith("pretrain_ir.")}
+    pretrain_pipeline(longer, stages=["evaluate"], progress=False)
+    third = record_times(ws)
+    changed = {c for c in third if third[c] != second[c]}
+    assert changed == stale
+    ir = json.loads(Path(pre.workspace, "records", "pretrain_ir", "all.json").read_text())["videos"]["model"]
+    assert all(r["train_fingerprint"] == ir["train_fingerprint"] for r in read_evaluation(ws)
+               if r["network"] == "pretrain_ir")

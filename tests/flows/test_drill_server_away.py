@@ -82,9 +82,9 @@ def test_the_server_stopped_mid_run(tmp_path):
     assert committed["decode/0001-of-0002"] > stopped
     # then the run failed, on its next call to the server, and said why; the stage's lock was released
     assert rc == 3, text  # one line naming the server, not httpx's traceback
-    last = text.strip().splitlines()[-1]
-    assert last.startswith("idtprior run: error: the Prefect server at ") and "cannot be reached" in last, text
-    assert "ConnectError" in last, text
+    # (Prefect's own "Error logging to API" lines from its background threads may follow it)
+    said = [line for line in text.splitlines() if line.startswith("idtprior run: error: the Prefect server at ")]
+    assert len(said) == 1 and "cannot be reached (ConnectError" in said[0], text
     assert not os.path.exists(lock_path(ws, "decode")) and not os.path.exists(lock_path(ws, "ingest"))
 
     # a new server (same database), and the run again: what was committed is not recomputed

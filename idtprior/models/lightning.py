@@ -1,4 +1,5 @@
-"""Pretraining with PyTorch Lightning: IR warm-up, Local Aggregation with IDT / bank / joint clusters, resumable.
+"""Pretraining with PyTorch Lightning: IR warm-up, Local Aggregation with IDT / bank / joint clusters, and the
+supervised baseline (cross-entropy through a linear classifier on the backbone features), resumable.
 
 ``train(params, source, out_dir=...)`` is the single entry the pipeline stages call. Everything a run needs to
 continue identically after a kill lives in ``out_dir/checkpoints/last.ckpt``: weights, optimiser and LR schedule
@@ -35,11 +36,11 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
 from idtprior.models.data import SCALES, ClipDataModule, ClipDataset, ClipSource, collate_clips
-from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z
+from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z, supervised_loss
 from idtprior.models.memory_bank import MemoryBank
 from idtprior.models.resnet3d import BLOCKS, ResNet3d
 
-OBJECTIVES = ("ir", "la")
+OBJECTIVES = ("ir", "la", "supervised")
 CLUSTER_SOURCES = ("idt", "bank", "joint")
 
 
@@ -67,7 +68,7 @@ class PretrainParams:
     gamma: float = 0.1
     epochs: int = 200
     tau: float = 0.07
-    objective: str = "ir"  # "ir" or "la"
+    objective: str = "ir"  # "ir", "la" or "supervised" (class labels through a linear classifier)
     ir_exact: bool = False  # IR with the full softmax over the bank instead of NCE (small N only)
     negatives: int = 4096  # NCE noise samples per clip
     nce_z_momentum: float = 0.99  # Z <- m Z + (1 - m) Z_batch after the first batch; 1.0 keeps Wu et al.'s fixed Z
@@ -194,10 +195,15 @@ class PretrainModule(pl.LightningModule):
         idt_valid: ``(N,)`` bool, False where a video has no IDT sketch (``joint``; None: all valid). Such a video
             gets a cluster of its own in every joint K-means run.
         labels_for_eval: ``(N,)`` int class labels (< 0 = unknown) for the per-epoch kNN monitor, or None.
+        class_labels: ``(N,)`` int classes in ``[0, C)`` (< 0: unlabelled, no loss) for ``objective="supervised"``;
+            C is ``max + 1``. The classifier ``(feature_dim -> C)`` sits on the encoder's backbone features, as the
+            finetuning probes' does; the embedding head gets no gradient from it and stays frozen at its seeded init
+            (a random projection of the trained features: what the bank, the kNN monitor and the export see).
     """
 
     cluster_labels: torch.Tensor
     log_z: torch.Tensor
+    class_labels: torch.Tensor
 
     def __init__(
         self,
@@ -207,13 +213,25 @@ class PretrainModule(pl.LightningModule):
         idt_sketch: np.ndarray | torch.Tensor | None = None,
         labels_for_eval: np.ndarray | torch.Tensor | None = None,
         idt_valid: np.ndarray | torch.Tensor | None = None,
+        class_labels: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.params = params
         self.hparams.update({**dataclasses.asdict(params), "n_videos": n_videos})  # logged and checkpointed
+        targets = self._class_labels(params, n_videos, class_labels)
+        self.classifier: torch.nn.Linear | None = None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)  # the same initial weights for the same seed, global RNG untouched
             self.encoder = ResNet3d(params.arch, params.embed_dim, params.width)
+            if targets is not None:  # drawn after the encoder: its weights are every other stage's initial ones
+                n_classes = int(targets.max()) + 1
+                self.hparams["n_classes"] = n_classes
+                self.classifier = torch.nn.Linear(self.encoder.feature_dim, n_classes)
+        if targets is not None:
+            self.register_buffer("class_labels", targets)  # only here: other objectives' checkpoints keep their keys
+            # no gradient reaches the embedding head from the class loss: frozen, so DDP does not wait for one and no
+            # optimiser state or weight decay touches it
+            self.encoder.fc.requires_grad_(False)
         self.bank = MemoryBank(n_videos, params.embed_dim, params.bank_momentum, seed=params.seed)
         self.register_buffer("log_z", torch.tensor(float("nan")))  # NCE log Z; nan until the first batch
         self.register_buffer("cluster_labels", self._initial_labels(params, n_videos, cluster_labels, idt_sketch,
@@ -228,6 +246,19 @@ class PretrainModule(pl.LightningModule):
         # reseeded per (seed, epoch, rank) at every epoch start (noise_seed); this seed only serves calls outside fit
         self.noise_generator = torch.Generator().manual_seed(params.seed)
         self.fault_loss = fault_loss_from_env()  # read here: the module travels to ddp_spawn's processes
+
+    @staticmethod
+    def _class_labels(params: PretrainParams, n: int, class_labels: Any) -> torch.Tensor | None:
+        if params.objective != "supervised":
+            return None
+        if class_labels is None:
+            raise ValueError("objective 'supervised' needs class_labels of shape (N,)")
+        labels = torch.as_tensor(np.asarray(class_labels), dtype=torch.long)
+        if labels.shape != (n,):
+            raise ValueError(f"class_labels shape {tuple(labels.shape)} must be ({n},)")
+        if not bool((labels >= 0).any()):
+            raise ValueError(f"class_labels: none of the {n} videos has a class (all < 0)")
+        return labels.clone()
 
     @staticmethod
     def _initial_labels(
@@ -279,15 +310,22 @@ class PretrainModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         indices, clips = batch  # (B,), (B, 3, T, H, W)
-        v = self.encoder(clips)  # (B, D)
         p, bank = self.params, self.bank.bank
-        if p.objective == "ir" and p.ir_exact:
+        if p.objective == "supervised":
+            features = self.encoder.features(clips)  # (B, C_feat)
+            with torch.no_grad():  # the embedding, for the bank only (what the encoder's forward gives)
+                v = torch.nn.functional.normalize(self.encoder.fc(features), dim=1)  # (B, D)
+            loss = supervised_loss(self.classifier(features), self.class_labels[indices])
+        elif p.objective == "ir" and p.ir_exact:
+            v = self.encoder(clips)  # (B, D)
             loss = ir_softmax_loss(v, bank, indices, p.tau)
         elif p.objective == "ir":
+            v = self.encoder(clips)
             noise = draw_noise(v.shape[0], bank.shape[0], p.negatives, self.noise_generator).to(bank.device)
             self._update_log_z(nce_log_z(v, bank, noise, p.tau))
             loss = ir_nce_loss(v, bank, indices, noise, self.log_z, p.tau)
         else:
+            v = self.encoder(clips)
             loss = la_loss(v, bank, indices, self.cluster_labels, p.la_k, p.tau)
         if self.fault_loss is not None:
             loss = self._injected_fault(loss, batch_idx)
@@ -682,6 +720,7 @@ def train(
     cluster_labels: np.ndarray | None = None,
     idt_sketch: np.ndarray | None = None,
     idt_valid: np.ndarray | None = None,
+    class_labels: np.ndarray | None = None,
     resume: bool = True,
     export_embeddings: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -699,6 +738,7 @@ def train(
         cluster_labels: ``(m, N)`` labels for ``la`` with ``cluster_source="idt"``.
         idt_sketch: ``(N, S)`` sketches for ``cluster_source="joint"``.
         idt_valid: ``(N,)`` bool, False where a video has no sketch (``joint``): a cluster of its own.
+        class_labels: ``(N,)`` int classes (< 0: unlabelled) for ``objective="supervised"``.
         resume: continue from ``out_dir/checkpoints/last.ckpt`` when present. The checkpoint may come from a run set
             to fewer epochs with otherwise equal params: nothing a run computes depends on ``epochs``, so it continues
             as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused. A
@@ -715,7 +755,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(source)
     module = PretrainModule(params, n, cluster_labels=cluster_labels, idt_sketch=idt_sketch,
-                            labels_for_eval=labels_for_eval, idt_valid=idt_valid)
+                            labels_for_eval=labels_for_eval, idt_valid=idt_valid, class_labels=class_labels)
     last = out_dir / "checkpoints" / "last.ckpt"
     start = resume_checkpoint(last.parent) if resume else None
     ckpt_path = None if start is None else str(start)

@@ -1,4 +1,5 @@
-"""Instance Recognition (Wu et al. 2018) and Local Aggregation (Zhuang et al. 2019) objectives as pure functions.
+"""Instance Recognition (Wu et al. 2018) and Local Aggregation (Zhuang et al. 2019) objectives as pure functions, and
+the cross-entropy of the supervised baseline.
 
 Every function takes the current embeddings ``v (B, D)`` (unit rows, with gradients), the memory bank ``(N, D)``
 (unit rows, no gradients) and the batch's video indices ``(B,)``; randomness (NCE noise draws) is passed in, so the
@@ -122,3 +123,25 @@ def la_loss(
         if not bool(valid.any()):
             return v.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
         return -(log_num[valid] - log_den[valid]).mean()
+
+
+def supervised_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the supervised baseline, ``-mean_i log softmax(logits_i)[targets_i]``; scalar.
+
+    Rows whose target is negative (a video without a label) are left out of the mean; a batch with none labelled gives
+    0 (with the graph kept, as :func:`la_loss` does).
+
+    Args:
+        logits: class scores ``(B, C)``, with gradients.
+        targets: ``(B,)`` int class indices in ``[0, C)``, or < 0 for unlabelled.
+    """
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],):
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must be (B, C) and (B,)")
+    if bool((targets >= logits.shape[1]).any()):
+        raise ValueError(f"targets up to {int(targets.max())} for {logits.shape[1]} classes")
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = logits.float()
+        labelled = targets >= 0
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[labelled], targets[labelled].long())

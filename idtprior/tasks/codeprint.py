@@ -31,7 +31,7 @@ CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models")
 TASKS = "idtprior.tasks"
 PLUMBING = ("idtprior.tasks.common", "idtprior.tasks.codeprint")
 
-# The chunk task each stage runs ("module:name"); the three training stages share one task.
+# The chunk task each stage runs ("module:name"); the training stages share one task.
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "ingest": ("idtprior.tasks.ingest:ingest_chunk",),
     "decode": ("idtprior.tasks.decode:decode_chunk",),
@@ -42,7 +42,8 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "cluster": ("idtprior.tasks.encode:cluster_task",),
     "pretrain": ("idtprior.tasks.pretrain:train_stage_task",),
 }
-STAGE_ALIASES = {"pretrain_ir": "pretrain", "pretrain_la": "pretrain", "tune_joint": "pretrain"}
+STAGE_ALIASES = {"pretrain_ir": "pretrain", "pretrain_la": "pretrain", "tune_joint": "pretrain",
+                 "pretrain_la_bank": "pretrain", "supervised": "pretrain"}
 
 
 def module_file(name: str) -> Path | None:

@@ -17,6 +17,10 @@ def test_bundled_configs_carry_the_paper_settings():
     assert (la.objective, la.cluster_source, la.epochs, la.lr_milestones, la.init_from) == (
         "la", "idt", 200, (160, 190), "pretrain_ir")
     assert (k400.tune_joint.cluster_source, k400.tune_joint.init_from) == ("joint", "pretrain_la")
+    bank, sup = k400.pretrain_la_bank, k400.supervised  # the baselines: Video LA with the paper's K, supervised
+    assert (bank.objective, bank.cluster_source, bank.n_clusters, bank.epochs, bank.lr_milestones, bank.init_from) == (
+        "la", "bank", 6000, 200, (160, 190), "pretrain_ir")
+    assert (sup.objective, sup.label_column, sup.init_from) == ("supervised", "label", None)
     assert (k400.idt.track_length, k400.idt.min_distance, k400.idt.scale_num) == (15, 5, 8)
     demo = load_config(bundled_config("demo"))
     assert demo.demo.videos_per_class * 6 >= 200
@@ -54,6 +58,11 @@ def test_config_hash_follows_values_only():
 def test_train_stage_config_is_checked():
     with pytest.raises(ConfigError, match=r"pretrain_la.*init_from.*'pretrain_xx'"):
         parse_config({"pretrain_la": {"init_from": "pretrain_xx"}})
+    # the supervised stage is the supervised objective, and only it is
+    with pytest.raises(ConfigError, match=r"supervised\.objective.*\(value 'la'\)"):
+        parse_config({"supervised": {"objective": "la"}})
+    with pytest.raises(ConfigError, match=r"unknown key 'pretrain_la\.label_column'"):
+        parse_config({"pretrain_la": {"label_column": "label"}})
     with pytest.raises(ConfigError, match=r"lr_milestones.*\[20, 10\]"):
         parse_config({"tune_joint": {"lr_milestones": [20, 10]}})
 
@@ -89,7 +98,9 @@ def test_kinetics_config_trains_with_the_papers_global_batch():
     p = k400.pretrain
     assert (p.batch_size, p.devices, p.batch_size * p.devices) == (32, 8, 256)
     assert k400.pretrain_ir.lr == k400.pretrain_la.lr == 0.03
-    assert k400.stages[-3:] == TRAIN_STAGES and "cluster" in k400.stages
+    # the method's three stages close the paper's run; the baselines (pretrain_la_bank, supervised) run on request
+    assert k400.stages[-3:] == TRAIN_STAGES[:3] == ("pretrain_ir", "pretrain_la", "tune_joint")
+    assert "cluster" in k400.stages
 
 
 def test_nce_normaliser_momentum_is_a_setting_and_part_of_the_training_key():

@@ -1,6 +1,9 @@
 """The training stages as flows: ``pretrain_ir`` (Instance Recognition warm-up), ``pretrain_la`` (Local Aggregation
-with the IDT clusters) and ``tune_joint`` (LA in the joint [bank | IDT sketch] space). Plain IR and plain Video LA
-(``cluster_source: bank``) are configurations of the same stages.
+with the IDT clusters) and ``tune_joint`` (LA in the joint [bank | IDT sketch] space); and the baselines of the paper's
+tables as stages of their own, each with its record, run folder and fingerprint, so one workspace holds them all:
+``pretrain_la_bank`` (Video LA: LA with the memory bank's clusters) and ``supervised`` (the same network trained on the
+training split's labels, the upper bound). Video IR is ``pretrain_ir``; Scratch is the seeded random init
+(``tasks.pretrain.initial_encoder``), whose kNN every stage without ``init_from`` records as ``knn_init``.
 
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
@@ -108,17 +111,20 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
         # (records written before the train fingerprint was stored fall back to the whole fingerprint)
         inputs["init"] = rec.videos["model"].get("train_fingerprint", rec.fingerprint)
+    label_sets = {"label": {r.video_id: r.label for r in rows if r.label}}
+    if shared.eval_labels_file:
+        for name, values in read_label_sets(shared.eval_labels_file).items():
+            label_sets.setdefault(name, values)
+    label_sets = {k: v for k, v in label_sets.items() if v}
+    if stage_cfg.objective == "supervised":  # the labels are what it trains on: a relabelled video retrains it
+        labelled = pretrain_tasks.supervised_labels(stage, label_sets, stage_cfg.label_column, train_ids)[0]
+        inputs["labels"] = hash_json({v: label_sets[stage_cfg.label_column][v] for v in labelled})
     train_config = pretrain_tasks.train_config_fields(shared)
     train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([train_config, stage_cfg.model_dump(mode="json")]),
                                  pretrain_tasks.CODE_VERSION)
     # every training input but the schedule's end: a run set to more epochs continues the shorter run that has this key
     resume_key = chunk_fingerprint(stage, ALL, inputs, hash_json(
         [train_config, stage_cfg.model_dump(mode="json", exclude={"epochs"})]), pretrain_tasks.CODE_VERSION)
-    label_sets = {"label": {r.video_id: r.label for r in rows if r.label}}
-    if shared.eval_labels_file:
-        for name, values in read_label_sets(shared.eval_labels_file).items():
-            label_sets.setdefault(name, values)
-    label_sets = {k: v for k, v in label_sets.items() if v}
     splits = {r.video_id: r.split for r in rows}
     fingerprint = hash_json({"train": train_fp, "eval_ids": eval_ids, "knn_k": shared.knn_k,
                              "labels": hash_json(label_sets), "splits": hash_json(splits)})
@@ -174,6 +180,8 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     _report(ws, stage, info)
     counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,
               "epochs": info["epochs"]}
+    if "unlabelled_videos" in info:
+        counts["videos_unlabelled"] = info["unlabelled_videos"]
     if info["loss_per_epoch"]:
         counts["loss_first"], counts["loss_last"] = info["loss_per_epoch"][0], info["loss_per_epoch"][-1]
     counts.update({f"knn_{k}": v for k, v in info["knn"].items()})
@@ -188,10 +196,13 @@ def _report(ws: Workspace, stage: str, info: dict) -> None:
     if "knn_init" in info:
         body += "| random init | " + " | ".join(f"{info['knn_init'].get(s, float('nan')):.3f}" for s in sets) + " |\n"
     losses = info["loss_per_epoch"]
+    objective = info["objective"] + (f" / {info['cluster_source']}" if "cluster_source" in info else "")
+    if "label_column" in info:
+        objective += (f" on label {info['label_column']!r} ({info['classes']} classes; {info['unlabelled_videos']} "
+                      f"training videos without one left out)")
     md = (f"## {stage}\n\n{info['train_videos']} training videos, {info['epochs']} epochs, objective "
-          f"{info['objective']}{' / ' + info['cluster_source'] if 'cluster_source' in info else ''}; loss per epoch "
-          f"{losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} videos; test split against "
-          f"the rest):\n\n{head}{body}\nencoder: `{info['encoder']}`\n")
+          f"{objective}; loss per epoch {losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} "
+          f"videos; test split against the rest):\n\n{head}{body}\nencoder: `{info['encoder']}`\n")
     create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
 
@@ -214,4 +225,17 @@ def tune_joint_flow(config: PipelineConfig, dask_address: str | None = None, pro
     return train_stage_flow_body("tune_joint", config, progress)
 
 
-TRAIN_FLOWS = {"pretrain_ir": pretrain_ir_flow, "pretrain_la": pretrain_la_flow, "tune_joint": tune_joint_flow}
+@stage_flow("pretrain_la_bank")
+def pretrain_la_bank_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Video LA, the baseline: Local Aggregation with K-means of the memory bank every epoch, from the IR model."""
+    return train_stage_flow_body("pretrain_la_bank", config, progress)
+
+
+@stage_flow("supervised")
+def supervised_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """The supervised upper bound: the same network trained with cross-entropy on the training split's labels."""
+    return train_stage_flow_body("supervised", config, progress)
+
+
+TRAIN_FLOWS = {"pretrain_ir": pretrain_ir_flow, "pretrain_la": pretrain_la_flow, "tune_joint": tune_joint_flow,
+               "pretrain_la_bank": pretrain_la_bank_flow, "supervised": supervised_flow}

@@ -1,5 +1,6 @@
-"""Training stages (``pretrain_ir``, ``pretrain_la``, ``tune_joint``): the Lightning trainer of ``idtprior.models`` over
-the decoded frames of the workspace, with the IDT cluster labels / sketches of the earlier stages.
+"""Training stages (``pretrain_ir``, ``pretrain_la``, ``tune_joint``, and the baselines ``pretrain_la_bank`` and
+``supervised``): the Lightning trainer of ``idtprior.models`` over the decoded frames of the workspace, with the IDT
+cluster labels / sketches of the earlier stages, or (``supervised``) the training videos' labels.
 
 A stage's run folder ``runs/<stage>/<train fingerprint>/`` holds the checkpoint of every epoch, so a killed run resumes
 where it stopped; its record (``records/<stage>/all.json``) is committed only when training, the export of the encoder
@@ -116,6 +117,20 @@ def encode_labels(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
     names = sorted({v for v in values if v})
     code = {n: i for i, n in enumerate(names)}
     return np.array([code.get(v, -1) if v else -1 for v in values], np.int64), names
+
+
+def supervised_labels(stage: str, label_sets: dict[str, dict[str, str]], column: str,
+                      train_ids: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """The training videos of a supervised stage: those with a value in label set ``column`` (the manifest's
+    ``label`` or a column of ``pretrain.eval_labels_file``), in ``train_ids`` order; their classes ``(n,)`` int64
+    (codes in sorted-name order) and the class names. A ConfigError naming the column when no training video has one."""
+    values = label_sets.get(column, {})
+    labelled = [v for v in train_ids if values.get(v)]
+    if not labelled:
+        raise ConfigError(f"{stage}: label_column {column!r}: none of the {len(train_ids)} training videos has a label "
+                          f"in it (label sets with values: {sorted(k for k, v in label_sets.items() if v)})")
+    classes, names = encode_labels([values[v] for v in labelled])
+    return labelled, classes, names
 
 
 def knn_report(emb: np.ndarray, ids: list[str], splits: dict[str, str], label_sets: dict[str, dict[str, str]],
@@ -281,6 +296,11 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
         return done
     rank = launched_rank(shared.devices) if launched else 0
     runs = Path(ws.path("runs", stage))
+    n_train = len(train_ids)
+    if stage_config.objective == "supervised":  # trains on the labelled training videos only
+        keep = set(supervised_labels(stage, label_sets, stage_config.label_column, train_ids)[0])
+        train_frames = [n for v, n in zip(train_ids, train_frames) if v in keep]
+        train_ids = [v for v in train_ids if v in keep]
     trained = finished_training(done, train_fingerprint)
     if trained is None:
         strategy = ("ddp" if shared.devices * shared.num_nodes > 1 else "auto") if launched else None
@@ -305,6 +325,10 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     }
     if stage_config.objective == "la":
         info["cluster_source"] = stage_config.cluster_source
+    if stage_config.objective == "supervised":
+        names = supervised_labels(stage, label_sets, stage_config.label_column, train_ids)[2]
+        info.update({"label_column": stage_config.label_column, "classes": len(names),
+                     "unlabelled_videos": n_train - len(train_ids)})
     if init_checkpoint is None:  # the same network before any training: the random-init baseline
         base = compute_embeddings(initial_encoder(shared), evaluation, *emb_args, frame_step=shared.frame_step)
         info["knn_init"] = knn_report(base, eval_ids, splits, label_sets, shared.knn_k, shared.tau)
@@ -350,7 +374,10 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
     part of the record. ``prepare`` False: another process readied ``run_dir`` (a DDP job's rank other than 0).
     ``on_epoch(row)``: called after each epoch (``EpochReporter``)."""
     params = pretrain_params(shared, stage_config, len(train_ids), progress, strategy)
-    cluster_labels = idt_sketch = idt_valid = None
+    cluster_labels = idt_sketch = idt_valid = class_labels = None
+    if stage_config.objective == "supervised":
+        # train_ids are the labelled ones (train_stage kept them); the folder runs/<stage>/ names the stage
+        class_labels = supervised_labels(run_dir.parent.name, label_sets, stage_config.label_column, train_ids)[1]
     if stage_config.objective == "la" and stage_config.cluster_source == "idt":
         cluster_labels = idt_labels_for(ws, train_ids)
     if stage_config.objective == "la" and stage_config.cluster_source == "joint":
@@ -364,7 +391,8 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
         prepare_run(run_dir, train_fingerprint, resume_key, stage_config.epochs)
     source = WorkspaceClipSource(ws.url, train_ids, train_frames)
     result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
-                   cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid, resume=True,
+                   cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid,
+                   class_labels=class_labels, resume=True,
                    export_embeddings=False, loggers=[EpochReporter(on_epoch)] if on_epoch is not None else ())
     trained = {"train_fingerprint": train_fingerprint, "epochs": result.epochs_completed, "run_dir": str(run_dir),
                "checkpoint": str(result.checkpoint), "encoder": str(result.encoder)}

@@ -96,7 +96,8 @@ def test_flows_are_named_with_the_project_prefix():
     assert pretrain_pipeline.name == pretrain_ui.name == "idtprior-pretrain"
     assert [FLOWS[s].name for s in STAGES] == [STAGE_UI_FLOWS[s].name for s in STAGES] == [
         "idtprior-ingest", "idtprior-decode", "idtprior-detect", "idtprior-idt", "idtprior-fit-codebook",
-        "idtprior-encode", "idtprior-cluster", "idtprior-pretrain-ir", "idtprior-pretrain-la", "idtprior-tune-joint"]
+        "idtprior-encode", "idtprior-cluster", "idtprior-pretrain-ir", "idtprior-pretrain-la", "idtprior-tune-joint",
+        "idtprior-pretrain-la-bank", "idtprior-supervised", "idtprior-evaluate"]
 
 
 def test_deployments_one_pipeline_and_one_per_stage_and_pool():
@@ -158,7 +159,7 @@ def test_stage_pool_auto_rule_and_per_stage_choice():
     auto = {s: stage_pool(cfg, s) for s in STAGES}
     assert auto == {"ingest": "cpu", "decode": "cpu", "detect": "cpu", "idt": "cpu", "fit_codebook": "cpu",
                     "encode": "cpu", "cluster": "cpu", "pretrain_ir": "gpu", "pretrain_la": "gpu",
-                    "tune_joint": "gpu"}
+                    "tune_joint": "gpu", "pretrain_la_bank": "gpu", "supervised": "gpu", "evaluate": "gpu"}
     assert stage_pool(cfg.with_updates(detect={"backend": "maskrcnn"}), "detect") == "gpu"
     chosen = apply_overrides(cfg, {"pools.fit_codebook": "gpu", "pools.pretrain_ir": "cpu"})
     assert (stage_pool(chosen, "fit_codebook"), stage_pool(chosen, "pretrain_ir")) == ("gpu", "cpu")

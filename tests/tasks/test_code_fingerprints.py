@@ -109,6 +109,8 @@ def test_task_modules_key_on_the_same_fingerprints():
                           "pretrain": pretrain}.items():
         assert module.CODE_VERSION == codeprint.stage_code(stage) == code_fingerprint(stage)
     assert codeprint.stage_code("tune_joint") == codeprint.stage_code("pretrain")
+    # the baselines' stages run the same task
+    assert codeprint.stage_code("pretrain_la_bank") == codeprint.stage_code("supervised") == pretrain.CODE_VERSION
     with pytest.raises(KeyError, match="stage 'evaluate' has no code roots"):
         code_fingerprint("evaluate")
 

@@ -160,6 +160,13 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from idtprior.report import write_report
+
+    print(write_report(args.workspace, args.out, seed=args.seed))
+    return 0
+
+
 def cmd_export_boxes(args) -> int:
     from idtprior.storage import Workspace
     from idtprior.tasks.detect import export_boxes
@@ -274,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("-o", "--out", default=None, help="output folder (default: WORKSPACE/artifacts/inspect)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("report", help="write report.md and its PNGs: the evaluation tables, the kNN table and curves "
+                       "of each training stage, the cluster montages (IDT, LA's bank, joint); missing stages listed")
+    p.add_argument("workspace")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: WORKSPACE/artifacts/report)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the montages' picks and the bank's K-means")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export-boxes", help="write the detect stage's person boxes as bb-files of the reference IDT "
                        "release (<video_id>.bb; import them elsewhere with detect.bb_folder)")

@@ -5,7 +5,9 @@ per label column, and paired exact McNemar tests between consecutive networks of
 Pure functions of the RESULT dicts (``idtprior.tasks.evaluate.read_evaluation``): no Prefect, no workspace.
 """
 
+import math
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 
@@ -23,7 +25,7 @@ def _network_key(name: str) -> tuple[int, str]:
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{100 * value:.1f}"
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def _of(results: Iterable[dict], protocol: str) -> list[dict]:
@@ -116,7 +118,7 @@ def paired_tests(results: Iterable[dict]) -> list[dict]:
     out = []
     for (what, column, length), by_network in sorted(maps.items()):
         present = [n for n in PAIRED_ORDER if n in by_network]
-        for a, b in zip(present, present[1:]):
+        for a, b in pairwise(present):
             ids = sorted(set(by_network[a]) & set(by_network[b]))
             ca = np.array([by_network[a][v] for v in ids], dtype=bool)
             cb = np.array([by_network[b][v] for v in ids], dtype=bool)

@@ -18,6 +18,7 @@ The frames are read from THIS workspace (the evaluation workspace: ingest + deco
 workspace is only read, for its encoders: evaluation videos never enter its IDT, clustering or training.
 """
 
+import math
 import time
 
 import numpy as np
@@ -25,7 +26,13 @@ from prefect import task
 
 from idtprior.config import EvaluateConfig, PretrainConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
-from idtprior.evaluation.probe import extract_features, few_shot_indices, kmeans_agreement, knn_probe, linear_probe
+from idtprior.evaluation.probe import (
+    extract_features,
+    few_shot_indices,
+    kmeans_agreement,
+    knn_probe,
+    linear_probe,
+)
 from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
@@ -89,7 +96,7 @@ def _number(value: float, integer: bool = False) -> float | int | None:
     """A JSON-safe number: an int, a float, or None for nan (no validation video: no validation loss)."""
     if integer:
         return int(value)
-    return None if value != value else float(value)
+    return None if math.isnan(value) else float(value)
 
 
 def run_finetune(encoder: ResNet3d, train: WorkspaceClipSource, test: WorkspaceClipSource, y_train: np.ndarray,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from idtprior_testutils import moving_square_frames, write_moving_square_videos
+
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.metrics import mcnemar_exact
@@ -119,7 +119,7 @@ def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread)
     for chunk, r in results.items():
         network, protocol, length = chunk.split(".")
         assert (r["status"], r["network"], r["protocol"], r["clip_length"], r["label_column"], r["classes"]) == (
-            "ok", network, protocol, 8, "label", list(CLASSES))
+            "ok", network, protocol, int(length), "label", list(CLASSES))
         assert r["train_fingerprint"] == (ir_model["train_fingerprint"] if network == "pretrain_ir"
                                           else r["train_fingerprint"]) and r["seconds"] >= 0
         if network == "scratch":

@@ -98,7 +98,7 @@ def cmd_serve(args) -> int:
 def cmd_status(args) -> int:
     from idtprior.config import STAGES
     from idtprior.storage import Workspace, read_manifest
-    from idtprior.storage.status import workspace_status
+    from idtprior.storage.status import NAMED_RECORD_STAGES, workspace_status
 
     ws = Workspace(args.workspace)
     manifest = read_manifest(ws)
@@ -125,12 +125,15 @@ def cmd_status(args) -> int:
             # seconds only where the stage's task measured them (the codebook, cluster and training tasks do not)
             took = f"  {st.seconds:.1f} s" if st.seconds else ""
             line = f"done {st.created_iso}  fingerprint {st.fingerprint[:12]}{took}" if st.done else "not run"
+        elif st.stage in NAMED_RECORD_STAGES:
+            line = f"records {st.chunks_done}/{st.chunks_expected}" if expected is not None else \
+                f"records {st.chunks_done}"
         else:
             line = (f"chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
                     f"failed {st.videos_failed}")
         if st.stage == "sketches" and not st.done and expected is None:
             continue
-        print(f"  {st.stage:<12} {line}" + (f"  [{st.check}]" if st.check else ""))
+        print(f"  {st.stage:<16} {line}" + (f"  [{st.check}]" if st.check else ""))
         for vid, err in sorted(st.errors.items())[: args.max_errors]:
             print(f"      {vid}: {err}")
         if len(st.errors) > args.max_errors:

@@ -14,11 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la",
-          "tune_joint")
+          "tune_joint", "pretrain_la_bank", "supervised", "evaluate")
 """The stages that exist, in pipeline order. Later stages join this tuple when they land."""
 
-TRAIN_STAGES = ("pretrain_ir", "pretrain_la", "tune_joint")
-"""The network-training stages (one ``TrainStageConfig`` section each)."""
+TRAIN_STAGES = ("pretrain_ir", "pretrain_la", "tune_joint", "pretrain_la_bank", "supervised")
+"""The network-training stages (one ``TrainStageConfig`` section each): the method's three, then the baselines of the
+paper's tables (Video LA with the bank's clusters; the supervised upper bound)."""
 
 
 class ConfigError(ValueError):
@@ -285,6 +286,28 @@ class TuneJointConfig(TrainStageConfig):
     init_from: str | None = "pretrain_la"
 
 
+class PretrainLABankConfig(TrainStageConfig):
+    """Video LA, the paper's baseline: Local Aggregation whose close neighbours come from K-means of the memory bank
+    every epoch (no IDT), with pretrain_la's schedule, from the IR model."""
+
+    cluster_source: Literal["idt", "bank", "joint"] = "bank"
+    epochs: int = Field(200, ge=1)
+    lr_milestones: tuple[int, ...] = (160, 190)
+    init_from: str | None = "pretrain_ir"
+
+
+class SupervisedConfig(TrainStageConfig):
+    """The supervised upper bound: the same 3D ResNet trained with cross-entropy on the training split's labels
+    (``label_column``) through a linear classifier on its backbone features, from random weights."""
+
+    objective: Literal["supervised"] = "supervised"
+    label_column: str = Field("label", min_length=1, description="the label set trained on: the manifest's label, or "
+                              "a column of pretrain.eval_labels_file; training videos without a value are left out "
+                              "(counted in the record)")
+    epochs: int = Field(200, ge=1)
+    lr_milestones: tuple[int, ...] = (160, 190)
+
+
 class SlurmConfig(_Section):
     """``dask.cluster: slurm``: Dask workers as SLURM batch jobs (dask-jobqueue's ``SLURMCluster``), one job per
     ``cores`` cores; the scheduler runs in the flow's process and the jobs connect back to it."""
@@ -337,6 +360,84 @@ class DaskConfig(_Section):
     slurm: SlurmConfig = SlurmConfig()
 
 
+EVALUATION_NETWORKS = ("scratch", "pretrain_ir", "pretrain_la_bank", "pretrain_la", "tune_joint", "supervised")
+"""The networks the evaluate stage compares by default, in the paper's order (``scratch``: the architecture at its
+seeded random init); each other name is a training stage of the pretraining workspace."""
+
+
+class EvaluateConfig(_Section):
+    """The evaluate stage: the pretraining workspace's networks on this workspace's labelled train/test splits (the
+    paper's protocols: finetuning, the few-shot linear probe, kNN and the network's own K-means against the labels)."""
+
+    pretrain_workspace: str | None = Field(None, description="the workspace whose trained networks are evaluated "
+                                           "(read only); None: this workspace (the demo evaluates on its own splits)")
+    networks: tuple[str, ...] = Field(EVALUATION_NETWORKS, min_length=1, description="scratch and/or training "
+                                      "stages; with the default list a stage not trained is skipped with a warning, "
+                                      "a stage listed by hand and not trained fails the stage naming it")
+    protocols: tuple[Literal["finetune", "probe", "knn"], ...] = Field(("finetune", "probe", "knn"), min_length=1)
+    clip_lengths: tuple[Literal[8, 16, 32], ...] = Field((16,), min_length=1, description="frames per clip (the "
+                                                         "paper's Table 3: 8, 16, 32); one record per length")
+    label_column: str = Field("label", min_length=1, description="the labels finetuned and probed: the manifest's "
+                              "label, or a column of pretrain.eval_labels_file")
+    train_split: str = Field("train", min_length=1, description="manifest split of the training videos")
+    test_split: str = Field("test", min_length=1, description="manifest split of the test videos (read only to score)")
+    frozen_blocks: Literal["auto"] | int = Field("auto", description="finetuning: 0 none, 1 conv1 + the first block, "
+                                                 "2 up to the second, ... 4; auto: 2 for an HMDB51 split source, "
+                                                 "else 1 (UCF101)")
+    crop_size: int | None = Field(None, ge=8, description="None: the pretraining's pretrain.crop_size")
+    frame_step: int | None = Field(None, ge=1, description="None: the pretraining's pretrain.frame_step")
+    epochs: int = Field(100, ge=1, description="finetuning: at most; it also ends after lr_drops + 1 plateaus")
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_drops: int = Field(3, ge=0, description="finetuning ends at the plateau after this many lr x0.1 drops")
+    plateau_patience: int = Field(3, ge=0, description="epochs without validation improvement before lr x0.1")
+    batch_size: int = Field(64, ge=1, description="clips per step (finetuning), per feature batch (probes)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="of each class's training videos, held out for the "
+                                "plateau schedule (never test videos)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    test_clips: int = Field(5, ge=1, description="random centre-crop clips averaged per test video (finetuning "
+                            "softmax, probe and kNN features)")
+    shots: tuple[int | Literal["all"], ...] = Field((1, 5, 10, 20, "all"), min_length=1, description="few-shot "
+                                                    "linear probe: training videos per class")
+    shot_modes: tuple[Literal["first", "random"], ...] = Field(("first", "random"), min_length=1,
+                                                               description="first: each class's first videos in id "
+                                                               "order (the authors'); random: seeded draws")
+    shot_seeds: int = Field(3, ge=1, le=100, description="random draws averaged per shot count")
+    probe_c: float = Field(1.0, gt=0, description="the linear probe's inverse L2 strength")
+    knn_k: int = Field(20, ge=1)
+    knn_tau: float = Field(0.07, gt=0)
+    device: str = Field("auto", description="auto (cuda where there is one), cpu, cuda, cuda:N")
+    num_workers: int = Field(2, ge=0, description="clip-loading worker processes")
+    seed: int = Field(0, ge=0, description="seeds every random choice of this section")
+
+    @field_validator("networks")
+    @classmethod
+    def _known_networks(cls, networks):
+        unknown = [n for n in networks if n not in ("scratch", *TRAIN_STAGES, *EVALUATION_NETWORKS)]
+        if unknown:
+            raise ValueError(f"unknown network(s) {unknown}; known: scratch and the training stages "
+                             f"{list(TRAIN_STAGES)}")
+        if len(set(networks)) != len(networks):
+            raise ValueError(f"networks {list(networks)} lists a network twice")
+        return networks
+
+    @field_validator("frozen_blocks")
+    @classmethod
+    def _frozen(cls, value):
+        if value != "auto" and not 0 <= value <= 4:
+            raise ValueError(f"frozen_blocks {value} must be auto or 0-4")
+        return value
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, shots):
+        bad = [s for s in shots if s != "all" and s < 1]
+        if bad:
+            raise ValueError(f"shots {bad} must be at least 1 (or 'all')")
+        return shots
+
+
 PoolsConfig = create_model(
     "PoolsConfig", __base__=_Section, __doc__="The work pool each stage's run goes to when the pipeline runs from a "
     "deployment: auto (training and Mask R-CNN detection on the GPU pool, the rest on the CPU pool), cpu or gpu.",
@@ -356,6 +457,8 @@ class DemoDataConfig(_Section):
     camera_motion_fraction: float = Field(0.3, ge=0, le=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     seed: int = Field(0, ge=0, description="seeds every random choice of this section")
+    heldout_appearance: bool = Field(False, description="test videos whose backgrounds, actor shapes and colours "
+                                                        "never occur in training")
 
 
 class PipelineConfig(_Section):
@@ -375,9 +478,12 @@ class PipelineConfig(_Section):
     pretrain_ir: PretrainIRConfig = PretrainIRConfig()
     pretrain_la: PretrainLAConfig = PretrainLAConfig()
     tune_joint: TuneJointConfig = TuneJointConfig()
+    pretrain_la_bank: PretrainLABankConfig = PretrainLABankConfig()
+    supervised: SupervisedConfig = SupervisedConfig()
     dask: DaskConfig = DaskConfig()
     pools: PoolsConfig = PoolsConfig()
     demo: DemoDataConfig = DemoDataConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @field_validator("stages")
     @classmethod

@@ -98,3 +98,32 @@ def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def test_status_of_the_baseline_stages_and_of_evaluates_named_records(tmp_path):
+    from idtprior.storage import ChunkRecord
+    from idtprior.storage.status import workspace_status
+
+    ws = Workspace(tmp_path / "ws")
+    ws.commit(ChunkRecord("supervised", "all", "fp-sup", "", {"model": {"status": "ok"}}))
+    ws.commit(ChunkRecord("pretrain_la_bank", "all", "fp-bank-old", "", {"model": {"status": "ok"}}))
+    for name, fp in (("pretrain_ir.finetune.16", "a"), ("pretrain_ir.probe.16", "b"), ("scratch.knn.8", "old")):
+        ws.commit(ChunkRecord("evaluate", name, fp, "", {"result": {"status": "ok"}}))
+    stages = ("supervised", "pretrain_la_bank", "evaluate")
+    expected = {"supervised": {"all": "fp-sup"}, "pretrain_la_bank": {"all": "fp-bank"},
+                "evaluate": {"pretrain_ir.finetune.16": "a", "pretrain_ir.probe.16": "b"}}
+    st = {s.stage: s for s in workspace_status(ws, stages, expected)}
+    assert st["supervised"].whole and st["supervised"].done and st["supervised"].check == "up to date"
+    assert st["pretrain_la_bank"].whole and st["pretrain_la_bank"].check == "out of date: 1 of 1 chunks keyed differently"
+    # a network it evaluates would retrain: so would its evaluations
+    assert st["evaluate"].check == "out of date: pretrain_la_bank out of date"
+    expected["pretrain_la_bank"] = {"all": "fp-bank-old"}
+    st = {s.stage: s for s in workspace_status(ws, stages, expected)}
+    # an evaluation the config no longer asks for (scratch at 8 frames) is kept, not stale
+    ev = st["evaluate"]
+    assert (ev.chunks_done, ev.chunks_expected, ev.check) == (2, 2, "up to date")
+    expected["evaluate"] = {**expected["evaluate"], "pretrain_ir.knn.16": "c", "pretrain_ir.probe.16": "b2"}
+    ev = {s.stage: s for s in workspace_status(ws, stages, expected)}["evaluate"]
+    assert (ev.chunks_done, ev.chunks_expected) == (2, 3)
+    assert ev.check == "out of date: 1 of 3 chunks keyed differently; 1 chunks not run"
+    assert {s.stage: s.chunks_done for s in workspace_status(ws, ("evaluate",))} == {"evaluate": 3}

@@ -54,7 +54,7 @@ def stage_pool(config: PipelineConfig, stage: str) -> str:
     choice = getattr(config.pools, stage, "auto")
     if choice != "auto":
         return choice
-    if stage in TRAIN_STAGES:
+    if stage in TRAIN_STAGES or stage == "evaluate":
         return "gpu"
     if stage == "detect" and config.detect.backend == "maskrcnn":
         return "gpu"

@@ -27,10 +27,14 @@ class StageFlows(Mapping):
             from idtprior.flows.training import TRAIN_FLOWS
 
             return TRAIN_FLOWS[stage]
+        if stage == "evaluate":
+            from idtprior.flows.evaluate import evaluate_flow
+
+            return evaluate_flow
         raise KeyError(stage)
 
     def __iter__(self) -> Iterator[str]:
-        return iter([s for s in STAGES if s in STAGE_FLOWS or s in TRAIN_STAGES])
+        return iter([s for s in STAGES if s in STAGE_FLOWS or s in TRAIN_STAGES or s == "evaluate"])
 
     def __len__(self) -> int:
         return len(list(iter(self)))

@@ -110,7 +110,9 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     ws = Workspace(config.workspace)
     plans = plan_decode(config, ws)
     records = _run_stage(decode_tasks.decode_chunk, ws, "decode", plans, config, dask_address, progress)
-    return report_stage(ws, "decode", records)
+    counts = report_stage(ws, "decode", records)
+    publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
+    return counts
 
 
 def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
@@ -137,6 +139,7 @@ def detect_flow(config: PipelineConfig, dask_address: str | None = None, progres
     infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
     frames = sum(v.get("frames", 0) for v in infos)
     counts["frames_with_person"] = round(sum(v.get("frames_with_person", 0) for v in infos) / max(frames, 1), 4)
+    publish_pictures(ws, "detect", "detect_markdown", seed=config.idt.seed)
     return counts
 
 
@@ -184,6 +187,21 @@ def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineCon
     drop_stale_records(ws, stage, set(plans), config.ingest.num_chunks)
     rebuild_manifest(ws)
     return records
+
+
+def stage_pictures(stage: str, build: str, *args, **kwargs) -> str:
+    """The markdown of ``idtprior.flows.artifacts.<build>(*args, **kwargs)`` (a line saying why where it fails):
+    imported here, not at the top, because the pictures import torch."""
+    from idtprior.flows import artifacts
+
+    return artifacts.stage_pictures(stage, getattr(artifacts, build), *args, **kwargs)
+
+
+def publish_pictures(ws: Workspace, stage: str, build: str, *args, **kwargs) -> None:
+    """The stage's pictures as its ``pictures`` artifact, next to the ``summary`` that ``report_stage`` writes."""
+    create_markdown_artifact(key=artifact_key(ws, stage, "pictures"),
+                             markdown=f"## {stage}: pictures\n\n{stage_pictures(stage, build, ws, *args, **kwargs)}",
+                             description=f"{stage}: what it stored, drawn")
 
 
 def check_settings(stage: str, build, *sections) -> None:
@@ -234,6 +252,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
+    publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
     return counts
 
 
@@ -259,7 +278,8 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
     create_markdown_artifact(key=artifact_key(ws, "fit_codebook", "summary"), markdown=(
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
         f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"
-        + (f"\n\n**Warning:** {info['warning']}" if info.get("warning") else "")))
+        + (f"\n\n**Warning:** {info['warning']}" if info.get("warning") else "")
+        + "\n\n" + stage_pictures("fit_codebook", "fit_codebook_markdown", ws)))
     return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
         k: info[k] for k in ("rows", "fv_dim")}}
 
@@ -300,6 +320,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
     encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
+    publish_pictures(ws, "encode", "encode_markdown")
     return counts
 
 
@@ -326,8 +347,9 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     if truth:
         stats.update(cluster_agreement(labels, label_ids, truth))
     rows_md = "\n".join(f"| {k} | {v} |" for k, v in stats.items() if k != "status")
+    pictures = stage_pictures("cluster", "cluster_markdown", ws, config.idt, seed=config.cluster.seed, stats=stats)
     create_markdown_artifact(key=artifact_key(ws, "cluster", "summary"),
-                             markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n")
+                             markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n\n{pictures}")
     get_run_logger().info(f"cluster: {stats}")
     return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
             **{k: v for k, v in stats.items() if k in ("nmi", "purity", "close_pairs", "close_precision",
@@ -415,6 +437,8 @@ def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, di
 
             def plan(config, ws, stage=stage):  # the record key: training + evaluation (an eval change re-evaluates)
                 return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
+        if plan is None and stage == "evaluate":
+            from idtprior.flows.evaluate import plan_evaluate as plan  # it imports torch: only when asked
         if plan is None:
             out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
             continue

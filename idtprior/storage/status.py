@@ -8,13 +8,19 @@ from idtprior.storage.manifest import read_manifest
 from idtprior.storage.workspace import Workspace, chunk_count
 
 ALL = "all"
-WHOLE_DATASET_STAGES = ("fit_codebook", "sketches", "cluster", "pretrain_ir", "pretrain_la", "tune_joint")
+WHOLE_DATASET_STAGES = ("fit_codebook", "sketches", "cluster", "pretrain_ir", "pretrain_la", "tune_joint",
+                        "pretrain_la_bank", "supervised")
 """Stages with one record for the whole dataset (chunk ``all``); ``sketches`` is encode's assembly of its chunks."""
+NAMED_RECORD_STAGES = ("evaluate",)
+"""Stages with one record per named piece of work (evaluate: ``<network>.<protocol>.<clip length>``); a record the
+config no longer asks for is kept (another network's evaluation), not counted as stale."""
+TRAINED = ("pretrain_ir", "pretrain_la", "tune_joint", "pretrain_la_bank", "supervised")
 
 UPSTREAM = {"decode": ("ingest",), "detect": ("ingest",), "idt": ("ingest", "detect"), "fit_codebook": ("idt",),
             "encode": ("ingest", "detect", "fit_codebook"), "sketches": ("encode",), "cluster": ("encode",),
             "pretrain_ir": ("decode",), "pretrain_la": ("decode", "cluster", "pretrain_ir"),
-            "tune_joint": ("decode", "encode", "pretrain_la")}
+            "tune_joint": ("decode", "encode", "pretrain_la"), "pretrain_la_bank": ("decode", "pretrain_ir"),
+            "supervised": ("decode",), "evaluate": ("decode", *TRAINED)}
 """The stages whose records a stage's fingerprint is computed from: when one of them is out of date, so is the stage
 after they rerun, whatever its own comparison says now (an over-approximation for the training stages, whose inputs
 depend on their settings)."""
@@ -63,6 +69,11 @@ def workspace_status(ws: Workspace, stages: tuple[str, ...],
                 st.created, st.fingerprint, st.seconds = rec.created, rec.fingerprint, rec.seconds
                 st.chunks_done = st.chunks_expected = 1
             records = {ALL: rec} if rec is not None else {}
+        elif stage in NAMED_RECORD_STAGES:
+            records = {c: r for c, r in ws.records(stage).items() if chunk_count(c) is None}
+            want = expected.get(stage) if expected is not None else None
+            st.chunks_done = len(records) if not isinstance(want, dict) else len(set(records) & set(want))
+            st.chunks_expected = len(want) if isinstance(want, dict) else len(records)
         else:
             records = {c: r for c, r in ws.records(stage).items()
                        if chunk_count(c) is not None and (not current or c in current)}
@@ -96,7 +107,7 @@ def _check(st: StageStatus, have: dict[str, str], want: dict[str, str] | str,
         return
     missing = sorted(set(want) - set(have))
     differ = sorted(c for c in set(want) & set(have) if want[c] != have[c])
-    extra = sorted(set(have) - set(want))
+    extra = sorted(set(have) - set(want)) if st.stage not in NAMED_RECORD_STAGES else []
     reasons = []
     if differ:
         reasons.append(f"{len(differ)} of {len(want)} chunks keyed differently")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 PACKAGE = "idtprior"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models")
+CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models", "idtprior.evaluation")
 TASKS = "idtprior.tasks"
 PLUMBING = ("idtprior.tasks.common", "idtprior.tasks.codeprint")
 
@@ -41,6 +41,7 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "encode": ("idtprior.tasks.encode:encode_chunk",),
     "cluster": ("idtprior.tasks.encode:cluster_task",),
     "pretrain": ("idtprior.tasks.pretrain:train_stage_task",),
+    "evaluate": ("idtprior.tasks.evaluate:evaluate_task",),
 }
 STAGE_ALIASES = {"pretrain_ir": "pretrain", "pretrain_la": "pretrain", "tune_joint": "pretrain",
                  "pretrain_la_bank": "pretrain", "supervised": "pretrain"}

@@ -46,8 +46,9 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.encoding.fisher", "normalize_fisher", {"encode"}),
     ("idtprior.encoding.codebook", "project", ALGO),
     ("idtprior.encoding.gmm", "fit_gmm", ALGO),
-    # K-means: the cluster stage, the GMM's initialisation (gmm.py imports it), LA's clustering of the memory bank
-    ("idtprior.encoding.kmeans", "kmeans_plusplus", {"fit_codebook", "encode", "cluster", "pretrain"}),
+    # K-means: the cluster stage, the GMM's initialisation (gmm.py imports it), LA's clustering of the memory bank,
+    # the evaluation's K-means of a network's embeddings (NMI / purity)
+    ("idtprior.encoding.kmeans", "kmeans_plusplus", {"fit_codebook", "encode", "cluster", "pretrain", "evaluate"}),
     # the IDT core's other modules
     ("idtprior.video.idt.camera", "estimate_homography", {"idt", "encode"}),
     ("idtprior.video.idt.flow", "median_flow", {"idt", "encode"}),
@@ -60,7 +61,11 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.tasks.idt", "video_rows", {"idt", "encode"}),
     ("idtprior.tasks.idt", "idt_params", {"idt", "encode"}),
     ("idtprior.tasks.detect", "read_chunk_boxes", {"idt", "encode"}),
-    ("idtprior.models.losses", "la_loss", {"pretrain"}),
+    # evaluate loads encoders through models.lightning, which imports the losses
+    ("idtprior.models.losses", "la_loss", {"pretrain", "evaluate"}),
+    # the evaluation core is evaluate's alone
+    ("idtprior.evaluation.finetune", "finetune", {"evaluate"}),
+    ("idtprior.evaluation.probe", "few_shot_indices", {"evaluate"}),
     # plumbing: settings are covered by the config hashes; storage and the chunk loop do not change results
     ("idtprior.config", "config_hash", set()),
     ("idtprior.config", "load_config", set()),
@@ -111,8 +116,8 @@ def test_task_modules_key_on_the_same_fingerprints():
     assert codeprint.stage_code("tune_joint") == codeprint.stage_code("pretrain")
     # the baselines' stages run the same task
     assert codeprint.stage_code("pretrain_la_bank") == codeprint.stage_code("supervised") == pretrain.CODE_VERSION
-    with pytest.raises(KeyError, match="stage 'evaluate' has no code roots"):
-        code_fingerprint("evaluate")
+    with pytest.raises(KeyError, match="stage 'nonexistent' has no code roots"):
+        code_fingerprint("nonexistent")
 
 
 def test_the_idt_keys_hold_every_idt_params_field():

@@ -190,11 +190,8 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
 
 
 def _report(ws: Workspace, stage: str, info: dict) -> None:
-    sets = sorted(info["knn"])
-    head = "| network | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets) + "\n"
-    body = f"| after {stage} | " + " | ".join(f"{info['knn'][s]:.3f}" for s in sets) + " |\n"
-    if "knn_init" in info:
-        body += "| random init | " + " | ".join(f"{info['knn_init'].get(s, float('nan')):.3f}" for s in sets) + " |\n"
+    from idtprior.flows.stages import stage_pictures
+
     losses = info["loss_per_epoch"]
     objective = info["objective"] + (f" / {info['cluster_source']}" if "cluster_source" in info else "")
     if "label_column" in info:
@@ -202,7 +199,8 @@ def _report(ws: Workspace, stage: str, info: dict) -> None:
                       f"training videos without one left out)")
     md = (f"## {stage}\n\n{info['train_videos']} training videos, {info['epochs']} epochs, objective "
           f"{objective}; loss per epoch {losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} "
-          f"videos; test split against the rest):\n\n{head}{body}\nencoder: `{info['encoder']}`\n")
+          f"videos; test split against the rest), and the loss, lr and kNN monitor per epoch:\n\n"
+          + stage_pictures(stage, "training_markdown", ws, stage) + f"\nencoder: `{info['encoder']}`\n")
     create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
 

@@ -50,7 +50,7 @@ def test_a_new_num_chunks_replaces_the_old_chunking_everywhere(tmp_path, monkeyp
     after = FrameStore(ws)
     assert after.video_ids == ids
     for vid in ids:
-        assert after._index[vid][0] == next(r.chunk for r in manifest if r.video_id == vid)
+        assert after._index[vid].chunk == next(r.chunk for r in manifest if r.video_id == vid)
         np.testing.assert_array_equal(after.read_clip(vid, 0, 24), frames[vid])
 
     # a later stage run alone with the OLD num_chunks in its config plans the workspace's chunking, and the manifest

@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a config to use instead of the bundled configs/demo.yaml")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the config's)")
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--verify-checksums", action="store_true", help=VERIFY_HELP)
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)
 
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", default=None, help="override ingest.video_root, the folder that relative paths in "
                    "a list file resolve against (with --source: default the list file's folder)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--verify-checksums", action="store_true", help=VERIFY_HELP)
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
 
@@ -327,9 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERIFY_HELP = ("check the crc32c of every stored file a stage opens as its input, not only that the files are there "
+               "with their sizes (one more read of each; sets IDTPRIOR_VERIFY=full for this process and the local Dask "
+               "workers; set it on the workers of an existing scheduler yourself)")
+
+
+def apply_verify(args) -> None:
+    """``--verify-checksums``: every reader of this process (and of the Dask workers it starts) checks checksums."""
+    if getattr(args, "verify_checksums", False):
+        from idtprior.storage.integrity import VERIFY_ENV
+
+        os.environ[VERIFY_ENV] = "full"
+
+
 def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = build_parser().parse_args(argv)
+    apply_verify(args)
     if args.command in ("run", "demo") and not args.verbose:
         from idtprior.terminal import use_terminal_logging
 

@@ -265,3 +265,23 @@ def test_a_damaged_input_fails_its_chunk_unretried_and_marks_no_video_failed(dec
         run_chunk(ws.url, "later", "c0", "fp", {"clip000": (), "clip001": ()}, read_all, progress=False)
     assert not is_transient(caught.value)  # the stored data reads the same on a retry: never retried
     assert ws.read_record("later", "c0") is None  # no record: the chunk recomputes once the input is repaired
+
+
+def test_verify_checksums_on_the_command_line_makes_readers_check_them(decoded, tmp_path, monkeypatch):
+    from idtprior.cli import apply_verify, build_parser
+
+    _, untouched, _ = decoded
+    shutil.copytree(untouched.root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    flipped = time_chunk_file(ws, ws.read_record("decode", CHUNKS[1]), "clip001", 1)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    monkeypatch.delenv(VERIFY_ENV, raising=False)
+    apply_verify(build_parser().parse_args(["run", "c.yaml"]))
+    FrameStore(ws).array("clip001")  # sizes only: opens (the read of that chunk would still fail on its crc32c)
+    for argv in (["run", "c.yaml", "--verify-checksums"], ["demo", "--verify-checksums"]):
+        monkeypatch.delenv(VERIFY_ENV, raising=False)
+        apply_verify(build_parser().parse_args(argv))
+        with pytest.raises(IntegrityError, match=rf"decode chunk {CHUNKS[1]} video clip001: .*checksum differs"):
+            FrameStore(ws).array("clip001")

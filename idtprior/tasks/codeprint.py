@@ -10,7 +10,8 @@ chunk task the stage runs:
   the Fisher encoding;
 - in the algorithm cores (``idtprior.video``, ``idtprior.encoding``, ``idtprior.models``), module by module: each core
   module a task definition names is hashed whole, with every core module it imports anywhere in its source (a
-  function-local import too: ``gmm.py`` imports ``kmeans.py`` to initialise the GMM), transitively. Whole modules,
+  function-local import too: ``gmm.py`` imports ``kmeans.py`` to initialise the GMM), transitively. A compiled module
+  (``video/idt/_kernels``, built from ``_kernels.c``) is hashed as its C source. Whole modules,
   because cores call each other through objects and methods that a static walk of names cannot follow; the price is
   a rerun of a stage for an edit in a module it imports but does not call.
 
@@ -52,10 +53,11 @@ def module_file(name: str) -> Path | None:
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
     base = PACKAGE_DIR.joinpath(*name.split(".")[1:])
-    for path in (base.with_name(base.name + ".py") if name != PACKAGE else None, base / "__init__.py"):
-        if path is not None and path.is_file():
-            return path
-    return None
+    # a compiled module (an extension built from <name>.c beside it) is known by its C source
+    for suffix in (".py", ".c"):
+        if name != PACKAGE and base.with_name(base.name + suffix).is_file():
+            return base.with_name(base.name + suffix)
+    return base / "__init__.py" if (base / "__init__.py").is_file() else None
 
 
 def module_source(name: str) -> str:
@@ -113,6 +115,8 @@ def _bindings(current: str, node: ast.Import | ast.ImportFrom) -> dict[str, tupl
 
 def _load(name: str) -> _Module:
     source = module_source(name)
+    if module_file(name).suffix == ".c":  # hashed as text; it imports nothing of the package
+        return _Module(name, source, ast.Module(body=[], type_ignores=[]), {}, {})
     tree = _parse(source)
     defs: dict[str, ast.AST] = {}
     imports: dict[str, tuple[str, str | None]] = {}

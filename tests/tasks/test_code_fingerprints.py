@@ -81,7 +81,8 @@ def test_the_stage_code_sets():
     """Which modules each stage hashes whole (at least the ones it uses today, and none of another core's), and that a
     stage of a shared task module leaves the others' code out."""
     cores = {s: {k for k in stage_sources(s) if ":" not in k} for s in STAGES}
-    idt_core = {f"idtprior.video.idt.{m}" for m in ("extract", "camera", "flow", "descriptors", "params", "textformat")}
+    idt_core = {f"idtprior.video.idt.{m}"
+                for m in ("extract", "camera", "flow", "descriptors", "params", "textformat", "kernels", "_kernels")}
     book = {f"idtprior.encoding.{m}" for m in ("codebook", "gmm", "kmeans", "sketch", "backend")}
     models = {f"idtprior.models.{m}" for m in ("clustering", "data", "lightning", "losses", "memory_bank", "resnet3d")}
 
@@ -105,6 +106,18 @@ def test_the_stage_code_sets():
     assert not any(k.startswith(("idtprior.config", "idtprior.storage", "idtprior.tasks.common", "idtprior.flows"))
                    or k in ("idtprior.encoding", "idtprior.models", "idtprior.video.idt")
                    for s in STAGES for k in stage_sources(s))
+
+
+def test_an_edit_of_the_compiled_kernels_c_source_changes_the_idt_stages(monkeypatch):
+    """The extension module ``_kernels`` is known by its C source: an edit there reruns what uses the extractor."""
+    name = "idtprior.video.idt._kernels"
+    assert codeprint.module_file(name).name == "_kernels.c"
+    before = {s: code_fingerprint(s) for s in STAGES}
+    real = codeprint.module_source
+    edited = real(name).replace("m[1] = (r4 + r5) * r6;", "m[1] = (r5 + r4) * r6;")
+    assert edited != real(name)
+    monkeypatch.setattr(codeprint, "module_source", lambda n: edited if n == name else real(n))
+    assert {s for s in STAGES if code_fingerprint(s) != before[s]} == {"idt", "encode"}
 
 
 def test_task_modules_key_on_the_same_fingerprints():

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import camera as cam
 from .flow import PyramidFlow, median_flow
-from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, finalize_block, frame_channels, integral_channels
+from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, cell_sums, finalize_block, frame_channels
 from .params import IDTParams
 
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
@@ -342,9 +342,10 @@ def iter_idt(
                     continue
                 t4 = time.perf_counter()
                 h, w = sc.size
-                integral = integral_channels(frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i]))
+                channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i])
+                sums = cell_sums(channels, params.patch_size // params.nxy_cell)
                 pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
-                hist = cell_histograms(integral, pts, params.patch_size, params.nxy_cell)  # (m, cells, 33)
+                hist = cell_histograms(sums, pts, params.patch_size, params.nxy_cell)  # (m, cells, 33)
                 t5 = time.perf_counter()
                 tm["descriptors"] += t5 - t4
                 xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)

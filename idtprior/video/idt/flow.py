@@ -16,14 +16,19 @@ With this, 99.6% of the reference's trajectories are reproduced to 0.001 px (mea
 pyramid leaves a median 0.2-0.6 px.
 """
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
+from . import kernels
 from .params import IDTParams
 
 
+@lru_cache(maxsize=8)
 def _poly_kernels(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, float]:
-    """1-D kernels g, x g, x^2 g (2n+1,) float32 of the polynomial fit and the entries of the inverse Gram matrix."""
+    """1-D kernels g, x g, x^2 g (2n+1,) float32 of the polynomial fit and the entries of the inverse Gram matrix
+    (cached: the same few (n, sigma) for every frame; the arrays are read only)."""
     if sigma < 1e-7:
         sigma = n * 0.3
     x = np.arange(-n, n + 1, dtype=np.float64)
@@ -41,7 +46,10 @@ def _poly_kernels(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     G[4, 4] = G[3, 3]
     G[3, 4] = G[4, 3] = G[5, 5]
     iG = np.linalg.inv(G)
-    return g.astype(np.float32), xg, xxg, iG[1, 1], iG[0, 3], iG[3, 3], iG[5, 5]
+    out = g.astype(np.float32), xg, xxg
+    for a in out:
+        a.flags.writeable = False
+    return *out, iG[1, 1], iG[0, 3], iG[3, 3], iG[5, 5]
 
 
 def poly_expansion(img: np.ndarray, n: int, sigma: float) -> np.ndarray:
@@ -65,56 +73,22 @@ _EDGE = np.array([0.14, 0.14, 0.4472, 0.4472, 0.4472], np.float32)  # down-weigh
 
 
 class _Grid:
-    """Pixel coordinates and edge weights of one level size, computed once."""
+    """Edge weights of one level size, computed once."""
 
     def __init__(self, h: int, w: int):
-        self.ys, self.xs = (a.astype(np.float32) for a in np.mgrid[0:h, 0:w])
         ex, ey = np.ones(w, np.float32), np.ones(h, np.float32)
         for v, m in ((ex, w), (ey, h)):
             for i in range(min(5, m)):
                 v[i] *= _EDGE[i]
                 v[m - 1 - i] *= _EDGE[i]
-        self.edge = (ey[:, None] * ex[None, :])[..., None]  # (h, w, 1)
+        self.edge = ey[:, None] * ex[None, :]  # (h, w)
 
 
 def _update_matrices(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, grid: _Grid) -> np.ndarray:
-    """Per-pixel terms (h, w, 5) [G11, G12, G22, h1, h2] of the displacement equations at the current ``flow``."""
-    h, w = flow.shape[:2]
-    dx, dy = flow[..., 0], flow[..., 1]
-    fx, fy = grid.xs + dx, grid.ys + dy
-    x1, y1 = np.floor(fx), np.floor(fy)
-    ax, ay = fx - x1, fy - y1
-    x1, y1 = x1.astype(np.intp), y1.astype(np.intp)
-    inside = (x1 >= 0) & (x1 < w - 1) & (y1 >= 0) & (y1 < h - 1)
-    idx = np.where(inside, y1 * w + x1, 0).ravel()
-    R1f = R1.reshape(-1, 5)
-    bx = 1 - ax
-    by = 1 - ay
-    # bilinear sample of the second frame's expansion at the displaced position (np.take: ~6x faster than fancy
-    # indexing of rows here)
-    S = (bx * by).reshape(-1, 1) * np.take(R1f, idx, axis=0)
-    S += (ax * by).reshape(-1, 1) * np.take(R1f, idx + 1, axis=0)
-    S += (bx * ay).reshape(-1, 1) * np.take(R1f, idx + w, axis=0)
-    S += (ax * ay).reshape(-1, 1) * np.take(R1f, idx + (w + 1), axis=0)
-    S = S.reshape(h, w, 5)
-    out = ~inside
-    if out.any():
-        S[out, :2] = 0.0
-        S[out, 2:] = R0[out, 2:]  # outside the frame: the first frame's quadratic terms alone
-    r4 = (R0[..., 2] + S[..., 2]) * np.float32(0.5)
-    r5 = (R0[..., 3] + S[..., 3]) * np.float32(0.5)
-    r6 = (R0[..., 4] + S[..., 4]) * np.float32(0.25)
-    r2 = (R0[..., 0] - S[..., 0]) * np.float32(0.5) + r4 * dy + r6 * dx
-    r3 = (R0[..., 1] - S[..., 1]) * np.float32(0.5) + r6 * dy + r5 * dx
-    e = grid.edge[..., 0]
-    r2, r3, r4, r5, r6 = r2 * e, r3 * e, r4 * e, r5 * e, r6 * e
-    M = np.empty((h, w, 5), np.float32)
-    M[..., 0] = r4 * r4 + r6 * r6
-    M[..., 1] = (r4 + r5) * r6
-    M[..., 2] = r5 * r5 + r6 * r6
-    M[..., 3] = r4 * r2 + r6 * r3
-    M[..., 4] = r6 * r2 + r5 * r3
-    return M
+    """Per-pixel terms (h, w, 5) [G11, G12, G22, h1, h2] of the displacement equations at the current ``flow``: the
+    second frame's expansion sampled bilinearly at the displaced position (outside the frame: no linear terms, the first
+    frame's quadratic terms alone), averaged with the first frame's (a compiled loop: ``kernels.farneback_update``)."""
+    return kernels.farneback_update(R0, R1, flow, grid.edge)
 
 
 def _window(winsize: int, gaussian: bool) -> np.ndarray | None:
@@ -133,12 +107,7 @@ def _solve(M: np.ndarray, winsize: int, kernel: np.ndarray | None) -> np.ndarray
     else:
         m = winsize // 2
         A = cv2.blur(M, (2 * m + 1, 2 * m + 1), borderType=cv2.BORDER_REPLICATE)
-    g11, g12, g22, h1, h2 = (A[..., i].astype(np.float64) for i in range(5))
-    idet = 1.0 / (g11 * g22 - g12 * g12 + 1e-3)
-    flow = np.empty(M.shape[:2] + (2,), np.float32)
-    flow[..., 0] = (g11 * h2 - g12 * h1) * idet
-    flow[..., 1] = (g22 * h1 - g12 * h2) * idet
-    return flow
+    return kernels.farneback_solve(A)
 
 
 def farneback_level(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, params: IDTParams, grid: _Grid | None = None):

@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: demo test test-all install clean ui-browser
 
-$(STAMP): pyproject.toml setup.py idtprior/video/idt/_kernels.c
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so the project's torch range is already met (no multi-GB CUDA download).

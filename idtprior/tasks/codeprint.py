@@ -10,8 +10,8 @@ chunk task the stage runs:
   the Fisher encoding;
 - in the algorithm cores (``idtprior.video``, ``idtprior.encoding``, ``idtprior.models``), module by module: each core
   module a task definition names is hashed whole, with every core module it imports anywhere in its source (a
-  function-local import too: ``gmm.py`` imports ``kmeans.py`` to initialise the GMM), transitively. A compiled module
-  (``video/idt/_kernels``, built from ``_kernels.c``) is hashed as its C source. Whole modules,
+  function-local import too: ``gmm.py`` imports ``kmeans.py`` to initialise the GMM), transitively. A C source file a
+  core module names and compiles (``video/idt/kernels.py``: ``"_kernels.c"`` beside it) is hashed with it. Whole modules,
   because cores call each other through objects and methods that a static walk of names cannot follow; the price is
   a rerun of a stage for an edit in a module it imports but does not call.
 
@@ -22,6 +22,7 @@ and a new field of one stage must not invalidate every other stage's results), `
 
 import ast
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models", "idtprior.evaluation")
 TASKS = "idtprior.tasks"
 PLUMBING = ("idtprior.tasks.common", "idtprior.tasks.codeprint")
+_C_SOURCE = re.compile(r"""["']([A-Za-z_]\w*)\.c["']""")  # a C file named in a module's source: "_kernels.c"
 
 # The chunk task each stage runs ("module:name"); the training stages share one task.
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
@@ -234,6 +236,11 @@ def stage_sources(stage: str) -> dict[str, str]:
         info = walker.module(module)
         if kind == "core":
             parts[key] = info.source
+            # a C source beside the module that it names (kernels.py compiles "_kernels.c") is part of its code
+            package = module if _is_package(module) else module.rpartition(".")[0]
+            for stem in _C_SOURCE.findall(info.source):
+                if module_file(f"{package}.{stem}") is not None:
+                    todo.append((f"{package}.{stem}", None))
             for node in ast.walk(info.tree):  # every import, function-local ones too
                 if isinstance(node, ast.Import):  # the full dotted module, not just the name it binds
                     todo.extend((a.name, None) for a in node.names if module_file(a.name) is not None)

@@ -109,7 +109,7 @@ def test_the_stage_code_sets():
 
 
 def test_an_edit_of_the_compiled_kernels_c_source_changes_the_idt_stages(monkeypatch):
-    """The extension module ``_kernels`` is known by its C source: an edit there reruns what uses the extractor."""
+    """The C source the extractor compiles (kernels.py names it) is part of its code: an edit there reruns its users."""
     name = "idtprior.video.idt._kernels"
     assert codeprint.module_file(name).name == "_kernels.c"
     before = {s: code_fingerprint(s) for s in STAGES}

@@ -1,15 +1,11 @@
-/* The IDT extractor's per-pixel loops, called through ctypes (kernels.py): Farneback's displacement terms and 2x2
- * solve (flow.py) and the orientation votes of HOG / HOF / MBH (descriptors.py).
+/* The IDT extractor's per-pixel loops, compiled on first use and called through ctypes (kernels.py): Farneback's
+ * displacement terms and 2x2 solve (flow.py) and the orientation votes of HOG / HOF / MBH (descriptors.py).
  *
  * Each loop does, pixel by pixel, the arithmetic the numpy code it replaced did array by array, in the same types and
  * the same order (float32 where that code was float32, float64 where numpy promoted), so the output is bit for bit the
  * same; the tests hold the flow to cv2.calcOpticalFlowFarneback and the votes to a direct computation. Built with
  * -ffp-contract=off: no fused multiply-add may change a rounding.
- *
- * A Python extension module only so that pip builds it with the package; it defines no Python functions.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -105,12 +101,3 @@ void idt_orientation_votes(const float *mag, const float *ang, const uint8_t *ze
         o[b1] = (float)(m * w1);
     }
 }
-
-/* The SHA-256 of this file as it was built (setup.py defines it). */
-const char *idt_kernels_source_sha256(void) { return IDT_KERNELS_SHA256; }
-
-static struct PyModuleDef kernels_module = {
-    PyModuleDef_HEAD_INIT, "_kernels", "The IDT extractor's per-pixel loops (C functions for ctypes).", -1, NULL,
-};
-
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

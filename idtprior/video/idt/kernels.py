@@ -1,26 +1,70 @@
-"""The compiled per-pixel loops of the IDT extractor (``_kernels.c``, built by pip with the package), as functions on
-numpy arrays. Each checks its arrays' types, shapes and layout before the C code sees a pointer."""
+"""The compiled per-pixel loops of the IDT extractor (``_kernels.c``) as functions on numpy arrays.
+
+The C source is compiled on first use with the machine's C compiler (``$CC``, else ``cc``) into a cache folder
+(``$IDTPRIOR_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/idtprior`` or ``~/.cache/idtprior``; a temporary folder where that
+is not writable), under a name holding the SHA-256 of the source and the flags: an edited source gets a new library,
+never an old one, in every process and every clone alike. Compiling takes well under a second; concurrent processes
+each write a file of their own and rename it into place. Each function checks its arrays' types, shapes and layout
+before the C code sees a pointer."""
 
 import ctypes
 import hashlib
+import os
+import shlex
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-_SOURCE = Path(__file__).with_name("_kernels.c")
-_REBUILD = "rebuild it: `pip install -e .` (or `python setup.py build_ext --inplace`) in the repository"
-try:
-    from . import _kernels
-except ImportError as e:  # a source tree nobody built
-    raise ImportError(f"idtprior's compiled IDT kernels (from {_SOURCE}) are not built: {_REBUILD}") from e
+SOURCE = Path(__file__).with_name("_kernels.c")
+# no fused multiply-add: the loops must round exactly as the numpy code they replaced
+CFLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off")
 
-_lib = ctypes.CDLL(_kernels.__file__)
-_lib.idt_kernels_source_sha256.restype = ctypes.c_char_p
-if _SOURCE.is_file():
-    _built, _now = _lib.idt_kernels_source_sha256().decode(), hashlib.sha256(_SOURCE.read_bytes()).hexdigest()
-    if _built != _now:
-        raise ImportError(f"{_kernels.__file__} was built from another version of {_SOURCE} "
-                          f"(sha256 {_built[:12]}, the file's is now {_now[:12]}): {_REBUILD}")
+
+def _cache_dirs() -> list[Path]:
+    env = os.environ.get("IDTPRIOR_KERNEL_CACHE")
+    if env:
+        return [Path(env)]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [base / "idtprior", Path(tempfile.gettempdir()) / f"idtprior-kernels-{os.getuid()}"]
+
+
+def library_path() -> Path:
+    """The compiled library of the current source, compiled now if no cache folder holds it yet."""
+    cc = os.environ.get("CC", "cc")
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:20]
+    name = f"idt_kernels-{digest}.so"
+    errors = []
+    for folder in _cache_dirs():
+        path = folder / name
+        if path.is_file():
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{name}.{os.getpid()}.tmp"
+            cmd = [*shlex.split(cc), *CFLAGS, "-o", str(tmp), str(SOURCE), "-lm"]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                if out.returncode != 0:
+                    raise ImportError(f"compiling {SOURCE} failed ({shlex.join(cmd)}, exit {out.returncode}):\n"
+                                      f"{out.stderr[-2000:]}")
+                os.replace(tmp, path)  # atomic: another process sees the whole library or none
+            finally:
+                tmp.unlink(missing_ok=True)
+            return path
+        except FileNotFoundError as e:
+            if e.filename == shlex.split(cc)[0]:
+                raise ImportError(f"idtprior's IDT kernels need a C compiler: {cc!r} (from $CC, else cc) was not "
+                                  f"found; install gcc (Debian: apt-get install gcc) or set CC") from None
+            errors.append(f"{folder}: {e}")
+        except OSError as e:  # not writable: the next folder
+            errors.append(f"{folder}: {e}")
+    raise ImportError(f"no writable cache folder for idtprior's IDT kernels ({'; '.join(errors)}); "
+                      f"set IDTPRIOR_KERNEL_CACHE to one")
+
+
+_lib = ctypes.CDLL(str(library_path()))
 _F32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
 _U8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _I64 = ctypes.c_int64

@@ -17,7 +17,9 @@ only the index followed by one line per box. Frames without a line have no boxes
 import gzip
 import io
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -76,20 +78,35 @@ def write_idt_text(path_or_file: str | Path | IO[str], rows: np.ndarray | Iterab
     path = Path(path_or_file)
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     try:
-        with _open_for_writing(tmp, path.suffix == ".gz", compresslevel) as f:
-            n = _write_blocks(f, blocks, info_columns)
+        gzipped = path.suffix == ".gz"
+        with _open_for_writing(tmp, gzipped, compresslevel) as f:
+            n = _write_blocks(f, blocks, info_columns, background=gzipped)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return n
 
 
-def _write_blocks(f: IO[str], blocks: Iterable[np.ndarray], info_columns: int) -> int:
+def _write_blocks(f: IO[str], blocks: Iterable[np.ndarray], info_columns: int, background: bool = False) -> int:
+    """Format each block and write it to ``f``. ``background``: formatting and writing (gzip's compression releases
+    the GIL) run in one thread beside the extraction that produces the blocks, in order, at most two blocks behind."""
     n = 0
-    for block in blocks:
-        if len(block):
-            f.write(format_idt_rows(block, info_columns))
-            n += len(block)
+    if not background:
+        for block in blocks:
+            if len(block):
+                f.write(format_idt_rows(block, info_columns))
+                n += len(block)
+        return n
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="idt-write") as writer:
+        for block in blocks:
+            if len(block):
+                pending.append(writer.submit(lambda b: f.write(format_idt_rows(b, info_columns)), block))
+                n += len(block)
+                while len(pending) > 2:
+                    pending.popleft().result()  # raises the writer's error here
+        for done in pending:
+            done.result()
     return n
 
 

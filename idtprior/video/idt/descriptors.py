@@ -96,7 +96,7 @@ def finalize_block(per_frame: np.ndarray, nt_cell: int) -> np.ndarray:
     appearance since flow varies more between frames). Returns (n, nt_cell * cells * bins) float32.
     """
     n, L, cells, bins = per_frame.shape
-    flat = per_frame.reshape(n, L, cells * bins).astype(np.float32)
+    flat = np.ascontiguousarray(per_frame, dtype=np.float32).reshape(n, L, cells * bins)  # one copy of the block
     total = flat.sum(-1, keepdims=True)
     rooted = np.sqrt(flat / np.maximum(total, np.float32(1e-10)))
     return rooted.reshape(n, nt_cell, L // nt_cell, cells * bins).mean(2).reshape(n, -1)

@@ -194,18 +194,20 @@ def keep_trajectories(P: np.ndarray, C: np.ndarray, params: IDTParams) -> np.nda
 def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int], params: IDTParams, to_full: float):
     """Prune the finished trajectories of ``cohort`` and build their rows (n, D) float32 and points (n, L+1, 2)."""
     # measured in full-resolution pixels: the reference's static threshold (std > sqrt(3)) binds at every scale alike
-    P = cohort.pos[cohort.alive] * factor  # (n, L+1, 2)
-    C = cohort.comp[cohort.alive] * factor  # (n, L, 2)
-    if len(P) == 0:
+    alive = np.flatnonzero(cohort.alive)
+    if len(alive) == 0:
         return None
+    P = cohort.pos[alive] * factor  # (n, L+1, 2)
+    C = cohort.comp[alive] * factor  # (n, L, 2)
     valid = keep_trajectories(P, C, params)
     if not valid.any():
         return None
+    kept = alive[valid]
     P, C = P[valid], C[valid]
     dmag = np.sqrt((np.diff(P, axis=1) ** 2).sum(-1))  # (n, L) raw step lengths
     cmag = np.sqrt((C**2).sum(-1))  # (n, L) compensated step lengths
     std = P.std(1)  # (n, 2)
-    hist = cohort.hist[cohort.alive][valid]  # (n, L, cells, 33)
+    hist = cohort.hist[kept]  # (n, L, cells, 33)
     n, L = len(P), params.track_length
     comp_length = cmag.sum(1)  # normalises the shape descriptor (its magnitudes sum to 1, as the reference's)
     mean = P.mean(1) * to_full  # full-resolution pixels of the input frames

@@ -83,9 +83,18 @@ def cmd_demo(args) -> int:
 def _print_counts(result: dict) -> None:
     for stage, counts in result.items():
         extra = "".join(f", {k} {v}" for k, v in counts.items() if k not in ("stage", "chunks", "videos_ok",
-                                                                             "videos_failed"))
+                                                                             "videos_failed", "seconds"))
         print(f"{stage:>10}: {counts['chunks']} chunks, {counts['videos_ok']} videos ok, "
               f"{counts['videos_failed']} failed{extra}")
+    times = {stage: counts["seconds"] for stage, counts in result.items() if "seconds" in counts}
+    if times:
+        total = sum(times.values())
+        print("wall time per stage: " + ", ".join(f"{s} {_duration(t)}" for s, t in times.items())
+              + f"; total {_duration(total)}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 
 def cmd_serve(args) -> int:

@@ -3,6 +3,7 @@
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
+import time
 from collections.abc import Iterator, Mapping
 
 from prefect import flow
@@ -80,7 +81,8 @@ def pipeline_failed(stage: str, exc: BaseException):
 def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | None = None,
                progress: bool = True) -> dict:
     """Run ``stages`` in this process, each a subflow of the current flow run, sharing one Dask cluster; returns their
-    counts, or a Failed state naming the first stage that failed (its exception in the state's data).
+    counts (each with the stage's wall ``seconds``), or a Failed state naming the first stage that failed (its
+    exception in the state's data).
 
     Each stage waits for the previous one's result (``wait_for``), so the run graph draws the chain
     ingest -> decode -> ...; the results' strings are unshared (``runs.unshared``), so no stage is drawn as a child
@@ -90,6 +92,7 @@ def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | No
     previous = None
     with dask_cluster(config.dask, dask_address) as address:
         for stage in stages:
+            start = time.monotonic()
             try:
                 results[stage] = in_workspace(FLOWS[stage], config)(
                     config, dask_address=address, progress=progress,
@@ -97,6 +100,8 @@ def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | No
             except Exception as e:  # noqa: BLE001 - the stage's run logged it; the pipeline fails naming the stage
                 return pipeline_failed(stage, e)
             previous = results[stage]
+            # in place, after the stage's run returned it: the same object stays the next stage's wait_for edge
+            previous["seconds"] = round(time.monotonic() - start, 1)
     return results
 
 

@@ -101,6 +101,7 @@ def test_flow_on_a_dask_local_cluster_with_two_workers(tmp_path):
     cfg = config(tmp_path, src, workers=2)
     result = pretrain_pipeline(cfg, progress=False)
     assert result["decode"]["videos_ok"] == 6
+    assert all(counts["seconds"] > 0 for counts in result.values())  # each stage's wall time, for the demo's summary
     store = FrameStore(Workspace(cfg.workspace))
     ref = config(tmp_path / "ref", src, workers=0)
     pretrain_pipeline(ref, progress=False)

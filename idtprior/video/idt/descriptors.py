@@ -33,13 +33,23 @@ def _orientation_votes(
 
 
 def frame_channels(
-    gray: np.ndarray, flow: np.ndarray, hof_zero_threshold: float, mbh_flow: np.ndarray | None = None
+    gray: np.ndarray,
+    flow: np.ndarray,
+    hof_zero_threshold: float,
+    mbh_flow: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """All 33 vote channels of one frame: ``gray`` (H, W) uint8 or float32, ``flow`` (H, W, 2) float32 -> (H, W, 33)
     float32. ``mbh_flow``: the flow whose gradients MBH takes when not ``flow`` (the extractor passes the median-filtered
-    compensated flow: on KTH the median MBH cosine to the reference rises from 0.996 to 1.000, HOF prefers the raw one)."""
+    compensated flow: on KTH the median MBH cosine to the reference rises from 0.996 to 1.000, HOF prefers the raw one).
+    ``out``: an (H, W, 33) float32 buffer to write (every channel of every pixel is written), reused frame after frame."""
     h, w = gray.shape
-    out = np.empty((h * w, N_CHANNELS), np.float32)  # every channel of every pixel is written
+    if out is None:
+        out = np.empty((h, w, N_CHANNELS), np.float32)
+    elif out.shape != (h, w, N_CHANNELS) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous float32 array of shape {(h, w, N_CHANNELS)}, got {out.shape}")
+    result = out
+    out = out.reshape(h * w, N_CHANNELS)
     g = gray.astype(np.float32)
     # centred differences [-1, 0, 1]: the derivative filter of HOG (Dalal & Triggs) and of the IDT papers
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=1)
@@ -58,13 +68,15 @@ def frame_channels(
         cx = cv2.Sobel(comp, cv2.CV_32F, 1, 0, ksize=1)
         cy = cv2.Sobel(comp, cv2.CV_32F, 0, 1, ksize=1)
         _orientation_votes(cx, cy, out, sl.start)
-    return out.reshape(h, w, N_CHANNELS)
+    return result
 
 
-def cell_sums(channels: np.ndarray, cell: int) -> np.ndarray:
+def cell_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None) -> np.ndarray:
     """Box sums of ``(H, W, C)`` float32 votes over ``cell x cell`` squares -> ``(H, W, C)`` float32 whose pixel (y, x)
-    holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1 (valid where those lie inside the frame)."""
-    return cv2.boxFilter(channels, -1, (cell, cell), anchor=(0, 0), normalize=False, borderType=cv2.BORDER_REPLICATE)
+    holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1 (valid where those lie inside the frame).
+    ``out``: a buffer of the same shape to write, reused frame after frame."""
+    return cv2.boxFilter(channels, -1, (cell, cell), dst=out, anchor=(0, 0), normalize=False,
+                         borderType=cv2.BORDER_REPLICATE)
 
 
 def cell_histograms(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_cell: int) -> np.ndarray:
@@ -87,16 +99,34 @@ def cell_histograms(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_c
     return np.maximum(c.reshape(len(points), nxy_cell * nxy_cell, -1), np.float32(0.0))
 
 
-def finalize_block(per_frame: np.ndarray, nt_cell: int) -> np.ndarray:
-    """Normalise one descriptor block of whole trajectories.
+def frame_descriptors(hist: np.ndarray) -> np.ndarray:
+    """One tracked frame's normalised histograms: ``hist`` (n, cells, 33) raw cell sums -> (n, cells * 33) float32, the
+    blocks in ``BLOCKS`` order, each block's (cells x bins) histogram L1-normalised and square-rooted (RootSIFT).
 
-    ``per_frame`` (n, L, cells, bins) raw cell sums of each tracked frame. Each frame's (cells x bins) histogram is
-    L1-normalised and square-rooted (RootSIFT), then the frames of each of the ``nt_cell`` temporal cells are averaged;
-    the reference output has this signature (each temporal block has an L2 norm just below 1, lower for flow than for
-    appearance since flow varies more between frames). Returns (n, nt_cell * cells * bins) float32.
-    """
-    n, L, cells, bins = per_frame.shape
-    flat = np.ascontiguousarray(per_frame, dtype=np.float32).reshape(n, L, cells * bins)  # one copy of the block
-    total = flat.sum(-1, keepdims=True)
-    rooted = np.sqrt(flat / np.maximum(total, np.float32(1e-10)))
-    return rooted.reshape(n, nt_cell, L // nt_cell, cells * bins).mean(2).reshape(n, -1)
+    A trajectory's descriptor block is the mean of these over the frames of each temporal cell (``descriptor_rows``):
+    accumulated frame by frame, so a live trajectory holds ``nt_cell`` sums instead of every frame's raw histograms (5x
+    less memory at the default 15 frames and 3 cells). The reference output has this signature: each temporal block
+    has an L2 norm just below 1, lower for flow than for appearance since flow varies more between frames."""
+    n, cells, _ = hist.shape
+    out = np.empty((n, cells * N_CHANNELS), np.float32)
+    col = 0
+    for _, sl, bins in BLOCKS:
+        flat = np.ascontiguousarray(hist[:, :, sl]).reshape(n, cells * bins)
+        total = flat.sum(-1, keepdims=True)
+        out[:, col : col + cells * bins] = np.sqrt(flat / np.maximum(total, np.float32(1e-10)))
+        col += cells * bins
+    return out
+
+
+def descriptor_rows(sums: np.ndarray, frames_per_cell: int) -> np.ndarray:
+    """The HOG, HOF, MBHx, MBHy columns of the output rows from ``sums`` (n, nt_cell, cells * 33): per temporal cell the
+    sum of ``frame_descriptors`` over its ``frames_per_cell`` frames. Returns (n, nt_cell * cells * 33) float32, each
+    block's temporal cells in order (the reference's layout)."""
+    n, nt, width = sums.shape
+    cells = width // N_CHANNELS
+    mean = sums / np.float32(frames_per_cell)
+    out, col = [], 0
+    for _, _, bins in BLOCKS:
+        out.append(mean[:, :, col : col + cells * bins].reshape(n, -1))
+        col += cells * bins
+    return np.concatenate(out, axis=1)

@@ -5,13 +5,14 @@ the scale pyramid whose level results are the flows t-1 -> t of the scales (``fl
 (5x5) for tracking; a homography t-1 -> t (camera motion) from keypoint and flow matches; the camera-compensated flow
 (by default the raw flow minus the homography's motion; ``warp_flow="both"`` recomputes it on frame t warped back, as
 the paper) for HOF, MBH, the trajectory shape and camera-motion pruning; every tracked point moved by the median flow at
-its rounded position and its HOG/HOF/MBH cell histograms at frame t-1 gathered from integral images; new points densely
-sampled where no track is in the grid cell. A trajectory of L steps is pruned (static, erratic, camera-only) or becomes
+its rounded position and its HOG/HOF/MBH cell histograms at frame t-1 gathered from box sums of the cell size,
+normalised and added to its temporal cell's sum; new points densely sampled where no track is in the grid cell. A trajectory of L steps is pruned (static, erratic, camera-only) or becomes
 one output row.
 
 Rows (N, 10 + 2L + 33 * cells) float32, for the defaults (N, 436) with the column meaning of the reference release:
 end frame, mean x, mean y, std x, std y, length, scale, x pos, y pos, t pos, shape (2L), HOG, HOF, MBHx, MBHy.
-Only the frames of one step are held: memory is bounded by the number of live trajectories, not by the video length.
+Only the frames of one step are held: memory is bounded by the number of live trajectories (each holding its points,
+steps and nt_cell descriptor sums), not by the video length.
 """
 
 import time
@@ -23,7 +24,7 @@ import numpy as np
 
 from . import camera as cam
 from .flow import PyramidFlow, median_flow
-from .descriptors import BLOCKS, N_CHANNELS, cell_histograms, cell_sums, finalize_block, frame_channels
+from .descriptors import N_CHANNELS, cell_histograms, cell_sums, descriptor_rows, frame_channels, frame_descriptors
 from .params import IDTParams
 
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
@@ -36,7 +37,7 @@ class _Cohort:
     start: int
     pos: np.ndarray  # (n, L + 1, 2) float32, pixels of this scale
     comp: np.ndarray  # (n, L, 2) float32, camera-compensated displacement of each step
-    hist: np.ndarray  # (n, L, cells, 33) float32, raw cell histograms of each tracked frame
+    desc: np.ndarray  # (n, nt_cell, cells * 33) float32, per temporal cell the sum of its frames' frame_descriptors
     alive: np.ndarray  # (n,) bool
     age: int = 0  # steps done
 
@@ -47,6 +48,9 @@ class _Scale:
     size: tuple[int, int]  # (h, w)
     cohorts: list[_Cohort] = field(default_factory=list)
     finished: list[_Cohort] = field(default_factory=list)  # ended at the current frame
+    # the descriptors' per-frame buffers (h, w, 33), reused: a fresh multi-MB array each frame costs page faults
+    channels: np.ndarray | None = None
+    sums: np.ndarray | None = None
 
 
 def pyramid_scales(height: int, width: int, params: IDTParams) -> list[tuple[float, tuple[int, int]]]:
@@ -207,7 +211,6 @@ def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int
     dmag = np.sqrt((np.diff(P, axis=1) ** 2).sum(-1))  # (n, L) raw step lengths
     cmag = np.sqrt((C**2).sum(-1))  # (n, L) compensated step lengths
     std = P.std(1)  # (n, 2)
-    hist = cohort.hist[kept]  # (n, L, cells, 33)
     n, L = len(P), params.track_length
     comp_length = cmag.sum(1)  # normalises the shape descriptor (its magnitudes sum to 1, as the reference's)
     mean = P.mean(1) * to_full  # full-resolution pixels of the input frames
@@ -223,11 +226,7 @@ def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int
     rows[:, 8] = np.clip(mean[:, 1] / fh, 0.0, 0.999)
     rows[:, 9] = np.nan  # t pos: needs the frame count, filled by the caller
     rows[:, 10 : 10 + 2 * L] = (C / np.maximum(comp_length, 1e-10)[:, None, None]).reshape(n, -1)
-    col = 10 + 2 * L
-    for _, sl, bins in BLOCKS:
-        block = finalize_block(hist[..., sl], params.nt_cell)
-        rows[:, col : col + block.shape[1]] = block
-        col += block.shape[1]
+    rows[:, 10 + 2 * L :] = descriptor_rows(cohort.desc[kept], L // params.nt_cell)
     return rows, (P * to_full).astype(np.float32)
 
 
@@ -252,6 +251,7 @@ def iter_idt(
     if num_frames is None and hasattr(frames, "__len__"):
         num_frames = len(frames)  # type: ignore[arg-type]
     L = params.track_length
+    per_cell = L // params.nt_cell  # frames per temporal cell of the descriptors
     cells = params.nxy_cell * params.nxy_cell
     tm = timings if timings is not None else {}
     for p in PARTS:
@@ -344,10 +344,13 @@ def iter_idt(
                     continue
                 t4 = time.perf_counter()
                 h, w = sc.size
-                channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i])
-                sums = cell_sums(channels, params.patch_size // params.nxy_cell)
+                if sc.channels is None:
+                    sc.channels = np.empty((h, w, N_CHANNELS), np.float32)
+                    sc.sums = np.empty((h, w, N_CHANNELS), np.float32)
+                channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i], sc.channels)
+                sums = cell_sums(channels, params.patch_size // params.nxy_cell, sc.sums)
                 pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
-                hist = cell_histograms(sums, pts, params.patch_size, params.nxy_cell)  # (m, cells, 33)
+                desc = frame_descriptors(cell_histograms(sums, pts, params.patch_size, params.nxy_cell))
                 t5 = time.perf_counter()
                 tm["descriptors"] += t5 - t4
                 xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)
@@ -361,7 +364,7 @@ def iter_idt(
                 sc.finished = []
                 for c in sc.cohorts:
                     n = len(c.pos)
-                    c.hist[:, c.age] = hist[k : k + n]
+                    c.desc[:, c.age // per_cell] += desc[k : k + n]
                     c.comp[:, c.age] = cstep[k : k + n]
                     c.pos[:, c.age + 1] = new[k : k + n]
                     c.alive &= inside[k : k + n]
@@ -401,7 +404,7 @@ def iter_idt(
                             start=t,
                             pos=pos,
                             comp=np.zeros((n, L, 2), np.float32),
-                            hist=np.zeros((n, L, cells, N_CHANNELS), np.float32),
+                            desc=np.zeros((n, params.nt_cell, cells * N_CHANNELS), np.float32),
                             alive=np.ones(n, bool),
                         )
                     )

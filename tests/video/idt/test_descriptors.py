@@ -61,3 +61,29 @@ def test_cell_histograms_equal_patch_sums_including_shifted_border_patches():
             for cy in range(nxy)
         ]
         np.testing.assert_allclose(hist, np.array(want), rtol=1e-5)
+
+
+def test_descriptor_sums_per_temporal_cell_equal_the_mean_of_every_frames_rootsift():
+    """What a trajectory accumulates frame by frame (nt_cell sums) gives its rows' descriptor columns: per block and
+    temporal cell the mean over the cell's frames of each frame's L1-normalised, square-rooted histogram."""
+    from idtprior.video.idt.descriptors import BLOCKS, descriptor_rows, frame_descriptors
+
+    rng = np.random.default_rng(5)
+    n, L, nt, cells = 7, 15, 3, 4
+    hist = rng.random((n, L, cells, 33)).astype(np.float32) * 50
+    hist[0, 3, :, HOF] = 0.0  # an empty block in one frame: no division by zero, zeros
+    sums = np.zeros((n, nt, cells * 33), np.float32)
+    for t in range(L):
+        sums[:, t // (L // nt)] += frame_descriptors(hist[:, t])
+    got = descriptor_rows(sums, L // nt)
+    want = []
+    for _, sl, bins in BLOCKS:
+        flat = hist[..., sl].reshape(n, L, cells * bins).astype(np.float64)
+        rooted = np.sqrt(flat / np.maximum(flat.sum(-1, keepdims=True), 1e-10))
+        want.append(rooted.reshape(n, nt, L // nt, -1).mean(2).reshape(n, -1))
+    want = np.concatenate(want, axis=1)
+    assert got.shape == (n, nt * cells * 33)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # each temporal block of a frame with votes has unit L2 norm before averaging: a mean of units stays <= 1
+    hog = got[:, : nt * cells * 8].reshape(n, nt, -1)
+    assert (np.linalg.norm(hog, axis=-1) <= 1 + 1e-5).all()

@@ -55,7 +55,7 @@ def module_file(name: str) -> Path | None:
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
     base = PACKAGE_DIR.joinpath(*name.split(".")[1:])
-    # a compiled module (an extension built from <name>.c beside it) is known by its C source
+    # a C source beside the modules (video/idt/_kernels.c, compiled by kernels.py) is known by its file too
     for suffix in (".py", ".c"):
         if name != PACKAGE and base.with_name(base.name + suffix).is_file():
             return base.with_name(base.name + suffix)

@@ -4,7 +4,8 @@ For one frame and one scale, every pixel votes into orientation channels (HOG: 8
 zero-motion bin from the camera-compensated flow, MBHx / MBHy: 8 from the gradient of each flow component). One box
 filter of the cell's size over all 33 channels then holds, at every pixel, the sums of the cell whose top-left corner it
 is: the 2 x 2 cells of the N x N patch around any number of points are four gathers. (The same sums as the integral
-images of the papers, at half the time: float32 running sums of one cell instead of a float64 integral of the frame.)
+images of the papers, in less time: running sums over one cell, which OpenCV accumulates in double, instead of a float64
+integral of the whole frame.)
 """
 
 import cv2

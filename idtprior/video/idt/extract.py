@@ -49,8 +49,12 @@ class _Scale:
     cohorts: list[_Cohort] = field(default_factory=list)
     finished: list[_Cohort] = field(default_factory=list)  # ended at the current frame
     # the descriptors' per-frame buffers (h, w, 33), reused: a fresh multi-MB array each frame costs page faults
-    channels: np.ndarray | None = None
-    sums: np.ndarray | None = None
+    channels: np.ndarray = field(init=False)
+    sums: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channels = np.empty(self.size + (N_CHANNELS,), np.float32)
+        self.sums = np.empty(self.size + (N_CHANNELS,), np.float32)
 
 
 def pyramid_scales(height: int, width: int, params: IDTParams) -> list[tuple[float, tuple[int, int]]]:
@@ -344,9 +348,6 @@ def iter_idt(
                     continue
                 t4 = time.perf_counter()
                 h, w = sc.size
-                if sc.channels is None:
-                    sc.channels = np.empty((h, w, N_CHANNELS), np.float32)
-                    sc.sums = np.empty((h, w, N_CHANNELS), np.float32)
                 channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i], sc.channels)
                 sums = cell_sums(channels, params.patch_size // params.nxy_cell, sc.sums)
                 pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1

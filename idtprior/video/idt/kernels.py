@@ -66,7 +66,6 @@ def library_path() -> Path:
 
 _lib = ctypes.CDLL(str(library_path()))
 _F32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
-_U8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _I64 = ctypes.c_int64
 _lib.idt_farneback_update.argtypes = [_F32, _F32, _F32, _F32, _F32, _I64, _I64]
 _lib.idt_farneback_update.restype = None

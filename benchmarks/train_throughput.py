@@ -1,9 +1,17 @@
 """Clips per second of the clip loader alone and of pretraining steps alone; does the loader keep up?
 
-The loader reads in-memory uint8 videos (so storage reads are NOT included: the Zarr source adds its own cost) and
-runs the full augmentation (temporal sampling, multi-scale crop + resize, grayscale, colour jitter, flip, mean
-subtraction) and collation in ``--workers`` processes. The training step runs forward, loss, backward, SGD and the
-memory-bank update on pre-made batches already on the device, so it measures compute only.
+The loader reads in-memory uint8 videos (so storage reads are NOT included: the Zarr source adds its own cost).
+Two placements of the augmentation are measured in the same run (``--augment-on``):
+- ``loader``: the workers run all of it (temporal sampling, multi-scale crop + resize, grayscale, colour jitter, flip,
+  mean subtraction) and collate float32 clips;
+- ``device``: the workers sample and crop only and send uint8 crops (timed with the transfer to the device); the
+  batch's resize, jitter, flip and normalisation (``DeviceAugment``) are timed on their own on the device, since on a
+  GPU they overlap nothing else of the loader's (on a CPU-only machine the "device" is the cores the workers share,
+  so there the two figures do not add up to a GPU's).
+``--kornia`` also times kornia's batched ColorJitter + RandomGrayscale + flip on the same device batch, against
+DeviceAugment's (kornia's hue is torchvision's HSV shift, ours a YIQ rotation: a speed comparison, not an equal one).
+The training step runs forward, loss, backward, SGD and the memory-bank update on pre-made batches already on the
+device, so it measures compute only.
 
     python benchmarks/train_throughput.py                      # tiny CPU settings
     python benchmarks/train_throughput.py --paper --workers 14  # ResNet-18, 16x112x112, bf16, batch 128, on a GPU
@@ -16,6 +24,7 @@ import numpy as np
 import torch
 
 from idtprior.models import ClipDataModule, FunctionClipSource, MemoryBank, resnet3d
+from idtprior.models.data import DeviceAugment
 from idtprior.models.losses import draw_noise, ir_nce_loss, la_loss, nce_log_z
 
 
@@ -28,9 +37,9 @@ def make_source(n_videos: int, n_distinct: int, frames: int, height: int, width:
     )
 
 
-def loader_throughput(source, args) -> float:
+def loader_throughput(source, args, augment_on: str = "loader") -> float:
     dm = ClipDataModule(source, args.clip_length, args.crop, args.batch, num_workers=args.workers, seed=0,
-                        pin_memory=args.device == "cuda")
+                        pin_memory=args.device == "cuda", augment_on=augment_on)
     it = iter(dm.train_dataloader())
     # Worker start-up and the batches the workers prefetched meanwhile (workers x prefetch_factor) are not steady
     # state: timing a few batches right after start-up drains that queue and overstates the loader (an H100 host once
@@ -40,13 +49,42 @@ def loader_throughput(source, args) -> float:
     t0 = time.perf_counter()
     clips = 0
     for _ in range(args.steps):
-        idx, batch = next(it)
-        if args.device == "cuda":
-            batch = batch.to("cuda", non_blocking=True)
-        clips += batch.shape[0]
+        batch = [b.to(args.device, non_blocking=True) for b in next(it)]
+        clips += len(batch[0])
     if args.device == "cuda":
         torch.cuda.synchronize()
     return clips / (time.perf_counter() - t0)
+
+
+def augment_throughput(source, args) -> tuple[float, float | None]:
+    """Clips/s of DeviceAugment alone on one raw batch already on the device, and of kornia's jitter (or None)."""
+    dm = ClipDataModule(source, args.clip_length, args.crop, args.batch, seed=0, augment_on="device")
+    batch = [b.to(args.device) for b in next(iter(dm.train_dataloader()))]
+    aug = DeviceAugment(args.clip_length, args.crop)
+    ours = _rate(lambda: aug(batch[1], batch[2]), args)
+    if not args.kornia:
+        return ours, None
+    import kornia.augmentation as K  # optional: pip install kornia
+
+    jitter = K.VideoSequential(
+        K.ColorJitter(0.4, 0.4, 0.4, 0.4, order=(0, 1, 2, 3), p=1.0), K.RandomGrayscale(p=0.2),
+        K.RandomHorizontalFlip(), data_format="BCTHW", same_on_frame=True)
+    clips = aug(batch[1], batch[2]).contiguous()
+    mean = clips.new_tensor([0.45, 0.42, 0.39])[None, :, None, None, None]
+    return ours, _rate(lambda: jitter(clips) - mean, args)
+
+
+def _rate(fn, args) -> float:
+    for _ in range(args.warmup):
+        fn()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        fn()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    return args.steps * args.batch / (time.perf_counter() - t0)
 
 
 def train_throughput(n_videos: int, args) -> tuple[float, float]:
@@ -111,6 +149,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--loader-only", action="store_true", help="measure the loader only (e.g. --paper on a CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    ap.add_argument("--augment-on", choices=("loader", "device", "both"), default="both",
+                    help="where the loader's clips are transformed (both: each, in this run)")
+    ap.add_argument("--kornia", action="store_true", help="also time kornia's batched colour jitter (if installed)")
     args = ap.parse_args()
     if args.paper:
         args.width, args.clip_length, args.crop, args.batch, args.precision = 1.0, 16, 112, 128, "bf16"
@@ -122,14 +163,28 @@ def main() -> None:
           f"frames={args.frame_height}x{args.frame_width} batch={args.batch} precision={args.precision} "
           f"objective={args.objective} N={args.n_videos} negatives={args.negatives} workers={args.workers} "
           f"threads={args.threads}")
-    load = loader_throughput(source, args)
-    print(f"loader:   {load:8.1f} clips/s  ({load / max(args.workers, 1):.1f} per worker)")
+    places = ("loader", "device") if args.augment_on == "both" else (args.augment_on,)
+    rates = {}
+    for place in places:
+        rates[place] = loader_throughput(source, args, place)
+        what = "workers transform clips" if place == "loader" else "workers send uint8 crops"
+        print(f"loader, {what}: {rates[place]:8.1f} clips/s "
+              f"({rates[place] / max(args.workers, 1):.1f} per worker)")
+    if len(rates) == 2:
+        print(f"workers sending crops / transforming = {rates['device'] / rates['loader']:.2f}")
+    ours, other = augment_throughput(source, args)
+    print(f"DeviceAugment alone on {args.device}: {ours:8.1f} clips/s"
+          + ("" if other is None else f"; kornia's jitter+grayscale+flip {other:8.1f} clips/s, "
+                                      f"DeviceAugment / kornia = {ours / other:.2f}"))
+    if "device" in rates:  # the device's augmentation in series with the workers' crops
+        rates["device"] = 1 / (1 / rates["device"] + 1 / ours)
+    load = max(rates.values())
     if args.loader_only:
         return
     train, mem = train_throughput(args.n_videos, args)
     print(f"training: {train:8.1f} clips/s" + (f"  peak GPU memory {mem:.1f} GiB" if mem == mem else ""))
     ratio = load / train
-    print(f"loader / training = {ratio:.2f}: the loader {'keeps up' if ratio >= 1 else 'is the bottleneck'}"
+    print(f"loader ({max(rates, key=rates.get)}) / training = {ratio:.2f}: the loader {'keeps up' if ratio >= 1 else 'is the bottleneck'}"
           + ("" if ratio >= 1 else f" (needs ~{int(np.ceil(max(args.workers, 1) / ratio))} workers)"))
 
 

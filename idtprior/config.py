@@ -220,6 +220,10 @@ class PretrainConfig(_Section):
     eval_labels_file: str | None = Field(None, description="CSV video_id,<label columns...>: extra label sets "
                                          "(e.g. appearance factors) for the kNN evaluation, beside the manifest label")
     num_workers: int = Field(4, ge=0, description="clip-loading worker processes")
+    augment_on: Literal["auto", "loader", "device"] = Field(
+        "auto", description="where training clips are resized and colour-jittered: loader (the worker processes), "
+        "device (workers send uint8 crops; the batch is transformed on the training device, equal to float32 "
+        "rounding), auto (device when training on a GPU)")
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1, description="devices per machine; > 1: DDP (ddp_spawn in the stage's process)")

@@ -12,6 +12,7 @@ promise - and the epoch-seeded shuffle makes the visiting order resumable too.
 
 import math
 import random
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -121,6 +122,40 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]  # (T, 1, H, W)
 
 
+@dataclass(frozen=True)
+class AugmentDraw:
+    """One clip's augmentation: the crop square (``side`` at row ``y``, column ``x``), grayscale, the jitter factors
+    (``bcs``: brightness, contrast, saturation; None: no jitter), the hue shift in turns, and the horizontal flip."""
+
+    side: int
+    y: int
+    x: int
+    gray: bool = False
+    bcs: tuple[float, float, float] | None = None
+    hue: float = 0.0
+    flip: bool = False
+
+
+def draw_augment(
+    rng: np.random.Generator | None, height: int, width: int, scales: Sequence[float] = SCALES,
+    grayscale_p: float = 0.2, jitter: float = 0.4, flip: bool = True,
+) -> AugmentDraw:
+    """The draws of :func:`transform_clip` for a ``height x width`` video, in its order (crop scale, row, column,
+    grayscale, brightness/contrast/saturation, hue, flip); ``rng=None``: the centre square and nothing else."""
+    short = min(height, width)
+    if rng is None:
+        return AugmentDraw(short, (height - short) // 2, (width - short) // 2)
+    side = max(1, int(round(short * scales[int(rng.integers(len(scales)))])))
+    y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    gray = bool(rng.random() < grayscale_p)
+    bcs, hue = None, 0.0
+    if jitter > 0:
+        bcs = tuple(float(v) for v in rng.uniform(max(0.0, 1 - jitter), 1 + jitter, size=3))
+        hue = float(rng.uniform(-min(jitter, 0.5), min(jitter, 0.5)))
+    flipped = bool(flip and rng.random() < 0.5)
+    return AugmentDraw(side, y, x, gray, bcs, hue, flipped)  # type: ignore[arg-type]
+
+
 def transform_clip(
     frames: np.ndarray,
     crop_size: int,
@@ -137,42 +172,121 @@ def transform_clip(
     hue jitter of strength ``j = jitter`` (factors in [1-j, 1+j], hue shift in [-j, j] turns, j capped at 0.5 for
     hue) in that order;
     horizontal flip with probability 0.5. Evaluation (``rng=None``): the centre square, resized, nothing else.
+    :class:`DeviceAugment` applies the same draws to a batch of uint8 crops on the training device.
     """
-    t, h, w, _ = frames.shape
-    short = min(h, w)
-    if rng is not None:
-        side = max(1, int(round(short * scales[int(rng.integers(len(scales)))])))
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    else:
-        side = short
-        y, x = (h - side) // 2, (w - side) // 2
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y : y + side, x : x + side]))  # (T, s, s, 3) uint8
+    d = draw_augment(rng, frames.shape[1], frames.shape[2], scales, grayscale_p, jitter, flip)
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, d.y : d.y + d.side, d.x : d.x + d.side]))  # (T, s, s, 3)
     clip = crop.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, s, s)
-    if side != crop_size:
+    if d.side != crop_size:
         clip = F.interpolate(clip, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
-    if rng is not None:
-        if rng.random() < grayscale_p:
-            clip = _gray(clip).expand(-1, 3, -1, -1).contiguous()
-        if jitter > 0:
-            b, c, s = rng.uniform(max(0.0, 1 - jitter), 1 + jitter, size=3)
-            hue = rng.uniform(-min(jitter, 0.5), min(jitter, 0.5))
-            clip = (clip * b).clamp_(0, 1)
-            mean = _gray(clip).mean()
-            clip = ((clip - mean) * c + mean).clamp_(0, 1)
-            g = _gray(clip)
-            clip = ((clip - g) * s + g).clamp_(0, 1)
-            clip = _adjust_hue(clip, hue).clamp_(0, 1)
-        if flip and rng.random() < 0.5:
-            clip = clip.flip(-1)
+    if d.gray:
+        clip = _gray(clip).expand(-1, 3, -1, -1).contiguous()
+    if d.bcs is not None:
+        b, c, s = d.bcs
+        clip = (clip * b).clamp_(0, 1)
+        mean = _gray(clip).mean()
+        clip = ((clip - mean) * c + mean).clamp_(0, 1)
+        g = _gray(clip)
+        clip = ((clip - g) * s + g).clamp_(0, 1)
+        clip = _adjust_hue(clip, d.hue).clamp_(0, 1)
+    if d.flip:
+        clip = clip.flip(-1)
     clip = clip - clip.new_tensor(MEAN_RGB)[None, :, None, None]
     return clip.permute(1, 0, 2, 3).contiguous()  # (3, T, crop, crop)
+
+
+AUGMENT_ON = ("loader", "device")
+
+# a raw training clip's draw as a float64 row: side, row, column, grayscale, brightness, contrast, saturation, hue,
+# flip, jitter applied (0/1)
+_DRAW_FIELDS = 10
+
+
+def _draw_row(d: AugmentDraw) -> np.ndarray:
+    b, c, s = d.bcs if d.bcs is not None else (1.0, 1.0, 1.0)
+    return np.array([d.side, d.y, d.x, d.gray, b, c, s, d.hue, d.flip, d.bcs is not None], dtype=np.float64)
+
+
+def collate_raw(batch: list[tuple[int, torch.Tensor, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[(index, crop (T, s, s, 3) uint8, draw row)]`` -> indices ``(B,)`` int64, every crop's bytes end to end
+    ``(sum T*s*s*3,)`` uint8 (no padding: crops differ in size), draws ``(B, 10)`` float64 (:class:`DeviceAugment`)."""
+    return (torch.tensor([b[0] for b in batch], dtype=torch.long),
+            torch.cat([b[1].reshape(-1) for b in batch]),
+            torch.from_numpy(np.stack([b[2] for b in batch])))
+
+
+class DeviceAugment:
+    """:func:`transform_clip`'s resize, grayscale, colour jitter, flip and mean subtraction for a whole batch of uint8
+    crops, on the device the batch is on (the training GPU): loader workers only read and crop, and send a quarter of
+    the bytes of a float32 clip or less.
+
+    Equal to :func:`transform_clip` with the same draws to float32 rounding (resizing groups the crops by size, so each
+    crop is resized exactly as on its own; the per-clip jitter factors and hue matrices are the same float32 values).
+    """
+
+    def __init__(self, clip_length: int, crop_size: int) -> None:
+        self.clip_length, self.crop_size = clip_length, crop_size
+
+    def __call__(self, flat: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """``flat`` crops and ``draws`` as :func:`collate_raw` gives them -> clips ``(B, 3, T, crop, crop)`` float32."""
+        t, k = self.clip_length, self.crop_size
+        rows = draws.cpu().numpy()  # B x 10 small numbers: the host decides the grouping
+        n = len(rows)
+        sides = rows[:, 0].astype(np.int64)
+        sizes = t * sides * sides * 3
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        if flat.numel() != offsets[-1]:
+            raise ValueError(f"raw batch: {flat.numel()} bytes of crops, the draws' sides need {offsets[-1]}")
+        out = torch.empty((n, t, 3, k, k), dtype=torch.float32, device=flat.device)
+        for side in np.unique(sides):
+            members = np.flatnonzero(sides == side)
+            crops = torch.stack([flat[offsets[i]:offsets[i + 1]].view(t, side, side, 3) for i in members])
+            clip = crops.permute(0, 1, 4, 2, 3).float().div_(255.0).reshape(len(members) * t, 3, side, side)
+            if side != k:
+                clip = F.interpolate(clip, size=(k, k), mode="bilinear", align_corners=False)
+            out[torch.from_numpy(members).to(flat.device)] = clip.reshape(len(members), t, 3, k, k)
+        gray = torch.from_numpy(rows[:, 3] > 0).to(flat.device)
+        if gray.any():
+            out = torch.where(gray[:, None, None, None, None], _gray5(out).expand(-1, -1, 3, -1, -1), out)
+        jittered = rows[:, 9] > 0
+        if jittered.any():
+            if not jittered.all():
+                raise ValueError("raw batch: jitter on some clips only (a dataset jitters all of its clips or none)")
+            f32 = torch.from_numpy(rows[:, 4:7].astype(np.float32)).to(flat.device)
+            b, c, s = (f32[:, i, None, None, None, None] for i in range(3))
+            out = (out * b).clamp_(0, 1)
+            mean = _gray5(out).mean(dim=(1, 2, 3, 4), keepdim=True)
+            out = ((out - mean) * c + mean).clamp_(0, 1)
+            g = _gray5(out)
+            out = ((out - g) * s + g).clamp_(0, 1)
+            hue = torch.from_numpy(np.stack([_hue_matrix(h) for h in rows[:, 7]])).to(flat.device)  # (B, 3, 3)
+            out = torch.einsum("bij,btjhw->btihw", hue, out).clamp_(0, 1)
+        flip = torch.from_numpy(rows[:, 8] > 0).to(flat.device)
+        if flip.any():
+            out = torch.where(flip[:, None, None, None, None], out.flip(-1), out)
+        out = out - out.new_tensor(MEAN_RGB)[None, None, :, None, None]
+        return out.permute(0, 2, 1, 3, 4).contiguous()  # (B, 3, T, crop, crop)
+
+
+def _gray5(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2])[:, :, None]  # (B, T, 1, H, W)
+
+
+def _hue_matrix(hue: float) -> np.ndarray:
+    """:func:`_adjust_hue`'s matrix for ``hue`` turns, computed as it does (float32 tensors)."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    c, s = math.cos(2 * math.pi * hue), math.sin(2 * math.pi * hue)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return (torch.linalg.inv(to_yiq) @ rot @ to_yiq).numpy()
 
 
 class ClipDataset(Dataset):
     """``(index, clip (3, T, crop, crop) float32)`` per video of a :class:`ClipSource`.
 
     Keys are ``index`` or ``(index, epoch)`` (what :class:`EpochSampler` yields). ``train=False`` gives the deterministic
-    centre clip, for exporting embeddings.
+    centre clip, for exporting embeddings. ``raw=True`` (training clips only) gives ``(index, crop, draw row)`` instead:
+    the uint8 crop ``(T, s, s, 3)`` and the draws that :class:`DeviceAugment` applies on the device
+    (:func:`collate_raw` batches them).
     """
 
     def __init__(
@@ -187,6 +301,7 @@ class ClipDataset(Dataset):
         jitter: float = 0.4,
         flip: bool = True,
         frame_step: int = 1,
+        raw: bool = False,
     ) -> None:
         if clip_length < 1 or crop_size < 1 or frame_step < 1:
             raise ValueError(f"clip_length {clip_length}, crop_size {crop_size} and frame_step {frame_step} must be "
@@ -199,11 +314,14 @@ class ClipDataset(Dataset):
         self.train, self.seed, self.scales = train, seed, tuple(scales)
         self.grayscale_p, self.jitter, self.flip = grayscale_p, jitter, flip
         self.frame_step = frame_step
+        if raw and not train:
+            raise ValueError("raw clips are training clips: evaluation clips are transformed in the loader")
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, torch.Tensor] | tuple[int, torch.Tensor, np.ndarray]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         n = self.source.num_frames(index)
@@ -216,6 +334,11 @@ class ClipDataset(Dataset):
                 f"video {index}: read_clip(start={start}, length={want}) returned shape {frames.shape} dtype "
                 f"{frames.dtype}, expected ({want}, H, W, 3) uint8"
             )
+        if self.raw:
+            d = draw_augment(rng, frames.shape[1], frames.shape[2], self.scales, self.grayscale_p, self.jitter,
+                             self.flip)
+            crop = np.ascontiguousarray(frames[positions, d.y : d.y + d.side, d.x : d.x + d.side])
+            return index, torch.from_numpy(crop), _draw_row(d)
         clip = transform_clip(
             frames[positions], self.crop_size, rng, self.scales, self.grayscale_p, self.jitter, flip=self.flip
         )
@@ -283,10 +406,16 @@ class ClipDataModule(pl.LightningDataModule):
         prefetch_factor: int = 4,
         augment: dict[str, Any] | None = None,
         frame_step: int = 1,
+        augment_on: str = "loader",
     ) -> None:
         """``augment``: the training clips' ``scales``, ``grayscale_p``, ``jitter``, ``flip`` (see :class:`ClipDataset`;
-        default the paper's). ``frame_step``: clips take every ``frame_step``-th frame (training and evaluation)."""
+        default the paper's). ``frame_step``: clips take every ``frame_step``-th frame (training and evaluation).
+        ``augment_on``: ``"loader"`` transforms training clips in the workers; ``"device"`` has the workers send uint8
+        crops and transforms each batch on the training device after the transfer (:class:`DeviceAugment`; equal to
+        float32 rounding), so a GPU's loader workers only read and crop."""
         super().__init__()
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on {augment_on!r} is not one of {AUGMENT_ON}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size {batch_size} must be >= 1 and num_workers {num_workers} >= 0")
         self.source = source
@@ -295,16 +424,26 @@ class ClipDataModule(pl.LightningDataModule):
         self.drop_last = drop_last and len(source) > batch_size
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
+        self.augment_on = augment_on
         self.train_set = ClipDataset(source, clip_length, crop_size, train=True, seed=seed, frame_step=frame_step,
-                                     **(augment or {}))
+                                     raw=augment_on == "device", **(augment or {}))
+        self.device_augment = DeviceAugment(clip_length, crop_size)
         self.eval_set = ClipDataset(source, clip_length, crop_size, train=False, seed=seed, frame_step=frame_step)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Raw training batches (``augment_on="device"``) become clips here, on the device they were moved to."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 3:
+            indices, flat, draws = batch
+            return indices, self.device_augment(flat, draws)
+        return batch
 
     def _loader(self, dataset: ClipDataset, sampler: Sampler | None, drop_last: bool, batch_size: int) -> DataLoader:
         extra: dict[str, Any] = {}
         if self.num_workers > 0:
             extra = dict(prefetch_factor=self.prefetch_factor, persistent_workers=True, worker_init_fn=_seed_worker)
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate_clips,
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=collate_raw if dataset.raw else collate_clips,
             pin_memory=self.pin_memory, drop_last=drop_last, **extra,
         )
 

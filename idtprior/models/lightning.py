@@ -35,7 +35,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
-from idtprior.models.data import SCALES, ClipDataModule, ClipDataset, ClipSource, collate_clips
+from idtprior.models.data import AUGMENT_ON, SCALES, ClipDataModule, ClipDataset, ClipSource, collate_clips
 from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z, supervised_loss
 from idtprior.models.memory_bank import MemoryBank
 from idtprior.models.resnet3d import BLOCKS, ResNet3d
@@ -81,6 +81,7 @@ class PretrainParams:
     knn_k: int = 20  # neighbours of the per-epoch kNN monitor
     seed: int = 0
     num_workers: int = 8
+    augment_on: str = "auto"  # "loader", "device" (DeviceAugment after the transfer) or "auto" (device on a GPU)
     precision: str = "32-true"  # "bf16-mixed" on GPUs
     accelerator: str = "auto"
     devices: int = 1  # per machine; > 1 trains with DDP
@@ -92,6 +93,8 @@ class PretrainParams:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if self.augment_on not in ("auto", *AUGMENT_ON):
+            raise ValueError(f"augment_on {self.augment_on!r} is not one of {('auto', *AUGMENT_ON)}")
         if self.arch not in BLOCKS:
             raise ValueError(f"arch {self.arch!r} is not one of {sorted(BLOCKS)}")
         if self.objective not in OBJECTIVES:
@@ -117,6 +120,14 @@ class PretrainParams:
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones {self.milestones} must be increasing")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+
+def augment_place(params: PretrainParams) -> str:
+    """Where the training clips are transformed: ``params.augment_on``, with ``"auto"`` the device when training on
+    a GPU (the loader workers then only read and crop) and the loader otherwise."""
+    if params.augment_on != "auto":
+        return params.augment_on
+    return "device" if params.accelerator != "cpu" and torch.cuda.is_available() else "loader"
 
 
 def augment_of(params: PretrainParams) -> dict[str, Any]:
@@ -767,7 +778,7 @@ def train(
         module.load_init(whole_init_checkpoint(init_from))
     data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
                           params.seed, drop_last=params.drop_last, augment=augment_of(params),
-                          frame_step=params.frame_step)
+                          frame_step=params.frame_step, augment_on=augment_place(params))
     # no version counter: a last.ckpt this callback did not write itself (one adopted from a shorter run, whose
     # folder the restored callback state names) must be replaced, not kept beside a new last-v1.ckpt
     # the last two epochs' checkpoints besides last.ckpt ("step" only grows, so the top 2 are the newest): a corrupt

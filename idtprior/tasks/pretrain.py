@@ -83,7 +83,7 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
         bank_momentum=shared.bank_momentum, la_k=shared.la_k,
         cluster_source=stage.cluster_source, n_clusters=stage.n_clusters, kmeans_runs=stage.kmeans_runs,
         kmeans_iters=stage.kmeans_iters, knn_k=shared.knn_k, seed=shared.seed, num_workers=shared.num_workers,
-        precision=shared.precision, accelerator=shared.accelerator,
+        augment_on=shared.augment_on, precision=shared.precision, accelerator=shared.accelerator,
         devices=shared.devices, num_nodes=shared.num_nodes,
         # Lightning's "ddp" re-launches the script; under Prefect the stage is a task in a thread, not a script
         strategy=strategy or ("ddp_spawn" if shared.devices > 1 else "auto"),
@@ -93,8 +93,10 @@ def pretrain_params(shared: PretrainConfig, stage: TrainStageConfig, n_train: in
 
 def train_config_fields(shared: PretrainConfig) -> dict:
     """The shared settings that change what training computes (not where it logs or how fast it loads)."""
-    # launcher and slurm say where the processes run, not what they compute (num_nodes does: the global batch)
-    return shared.model_dump(mode="json", exclude={"eval_labels_file", "knn_k", "num_workers", "launcher", "slurm"})
+    # launcher and slurm say where the processes run, not what they compute (num_nodes does: the global batch);
+    # augment_on where the same clips are computed (equal to float32 rounding: tests/models/test_models_data.py)
+    return shared.model_dump(mode="json", exclude={"eval_labels_file", "knn_k", "num_workers", "augment_on",
+                                                   "launcher", "slurm"})
 
 
 def idt_labels_for(ws: Workspace, train_ids: list[str]) -> np.ndarray:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from idtprior.models import ArrayClipSource, ClipDataModule, ClipDataset, EpochSampler, FunctionClipSource
-from idtprior.models.data import MEAN_RGB, transform_clip
+from idtprior.models import train
+from idtprior.models.data import MEAN_RGB, DeviceAugment, collate_clips, collate_raw, transform_clip
 
 
 def test_clip_shape_and_determinism_per_seed_epoch_index(squares):
@@ -121,3 +122,42 @@ def test_augmentation_settings_reach_the_training_clips():
     assert seen[False] == {"crop"} and seen[True] == {"crop", "mirror"}
     with pytest.raises(ValueError, match="grayscale_p 1.5"):
         ClipDataset(ArrayClipSource([frames]), grayscale_p=1.5)
+
+
+@pytest.mark.parametrize("augment", [{}, dict(jitter=0.0), dict(grayscale_p=1.0, jitter=0.8), dict(flip=False)],
+                         ids=["paper", "no-jitter", "gray-strong-jitter", "no-flip"])
+def test_device_augment_equals_the_loaders_transform(augment):
+    # videos of several sizes, so a batch's crops differ in size (grouped for the resize); the same (seed, epoch,
+    # index) draws must give the same clips to float32 rounding, from uint8 crops (here larger than the clips, upsampled
+    # to 24: still fewer bytes than the float32 clips)
+    rng = np.random.default_rng(0)
+    source = ArrayClipSource([rng.integers(0, 256, (20, 40 + 3 * i, 53, 3), dtype=np.uint8) for i in range(9)])
+    loader = ClipDataset(source, clip_length=8, crop_size=24, seed=3, **augment)
+    raw = ClipDataset(source, clip_length=8, crop_size=24, seed=3, raw=True, **augment)
+    keys = [(i, 2) for i in range(9)] + [(4, 5)]
+    indices, clips = collate_clips([loader[k] for k in keys])
+    raw_indices, flat, draws = collate_raw([raw[k] for k in keys])
+    assert flat.dtype == torch.uint8 and flat.numel() < clips.numel() * clips.element_size()  # fewer bytes than float
+    assert len(set(draws[:, 0].tolist())) > 1  # crops of several sizes in the batch
+    out = DeviceAugment(8, 24)(flat, draws)
+    assert torch.equal(indices, raw_indices)
+    torch.testing.assert_close(out, clips, rtol=0, atol=1e-5)
+    if augment.get("grayscale_p") == 1.0:  # grayscale is kept through the jitter's saturation step
+        torch.testing.assert_close(out[:, 0] + MEAN_RGB[0], out[:, 1] + MEAN_RGB[1], rtol=0, atol=1e-5)
+
+
+def test_device_augment_runs_after_the_transfer_in_training(squares, tiny_params, tmp_path):
+    # the DataModule's on_after_batch_transfer hook: training with augment_on="device" is training with the loader's
+    # clips (bank and weights equal), with raw uint8 batches leaving the loader
+    source, labels = squares
+    runs = {}
+    for place in ("loader", "device"):
+        runs[place] = train(tiny_params(epochs=1, augment_on=place), source, out_dir=tmp_path / place,
+                            labels_for_eval=labels, export_embeddings=False)
+    np.testing.assert_allclose(np.load(runs["loader"].bank), np.load(runs["device"].bank), rtol=0, atol=1e-5)
+    dm = ClipDataModule(source, 4, 32, batch_size=4, augment_on="device")
+    indices, flat, draws = next(iter(dm.train_dataloader()))
+    assert flat.dtype == torch.uint8 and draws.shape == (4, 10)
+    assert dm.on_after_batch_transfer((indices, flat, draws), 0)[1].shape == (4, 3, 4, 32, 32)
+    with pytest.raises(ValueError, match="augment_on 'gpu' is not one of"):
+        ClipDataModule(source, augment_on="gpu")

@@ -13,6 +13,7 @@ import errno
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -221,6 +222,33 @@ def _guard(fn: Callable, video_id: str, *args) -> dict:
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
+_NATIVE_THREADS: int | None = None
+
+
+def limit_native_threads(n: int = 1) -> None:
+    """One process's OpenCV, BLAS/OpenMP (threadpoolctl) and torch intra-op threads set to ``n``, once per process.
+
+    A Dask worker runs its videos one per worker thread; each video's OpenCV and BLAS calls would otherwise start a
+    thread per core of the machine on top (16 workers x 16 threads on a 16-core host)."""
+    global _NATIVE_THREADS
+    if _NATIVE_THREADS == n:
+        return
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(n)
+    threadpool_limits(limits=n)  # kept for the process: not used as a context
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    _NATIVE_THREADS = n
+
+
+def _guard_on_worker(fn: Callable, video_id: str, *args) -> dict:
+    """:func:`_guard` on a Dask worker, with one native thread per video (:func:`limit_native_threads`)."""
+    limit_native_threads(1)
+    return _guard(fn, video_id, *args)
+
+
 def run_chunk(
     workspace: str,
     stage: str,
@@ -261,7 +289,7 @@ def run_chunk(
         version = ws.new_version(stage, chunk)[0] if needs_version else ""
         if dask_address:
             client = get_client(dask_address)
-            futures = {client.submit(_guard, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
+            futures = {client.submit(_guard_on_worker, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
                                      key=f"{stage}-{chunk}-{version}-{vid}", pure=False): vid for vid in ids}
             from distributed import as_completed
 

@@ -1,27 +1,36 @@
-"""Per-video work on a Dask worker runs with one native thread: OpenCV, BLAS and torch would otherwise each start a
-thread per core of the machine in every worker (oversubscription: 16 workers x 16 threads on a 16-core host)."""
+"""A Dask worker that runs videos is set up for them: one native thread per video (OpenCV, BLAS and torch would
+otherwise each start a thread per core in every worker: 16 workers x 16 threads on a 16-core host), and frame-sized
+arrays reused from the heap (Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which makes every such array a fresh mmap)."""
+
+import resource
+
+import numpy as np
 
 from idtprior.storage import Workspace
 from idtprior.tasks.common import run_chunk
 
 
-def _threads(video_id: str, workspace: str, stage: str, chunk: str, version: str) -> dict:
+def _facts(video_id: str, workspace: str, stage: str, chunk: str, version: str) -> dict:
     import cv2
     from threadpoolctl import threadpool_info
 
-    return {"cv2": cv2.getNumThreads(), "blas": sorted({p["num_threads"] for p in threadpool_info()})}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for i in range(20):  # 3 MiB a frame buffer (under numpy's 4 MiB huge-page size), filled and freed: 768 pages
+        np.full(3 << 18, i, np.float32).sum()  # each time when each one is a new mmap
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return {"cv2": cv2.getNumThreads(), "blas": sorted({p["num_threads"] for p in threadpool_info()}),
+            "faults": faults}
 
 
-def test_videos_on_a_dask_worker_use_one_opencv_and_one_blas_thread(tmp_path):
+def test_videos_on_a_dask_worker_use_one_native_thread_and_reuse_heap_memory(tmp_path):
     from distributed import LocalCluster
-
-    import numpy  # noqa: F401 - its BLAS is one of the pools threadpoolctl sees
 
     ws = Workspace(str(tmp_path / "ws"))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster:
-        rec = run_chunk(ws.url, "decode", "0000-of-0001", "fp", {"a": (), "b": ()}, _threads,
+        rec = run_chunk(ws.url, "decode", "0000-of-0001", "fp", {"a": (), "b": ()}, _facts,
                         dask_address=cluster.scheduler_address, needs_version=False, progress=False)
     assert rec.n_ok == 2
     for facts in rec.videos.values():
         assert facts["cv2"] == 1 and facts["blas"] == [1], facts
+        assert facts["faults"] < 4 * 768, facts  # about one buffer's pages, not twenty buffers'

@@ -16,25 +16,10 @@ import numpy as np
 
 from idtprior.video.idt import PARTS, IDTParams, extract_idt
 from idtprior.video.idt.extract import farneback
+from idtprior.datasets.synthetic import textured_pan_video as generated_video
 from idtprior.video.io import iter_frames
 
 REFERENCE_FPS = {(120, 160): 37.7, (240, 320): 6.8}
-
-
-def generated_video(n: int, h: int = 240, w: int = 320, seed: int = 0) -> list[np.ndarray]:
-    """Seeded 320x240 scene: a slow pan over texture with two objects moving against it."""
-    rng = np.random.default_rng(seed)
-    big = cv2.resize(rng.random((h // 4, w // 2)).astype(np.float32), (w * 2, h), interpolation=cv2.INTER_CUBIC)
-    big = cv2.normalize(big, None, 30, 220, cv2.NORM_MINMAX).astype(np.uint8)
-    obj = cv2.normalize(cv2.resize(rng.random((12, 12)).astype(np.float32), (60, 60)), None, 0, 255, cv2.NORM_MINMAX)
-    out = []
-    for t in range(n):
-        img = big[:, int(t * 0.8) : int(t * 0.8) + w].copy()
-        for k, (x0, y0, vx, vy) in enumerate(((20, 40, 2.5, 0.5), (200, 150, -1.5, -1.0))):
-            x, y = int(x0 + vx * t) % (w - 60), int(y0 + vy * t) % (h - 60)
-            img[y : y + 60, x : x + 60] = obj.astype(np.uint8)
-        out.append(np.repeat(img[..., None], 3, 2))
-    return out
 
 
 def bench(name: str, frames: list[np.ndarray], threads: int) -> float:

@@ -94,6 +94,8 @@ def _print_counts(result: dict) -> None:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 
@@ -176,6 +178,40 @@ def cmd_report(args) -> int:
     from idtprior.report import write_report
 
     print(write_report(args.workspace, args.out, seed=args.seed))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from idtprior.config import ConfigError, load_config
+    from idtprior.plan import ORCHESTRATION_UNITS, Units, format_plan, measure_units, plan
+
+    config = Path(args.config)
+    if not config.exists() and (Path(__file__).parent / "configs" / f"{args.config}.yaml").exists():
+        config = Path(__file__).parent / "configs" / f"{args.config}.yaml"  # a packaged config by name
+    cfg = load_config(config)
+    try:
+        width, height = (int(v) for v in args.frame_size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--frame-size {args.frame_size!r}: expected WIDTHxHEIGHT, e.g. 340x256") from None
+    for name in ("videos", "cores"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.train_fraction is not None and not 0 < args.train_fraction <= 1:
+        raise ConfigError(f"--train-fraction {args.train_fraction}: must be in (0, 1]")
+    if args.mean_seconds <= 0 or args.fps <= 0 or args.gpus < 0:
+        raise ConfigError(f"--mean-seconds {args.mean_seconds}, --fps {args.fps} must be positive and --gpus "
+                          f"{args.gpus} at least 0")
+    units = Units.load(args.units) if args.units else Units.load()
+    if args.calibrate:
+        measured = measure_units(quick=True)
+        # the orchestration's costs and the GPU's figures are not measured by a calibration: kept from the units file
+        units = Units(**{**units.__dict__, **{k: v for k, v in measured.__dict__.items()
+                                              if k not in ORCHESTRATION_UNITS + ("gpu",)}})
+        units.how = f"calibrated here ({measured.how}); orchestration and GPU figures from the stored units"
+    rows = plan(cfg, units, args.videos, args.mean_seconds, args.fps, width, height, args.cores, args.gpus,
+                args.train_fraction, _split(args.stages))
+    print(format_plan(rows, units, f"plan for {config}: {args.videos} videos of {args.mean_seconds} s at "
+                                    f"{args.fps} fps, {width}x{height}, {args.cores} cores, {args.gpus} GPUs"))
     return 0
 
 
@@ -302,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default=None, help="output folder (default: WORKSPACE/artifacts/report)")
     p.add_argument("--seed", type=int, default=0, help="seeds the montages' picks and the bank's K-means")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plan", help="per stage: core-hours, GPU-hours, wall time and storage of a run of CONFIG, "
+                       "from per-unit costs measured by the benchmarks (stored in the package) or here (--calibrate)")
+    p.add_argument("config", help="a config file, or a packaged config's name (demo, kinetics400)")
+    p.add_argument("--videos", type=int, required=True, help="videos in the collection")
+    p.add_argument("--mean-seconds", type=float, default=10.0, help="mean video length (default 10)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of the videos (default 25)")
+    p.add_argument("--frame-size", default="340x256", help="source frame size WIDTHxHEIGHT (default 340x256)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores (default: this machine's)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs for the training stages (default 0: on the CPU)")
+    p.add_argument("--train-fraction", type=float, default=None,
+                   help="share of the videos in the training split (default 1, or 0.7 when pretrain.train_split is "
+                        "set)")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: the config's)")
+    p.add_argument("--calibrate", action="store_true", help="measure the per-unit costs on this machine first "
+                   "(under a minute)")
+    p.add_argument("--units", default=None, help="a units JSON file (default: the package's)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("export-boxes", help="write the detect stage's person boxes as bb-files of the reference IDT "
                        "release (<video_id>.bb; import them elsewhere with detect.bb_folder)")

@@ -1,0 +1,210 @@
+"""The orchestration's own cost: a collection of tiny videos (a few frames each) through ingest and decode, as a user
+runs them (``idtprior run`` with a Dask LocalCluster of one worker per core and a temporary Prefect server).
+
+    python benchmarks/pipeline_overhead.py                      # 20,000 videos (about 20 minutes on 2 cores)
+    python benchmarks/pipeline_overhead.py --videos 2000 --write-units
+
+Measured in one run:
+- each stage's wall time for a small collection (``--small`` videos: the fixed cost of a stage) and for the large one;
+  the slope is the orchestration's serial seconds per video (Prefect task runs, Dask submissions, records, manifest);
+- the same videos' work alone (probe; decode + resize + store) in this process, one thread: the compute the stages
+  spread over the cores, so ``wall - compute / cores`` is what the orchestration adds;
+- a rerun with everything cached (each chunk checks its record and skips);
+- the manifest rebuild and ``idtprior status`` on the large workspace;
+then an extrapolation to Kinetics-400 (235,000 videos in 1,000 chunks), assuming the costs stay linear in videos.
+``--write-units`` stores the fixed and per-video overheads into ``idtprior/plan_units.json`` for ``idtprior plan``.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from idtprior.plan import stage_wall_seconds
+
+IDTPRIOR = str(Path(sys.executable).with_name("idtprior"))
+
+
+def _write(args: tuple[str, int, int]) -> None:
+    from idtprior.video.io import write_video
+
+    folder, start, stop = args
+    rng = np.random.default_rng(start)
+    for i in range(start, stop):
+        frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(FRAMES)]
+        write_video(Path(folder) / f"{i // 1000:03d}" / f"v{i:06d}.mp4", frames)
+
+
+FRAMES = 3
+
+
+def make_videos(folder: Path, n: int, frames: int) -> float:
+    global FRAMES
+    FRAMES = frames
+    for i in range(0, n, 1000):
+        (folder / f"{i // 1000:03d}").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    step = 250
+    with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        pool.map(_write, [(str(folder), s, min(s + step, n)) for s in range(0, n, step)])
+    return time.perf_counter() - t0
+
+
+def write_config(path: Path, videos: Path, workspace: Path, chunks: int, epochs: int = 0) -> None:
+    training = "" if not epochs else f"""pretrain:
+  width: 0.125
+  embed_dim: 16
+  clip_length: 4
+  crop_size: 24
+  batch_size: 4
+  negatives: 8
+  la_k: 8
+  num_workers: 0
+pretrain_ir:
+  epochs: {epochs}
+  lr: 0.01
+"""
+    path.write_text(f"""workspace: {workspace}
+stages: [ingest, decode{", pretrain_ir" if epochs else ""}]
+{training}ingest:
+  source: {videos}
+  source_format: folder
+  num_chunks: {chunks}
+decode:
+  short_side: 24
+dask:
+  n_workers: {os.cpu_count() or 1}
+""")
+
+
+def run(config: Path, *extra: str) -> dict[str, float]:
+    """``idtprior run`` in a subprocess; each stage's wall seconds from its closing line, and the whole command's."""
+    t0 = time.perf_counter()
+    out = subprocess.run([IDTPRIOR, "run", str(config), *extra], capture_output=True, text=True,
+                         env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"})
+    total = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"idtprior run {config} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    times = stage_wall_seconds(out.stdout)  # as the user reads them: the run's closing line
+    times["command"] = total
+    return times
+
+
+def compute_per_video(videos: Path, n: int) -> tuple[float, float]:
+    """Seconds per video of probing and of decoding + resizing + storing, in this process with one thread."""
+    import cv2
+    import zarr
+
+    from idtprior.storage.frames import write_frames
+    from idtprior.video.io import iter_frames, probe_video
+
+    cv2.setNumThreads(1)
+    paths = sorted(videos.rglob("*.mp4"))[:n]
+    t0 = time.perf_counter()
+    for p in paths:
+        probe_video(p)
+    probe = (time.perf_counter() - t0) / len(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        t0 = time.perf_counter()
+        for i, p in enumerate(paths):
+            write_frames(group, f"v{i}", iter_frames(p, short_side=24), 16, 25.0)
+        decode = (time.perf_counter() - t0) / len(paths)
+    return probe, decode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=20_000)
+    ap.add_argument("--small", type=int, default=20, help="videos of the small collection (the fixed cost)")
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--videos-per-chunk", type=int, default=235, help="as Kinetics-400 in 1,000 chunks")
+    ap.add_argument("--out", default=None, help="working folder (default: a temporary one, removed)")
+    ap.add_argument("--write-units", action="store_true", help="store the overheads in idtprior/plan_units.json")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    tmp = tempfile.TemporaryDirectory(prefix="idtprior-overhead-") if args.out is None else None
+    root = Path(args.out or tmp.name)
+    results = {}
+    for name, n in (("small", args.small), ("large", args.videos)):
+        videos = root / f"videos-{name}"
+        made = make_videos(videos, n, args.frames)
+        chunks = max(1, round(n / args.videos_per_chunk))
+        config = root / f"{name}.yaml"
+        write_config(config, videos, root / f"ws-{name}", chunks)
+        first = run(config)
+        again = run(config)
+        results[name] = (n, chunks, first, again)
+        print(f"{name}: {n} videos of {args.frames} frames (written in {made:.0f} s), {chunks} chunks: "
+              f"ingest {first['ingest']:.1f} s, decode {first['decode']:.1f} s, command {first['command']:.1f} s; "
+              f"cached rerun: ingest {again['ingest']:.1f} s, decode {again['decode']:.1f} s", flush=True)
+    # a training stage's own cost in the pipeline (records, progress artifacts, the kNN report, pictures): runs of 1
+    # and 4 epochs of a tiny network over the small collection, whose compute is a small part
+    train = {}
+    for epochs in (1, 4):
+        config = root / f"train{epochs}.yaml"
+        write_config(config, root / "videos-small", root / f"ws-train{epochs}", 1, epochs)
+        train[epochs] = run(config)["pretrain_ir"]
+    per_epoch = (train[4] - train[1]) / 3
+    train_fixed = train[1] - per_epoch
+    print(f"training stage in the pipeline ({args.small} tiny videos, width 1/8): 1 epoch {train[1]:.1f} s, 4 epochs "
+          f"{train[4]:.1f} s: {per_epoch:.2f} s an epoch, {train_fixed:.1f} s fixed", flush=True)
+    probe, decode = compute_per_video(root / "videos-small", args.small)
+    print(f"compute per video, one thread in this process: probe {probe * 1e3:.1f} ms, decode + store "
+          f"{decode * 1e3:.1f} ms")
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from idtprior.flows.common import rebuild_manifest
+    from idtprior.storage import Workspace
+
+    ws = Workspace(str(root / "ws-large"))
+    t0 = time.perf_counter()
+    rows = rebuild_manifest(ws)
+    rebuild = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    status = subprocess.run([IDTPRIOR, "status", str(root / "ws-large")], capture_output=True, text=True)
+    status_s = time.perf_counter() - t0
+    print(f"manifest rebuild of {len(rows)} videos: {rebuild:.2f} s; idtprior status: {status_s:.2f} s "
+          f"(rc {status.returncode})")
+
+    (n0, c0, s0, r0), (n1, c1, s1, r1) = results["small"], results["large"]
+    units = {}
+    for stage, work in (("ingest", probe), ("decode", decode)):
+        slope = (s1[stage] - s0[stage]) / (n1 - n0)
+        overhead = slope - work / cores
+        cached = (r1[stage] - r0[stage]) / (n1 - n0)
+        units[stage] = (s0[stage], overhead)
+        print(f"{stage}: fixed {s0[stage]:.1f} s a stage; {slope * 1e3:.2f} ms of wall per video, of which compute "
+              f"{work / cores * 1e3:.2f} ms ({work * 1e3:.1f} ms on one core over {cores} cores): orchestration "
+              f"{overhead * 1e3:.2f} ms per video ({overhead / slope:.0%} of the stage's time per video); "
+              f"cached rerun {cached * 1e3:.2f} ms per video")
+        k400 = s0[stage] + 235_000 * overhead
+        print(f"  Kinetics-400 (235,000 videos, 1,000 chunks): orchestration alone {k400 / 3600:.2f} h of wall "
+              f"for {stage}, against the compute of its real videos")
+    print(f"manifest rebuild and status at 235,000 videos (linear): {rebuild * 235_000 / len(rows):.1f} s, "
+          f"{status_s * 235_000 / len(rows):.1f} s")
+    if args.write_units:
+        from idtprior.plan import Units
+
+        u = Units.load()
+        u.stage_overhead_s = float(np.mean([f for f, _ in units.values()]))
+        u.ingest_overhead_s, u.fanout_overhead_s = float(units["ingest"][0]), float(units["decode"][0])
+        u.video_overhead_s = float(max(0.0, np.mean([o for _, o in units.values()])))
+        u.stage_epoch_overhead_s, u.train_stage_overhead_s = float(per_epoch), float(train_fixed)
+        u.save()
+        print(f"plan units: stage_overhead_s {u.stage_overhead_s:.2f}, ingest_overhead_s {u.ingest_overhead_s:.2f}, "
+              f"fanout_overhead_s {u.fanout_overhead_s:.2f}, video_overhead_s {u.video_overhead_s:.5f}, "
+              f"stage_epoch_overhead_s {per_epoch:.2f}, train_stage_overhead_s {train_fixed:.2f}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,453 @@
+"""``idtprior plan``: what a run of a config costs, per stage, before it starts.
+
+Each stage's cost is a count of work units (frames decoded, frames through IDT, descriptor rows encoded, k-means row x
+centroid x dimension products, training clips x the network's multiply-accumulates, ...) times the seconds one unit
+takes on one core (or one GPU). The per-unit seconds come from :func:`measure_units`: stored in the package
+(``plan_units.json``, written by ``benchmarks/plan_units.py`` with the machine it ran on), or measured on the current
+machine in under a minute (``--calibrate``). The videos measured are generated ones (``textured_pan_video``), never a
+workspace's, so a plan never learns from the run it predicts.
+
+Wall time of a CPU stage: its core-seconds over the cores, plus the orchestration's fixed cost per stage and its
+serial cost per video (``benchmarks/pipeline_overhead.py``). A GPU training stage: clips over the GPUs' clips/s (linear
+in GPUs: DDP), with the loader's core-seconds beside it.
+"""
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idtprior.config import TRAIN_STAGES as TRAINING_STAGES, PipelineConfig
+
+UNITS_PATH = Path(__file__).with_name("plan_units.json")
+DESCRIPTOR_COLUMNS = 426  # HOG 96 + HOF 108 + MBHx 96 + MBHy 96 + trajectory shape 30
+
+
+ORCHESTRATION_UNITS = ("stage_overhead_s", "ingest_overhead_s", "fanout_overhead_s", "video_overhead_s",
+                       "stage_epoch_overhead_s", "train_stage_overhead_s")
+"""Units of ``benchmarks/pipeline_overhead.py`` (a pipeline run): a calibration keeps the stored ones."""
+
+
+@dataclass
+class Units:
+    """Seconds per unit of work on one core of ``machine`` (or one GPU, in ``gpu``), and the stored frames' bytes."""
+
+    machine: str
+    measured: str  # date
+    how: str  # which benchmark or calibration measured them
+    probe_s_per_video: float
+    decode_s_per_frame: float  # decode + resize + store, at decode_mpix source megapixels per frame
+    decode_s_per_mpix: float  # ... and per further source megapixel
+    frame_bytes_ratio: float  # stored (compressed) bytes / raw bytes of decoded frames
+    idt_s_per_frame: float  # IDT at idt_mpix; linear in the frame's megapixels (a + b * mpix)
+    idt_s_per_mpix: float
+    idt_rows_per_mpix: float  # trajectories per frame per megapixel of the measured video (content-dependent)
+    fisher_s_per_row_component: dict[str, float]  # Fisher vector + sketch, per pca_mode
+    em_s_per_row_component_dim: float  # one EM iteration
+    em_iters_fraction: float  # EM iterations to convergence / gmm_iters (measured with gmm_iters 100, default tol)
+    kmeans_s_per_row_centroid_dim: float  # one Lloyd iteration
+    train_s_per_gmac: float  # CPU: forward + backward + SGD step, per GMAC of the clip's forward pass
+    embed_s_per_gmac: float  # CPU: forward pass only
+    loader_s_per_mpix: float  # reading + transforming a clip from the frame store, per megapixel read
+    loader_raw_s_per_mpix: float  # reading + cropping only (augment_on: device, the GPU path), per megapixel read
+    epoch_overhead_s: float  # a training epoch's own cost on the CPU (checkpoints, kNN monitor, Lightning's loop)
+    train_setup_s: float  # a training run's fixed cost (trainer set-up, export of encoder and bank)
+    detect_s_per_frame: float  # the embedded ssdlite detector, one frame
+    stage_overhead_s: float = 3.0  # orchestration: fixed seconds of a stage (flow, tasks, records, summary)
+    ingest_overhead_s: float = 3.0  # ... of ingest (the listing, the manifest; no frames)
+    fanout_overhead_s: float = 3.0  # ... of a stage that fans videos out to Dask workers (decode, detect, idt, encode)
+    video_overhead_s: float = 0.0  # orchestration: serial seconds per video of a per-video stage
+    stage_epoch_overhead_s: float = 0.0  # a training stage in the pipeline: seconds per epoch beyond train()'s own
+    train_stage_overhead_s: float = 0.0  # ... and its fixed seconds (benchmarks/pipeline_overhead.py)
+    gpu: dict[str, Any] = field(default_factory=dict)  # measured on a lent GPU: name, train_clips_per_s, gmac_per_clip
+
+    @classmethod
+    def load(cls, path: str | Path = UNITS_PATH) -> "Units":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path = UNITS_PATH) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def network_cost(arch: str, width: float, embed_dim: int, clip_length: int, crop: int) -> tuple[float, int]:
+    """(GMACs of one clip's forward pass, parameters) of the 3D ResNet, counted on the meta device (no compute)."""
+    import torch
+
+    from idtprior.models.resnet3d import resnet3d
+
+    with torch.device("meta"):
+        net = resnet3d(arch, embed_dim, width).eval()
+    macs = [0]
+
+    def count(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Conv3d):
+            k = module.weight.shape[1] * math.prod(module.weight.shape[2:])
+            macs[0] += output.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            macs[0] += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear))]
+    with torch.no_grad():
+        net(torch.empty(1, 3, clip_length, crop, crop, device="meta"))
+    for h in hooks:
+        h.remove()
+    return macs[0] / 1e9, sum(p.numel() for p in net.parameters())
+
+
+def _best(fn, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_units(quick: bool = True) -> Units:
+    """Per-unit seconds on this machine, one thread, on generated videos (quick: under a minute on 2 cores)."""
+    import cv2
+    import torch
+
+    from idtprior.datasets.synthetic import textured_pan_video
+    from idtprior.encoding import CodebookParams, count_sketch, fisher_vector, kmeans
+    from idtprior.encoding.codebook import fit_codebook, fit_codebook_with_report
+    from idtprior.encoding.gmm import DiagGMM, em_step
+    from idtprior.models.data import ClipDataset, FunctionClipSource
+    from idtprior.models.resnet3d import resnet3d
+    from idtprior.storage.frames import write_frames
+    from idtprior.video.idt import IDTParams, extract_idt
+    from idtprior.video.io import iter_frames, probe_video, write_video
+
+    import zarr
+
+    from threadpoolctl import threadpool_limits
+
+    threads = (cv2.getNumThreads(), torch.get_num_threads())
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    blas = threadpool_limits(limits=1)  # per-core units: BLAS on one thread too
+    rng = np.random.default_rng(0)
+    n = 24 if quick else 64
+    repeats = 1 if quick else 3
+    out: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="idtprior-plan-") as tmp:
+            sizes = {}
+            for h, w in ((120, 160), (240, 320)):
+                frames = textured_pan_video(n, h, w)
+                path = Path(tmp) / f"v{w}.mp4"
+                write_video(path, frames)
+                sizes[(h, w)] = (path, frames)
+            # ingest: probing one file
+            small = sizes[(120, 160)][0]
+            out["probe_s_per_video"] = _best(lambda: [probe_video(small) for _ in range(10)], repeats) / 10
+            # decode: decode + resize to short side 128 + zstd store, at two source sizes (160x120 and 640x480)
+            large = Path(tmp) / "v640.mp4"
+            write_video(large, [cv2.resize(f, (640, 480)) for f in sizes[(240, 320)][1]])
+            group = zarr.open_group(str(Path(tmp) / "frames.zarr"), mode="w")
+            dec = {}
+            for (h, w), path in (((120, 160), small), ((480, 640), large)):
+                dec[h * w / 1e6] = _best(lambda: write_frames(group, f"v{w}", iter_frames(path, short_side=128), 16,
+                                                              25.0), repeats + 1) / n
+            (m0, s0), (m1, s1) = sorted(dec.items())
+            out["decode_s_per_mpix"] = (s1 - s0) / (m1 - m0)
+            out["decode_s_per_frame"] = s0 - out["decode_s_per_mpix"] * m0
+            stored = sum(f.stat().st_size for f in (Path(tmp) / "frames.zarr" / "v640").rglob("*") if f.is_file())
+            raw = n * 128 * 171 * 3
+            out["frame_bytes_ratio"] = stored / raw
+            # IDT on the frames (no file decode: that is decode's unit), at two sizes
+            idt, rows = {}, {}
+            for (h, w), (_, frames) in sizes.items():
+                got: list = []
+                idt[h * w / 1e6] = _best(lambda: got.append(extract_idt(iter(frames), IDTParams())), repeats) / n
+                rows[h * w / 1e6] = len(got[-1]) / n
+            (m0, s0), (m1, s1) = sorted(idt.items())
+            out["idt_s_per_mpix"] = (s1 - s0) / (m1 - m0)
+            out["idt_s_per_frame"] = s0 - out["idt_s_per_mpix"] * m0
+            out["idt_rows_per_mpix"] = float(np.mean([r / m for m, r in rows.items()]))
+            descriptors = np.concatenate([extract_idt(iter(sizes[(240, 320)][1]), IDTParams())[:, 10:]] * 4)
+            # Fisher vector + sketch per row and component, each PCA mode (K=16, a quick fit)
+            out["fisher_s_per_row_component"] = {}
+            for mode in ("concat", "per_type"):
+                book = fit_codebook(descriptors, CodebookParams(n_components=16, pca_mode=mode, gmm_iters=2))
+                t = _best(lambda: count_sketch(fisher_vector(descriptors, book)[0], book), repeats + 1)
+                out["fisher_s_per_row_component"][mode] = t / (len(descriptors) * 16)
+            # how far EM goes before it stops on its tolerance (a fraction of gmm_iters)
+            _, reports = fit_codebook_with_report(descriptors, CodebookParams(n_components=16, pca_mode="per_type",
+                                                                              gmm_iters=100))
+            out["em_iters_fraction"] = float(np.mean([len(r.log_likelihood) for r in reports])) / 100
+            # one EM iteration and one k-means iteration, per product of their sizes
+            k, d = 32, 64
+            x = rng.standard_normal((20_000 if quick else 50_000, d)).astype(np.float32)
+            gmm = DiagGMM(np.full(k, 1 / k, np.float32), x[:k].copy(), np.ones((k, d), np.float32))
+            var = x.var(0)
+            t = _best(lambda: em_step(x, gmm, 1e-4 * var, var), repeats + 1)
+            out["em_s_per_row_component_dim"] = t / (len(x) * k * d)
+            xs = rng.standard_normal((8000, 256)).astype(np.float32)
+            t0 = _best(lambda: kmeans(xs, 128, runs=1, iters=1, init="random"), repeats + 1)
+            t1 = _best(lambda: kmeans(xs, 128, runs=1, iters=11, init="random"), repeats + 1)
+            out["kmeans_s_per_row_centroid_dim"] = max(t1 - t0, 1e-9) / 10 / (len(xs) * 128 * 256)
+            # training step and forward pass on the CPU, per GMAC (a reference network: width 0.25, 8x64x64)
+            gmac, _ = network_cost("resnet18", 0.25, 128, 8, 64)
+            net = resnet3d("resnet18", 128, 0.25)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            clips = torch.randn(8, 3, 8, 64, 64)
+
+            def step() -> None:
+                loss = net(clips).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            step()
+            out["train_s_per_gmac"] = _best(step, repeats + 1) / (8 * gmac)
+            net.eval()
+            with torch.no_grad():
+                out["embed_s_per_gmac"] = _best(lambda: net(clips), repeats + 1) / (8 * gmac)
+            # the loader: a clip read from the frame store and transformed (16 frames of 128x171, crop 112)
+            arr = group["v640"]
+            source = FunctionClipSource(lambda i, s, m: arr[s : s + m], lambda i: arr.shape[0], 1)
+            ds = ClipDataset(source, clip_length=16, crop_size=112, seed=0)
+            read_mpix = 16 * arr.shape[1] * arr.shape[2] / 1e6
+            t = _best(lambda: [ds[(0, e)] for e in range(8)], repeats) / 8
+            out["loader_s_per_mpix"] = t / read_mpix
+            raw = ClipDataset(source, clip_length=16, crop_size=112, seed=0, raw=True)
+            out["loader_raw_s_per_mpix"] = _best(lambda: [raw[(0, e)] for e in range(8)], repeats) / 8 / read_mpix
+            out["epoch_overhead_s"], out["train_setup_s"] = _training_overheads(Path(tmp))
+            out["detect_s_per_frame"] = _detect_seconds(sizes[(240, 320)][1][:4 if quick else 16])
+    finally:
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
+        blas.restore_original_limits()
+    return Units(machine=machine_name(), measured=str(date.today()), how="measure_units(quick=%s)" % quick, **out)
+
+
+def _training_overheads(tmp: Path) -> tuple[float, float]:
+    """(seconds an epoch costs beyond its clips, a run's fixed seconds) of ``train`` on the CPU: runs of 1 and 3
+    epochs over 8 tiny videos (4x32x32 clips of a width-1/8 network: their compute is a small part, subtracted)."""
+    from idtprior.models import ArrayClipSource, PretrainParams, moving_squares, train
+
+    videos, labels = moving_squares(8, frames=8, size=40, seed=0)
+    source = ArrayClipSource(videos)
+    params = dict(width=0.125, embed_dim=16, clip_length=4, crop_size=32, batch_size=4, negatives=8, la_k=8,
+                  num_workers=0, accelerator="cpu", progress_bar=False, log_every_n_steps=1, milestones=())
+    seconds = {}
+    quiet = logging.getLogger("pytorch_lightning"), logging.getLogger("lightning.pytorch")
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for epochs in (1, 3):
+                t0 = time.perf_counter()
+                train(PretrainParams(epochs=epochs, **params), source, out_dir=tmp / f"train{epochs}",
+                      labels_for_eval=labels)
+                seconds[epochs] = time.perf_counter() - t0
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    per_epoch = (seconds[3] - seconds[1]) / 2
+    return per_epoch, max(0.0, seconds[1] - per_epoch)
+
+
+def _detect_seconds(frames: list[np.ndarray]) -> float:
+    """Seconds per 320x240 frame of the embedded ssdlite detector (nan where it cannot be built here)."""
+    try:
+        from idtprior.video.detect import DetectParams, detect
+
+        params = DetectParams(backend="ssdlite", batch_size=len(frames))
+        batch = np.stack(frames)
+        detect(batch, params)  # loads the network once
+        return _best(lambda: detect(batch, params), 2) / len(frames)
+    except Exception:  # noqa: BLE001 - the plan then says detect's cost is unknown
+        return float("nan")
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    core_hours: float
+    gpu_hours: float
+    wall_s: float
+    storage_bytes: float
+    basis: str  # the work counted
+
+
+def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 10.0, fps: float = 25.0,
+         width: int = 340, height: int = 256, cores: int = 16, gpus: int = 0, train_fraction: float | None = None,
+         stages: list[str] | None = None) -> list[StagePlan]:
+    """Per stage of ``stages`` (default the config's): core-hours, GPU-hours, wall seconds and bytes stored."""
+    from idtprior.video.io import resized_shape
+
+    stages = list(stages or cfg.stages)
+    frames = videos * mean_seconds * fps
+    src_mpix = width * height / 1e6
+    ih, iw = resized_shape(height, width, max_side=cfg.idt.max_side) if cfg.idt.max_side else (height, width)
+    idt_mpix = ih * iw / 1e6
+    dh, dw = resized_shape(height, width, short_side=cfg.decode.short_side)
+    stored_frames = frames if cfg.decode.max_frames is None else videos * min(cfg.decode.max_frames,
+                                                                              mean_seconds * fps)
+    idt_frame_s = units.idt_s_per_frame + units.idt_s_per_mpix * idt_mpix
+    rows_per_video = units.idt_rows_per_mpix * idt_mpix * mean_seconds * fps
+    if train_fraction is None:
+        train_fraction = 1.0 if cfg.pretrain.train_split is None else 0.7
+    n_train = max(1, round(videos * train_fraction))
+    out: list[StagePlan] = []
+
+    def cpu(stage: str, core_s: float, per_video: int, storage: float, basis: str) -> None:
+        fixed = {"ingest": units.ingest_overhead_s, "decode": units.fanout_overhead_s, "detect": units.fanout_overhead_s,
+                 "idt": units.fanout_overhead_s, "encode": units.fanout_overhead_s}.get(stage, units.stage_overhead_s)
+        wall = core_s / cores + fixed + per_video * units.video_overhead_s
+        out.append(StagePlan(stage, core_s / 3600, 0.0, wall, storage, basis))
+
+    for stage in stages:
+        if stage == "ingest":
+            cpu(stage, videos * units.probe_s_per_video, videos, videos * 300.0, f"{videos} videos probed")
+        elif stage == "decode":
+            s = frames * (units.decode_s_per_frame + units.decode_s_per_mpix * src_mpix)
+            cpu(stage, s, videos, stored_frames * dh * dw * 3 * units.frame_bytes_ratio,
+                f"{frames:.3g} frames of {width}x{height} to short side {cfg.decode.short_side}")
+        elif stage == "detect":
+            n = frames / cfg.detect.every
+            s = frames * (units.decode_s_per_frame + units.decode_s_per_mpix * src_mpix) + n * units.detect_s_per_frame
+            cpu(stage, s, videos, n * 5 * 20.0, f"{n:.3g} frames detected (every {cfg.detect.every}), ssdlite on CPU")
+        elif stage == "idt":
+            k = min(cfg.idt.sample_videos, videos)
+            s = k * mean_seconds * fps * (idt_frame_s + units.decode_s_per_frame + units.decode_s_per_mpix * src_mpix)
+            rows = k * min(cfg.idt.sample_rows, rows_per_video)
+            cpu(stage, s, k, rows * 436 * 4, f"IDT on {k} sampled videos ({idt_mpix * 1e6:.0f} px frames)")
+        elif stage == "fit_codebook":
+            rows = min(cfg.idt.sample_videos, videos) * min(cfg.idt.sample_rows, rows_per_video)
+            dims = DESCRIPTOR_COLUMNS * cfg.codebook.pca_variance / 2 if cfg.codebook.pca_mode == "concat" \
+                else DESCRIPTOR_COLUMNS / 2
+            iters = max(1.0, cfg.codebook.gmm_iters * units.em_iters_fraction)
+            s = rows * cfg.codebook.gmm_components * dims * iters * units.em_s_per_row_component_dim
+            # EM runs in one process on every core (BLAS): its core-seconds are spread over the cores as well
+            cpu(stage, s, 0, cfg.codebook.gmm_components * dims * 12.0,
+                f"~{iters:.0f} EM iterations (at most {cfg.codebook.gmm_iters}) over {rows:.3g} rows, "
+                f"K={cfg.codebook.gmm_components}")
+        elif stage == "encode":
+            s = videos * mean_seconds * fps * (idt_frame_s + units.decode_s_per_frame
+                                                + units.decode_s_per_mpix * src_mpix)
+            s += videos * rows_per_video * cfg.codebook.gmm_components * \
+                units.fisher_s_per_row_component[cfg.codebook.pca_mode]
+            cpu(stage, s, videos, videos * cfg.codebook.sketch_dim * 4.0,
+                f"IDT + Fisher vector + sketch of {videos} videos ({rows_per_video:.0f} trajectories each)")
+        elif stage == "cluster":
+            c = cfg.cluster
+            s = c.runs * c.n_init * c.iters * videos * c.k * cfg.codebook.sketch_dim * units.kmeans_s_per_row_centroid_dim
+            cpu(stage, s, 0, c.runs * c.k * cfg.codebook.sketch_dim * 4.0 + videos * c.runs * 8.0,
+                f"{c.runs * c.n_init} k-means runs x {c.iters} iterations, K={c.k}, {videos} x {cfg.codebook.sketch_dim}")
+        elif stage in TRAINING_STAGES:
+            out.append(_training(cfg, units, stage, videos, n_train, cores, gpus))
+        else:
+            out.append(StagePlan(stage, float("nan"), float("nan"), float("nan"), float("nan"),
+                                 "not modelled (evaluation: its cost depends on the labelled set)"))
+    return out
+
+
+def _training(cfg: PipelineConfig, units: Units, stage: str, videos: int, n_train: int, cores: int,
+              gpus: int) -> StagePlan:
+    p, st = cfg.pretrain, getattr(cfg, stage)
+    gmac, params = network_cost(p.arch, p.width, p.embed_dim, p.clip_length, p.crop_size)
+    clips = st.epochs * n_train
+    read_mpix = p.clip_length * cfg.decode.short_side * cfg.decode.short_side * 4 / 3 / 1e6
+    # the stage embeds every video twice besides training: with the initial network (the knn_init table) and the
+    # trained one (the exported embeddings)
+    loader_s = (clips + 2 * videos) * units.loader_s_per_mpix * read_mpix
+    devices = gpus if gpus > 0 and p.accelerator != "cpu" else 0
+    if devices and p.augment_on != "loader":  # the workers read and crop; the device transforms (DeviceAugment)
+        loader_s = clips * units.loader_raw_s_per_mpix * read_mpix + 2 * videos * units.loader_s_per_mpix * read_mpix
+    kmeans_s = 0.0
+    if st.objective == "la" and st.cluster_source in ("bank", "joint"):
+        dim = p.embed_dim + (cfg.codebook.sketch_dim if st.cluster_source == "joint" else 0)
+        kmeans_s = st.epochs * st.kmeans_runs * st.kmeans_iters * n_train * st.n_clusters * dim * \
+            units.kmeans_s_per_row_centroid_dim
+    # checkpoints: last + 2 epochs' (weights, SGD momentum, bank) and the exported encoder, bank, embeddings
+    ckpt = 3 * (params * 4 * 2 + n_train * p.embed_dim * 4) + params * 4 + (n_train + videos) * p.embed_dim * 4
+    if devices and units.gpu:
+        gpu_rate = units.gpu["train_clips_per_s"] * units.gpu["gmac_per_clip"] / gmac  # clips/s on one GPU
+        gpu_s = clips / gpu_rate + 2 * videos / (gpu_rate * 3)  # a forward pass: about a third of a step
+        core_s = loader_s + kmeans_s
+        wall = max(gpu_s / devices, core_s / cores) + units.train_stage_overhead_s + \
+            st.epochs * units.stage_epoch_overhead_s
+        return StagePlan(stage, core_s / 3600, gpu_s / 3600, wall, ckpt,
+                         f"{st.epochs} epochs x {n_train} clips on {devices} GPU(s) ({units.gpu['name']}), "
+                         f"{gmac:.2f} GMAC a clip")
+    core_s = clips * gmac * units.train_s_per_gmac + 2 * videos * gmac * units.embed_s_per_gmac + loader_s + kmeans_s
+    # in one process, not spread over the cores; the pipeline's per-epoch and fixed costs include train()'s
+    fixed = max(units.train_setup_s + st.epochs * units.epoch_overhead_s,
+                units.train_stage_overhead_s + st.epochs * units.stage_epoch_overhead_s)
+    return StagePlan(stage, (core_s + fixed) / 3600, 0.0, core_s / cores + fixed, ckpt,
+                     f"{st.epochs} epochs x {n_train} clips on CPU, {gmac:.3f} GMAC a clip")
+
+
+def stage_wall_seconds(output: str) -> dict[str, float]:
+    """Each stage's wall seconds from the run's closing line ``wall time per stage: a 3.1 s, b 2.9 min; total ...``."""
+    line = next(ln for ln in output.splitlines() if ln.startswith("wall time per stage:"))
+    return {stage: float(value) * (60 if unit == "min" else 1)
+            for stage, value, unit in re.findall(r"(\w+) ([\d.]+) (s|min)", line.split(";")[0])}
+
+
+def _human_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def _human_bytes(b: float) -> str:
+    if not math.isfinite(b):
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if b < 1000 or unit == "PB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1000
+    return ""
+
+
+def format_plan(rows: list[StagePlan], units: Units, header: str) -> str:
+    lines = [header, f"per-unit costs: {units.how}, measured {units.measured} on {units.machine}"
+             + (f"; GPU figures: {units.gpu['name']} ({units.gpu.get('source', '')})" if units.gpu else ""), "",
+             "| stage | core-hours | GPU-hours | wall | storage | counted |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.stage} | {r.core_hours:.3g} | {r.gpu_hours:.3g} | {_human_seconds(r.wall_s)} | "
+                     f"{_human_bytes(r.storage_bytes)} | {r.basis} |")
+    finite = [r for r in rows if math.isfinite(r.wall_s)]
+    lines.append(f"| total | {sum(r.core_hours for r in finite):.3g} | {sum(r.gpu_hours for r in finite):.3g} | "
+                 f"{_human_seconds(sum(r.wall_s for r in finite))} | "
+                 f"{_human_bytes(sum(r.storage_bytes for r in finite))} | stages run one after another |")
+    return "\n".join(lines)
+
+
+__all__ = ["ORCHESTRATION_UNITS", "UNITS_PATH", "StagePlan", "Units", "format_plan", "measure_units", "network_cost", "plan",
+           "stage_wall_seconds"]

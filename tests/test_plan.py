@@ -1,0 +1,81 @@
+"""``idtprior plan``: the network's cost against torch's own FLOP counter, the plan's arithmetic as properties (work
+linear in videos, wall time over cores, exact sketch bytes, the GPU path), the packaged units, and the command."""
+
+import math
+
+import pytest
+import torch
+
+from idtprior.cli import main
+from idtprior.config import bundled_config, load_config
+from idtprior.plan import Units, network_cost, plan
+
+
+def test_network_cost_equals_torchs_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from idtprior.models.resnet3d import resnet3d
+
+    for width, clip, crop in ((0.125, 4, 32), (0.25, 8, 48)):
+        net = resnet3d("resnet18", 16, width).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.zeros(1, 3, clip, crop, crop))
+        gmac, params = network_cost("resnet18", width, 16, clip, crop)
+        assert gmac == pytest.approx(counter.get_total_flops() / 2 / 1e9, rel=1e-6)  # a MAC is two FLOPs
+        assert params == sum(p.numel() for p in net.parameters())
+
+
+def test_packaged_units_are_complete_and_name_their_machine():
+    units = Units.load()
+    assert units.machine and units.measured and units.how
+    for key, value in units.__dict__.items():
+        if isinstance(value, float) and key != "detect_s_per_frame":
+            assert math.isfinite(value) and value >= 0, key
+    assert units.decode_s_per_frame > 0 and units.idt_s_per_frame + units.idt_s_per_mpix * 0.0192 > 0
+    assert units.gpu["train_clips_per_s"] > 0 and units.gpu["gmac_per_clip"] > 0
+
+
+def test_plan_is_linear_in_videos_and_spreads_over_cores():
+    cfg = load_config(bundled_config("kinetics400"))
+    units = Units.load()
+    stages = ["ingest", "decode", "idt", "encode", "cluster", "pretrain_ir"]
+    one = {r.stage: r for r in plan(cfg, units, 10_000, cores=16, train_fraction=1.0, stages=stages)}
+    two = {r.stage: r for r in plan(cfg, units, 20_000, cores=16, train_fraction=1.0, stages=stages)}
+    wide = {r.stage: r for r in plan(cfg, units, 10_000, cores=32, train_fraction=1.0, stages=stages)}
+    for stage in ("ingest", "decode", "encode"):
+        assert two[stage].core_hours == pytest.approx(2 * one[stage].core_hours)
+        compute = one[stage].core_hours * 3600 / 16
+        assert one[stage].wall_s - wide[stage].wall_s == pytest.approx(compute / 2)
+    assert two["idt"].core_hours == pytest.approx(one["idt"].core_hours)  # a fixed sample of videos (3500)
+    assert two["cluster"].core_hours == pytest.approx(2 * one["cluster"].core_hours)  # k-means: N x K x d
+    assert one["encode"].storage_bytes == 10_000 * cfg.codebook.sketch_dim * 4  # the sketches, float32
+    assert one["pretrain_ir"].gpu_hours == 0 and one["pretrain_ir"].core_hours > 0  # --gpus 0: on the CPU
+    gpu = {r.stage: r for r in plan(cfg, units, 10_000, cores=16, gpus=8, train_fraction=1.0, stages=stages)}["pretrain_ir"]
+    clips = cfg.pretrain_ir.epochs * 10_000
+    assert gpu.gpu_hours * 3600 >= clips / units.gpu["train_clips_per_s"]  # this network is the paper's
+    assert gpu.wall_s < one["pretrain_ir"].wall_s
+
+
+def test_plan_command_prints_every_stage_and_refuses_a_bad_size(capsys):
+    assert main(["plan", "demo", "--videos", "240", "--mean-seconds", "2.56", "--frame-size", "160x120",
+                 "--cores", "2"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_config(bundled_config("demo"))
+    for stage in cfg.stages:
+        assert f"| {stage} |" in out
+    assert "| total |" in out and "per-unit costs:" in out
+    assert main(["plan", "demo", "--videos", "240", "--frame-size", "160by120"]) == 2
+    assert "--frame-size '160by120': expected WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibration_measures_every_unit_here(capsys):
+    from idtprior.plan import measure_units
+
+    units = measure_units(quick=True)
+    for key, value in units.__dict__.items():
+        if isinstance(value, float) and key not in ("detect_s_per_frame", "decode_s_per_mpix", "idt_s_per_frame"):
+            assert math.isfinite(value) and value > 0, key
+    assert 0 < units.em_iters_fraction <= 1
+    assert main(["plan", "demo", "--videos", "24", "--calibrate", "--cores", "2"]) == 0
+    assert "calibrated here" in capsys.readouterr().out

@@ -37,16 +37,16 @@ def _write(args: tuple[str, int, int]) -> None:
     folder, start, stop = args
     rng = np.random.default_rng(start)
     for i in range(start, stop):
-        frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(FRAMES)]
+        frames = [rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8) for _ in range(FRAMES)]
         write_video(Path(folder) / f"{i // 1000:03d}" / f"v{i:06d}.mp4", frames)
 
 
-FRAMES = 3
+FRAMES, SIZE = 3, (32, 24)
 
 
-def make_videos(folder: Path, n: int, frames: int) -> float:
-    global FRAMES
-    FRAMES = frames
+def make_videos(folder: Path, n: int, frames: int, size: tuple[int, int] = (32, 24)) -> float:
+    global FRAMES, SIZE
+    FRAMES, SIZE = frames, size
     for i in range(0, n, 1000):
         (folder / f"{i // 1000:03d}").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -56,16 +56,17 @@ def make_videos(folder: Path, n: int, frames: int) -> float:
     return time.perf_counter() - t0
 
 
-def write_config(path: Path, videos: Path, workspace: Path, chunks: int, epochs: int = 0) -> None:
+def write_config(path: Path, videos: Path, workspace: Path, chunks: int, epochs: int = 0,
+                 labels: Path | None = None) -> None:
     training = "" if not epochs else f"""pretrain:
-  width: 0.125
-  embed_dim: 16
-  clip_length: 4
-  crop_size: 24
-  batch_size: 4
-  negatives: 8
-  la_k: 8
-  num_workers: 0
+  width: {TRAIN["width"]}
+  clip_length: {TRAIN["clip_length"]}
+  crop_size: {TRAIN["crop_size"]}
+  batch_size: 8
+  negatives: 16
+  la_k: 16
+  num_workers: 2
+  eval_labels_file: {labels}
 pretrain_ir:
   epochs: {epochs}
   lr: 0.01
@@ -81,6 +82,11 @@ decode:
 dask:
   n_workers: {os.cpu_count() or 1}
 """)
+
+
+TRAIN = {"width": 0.25, "clip_length": 8, "crop_size": 32, "videos": 96, "frames": 16, "size": (64, 48)}
+"""The training stage's measurement: 96 videos of 16 frames at 64x48 with labels (the kNN tables), a width-1/4 network
+on 8x32x32 clips, 2 loader workers: epochs of about a second, so a per-epoch cost of the stage shows."""
 
 
 def run(config: Path, *extra: str) -> dict[str, float]:
@@ -127,12 +133,13 @@ def main() -> int:
     ap.add_argument("--videos-per-chunk", type=int, default=235, help="as Kinetics-400 in 1,000 chunks")
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one, removed)")
     ap.add_argument("--write-units", action="store_true", help="store the overheads in idtprior/plan_units.json")
+    ap.add_argument("--training-only", action="store_true", help="measure (and --write-units) the training stage's only")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     tmp = tempfile.TemporaryDirectory(prefix="idtprior-overhead-") if args.out is None else None
     root = Path(args.out or tmp.name)
     results = {}
-    for name, n in (("small", args.small), ("large", args.videos)):
+    for name, n in () if args.training_only else (("small", args.small), ("large", args.videos)):
         videos = root / f"videos-{name}"
         made = make_videos(videos, n, args.frames)
         chunks = max(1, round(n / args.videos_per_chunk))
@@ -144,17 +151,38 @@ def main() -> int:
         print(f"{name}: {n} videos of {args.frames} frames (written in {made:.0f} s), {chunks} chunks: "
               f"ingest {first['ingest']:.1f} s, decode {first['decode']:.1f} s, command {first['command']:.1f} s; "
               f"cached rerun: ingest {again['ingest']:.1f} s, decode {again['decode']:.1f} s", flush=True)
-    # a training stage's own cost in the pipeline (records, progress artifacts, the kNN report, pictures): runs of 1
-    # and 4 epochs of a tiny network over the small collection, whose compute is a small part
-    train = {}
+    # a training stage's own cost in the pipeline (records, progress artifacts, the kNN reports, pictures): runs of 1
+    # and 4 epochs, less the compute idtprior plan counts for them (its units: training, embedding, loader)
+    from idtprior.config import load_config
+    from idtprior.plan import Units, plan
+
+    tv = root / "videos-train"
+    make_videos(tv, TRAIN["videos"], TRAIN["frames"], TRAIN["size"])
+    labels = root / "train-labels.csv"
+    labels.write_text("video_id,label\n" + "".join(f"v{i:06d},c{i % 4}\n" for i in range(TRAIN["videos"])))
+    train, modelled = {}, {}
     for epochs in (1, 4):
         config = root / f"train{epochs}.yaml"
-        write_config(config, root / "videos-small", root / f"ws-train{epochs}", 1, epochs)
+        write_config(config, tv, root / f"ws-train{epochs}", 1, epochs, labels)
         train[epochs] = run(config)["pretrain_ir"]
-    per_epoch = (train[4] - train[1]) / 3
-    train_fixed = train[1] - per_epoch
-    print(f"training stage in the pipeline ({args.small} tiny videos, width 1/8): 1 epoch {train[1]:.1f} s, 4 epochs "
-          f"{train[4]:.1f} s: {per_epoch:.2f} s an epoch, {train_fixed:.1f} s fixed", flush=True)
+        bare = Units(**{**Units.load().__dict__, "train_stage_overhead_s": 0.0, "stage_epoch_overhead_s": 0.0,
+                        "train_setup_s": 0.0, "epoch_overhead_s": 0.0})
+        modelled[epochs] = plan(load_config(config), bare, TRAIN["videos"], TRAIN["frames"] / 25, 25.0, *TRAIN["size"],
+                                cores, train_fraction=1.0, stages=["pretrain_ir"])[0].wall_s
+    per_epoch = (train[4] - train[1] - modelled[4] + modelled[1]) / 3
+    train_fixed = train[1] - modelled[1] - per_epoch
+    print(f"training stage in the pipeline ({TRAIN['videos']} videos, width {TRAIN['width']}, "
+          f"{TRAIN['clip_length']}x{TRAIN['crop_size']}x{TRAIN['crop_size']} clips): 1 epoch {train[1]:.1f} s, 4 epochs "
+          f"{train[4]:.1f} s, their compute as plan counts it {modelled[1]:.1f} s and {modelled[4]:.1f} s: "
+          f"{per_epoch:.2f} s an epoch and {train_fixed:.1f} s fixed beyond it", flush=True)
+    if args.training_only:
+        if args.write_units:
+            u = Units.load()
+            u.stage_epoch_overhead_s, u.train_stage_overhead_s = max(0.0, float(per_epoch)), float(train_fixed)
+            u.save()
+            print(f"plan units: stage_epoch_overhead_s {u.stage_epoch_overhead_s:.2f}, train_stage_overhead_s "
+                  f"{u.train_stage_overhead_s:.2f}")
+        return 0
     probe, decode = compute_per_video(root / "videos-small", args.small)
     print(f"compute per video, one thread in this process: probe {probe * 1e3:.1f} ms, decode + store "
           f"{decode * 1e3:.1f} ms")
@@ -196,7 +224,7 @@ def main() -> int:
         u.stage_overhead_s = float(np.mean([f for f, _ in units.values()]))
         u.ingest_overhead_s, u.fanout_overhead_s = float(units["ingest"][0]), float(units["decode"][0])
         u.video_overhead_s = float(max(0.0, np.mean([o for _, o in units.values()])))
-        u.stage_epoch_overhead_s, u.train_stage_overhead_s = float(per_epoch), float(train_fixed)
+        u.stage_epoch_overhead_s, u.train_stage_overhead_s = max(0.0, float(per_epoch)), float(train_fixed)
         u.save()
         print(f"plan units: stage_overhead_s {u.stage_overhead_s:.2f}, ingest_overhead_s {u.ingest_overhead_s:.2f}, "
               f"fanout_overhead_s {u.fanout_overhead_s:.2f}, video_overhead_s {u.video_overhead_s:.5f}, "

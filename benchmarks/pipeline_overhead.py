@@ -201,7 +201,7 @@ def main() -> int:
     print(f"manifest rebuild of {len(rows)} videos: {rebuild:.2f} s; idtprior status: {status_s:.2f} s "
           f"(rc {status.returncode})")
 
-    (n0, c0, s0, r0), (n1, c1, s1, r1) = results["small"], results["large"]
+    (n0, _, s0, r0), (n1, _, s1, r1) = results["small"], results["large"]
     units = {}
     for stage, work in (("ingest", probe), ("decode", decode)):
         slope = (s1[stage] - s0[stage]) / (n1 - n0)

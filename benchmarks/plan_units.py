@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from idtprior.plan import UNITS_PATH, Units, measure_units
+from idtprior.plan import UNITS_PATH, measure_units
 
 
 def kth_frame_ratio() -> float | None:

@@ -23,7 +23,11 @@ def _status(capsys, *args) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in (re.match(r"  (\w+) +(.*)", ln) for ln in lines) if m}
 
 
-def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp_path, capsys):
+def _second_read(ws):
+    raise AssertionError("the manifest read a second time")
+
+
+def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp_path, capsys, monkeypatch):
     src = tmp_path / "videos"
     src.mkdir()
     for i in range(4):
@@ -44,6 +48,9 @@ def test_status_shows_whole_dataset_stages_done_and_what_a_config_would_redo(tmp
     took = f"  {book.seconds:.1f} s" if book.seconds else ""
     assert re.fullmatch(rf"done {iso}  fingerprint {book.fingerprint[:12]}{took}", lines["fit_codebook"])
     assert lines["cluster"] == "not run" and lines["pretrain_ir"] == "not run"
+    with monkeypatch.context() as m:  # the command reads the manifest once (235k rows: over a second a read)
+        m.setattr("idtprior.storage.status.read_manifest", _second_read)
+        assert _status(capsys, ws.url) == lines
 
     files_before = _tree(ws)
     same = tmp_path / "same.yaml"

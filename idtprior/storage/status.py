@@ -51,14 +51,16 @@ class StageStatus:
 
 
 def workspace_status(ws: Workspace, stages: tuple[str, ...],
-                     expected: dict[str, dict[str, str] | str] | None = None) -> list[StageStatus]:
+                     expected: dict[str, dict[str, str] | str] | None = None,
+                     manifest: list | None = None) -> list[StageStatus]:
     """Per stage: committed chunks of the current chunking (from the manifest), ok/failed videos and their errors;
     whole-dataset stages: their record's time, fingerprint and seconds.
 
     ``expected`` (from ``flows.stages.expected_fingerprints``): per stage, chunk -> the fingerprint a run with some
     config would key the chunk on, or the reason it cannot be told. Then each stage's ``check`` says whether that run
-    would redo it: a chunk missing, keyed differently, or no longer planned; or an upstream stage out of date."""
-    manifest = read_manifest(ws)
+    would redo it: a chunk missing, keyed differently, or no longer planned; or an upstream stage out of date.
+    ``manifest``: the workspace's manifest rows where the caller has read them already (None: read here)."""
+    manifest = read_manifest(ws) if manifest is None else manifest
     current = {row.chunk for row in manifest}
     out: dict[str, StageStatus] = {}
     for stage in stages:

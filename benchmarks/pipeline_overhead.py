@@ -31,28 +31,23 @@ from idtprior.plan import stage_wall_seconds
 IDTPRIOR = str(Path(sys.executable).with_name("idtprior"))
 
 
-def _write(args: tuple[str, int, int]) -> None:
+def _write(args: tuple[str, int, int, int, tuple[int, int]]) -> None:
     from idtprior.video.io import write_video
 
-    folder, start, stop = args
+    folder, start, stop, n_frames, (width, height) = args
     rng = np.random.default_rng(start)
     for i in range(start, stop):
-        frames = [rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8) for _ in range(FRAMES)]
+        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n_frames)]
         write_video(Path(folder) / f"{i // 1000:03d}" / f"v{i:06d}.mp4", frames)
 
 
-FRAMES, SIZE = 3, (32, 24)
-
-
 def make_videos(folder: Path, n: int, frames: int, size: tuple[int, int] = (32, 24)) -> float:
-    global FRAMES, SIZE
-    FRAMES, SIZE = frames, size
     for i in range(0, n, 1000):
         (folder / f"{i // 1000:03d}").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     step = 250
     with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool:
-        pool.map(_write, [(str(folder), s, min(s + step, n)) for s in range(0, n, step)])
+        pool.map(_write, [(str(folder), s, min(s + step, n), frames, size) for s in range(0, n, step)])
     return time.perf_counter() - t0
 
 

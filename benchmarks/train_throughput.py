@@ -114,16 +114,7 @@ def train_throughput(n_videos: int, args) -> tuple[float, float]:
         opt.step()
         bank.update(idx, v.detach().float())
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    rate = args.steps * args.batch / (time.perf_counter() - t0)
+    rate = _rate(step, args)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return rate, mem
 

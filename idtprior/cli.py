@@ -182,12 +182,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from idtprior.config import ConfigError, load_config
+    from idtprior.config import ConfigError, bundled_config, load_config
     from idtprior.plan import ORCHESTRATION_UNITS, Units, format_plan, measure_units, plan
 
     config = Path(args.config)
-    if not config.exists() and (Path(__file__).parent / "configs" / f"{args.config}.yaml").exists():
-        config = Path(__file__).parent / "configs" / f"{args.config}.yaml"  # a packaged config by name
+    if not config.exists() and "/" not in args.config and not args.config.endswith((".yaml", ".yml")):
+        config = bundled_config(args.config)  # a packaged config by name
     cfg = load_config(config)
     try:
         width, height = (int(v) for v in args.frame_size.lower().split("x"))

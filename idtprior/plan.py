@@ -126,10 +126,19 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def _line(points: dict[float, float]) -> tuple[float, float]:
+    """(intercept, slope) of the line through two (x, y) points."""
+    (x0, y0), (x1, y1) = sorted(points.items())
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 - slope * x0, slope
+
+
 def measure_units(quick: bool = True) -> Units:
     """Per-unit seconds on this machine, one thread, on generated videos (quick: under a minute on 2 cores)."""
     import cv2
     import torch
+    import zarr
+    from threadpoolctl import threadpool_limits
 
     from idtprior.datasets.synthetic import textured_pan_video
     from idtprior.encoding import CodebookParams, count_sketch, fisher_vector, kmeans
@@ -140,10 +149,6 @@ def measure_units(quick: bool = True) -> Units:
     from idtprior.storage.frames import write_frames
     from idtprior.video.idt import IDTParams, extract_idt
     from idtprior.video.io import iter_frames, probe_video, write_video
-
-    import zarr
-
-    from threadpoolctl import threadpool_limits
 
     threads = (cv2.getNumThreads(), torch.get_num_threads())
     cv2.setNumThreads(1)
@@ -172,23 +177,18 @@ def measure_units(quick: bool = True) -> Units:
             for (h, w), path in (((120, 160), small), ((480, 640), large)):
                 dec[h * w / 1e6] = _best(lambda: write_frames(group, f"v{w}", iter_frames(path, short_side=128), 16,
                                                               25.0), repeats + 1) / n
-            (m0, s0), (m1, s1) = sorted(dec.items())
-            out["decode_s_per_mpix"] = (s1 - s0) / (m1 - m0)
-            out["decode_s_per_frame"] = s0 - out["decode_s_per_mpix"] * m0
+            out["decode_s_per_frame"], out["decode_s_per_mpix"] = _line(dec)
             stored = sum(f.stat().st_size for f in (Path(tmp) / "frames.zarr" / "v640").rglob("*") if f.is_file())
-            raw = n * 128 * 171 * 3
-            out["frame_bytes_ratio"] = stored / raw
+            out["frame_bytes_ratio"] = stored / math.prod(group["v640"].shape)  # uint8: one byte a value
             # IDT on the frames (no file decode: that is decode's unit), at two sizes
             idt, rows = {}, {}
             for (h, w), (_, frames) in sizes.items():
                 got: list = []
                 idt[h * w / 1e6] = _best(lambda: got.append(extract_idt(iter(frames), IDTParams())), repeats) / n
-                rows[h * w / 1e6] = len(got[-1]) / n
-            (m0, s0), (m1, s1) = sorted(idt.items())
-            out["idt_s_per_mpix"] = (s1 - s0) / (m1 - m0)
-            out["idt_s_per_frame"] = s0 - out["idt_s_per_mpix"] * m0
-            out["idt_rows_per_mpix"] = float(np.mean([r / m for m, r in rows.items()]))
-            descriptors = np.concatenate([extract_idt(iter(sizes[(240, 320)][1]), IDTParams())[:, 10:]] * 4)
+                rows[h * w / 1e6] = got[-1]
+            out["idt_s_per_frame"], out["idt_s_per_mpix"] = _line(idt)
+            out["idt_rows_per_mpix"] = float(np.mean([len(r) / n / m for m, r in rows.items()]))
+            descriptors = np.concatenate([rows[max(rows)][:, 10:]] * 4)  # the 320x240 video's
             # Fisher vector + sketch per row and component, each PCA mode (K=16, a quick fit)
             out["fisher_s_per_row_component"] = {}
             for mode in ("concat", "per_type"):

@@ -12,8 +12,8 @@ promise - and the epoch-seeded shuffle makes the visiting order resumable too.
 
 import math
 import random
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -109,17 +109,23 @@ def _temporal_indices(n_frames: int, length: int, rng: np.random.Generator | Non
     return 0, n_frames, (np.arange(length) * step) % n_frames
 
 
-def _adjust_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
-    """Rotate the chroma of ``x (T, 3, H, W)`` in [0, 1] by ``hue`` turns in YIQ space (a linear stand-in for HSV)."""
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+def _hue_matrix(hue: float) -> torch.Tensor:
+    """The (3, 3) float32 matrix rotating RGB chroma by ``hue`` turns in YIQ space (a linear stand-in for HSV)."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     c, s = math.cos(2 * math.pi * hue), math.sin(2 * math.pi * hue)
-    rot = x.new_tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
-    return torch.einsum("ij,tjhw->tihw", m, x)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return torch.linalg.inv(to_yiq) @ rot @ to_yiq
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]  # (T, 1, H, W)
+def _adjust_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
+    """Rotate the chroma of ``x (T, 3, H, W)`` in [0, 1] by ``hue`` turns (:func:`_hue_matrix`)."""
+    return torch.einsum("ij,tjhw->tihw", _hue_matrix(hue).to(x.device), x)
+
+
+def _gray(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Luma of the RGB channels at ``dim``, kept as a channel of one: (T, 3, H, W) -> (T, 1, H, W) by default."""
+    r, g, b = x.unbind(dim)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(dim)
 
 
 @dataclass(frozen=True)
@@ -197,12 +203,9 @@ def transform_clip(
 
 AUGMENT_ON = ("loader", "device")
 
-# a raw training clip's draw as a float64 row: side, row, column, grayscale, brightness, contrast, saturation, hue,
-# flip, jitter applied (0/1)
-_DRAW_FIELDS = 10
-
-
 def _draw_row(d: AugmentDraw) -> np.ndarray:
+    """A raw training clip's draw as a float64 row: side, row, column, grayscale, brightness, contrast, saturation,
+    hue, flip, jitter applied (0/1)."""
     b, c, s = d.bcs if d.bcs is not None else (1.0, 1.0, 1.0)
     return np.array([d.side, d.y, d.x, d.gray, b, c, s, d.hue, d.flip, d.bcs is not None], dtype=np.float64)
 
@@ -247,7 +250,7 @@ class DeviceAugment:
             out[torch.from_numpy(members).to(flat.device)] = clip.reshape(len(members), t, 3, k, k)
         gray = torch.from_numpy(rows[:, 3] > 0).to(flat.device)
         if gray.any():
-            out = torch.where(gray[:, None, None, None, None], _gray5(out).expand(-1, -1, 3, -1, -1), out)
+            out = torch.where(gray[:, None, None, None, None], _gray(out, 2).expand(-1, -1, 3, -1, -1), out)
         jittered = rows[:, 9] > 0
         if jittered.any():
             if not jittered.all():
@@ -255,29 +258,17 @@ class DeviceAugment:
             f32 = torch.from_numpy(rows[:, 4:7].astype(np.float32)).to(flat.device)
             b, c, s = (f32[:, i, None, None, None, None] for i in range(3))
             out = (out * b).clamp_(0, 1)
-            mean = _gray5(out).mean(dim=(1, 2, 3, 4), keepdim=True)
+            mean = _gray(out, 2).mean(dim=(1, 2, 3, 4), keepdim=True)
             out = ((out - mean) * c + mean).clamp_(0, 1)
-            g = _gray5(out)
+            g = _gray(out, 2)
             out = ((out - g) * s + g).clamp_(0, 1)
-            hue = torch.from_numpy(np.stack([_hue_matrix(h) for h in rows[:, 7]])).to(flat.device)  # (B, 3, 3)
+            hue = torch.stack([_hue_matrix(h) for h in rows[:, 7]]).to(flat.device)  # (B, 3, 3)
             out = torch.einsum("bij,btjhw->btihw", hue, out).clamp_(0, 1)
         flip = torch.from_numpy(rows[:, 8] > 0).to(flat.device)
         if flip.any():
             out = torch.where(flip[:, None, None, None, None], out.flip(-1), out)
         out = out - out.new_tensor(MEAN_RGB)[None, None, :, None, None]
         return out.permute(0, 2, 1, 3, 4).contiguous()  # (B, 3, T, crop, crop)
-
-
-def _gray5(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2])[:, :, None]  # (B, T, 1, H, W)
-
-
-def _hue_matrix(hue: float) -> np.ndarray:
-    """:func:`_adjust_hue`'s matrix for ``hue`` turns, computed as it does (float32 tensors)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    c, s = math.cos(2 * math.pi * hue), math.sin(2 * math.pi * hue)
-    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    return (torch.linalg.inv(to_yiq) @ rot @ to_yiq).numpy()
 
 
 class ClipDataset(Dataset):

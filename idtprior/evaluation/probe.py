@@ -37,23 +37,41 @@ def extract_features(
     """
     if kind not in FEATURES:
         raise ValueError(f"feature kind {kind!r} is not one of {FEATURES}")
+    return extract_feature_kinds(encoder, source, ids, clip_length, crop_size, clips, seed, frame_step, batch_size,
+                                 (kind,), device, num_workers)[kind]
+
+
+@torch.no_grad()
+def extract_feature_kinds(
+    encoder: ResNet3d, source: ClipSource, ids: Sequence[int] | None = None, clip_length: int = 16,
+    crop_size: int = 112, clips: int = 5, seed: int = 0, frame_step: int = 1, batch_size: int = 64,
+    kinds: Sequence[str] = FEATURES, device: str | torch.device | None = None, num_workers: int = 0,
+) -> dict[str, np.ndarray]:
+    """:func:`extract_features` of several ``kinds`` from one pass over the clips: ``{kind: (len(ids), D)}``, each
+    equal to its own call's (the embedding is the encoder's forward on the same backbone features)."""
+    bad = [k for k in kinds if k not in FEATURES]
+    if bad or not kinds:
+        raise ValueError(f"feature kinds {list(kinds)} must be some of {FEATURES}")
     ids = list(range(len(source))) if ids is None else [int(i) for i in ids]
     dev = resolve_device(device)
     was_training = encoder.training
     encoder.eval().to(dev)
-    dim = encoder.feature_dim if kind == "backbone" else encoder.embed_dim
-    out = np.zeros((len(ids), dim), np.float32)
+    dims = {"backbone": encoder.feature_dim, "embedding": encoder.embed_dim}
+    out = {k: np.zeros((len(ids), dims[k]), np.float32) for k in kinds}
     row = 0
     try:
         for _, batch in eval_loader(source, ids, clip_length, crop_size, clips, seed, max(1, batch_size // clips),
                                     frame_step, num_workers):  # (B, clips, 3, T, H, W)
             b = batch.shape[0]
-            x = batch.flatten(0, 1).to(dev)
-            f = encoder.features(x) if kind == "backbone" else encoder(x)  # (B * clips, D)
-            f = f.float().view(b, clips, -1).mean(1)
-            if kind == "embedding":
-                f = F.normalize(f, dim=1)
-            out[row : row + b] = f.cpu().numpy()
+            backbone = encoder.features(batch.flatten(0, 1).to(dev))  # (B * clips, C)
+            per_clip = {"backbone": backbone}
+            if "embedding" in out:  # what encoder(x) computes from these features
+                per_clip["embedding"] = F.normalize(encoder.fc(backbone), dim=1)
+            for k in out:
+                f = per_clip[k].float().view(b, clips, -1).mean(1)
+                if k == "embedding":
+                    f = F.normalize(f, dim=1)
+                out[k][row : row + b] = f.cpu().numpy()
             row += b
     finally:
         encoder.train(was_training)

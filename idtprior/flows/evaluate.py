@@ -138,7 +138,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
         "train_ids": train_ids, "train_frames": [frames[v] for v in train_ids], "test_ids": test_ids,
         "test_frames": [frames[v] for v in test_ids], "label_sets": label_sets, "label_column": column,
         "crop_size": crop_size, "frame_step": frame_step, "crop_scales": tuple(shared.crop_scales),
-        "hflip": shared.hflip, "frozen_blocks": frozen, "config": cfg}
+        "hflip": shared.hflip, "frozen_blocks": frozen, "config": cfg, "videos_key": videos}
     plans = {}
     for network, net in networks.items():
         for protocol in cfg.protocols:

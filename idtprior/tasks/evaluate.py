@@ -27,7 +27,8 @@ from prefect import task
 from idtprior.config import EvaluateConfig, PretrainConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.probe import (
-    extract_features,
+    FEATURES,
+    extract_feature_kinds,
     few_shot_indices,
     kmeans_agreement,
     knn_probe,
@@ -161,13 +162,33 @@ def knn_result(train_x: np.ndarray, test_x: np.ndarray, train_ids: list[str], te
     return out
 
 
+_FEATURES: dict[tuple, list[dict[str, np.ndarray]]] = {}
+_FEATURES_KEPT = 8
+
+
+def frozen_features(key: tuple | None, compute) -> list[dict[str, np.ndarray]]:
+    """The frozen network's train and test features of every kind, computed once per process for ``key`` (the
+    network, the videos' content key and the clip settings; None: not kept): the probe and the kNN read the same
+    clips through the same network, so the second of them reuses the first one's pass (the last ``_FEATURES_KEPT``
+    keys are kept)."""
+    if key is None:
+        return compute()
+    if key not in _FEATURES:
+        _FEATURES[key] = compute()
+        while len(_FEATURES) > _FEATURES_KEPT:
+            _FEATURES.pop(next(iter(_FEATURES)))
+    return _FEATURES[key]
+
+
 def evaluate_network(workspace: str, network: str, protocol: str, clip_length: int, train_fingerprint: str,
                      encoder_path: str | None, scratch: PretrainConfig | None, train_ids: list[str],
                      train_frames: list[int], test_ids: list[str], test_frames: list[int],
                      label_sets: dict[str, dict[str, str]], label_column: str, crop_size: int, frame_step: int,
                      crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int,
-                     config: EvaluateConfig) -> dict:
-    """One evaluation's RESULT (see the module docstring)."""
+                     config: EvaluateConfig, videos_key: str | None = None) -> dict:
+    """One evaluation's RESULT (see the module docstring). ``videos_key``: the evaluation videos' content key (the
+    plan's hash of their frames, labels and splits); given, the probe and the kNN of one network share one pass of
+    feature extraction in this process (:func:`frozen_features`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"evaluate: protocol {protocol!r} is not one of {PROTOCOLS}")
     t0 = time.time()
@@ -182,9 +203,14 @@ def evaluate_network(workspace: str, network: str, protocol: str, clip_length: i
         result.update(run_finetune(encoder, train, test, y_train, y_test, len(classes), params))
     else:
         kind = "backbone" if protocol == "probe" else "embedding"
-        feats = [extract_features(encoder, source, None, clip_length, crop_size, config.test_clips, config.seed,
-                                  frame_step, config.batch_size, kind, device_of(config), config.num_workers)
-                 for source in (train, test)]  # (N, D), (M, D) float32
+        key = None if videos_key is None else (
+            workspace, videos_key, train_fingerprint, encoder_path, int(clip_length), crop_size, frame_step,
+            config.test_clips, config.seed, config.batch_size, config.device)
+        feats = frozen_features(key, lambda: [
+            extract_feature_kinds(encoder, source, None, clip_length, crop_size, config.test_clips, config.seed,
+                                  frame_step, config.batch_size, FEATURES, device_of(config), config.num_workers)
+            for source in (train, test)])
+        feats = [f[kind] for f in feats]  # (N, D), (M, D) float32
         if protocol == "probe":
             result.update(probe_result(feats[0], y_train, feats[1], y_test, test_ids, config))
         else:
@@ -199,7 +225,7 @@ def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, netw
                   train_ids: list[str], train_frames: list[int], test_ids: list[str], test_frames: list[int],
                   label_sets: dict[str, dict[str, str]], label_column: str, crop_size: int, frame_step: int,
                   crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int,
-                  config: EvaluateConfig) -> ChunkRecord:
+                  config: EvaluateConfig, videos_key: str | None = None) -> ChunkRecord:
     """Evaluate one (network, protocol, clip length) and commit its record; a record with ``fingerprint`` already
     committed is returned as it is."""
     ws = Workspace(workspace)
@@ -209,7 +235,7 @@ def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, netw
     t0 = time.time()
     result = evaluate_network(ws.url, network, protocol, clip_length, train_fingerprint, encoder_path, scratch,
                               train_ids, train_frames, test_ids, test_frames, label_sets, label_column, crop_size,
-                              frame_step, crop_scales, hflip, frozen_blocks, config)
+                              frame_step, crop_scales, hflip, frozen_blocks, config, videos_key)
     maybe_inject_fault(ws, stage, chunk)  # after the work, before the commit (tests and drills only)
     record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version="", videos={"result": result},
                          seconds=round(time.time() - t0, 3))

@@ -4,6 +4,7 @@ import torch
 
 from idtprior.evaluation.clips import eval_clips
 from idtprior.evaluation.probe import (
+    extract_feature_kinds,
     extract_features,
     few_shot_indices,
     few_shot_table,
@@ -138,6 +139,23 @@ def test_extract_features_is_the_mean_over_clips_and_independent_of_batching():
     emb = extract_features(encoder, src, None, 8, 32, clips=3, seed=1, kind="embedding")
     assert emb.shape == (5, 8)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_one_pass_gives_each_kind_as_its_own_extraction_does():
+    # the probe (backbone) and the kNN (embedding) of one network share one pass in the evaluate stage
+    torch.manual_seed(0)
+    encoder = resnet3d(width=0.125, embed_dim=8).eval()
+    videos, _ = moving_squares(5, frames=12, size=32, seed=0)
+    src = ArrayClipSource(videos)
+    both = extract_feature_kinds(encoder, src, [4, 1, 2, 0], 8, 32, clips=3, seed=1, batch_size=6)
+    for kind in ("backbone", "embedding"):
+        alone = extract_features(encoder, src, [4, 1, 2, 0], 8, 32, clips=3, seed=1, batch_size=6, kind=kind)
+        assert np.array_equal(both[kind], alone), kind
+    with torch.no_grad():  # the embedding is the encoder's own forward, averaged over the clips and normalised
+        ref = torch.nn.functional.normalize(encoder(eval_clips(src, 2, 8, 32, 3, seed=1)).mean(0), dim=0).numpy()
+    np.testing.assert_allclose(both["embedding"][2], ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="feature kinds"):
+        extract_feature_kinds(encoder, src, None, 8, 32, kinds=("pixels",))
 
 
 @pytest.mark.parametrize("clip_length", [8, 16, 32])

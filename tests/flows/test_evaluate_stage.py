@@ -12,13 +12,14 @@ from idtprior_testutils import moving_square_frames, write_moving_square_videos
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.metrics import mcnemar_exact
-from idtprior.evaluation.probe import extract_features, few_shot_table
+from idtprior.evaluation.probe import extract_features, few_shot_table, knn_probe
 from idtprior.evaluation.report import evaluation_tables, paired_tests
 from idtprior.flows.common import artifact_key
 from idtprior.flows.evaluate import plan_evaluate
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
 from idtprior.storage import Workspace
+from idtprior.tasks import evaluate as evaluate_tasks
 from idtprior.tasks.evaluate import read_evaluation
 from idtprior.tasks.pretrain import WorkspaceClipSource, initial_encoder
 from idtprior.video.io import write_video
@@ -149,7 +150,13 @@ def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread)
         knn = results[f"{network}.knn.8"]
         assert set(knn["knn"]) == {"label"} and set(knn["correct"]["label"]) == set(test_ids)
         assert knn["knn"]["label"] == np.mean(list(knn["correct"]["label"].values()))
+        emb = [extract_features(encoder, s, None, 8, 32, 2, 0, 1, 4, "embedding", "cpu") for s in (train, test)]
+        assert knn["knn"]["label"] == knn_probe(emb[0], y_train, emb[1], y_test, k=3, tau=cfg.evaluate.knn_tau)
         assert 0 <= knn["nmi"]["label"] <= 1 and 0.5 <= knn["purity"]["label"] <= 1
+
+    # the probe and the kNN of a network shared one pass over its clips: one kept entry per network
+    assert sorted(k[2] for k in evaluate_tasks._FEATURES if k[0] == ws.url) == sorted(
+        r["train_fingerprint"] for r in results.values() if r["protocol"] == "knn")
 
     # the summary artifact: the tables and the paired test of scratch against pretrain_ir on the finetuning
     md = summary_markdown(ws)

@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from idtprior.video.io import write_video
 
 MOTIONS = ("BackAndForth", "Spinning", "FastTranslation", "Bouncing", "ApproachRecede", "Waving")
 BACKGROUNDS = ("hstripes", "checker", "blobs", "gradient", "dots", "grid")
@@ -237,6 +236,9 @@ def make_demo_data(out: str | Path, videos_per_class: int = 40, frames: int = 64
         from tqdm import tqdm
 
         items = tqdm(plan, desc="rendering demo videos", unit="video")
+    from idtprior.video.io import write_video  # PyAV, imported where videos are written: the module's other
+    # functions (textured_pan_video: the IDT benchmarks' video) serve machines without it
+
     for video, vseed in items:
         path = out / "videos" / video.relpath
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,10 @@ homography's displacement field.
 Per pair ``b``, its matches ``src[b, :n_b] -> dst[b, :n_b]`` (padded to one length): ``hypotheses`` seeded draws of 4
 matches, each solved exactly (the 8x8 linear system of the direct linear transform with ``h33 = 1``), scored by the
 number of matches whose forward reprojection error is below ``ransac_threshold`` pixels (OpenCV's RANSAC criterion),
-and the best one's inliers refitted by normalised least squares (Hartley's DLT, the smallest right singular vector).
+and the best one's inliers refitted by normalised least squares (Hartley's DLT, the smallest right singular vector),
+then polished by Levenberg-Marquardt on their reprojection error, as OpenCV does.
 Where a pair has fewer than ``max(min_matches, 4)`` matches, or no hypothesis is finite, the identity, as the CPU
-path's ``estimate_homography``. OpenCV further polishes its fit with Levenberg-Marquardt; the test bounds the
-difference in pixels.
+path's ``estimate_homography``. The draws differ from OpenCV's: the test bounds the difference in pixels.
 """
 
 import torch
@@ -62,6 +62,41 @@ def _least_squares(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> tor
     return torch.linalg.inv(Td) @ Hn @ Ts
 
 
+def _refine(H: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor, iters: int = 10) -> torch.Tensor:
+    """Levenberg-Marquardt on the forward reprojection error of the matches with weight ``w (B, n)`` (the inliers),
+    from ``H (B, 3, 3)`` normalised to ``h33 = 1``, as OpenCV polishes its RANSAC result."""
+    h = (H / H[:, 2:3, 2:3]).reshape(-1, 9)[:, :8].clone()
+    x, y = src[..., 0], src[..., 1]
+    lam = torch.full((len(h),), 1e-3, dtype=h.dtype, device=h.device)
+
+    def residuals(h):
+        den = h[:, 6:7] * x + h[:, 7:8] * y + 1.0
+        u = (h[:, 0:1] * x + h[:, 1:2] * y + h[:, 2:3]) / den
+        v = (h[:, 3:4] * x + h[:, 4:5] * y + h[:, 5:6]) / den
+        return u, v, den
+
+    def cost(h):
+        u, v, _ = residuals(h)
+        return (w * ((u - dst[..., 0]) ** 2 + (v - dst[..., 1]) ** 2)).sum(1)
+
+    for _ in range(iters):
+        u, v, den = residuals(h)
+        zero = torch.zeros_like(x)
+        ju = torch.stack([x / den, y / den, 1 / den, zero, zero, zero, -u * x / den, -u * y / den], -1)
+        jv = torch.stack([zero, zero, zero, x / den, y / den, 1 / den, -v * x / den, -v * y / den], -1)
+        J = torch.cat([ju, jv], 1) * torch.cat([w, w], 1)[..., None].sqrt()  # (B, 2n, 8)
+        r = torch.cat([u - dst[..., 0], v - dst[..., 1]], 1) * torch.cat([w, w], 1).sqrt()
+        A = J.transpose(1, 2) @ J
+        g = J.transpose(1, 2) @ r[..., None]
+        damp = lam[:, None, None] * torch.diag_embed(torch.diagonal(A, dim1=1, dim2=2))
+        step, info = torch.linalg.solve_ex(A + damp, -g)
+        trial = h + step[..., 0]
+        better = (info == 0) & torch.isfinite(trial).all(1) & (cost(trial) < cost(h))
+        h = torch.where(better[:, None], trial, h)
+        lam = torch.where(better, lam * 0.1, lam * 10.0)
+    return torch.cat([h, torch.ones_like(h[:, :1])], 1).reshape(-1, 3, 3)
+
+
 def estimate_homographies(src: torch.Tensor, dst: torch.Tensor, counts: torch.Tensor, params: IDTParams,
                           hypotheses: int = 500, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Homographies ``(B, 3, 3)`` float64 mapping frame t-1 to t of each pair, from ``src, dst (B, m, 2)`` whose first
@@ -89,7 +124,7 @@ def estimate_homographies(src: torch.Tensor, dst: torch.Tensor, counts: torch.Te
     best = score.argmax(1)  # (B,)
     mask = inlier[torch.arange(B, device=dev), best].to(torch.float64)  # (B, m)
     refit = _least_squares(src, dst, mask)
-    refit = refit / refit[:, 2:3, 2:3]
+    refit = _refine(refit / refit[:, 2:3, 2:3], src, dst, mask)
     ok = usable & (mask.sum(1) >= 4) & torch.isfinite(refit).flatten(1).all(1)
     H = torch.where(ok[:, None, None], refit, eye)
     return H, torch.where(ok, mask.sum(1).to(torch.int64), torch.zeros_like(counts))

@@ -83,19 +83,31 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     if cfg.n_workers == 0:
         yield None
         return
+    import dask
     from distributed import LocalCluster
 
     # the scheduler opens its HTTP endpoints (health, metrics) even without a dashboard, by default on port 8787:
     # a free port instead, so two runs on one machine do not collide. Threads in this process (processes: false)
     # talk through memory (inproc://), which takes no host
     where = {"host": cfg.host} if cfg.processes else {}
-    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      dashboard_address=None, silence_logs=logging.WARNING, **where,
-                      scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}) as cluster:
+    # Dask's nanny writes its pre-spawn environment (OMP/MKL/OpenBLAS_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_) into
+    # THIS process's os.environ before each worker starts, and leaves it there: torch imported afterwards (the
+    # training stages) ran with one thread on every core count, and processes this one spawns inherited it. The
+    # workers get the thread limits through their own environment instead (tune_worker_process sets the rest).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
+            n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
+            dashboard_address=None, silence_logs=logging.WARNING, **where,
+            scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"},
+            **({"env": dict(WORKER_ENV)} if cfg.processes else {})) as cluster:
         try:
             yield cluster.scheduler_address
         finally:
             close_clients()
+
+
+WORKER_ENV = (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"))
+"""The environment of a LocalCluster's worker processes (what Dask's pre-spawn environment gives them, minus the
+malloc setting that ``tasks.common.tune_worker_process`` replaces)."""
 
 
 def slurm_cluster(cfg: SlurmConfig):

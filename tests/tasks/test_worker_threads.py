@@ -34,3 +34,28 @@ def test_videos_on_a_dask_worker_use_one_native_thread_and_reuse_heap_memory(tmp
     for facts in rec.videos.values():
         assert facts["cv2"] == 1 and facts["blas"] == [1], facts
         assert facts["faults"] < 4 * 768, facts  # about one buffer's pages, not twenty buffers'
+
+
+def _thread_env() -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_the_pipelines_cluster_leaves_this_process_environment_alone(monkeypatch):
+    # Dask's nanny used to write OMP_NUM_THREADS=1 (and the rest) into the flow process's environment: torch imported
+    # after the cluster started then trained with one thread whatever the core count
+    from distributed import Client
+
+    from idtprior.config import DaskConfig
+    from idtprior.flows.common import dask_cluster
+
+    for k in _thread_env():
+        monkeypatch.delenv(k, raising=False)
+    with dask_cluster(DaskConfig(n_workers=1)) as address:
+        assert _thread_env() == dict.fromkeys(_thread_env())  # still unset here
+        with Client(address) as client:
+            (worker_env,) = client.run(_thread_env).values()
+    assert worker_env["OMP_NUM_THREADS"] == worker_env["MKL_NUM_THREADS"] == worker_env["OPENBLAS_NUM_THREADS"] == "1"
+    assert _thread_env() == dict.fromkeys(_thread_env())

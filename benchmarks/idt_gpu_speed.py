@@ -16,7 +16,6 @@ import os
 import time
 
 import cv2
-import numpy as np
 import torch
 
 from idtprior.datasets.synthetic import textured_pan_video

@@ -12,8 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-N_CHANNELS = 33
-HOG, HOF, MBHX, MBHY = 0, 8, 17, 25  # first channel of each block
+from .descriptors import N_CHANNELS  # noqa: F401  (the layout: HOG 0:8, HOF 8:17, MBHx 17:25, MBHy 25:33)
 
 
 def central_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

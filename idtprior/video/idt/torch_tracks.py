@@ -7,9 +7,10 @@ patch around each point, normalised per block (RootSIFT), as the CPU extractor c
 
 import torch
 
-BLOCKS = ((0, 8), (8, 9), (17, 8), (25, 8))  # (first channel, bins): HOG, HOF (+ zero bin), MBHx, MBHy
+from .descriptors import BLOCKS as _BLOCKS
+from .params import IDTParams
 
-from .params import IDTParams  # noqa: E402
+BLOCKS = tuple((sl.start, bins) for _, sl, bins in _BLOCKS)  # (first channel, bins): HOG, HOF (+ zero bin), MBHx, MBHy
 
 
 def track_step(pts: torch.Tensor, med: torch.Tensor, comp_med: torch.Tensor, h: int, w: int,

@@ -39,12 +39,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def kth_start(kth_dir_module):
-    return [f for _, f in zip(range(61), iter_frames(kth_dir_module / "person01_boxing_d1_uncomp.avi"))]
+    return [f for _, f in zip(range(31), iter_frames(kth_dir_module / "person01_boxing_d1_uncomp.avi"))]
 
 
 @pytest.mark.parametrize("homography", ["cpu", pytest.param("device", marks=pytest.mark.slow)])
 def test_kth_start_equals_the_cpu_extractor(kth_start, homography):
-    # measured (61 frames): with OpenCV's homographies 342 of 342 trajectories, every one matched, cosines 1.0000;
+    # measured on frames 0-60 (the test reads 0-30): with OpenCV's homographies 342 of 342 trajectories, every one matched, cosines 1.0000;
     # with the batched RANSAC 343 against 342, 99.4% matched (scale 2: 39 of 40), cosines 1.0000
     p = IDTParams()
     cpu = extract_idt(kth_start, p)

@@ -24,8 +24,7 @@ from idtprior.video.idt.compare import fidelity_report
 from idtprior.video.idt.torch_extract import extract_idt_batch
 
 
-def _cpu_one(args) -> int:
-    frames, = args
+def _cpu_one(frames) -> int:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     return len(extract_idt(frames, IDTParams()))
@@ -49,7 +48,7 @@ def main() -> int:
         total = args.videos * args.frames
         t0 = time.perf_counter()
         with mp.get_context("fork").Pool(args.cores) as pool:
-            counts = pool.map(_cpu_one, [(v,) for v in videos])
+            counts = pool.map(_cpu_one, videos)
         cpu_s = time.perf_counter() - t0
         cpu_fps = total / cpu_s
         print(f"{size}: CPU extractor on {args.cores} cores {cpu_fps:.1f} frames/s ({cpu_fps / args.cores:.1f} per "

@@ -25,6 +25,18 @@ def prefect_engine(tmp_path_factory):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test: multi-threaded CPU kernels sum in a varying order, so one thread makes two
+    computations comparable bit for bit (and keeps the test machine's 2 shared cores free)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def write_video(tmp_path):
     """Write frames to a real video file: ``write_video(name, frames, codec=..., fps=...) -> Path``."""
     from idtprior.video.io import write_video as _write

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from idtprior_testutils import moving_square_frames, write_moving_square_videos
 
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
@@ -29,15 +28,6 @@ pytestmark = pytest.mark.usefixtures("prefect_engine")
 TINY = {"width": 0.125, "embed_dim": 8, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,
         "num_workers": 0, "accelerator": "cpu"}
 CLASSES = ("Left", "Right")
-
-
-@pytest.fixture
-def one_thread():
-    # multi-threaded CPU kernels sum in a varying order; one thread makes the stage and the reference comparable
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def pretraining_workspace(tmp_path: Path, epochs: int = 1) -> PipelineConfig:

@@ -174,15 +174,6 @@ pretrain_pipeline(load_config(sys.argv[1]), stages=["pretrain_ir"], progress=Fal
 """
 
 
-@pytest.fixture
-def one_thread():
-    # multi-threaded CPU kernels sum in a varying order; one thread makes the two runs comparable bit for bit
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_a_killed_training_stage_resumes_from_its_last_epoch(tmp_path, one_thread):
     import yaml
     from prefect.settings import PREFECT_API_URL

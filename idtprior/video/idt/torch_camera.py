@@ -114,8 +114,11 @@ def estimate_homographies(src: torch.Tensor, dst: torch.Tensor, counts: torch.Te
     keys = torch.rand(B, hypotheses, m, generator=g).to(dev)
     valid = torch.arange(m, device=dev)[None] < counts[:, None]  # (B, m)
     keys = torch.where(valid[:, None], keys, torch.full_like(keys, 2.0))
-    idx = keys.argsort(-1)[..., :4]  # (B, K, 4)
-    take = lambda p: torch.gather(p[:, None].expand(B, hypotheses, m, 2), 2, idx[..., None].expand(-1, -1, -1, 2))  # noqa: E731
+    idx = keys.argsort(-1)[..., :4, None].expand(-1, -1, -1, 2)  # (B, K, 4, 2)
+
+    def take(p: torch.Tensor) -> torch.Tensor:  # (B, m, 2) -> each hypothesis' 4 matches (B, K, 4, 2)
+        return torch.gather(p[:, None].expand(B, hypotheses, m, 2), 2, idx)
+
     H = _four_point(take(src), take(dst))  # (B, K, 3, 3)
     err = (_apply(H, src[:, None]) - dst[:, None]).pow(2).sum(-1)  # (B, K, m)
     inlier = (err < params.ransac_threshold**2) & valid[:, None]

@@ -98,19 +98,24 @@ class _Tracks:
         for name in ("pos", "comp", "desc", "alive", "age", "video", "start"):
             setattr(self, name, getattr(self, name)[mask])
 
-    def add(self, video: int, start: int, points: torch.Tensor, params: IDTParams) -> None:
-        n = len(points)
+    def add(self, start: int, points: list[torch.Tensor]) -> None:
+        """New tracks started at frame ``start``: ``points[b] (n_b, 2)`` of video b, appended video by video."""
+        dev = self.pos.device
+        new = torch.cat(points)
+        n = len(new)
         if n == 0:
             return
-        pos = torch.zeros((n, *self.pos.shape[1:]), dtype=torch.float32, device=self.pos.device)
-        pos[:, 0] = points
+        pos = torch.zeros((n, *self.pos.shape[1:]), dtype=torch.float32, device=dev)
+        pos[:, 0] = new
+        video = torch.repeat_interleave(torch.arange(len(points), device=dev),
+                                        torch.tensor([len(p) for p in points], device=dev))
         self.pos = torch.cat([self.pos, pos])
-        self.comp = torch.cat([self.comp, torch.zeros((n, *self.comp.shape[1:]), device=self.pos.device)])
-        self.desc = torch.cat([self.desc, torch.zeros((n, *self.desc.shape[1:]), device=self.pos.device)])
-        self.alive = torch.cat([self.alive, torch.ones(n, dtype=torch.bool, device=self.pos.device)])
-        for name, value in (("age", 0), ("video", video), ("start", start)):
-            setattr(self, name, torch.cat([getattr(self, name),
-                                           torch.full((n,), value, dtype=torch.int64, device=self.pos.device)]))
+        self.comp = torch.cat([self.comp, torch.zeros((n, *self.comp.shape[1:]), device=dev)])
+        self.desc = torch.cat([self.desc, torch.zeros((n, *self.desc.shape[1:]), device=dev)])
+        self.alive = torch.cat([self.alive, torch.ones(n, dtype=torch.bool, device=dev)])
+        self.age = torch.cat([self.age, torch.zeros(n, dtype=torch.int64, device=dev)])
+        self.video = torch.cat([self.video, video])
+        self.start = torch.cat([self.start, torch.full((n,), start, dtype=torch.int64, device=dev)])
 
 
 def _extract_group(grays: list[list[np.ndarray]], boxes: list, shape: tuple[int, int], params: IDTParams,
@@ -186,8 +191,7 @@ def _extract_group(grays: list[list[np.ndarray]], boxes: list, shape: tuple[int,
                 tr = tracks[k]
                 at = tr.pos[torch.arange(len(tr.age), device=dev), tr.age]  # (m, 2) positions at t
                 occupied = [at[tr.alive & (tr.video == b)] for b in range(n)]
-                for b, new_pts in enumerate(ts.sample_points(pyr[k], occupied, params)):
-                    tr.add(b, t, new_pts, params)
+                tr.add(t, ts.sample_points(pyr[k], occupied, params))
         if t == 0 and params.use_camera_compensation:
             prev_kp = [cam.detect(detector, p[0]) for p in host]
         prev_host, prev_pyr, prev_exp = host, pyr, cur_exp
@@ -215,19 +219,19 @@ def _cohort_alive(tr: _Tracks) -> torch.Tensor:
 
 def _finish(tr: _Tracks, done: torch.Tensor, factor: float, t: int, frame_hw, params: IDTParams,
             to_full: float, out: list) -> None:
-    """Rows of the tracks of ``done`` (their cohorts reached L steps at frame ``t``): ``extract._finalize`` per
-    (video, cohort), on the host."""
+    """Rows of the tracks of ``done`` (each video's cohort started at frame ``t - L``, which reached L steps at
+    ``t``): ``extract._finalize`` per video, on the host."""
     sel = torch.nonzero(done).ravel()
-    video, start = tr.video[sel].cpu().numpy(), tr.start[sel].cpu().numpy()
+    video = tr.video[sel].cpu().numpy()
     pos, comp, desc = tr.pos[sel].cpu().numpy(), tr.comp[sel].cpu().numpy(), tr.desc[sel].cpu().numpy()
     alive = tr.alive[sel].cpu().numpy()
+    L = params.track_length
     for b in np.unique(video):
-        for s in np.unique(start[video == b]):
-            m = (video == b) & (start == s)
-            c = _Cohort(start=int(s), pos=pos[m], comp=comp[m], desc=desc[m], alive=alive[m], age=params.track_length)
-            res = _finalize(c, factor, t, frame_hw, params, to_full)
-            if res is not None:
-                out[int(b)].append((res[0], res[1]))
+        m = video == b
+        c = _Cohort(start=t - L, pos=pos[m], comp=comp[m], desc=desc[m], alive=alive[m], age=L)
+        res = _finalize(c, factor, t, frame_hw, params, to_full)
+        if res is not None:
+            out[int(b)].append(res)
 
 
 def _scaled(H: torch.Tensor, scale: float) -> torch.Tensor:

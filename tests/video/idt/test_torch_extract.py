@@ -8,7 +8,6 @@ scale, mean position within 2 px), median cosine >= 0.99 per descriptor block. T
 
 import numpy as np
 import pytest
-import torch
 
 from idtprior.datasets.synthetic import textured_pan_video
 from idtprior.video.idt import IDTParams, extract_idt
@@ -16,6 +15,8 @@ from idtprior.video.idt.compare import fidelity_report, format_report
 from idtprior.video.idt.textformat import read_idt_text
 from idtprior.video.idt.torch_extract import extract_idt_batch
 from idtprior.video.io import iter_frames
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def check(rep: dict, count_tol: float = 0.02, matched: float = 0.95, cosine: float = 0.99, min_per_scale: int = 50):
@@ -27,14 +28,6 @@ def check(rep: dict, count_tol: float = 0.02, matched: float = 0.95, cosine: flo
     assert rep["matched"] >= matched, format_report(rep)
     for name, c in rep["cosine"].items():
         assert c >= cosine, (name, format_report(rep))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +67,8 @@ def test_a_batch_of_videos_is_each_video_alone_and_the_cpu_extractors():
         rep = fidelity_report(rows, cpu, p)
         check(rep)
         assert len(rows) > 30 and pts.shape == (len(rows), p.track_length + 1, 2)
-        np.testing.assert_allclose(rows[:, 9], cpu[:, 9], atol=1e-6) if len(rows) == len(cpu) else None
+        if len(rows) == len(cpu):
+            np.testing.assert_allclose(rows[:, 9], cpu[:, 9], atol=1e-6)
     with pytest.raises(ValueError, match="homography 'gpu'"):
         extract_idt_batch(videos[:1], p, homography="gpu")
     with pytest.raises(ValueError, match="warp_flow='subtract' only"):

@@ -73,6 +73,11 @@ def test_a_batch_of_videos_is_each_video_alone_and_the_cpu_extractors():
         extract_idt_batch(videos[:1], p, homography="gpu")
     with pytest.raises(ValueError, match="warp_flow='subtract' only"):
         extract_idt_batch(videos[:1], IDTParams(warp_flow="both"))
+    with pytest.raises(ValueError, match="boxes: 1 entries for 2 videos"):
+        extract_idt_batch(videos[:2], p, [None])
+    resized = [*videos[0][:5], videos[2][0]]  # a frame of another size in the middle of a video
+    with pytest.raises(ValueError, match=r"video 1, frame 5: size \(80, 112\) differs from the first frame's \(96, 128\)"):
+        extract_idt_batch([videos[1], resized], p)
 
 
 @pytest.mark.slow

@@ -92,6 +92,13 @@ class DetectConfig(_Section):
                                   "IDT release's bb-file format instead of detecting")
 
 
+# IDT settings that decide how the work runs but not what it computes, out of the cache keys: the torch backend's rows
+# on two devices agree to float rounding (as the CPU extractor's do on two CPUs), and a batch's videos are extracted
+# independently of each other. The torch backend's own settings play no part with the CPU backend.
+IDT_EXECUTION = frozenset({"device", "batch_videos"})
+IDT_TORCH_ONLY = frozenset({"backend", "torch_homography"})
+
+
 class IDTConfig(_Section):
     """Improved Dense Trajectories (defaults of the reference release)."""
 
@@ -111,6 +118,26 @@ class IDTConfig(_Section):
     sample_rows: int = Field(500, ge=1, description="R: descriptors kept per sampled video")
     float16: bool = False
     seed: int = Field(0, ge=0, description="seeds every random choice of this section")
+    backend: Literal["cpu", "torch"] = Field(
+        "cpu", description="the extractor: 'cpu' (the reference: OpenCV and C kernels, one video per worker thread) or "
+                           "'torch' (the batched PyTorch extractor on `device`, `batch_videos` videos at a time: the "
+                           "CPU extractor's trajectories to float32 rounding); reference-release text files "
+                           "(encode.idt_text_folder) are read the same way with either")
+    device: str | None = Field(None, description="torch backend: the torch device ('cuda', 'cuda:1', 'cpu'); None: "
+                                                 "CUDA where available, else the CPU")
+    batch_videos: int = Field(16, ge=1, le=4096, description="torch backend: videos extracted together (their "
+                                                               "decoded frames are held in memory)")
+    torch_homography: Literal["cpu", "device"] = Field(
+        "cpu", description="torch backend: the camera's homography by OpenCV's RANSAC per video beside the device "
+                           "('cpu', the CPU extractor's own) or by the batched RANSAC on the device ('device': equal "
+                           "on KTH, looser fits on generated pans)")
+
+    def config_hash(self) -> str:
+        """The section's hash without the execution settings; with the CPU backend, without the torch backend's
+        settings either, so workspaces computed before the torch backend existed keep their keys."""
+        drop = IDT_EXECUTION | (IDT_TORCH_ONLY if self.backend == "cpu" else frozenset())
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(drop)), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @model_validator(mode="after")
     def _check_layout(self):

@@ -231,6 +231,35 @@ def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, ext
     return plans
 
 
+def torch_backend(config: PipelineConfig) -> bool:
+    """True when the idt and encode stages extract with the torch backend (rows imported from the reference release's
+    text files are read the same way with either backend, by the CPU tasks)."""
+    return config.idt.backend == "torch" and not config.encode.idt_text_folder
+
+
+def idt_code(stage: str, config: PipelineConfig) -> str:
+    """The code roots of the idt or encode stage for the configured backend (``codeprint.STAGE_ROOTS``)."""
+    return f"{stage}@torch" if torch_backend(config) else stage
+
+
+def check_idt_backend(stage: str, config: PipelineConfig) -> None:
+    """With the torch backend: torch imports and ``idt.device`` exists, checked before any video runs."""
+    if not torch_backend(config):
+        return
+    try:
+        import torch
+    except ImportError as e:
+        raise ConfigError(f"{stage}: idt.backend is 'torch' but torch does not import: {e}") from e
+    try:
+        device = torch.device(config.idt.device) if config.idt.device else None
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"{stage}: idt.device {config.idt.device!r} is not a torch device: {e}") from e
+    if device is not None and device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"{stage}: idt.device {config.idt.device!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA devices")
+
+
 def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
     """The IDT sample's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     rows = _ok_rows(ws)
@@ -238,8 +267,8 @@ def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> di
     rows = [r for r in rows if r.video_id in chosen]
     text_folder = config.encode.idt_text_folder  # imported rows: the sample is drawn from the files encode reads
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt)])
-    plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code("idt"),
-                         {"config": config.idt, "text_folder": text_folder})
+    extra = {"config": config.idt} if torch_backend(config) else {"config": config.idt, "text_folder": text_folder}
+    plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code(idt_code("idt", config)), extra)
     return _with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else _with_boxes(ws, plans)
 
 
@@ -247,9 +276,11 @@ def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> di
 def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
     check_settings("idt", idt_tasks.idt_params, config.idt)
+    check_idt_backend("idt", config)
     ws = Workspace(config.workspace)
     plans = plan_idt(config, ws)
-    records = _run_stage(idt_tasks.idt_sample_chunk, ws, "idt", plans, config, dask_address, progress)
+    task = idt_tasks.idt_sample_chunk_torch if torch_backend(config) else idt_tasks.idt_sample_chunk
+    records = _run_stage(task, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
@@ -292,7 +323,7 @@ def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
         raise missing_stage(ws, "no codebook", "fit_codebook")
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt), config.encode.config_hash(),
                           book.fingerprint])
-    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code("encode"),
+    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code(idt_code("encode", config)),
                          {"idt": config.idt, "config": config.encode})
     if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
         plans = _with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
@@ -310,10 +341,12 @@ def sketches_fingerprint(records: dict, ids: list[str]) -> str:
 def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
     check_settings("encode", idt_tasks.idt_params, config.idt)
+    check_idt_backend("encode", config)
     ws = Workspace(config.workspace)
     plans = plan_encode(config, ws)
     rows = _ok_rows(ws)
-    records = _run_stage(encode_tasks.encode_chunk, ws, "encode", plans, config, dask_address, progress)
+    task = encode_tasks.encode_chunk_torch if torch_backend(config) else encode_tasks.encode_chunk
+    records = _run_stage(task, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage(ws, "encode", records, invalid)

@@ -42,6 +42,10 @@ STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "idt": ("idtprior.tasks.idt:idt_sample_chunk",),
     "fit_codebook": ("idtprior.tasks.encode:fit_codebook_task",),
     "encode": ("idtprior.tasks.encode:encode_chunk",),
+    # the torch backend of IDT (idt.backend: torch) runs its own chunk tasks, with their own code: an edit of the
+    # batched extractor reruns no workspace that extracts with the CPU backend, and the reverse
+    "idt@torch": ("idtprior.tasks.idt:idt_sample_chunk_torch",),
+    "encode@torch": ("idtprior.tasks.encode:encode_chunk_torch",),
     "cluster": ("idtprior.tasks.encode:cluster_task",),
     "pretrain": ("idtprior.tasks.pretrain:train_stage_task",),
     "evaluate": ("idtprior.tasks.evaluate:evaluate_task",),

@@ -215,12 +215,25 @@ def _guard(fn: Callable, video_id: str, *args) -> dict:
     try:
         return {"status": "ok", **(fn(video_id, *args) or {})}
     except Exception as e:  # noqa: BLE001 - a bad video must not fail its chunk
-        # a damaged input (IntegrityError) is the chunk's fault too: as a video's failure it would be cached under an
-        # unchanged key; failing the chunk leaves it to recompute once the input is repaired (idtprior verify --repair)
-        if disk_full(e) is not None or isinstance(e, IntegrityError) or (
-                is_transient(e) and not isinstance(e, FileNotFoundError)):
-            raise
-        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        return _failed(e)
+
+
+def _failed(e: Exception) -> dict:
+    """A video's failure as its result row; raised instead where it is the chunk's fault."""
+    # a damaged input (IntegrityError) is the chunk's fault too: as a video's failure it would be cached under an
+    # unchanged key; failing the chunk leaves it to recompute once the input is repaired (idtprior verify --repair)
+    if disk_full(e) is not None or isinstance(e, IntegrityError) or (
+            is_transient(e) and not isinstance(e, FileNotFoundError)):
+        raise e
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _guard_batch(fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
+    """Run a batch of videos' work: ``fn(video_ids, *args)`` returns each video's result dict, or the exception that
+    video failed with (a failure of the batch as a whole propagates: it is the chunk's)."""
+    out = fn(video_ids, *args)
+    return {v: _failed(out[v]) if isinstance(out[v], Exception) else {"status": "ok", **(out[v] or {})}
+            for v in video_ids}
 
 
 _TUNED_THREADS: int | None = None
@@ -272,6 +285,12 @@ def _guard_on_worker(fn: Callable, video_id: str, *args) -> dict:
     return _guard(fn, video_id, *args)
 
 
+def _guard_batch_on_worker(fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
+    """:func:`_guard_batch` on a Dask worker set up by :func:`tune_worker_process`."""
+    tune_worker_process(1)
+    return _guard_batch(fn, video_ids, *args)
+
+
 def run_chunk(
     workspace: str,
     stage: str,
@@ -284,6 +303,7 @@ def run_chunk(
     progress: bool = True,
     annotations: dict[str, dict] | None = None,
     finish: Callable | None = None,
+    batch_size: int = 0,
 ) -> ChunkRecord:
     """Process one chunk: skip it if its record matches ``fingerprint``, else run ``per_video`` and commit.
 
@@ -292,6 +312,11 @@ def run_chunk(
     the outcome. Keys of a result that start with ``_`` are payload, not record: ``finish(group, results)`` gets them
     with the chunk's version group, to write chunk-level arrays, before the commit. Returns the committed (or found)
     record.
+
+    ``batch_size`` > 0: ``per_video`` takes the videos a batch at a time (in id order), as
+    ``per_video(video_ids, workspace_url, stage, chunk, version, args_list)``, and returns id -> result dict, or the
+    exception that video failed with (the batched IDT extractor: a batch is one call on the device). The fault
+    injection of the drills (``IDTPRIOR_FAULT``) wraps per-video work only.
     """
     ws = Workspace(workspace)
     logger = _logger()
@@ -303,32 +328,47 @@ def run_chunk(
     t0 = time.time()
     ids = sorted(videos)
     kind = fault_kind(stage, chunk)
-    if kind not in (None, "once") and ids:
+    if kind not in (None, "once") and ids and not batch_size:
         per_video = functools.partial(_video_fault, per_video, kind, ids[-1])
+    units = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)] if batch_size else [[v] for v in ids]
     results: dict[str, dict] = {}
     tick = video_done_callback(ws.url, stage, chunk) if progress else _no_display
     writing = None  # the video whose work (or, after the loop, the chunk step) a full disk interrupts
     try:
         version = ws.new_version(stage, chunk)[0] if needs_version else ""
+        def submit(client, unit: list[str]):
+            if batch_size:
+                return client.submit(_guard_batch_on_worker, per_video, unit, ws.url, stage, chunk, version,
+                                     [videos[v] for v in unit], key=f"{stage}-{chunk}-{version}-{unit[0]}+{len(unit)}",
+                                     pure=False)
+            return client.submit(_guard_on_worker, per_video, unit[0], ws.url, stage, chunk, version,
+                                 *videos[unit[0]], key=f"{stage}-{chunk}-{version}-{unit[0]}", pure=False)
+
+        def run_here(unit: list[str]) -> dict[str, dict]:
+            if batch_size:
+                return _guard_batch(per_video, unit, ws.url, stage, chunk, version, [videos[v] for v in unit])
+            return {unit[0]: _guard(per_video, unit[0], ws.url, stage, chunk, version, *videos[unit[0]])}
+
         if dask_address:
             client = get_client(dask_address)
-            futures = {client.submit(_guard_on_worker, per_video, vid, ws.url, stage, chunk, version, *videos[vid],
-                                     key=f"{stage}-{chunk}-{version}-{vid}", pure=False): vid for vid in ids}
+            futures = {submit(client, unit): unit for unit in units}
             from distributed import as_completed
 
             try:
                 for fut in as_completed(futures, loop=client.loop):
-                    writing = futures[fut]
-                    results[writing] = fut.result()
-                    tick()
+                    writing = futures[fut][0]
+                    results.update(fut.result() if batch_size else {writing: fut.result()})
+                    for _ in futures[fut]:
+                        tick()
             except BaseException:
                 client.cancel(list(futures))  # the chunk failed: its other videos would write for nothing
                 raise
         else:
-            for vid in ids:
-                writing = vid
-                results[vid] = _guard(per_video, vid, ws.url, stage, chunk, version, *videos[vid])
-                tick()
+            for unit in units:
+                writing = unit[0]
+                results.update(run_here(unit))
+                for _ in unit:
+                    tick()
         writing = None
         if finish is not None:
             finish(ws.chunk_group(stage, chunk, version, mode="a"), results)

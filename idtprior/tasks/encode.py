@@ -8,13 +8,14 @@ from prefect import task
 
 from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, kmeans
+from idtprior.encoding.backend import to_device, to_numpy
 from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.tasks.detect import read_chunk_boxes
-from idtprior.tasks.idt import read_sample, video_rows
+from idtprior.tasks.idt import batch_idt, read_sample, video_rows
 
 ALL = "all"  # the chunk name of whole-dataset stages (codebook, cluster)
 
@@ -91,6 +92,49 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
             group.create_array(f"descriptors_{v}", data=results[v]["_rows"], overwrite=True, **array_options())
 
 
+def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
+                 args: list[tuple]) -> dict[str, dict | Exception]:
+    """``encode_one`` for a batch of videos with the torch backend (``args``: each video's path, IDT and encode
+    configs, codebook, boxes version): the batch's IDT in one call of the batched extractor, then each video's Fisher
+    vector and sketch, on the GPU through CuPy where the extractor ran on CUDA and CuPy is installed."""
+    idt, enc, book, boxes_version = args[0][1:]
+    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_version, v) for v in video_ids}
+    xp = _device_arrays(idt)
+    out: dict[str, dict | Exception] = {}
+    for vid, rows in batch_idt({v: a[0] for v, a in zip(video_ids, args)}, idt, boxes).items():
+        if isinstance(rows, Exception):
+            out[vid] = rows
+            continue
+        try:
+            # encode_one's lines: its text stays as it is, since it is part of the CPU stage's code fingerprint
+            fv, valid = fisher_vector(to_device(np.ascontiguousarray(rows[:, 10:]), xp), book)
+            sketch = to_numpy(count_sketch(fv, book)).astype(np.float32)
+        except Exception as e:  # noqa: BLE001 - the video's failure
+            out[vid] = e
+            continue
+        out[vid] = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
+        if enc.keep_descriptors:
+            out[vid]["_rows"] = rows
+        if not valid:
+            out[vid]["note"] = "no trajectory: zero vector, marked invalid"
+    return out
+
+
+def _device_arrays(idt: IDTConfig):
+    """The array module of the Fisher encoding after the torch backend: CuPy where the extractor runs on CUDA and
+    CuPy sees a device, else NumPy."""
+    import torch
+
+    from idtprior.encoding.backend import cupy_available
+
+    device = torch.device(idt.device) if idt.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and cupy_available():
+        import cupy
+
+        return cupy
+    return np
+
+
 CODE_VERSION = stage_code("encode")  # fit_codebook's and cluster's: stage_code("fit_codebook"), stage_code("cluster")
 
 
@@ -105,6 +149,19 @@ def encode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, video
     return run_chunk(workspace, stage, chunk, fingerprint,
                      {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_one, dask_address,
                      finish=_write_sketches)
+
+
+@task(name="encode-chunk-torch", task_run_name="encode {chunk}")
+def encode_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
+                       idt: IDTConfig, config: EncodeConfig, dask_address: str | None = None,
+                       boxes_version: str | None = None) -> ChunkRecord:
+    """``encode_chunk`` with the torch backend: the chunk's videos ``idt.batch_videos`` at a time, each batch one call
+    of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
+    (``encode.idt_text_folder``) go through ``encode_chunk`` whatever the backend."""
+    book = read_codebook(Workspace(workspace))
+    return run_chunk(workspace, stage, chunk, fingerprint,
+                     {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_batch, dask_address,
+                     finish=_write_sketches, batch_size=idt.batch_videos)
 
 
 def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from idtprior.config import IDTConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.tasks.codeprint import stage_code
-from idtprior.tasks.common import run_chunk
+from idtprior.tasks.common import TransientError, run_chunk
 from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
@@ -46,6 +46,54 @@ def video_idt(path: str, cfg: IDTConfig, boxes: list[np.ndarray] | None = None) 
         info = video_io.probe_video(path)
         boxes = boxes_for_frames(boxes, info.height, info.width, cfg.max_side)
     return extract_idt(frames, idt_params(cfg), boxes=boxes)
+
+
+def batch_idt(paths: dict[str, str], cfg: IDTConfig, boxes: dict[str, list[np.ndarray] | None]
+              ) -> dict[str, np.ndarray | Exception]:
+    """The torch backend: (N, 436) IDT rows of a batch of videos (id -> path), extracted together on ``cfg.device``.
+
+    Each video is decoded on its own, so a video that does not decode fails alone (its entry is the exception). When
+    the batched extraction raises, each video is extracted alone, so the one that fails it fails alone too; running
+    out of device memory is the batch's fault (a TransientError: the chunk is retried, no video is marked failed)."""
+    import torch
+
+    from idtprior.video.idt.torch_extract import extract_idt_batch
+
+    out: dict[str, np.ndarray | Exception] = {}
+    frames, frame_boxes = {}, {}
+    for vid, path in paths.items():
+        try:
+            frames[vid] = list(video_io.iter_frames(path, max_side=cfg.max_side))
+            b = boxes.get(vid)
+            if b is not None and cfg.max_side:
+                info = video_io.probe_video(path)
+                b = boxes_for_frames(b, info.height, info.width, cfg.max_side)
+            frame_boxes[vid] = b
+        except Exception as e:  # noqa: BLE001 - the video's failure, reported as its result
+            out[vid] = e
+
+    def extract(ids: list[str]) -> list[np.ndarray]:
+        try:
+            return extract_idt_batch([frames[v] for v in ids], idt_params(cfg), [frame_boxes[v] for v in ids],
+                                     device=cfg.device, homography=cfg.torch_homography, seed=cfg.seed)
+        except torch.OutOfMemoryError as e:
+            raise TransientError(f"idt: the torch backend ran out of memory on {cfg.device or 'the default device'} "
+                                 f"with {len(ids)} videos ({ids[0]}...): lower idt.batch_videos") from e
+
+    ids = [v for v in paths if v in frames]
+    try:
+        out.update(zip(ids, extract(ids)))
+    except TransientError:
+        raise
+    except Exception:  # noqa: BLE001 - find the video that fails the batch: each one alone
+        for vid in ids:
+            try:
+                out[vid] = extract([vid])[0]
+            except TransientError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                out[vid] = e
+    return {v: out[v] for v in paths}
 
 
 TEXT_SUFFIXES = (".txt.gz", ".txt")  # reference-release IDT output, as imported with ``encode.idt_text_folder``
@@ -91,6 +139,34 @@ def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
 
 
+def _keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: str, rows: np.ndarray,
+                 cfg: IDTConfig) -> dict:
+    """``sample_one``'s seeded R rows of one video, stored, for rows computed elsewhere (the torch backend's batch).
+    ``sample_one`` keeps its own copy of these lines: its text is part of the CPU stage's code fingerprint, and an edit
+    would rerun the IDT sample, the codebook and every encode chunk of every workspace for the same results."""
+    rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
+    keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
+    group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
+    group.create_array(video_id, data=keep.astype(np.float16 if cfg.float16 else np.float32), overwrite=True,
+                       **array_options())
+    note = "" if len(rows) else "no trajectory (video too short or static)"
+    return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
+
+
+def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
+                 args: list[tuple]) -> dict[str, dict | Exception]:
+    """``sample_one`` for a batch of videos with the torch backend (``args``: each video's path, config, boxes
+    version)."""
+    paths = {v: a[0] for v, a in zip(video_ids, args)}
+    cfg, boxes_version = args[0][1], args[0][2]
+    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_version, v) for v in video_ids}
+    out: dict[str, dict | Exception] = {}
+    for vid, rows in batch_idt(paths, cfg, boxes).items():
+        out[vid] = rows if isinstance(rows, Exception) else _keep_sample(vid, workspace, stage, chunk, version, rows,
+                                                                         cfg)
+    return out
+
+
 CODE_VERSION = stage_code(STAGE)
 
 
@@ -103,6 +179,17 @@ def idt_sample_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, v
     (``encode.idt_text_folder``): read the rows from the imported files instead, as the encode stage does."""
     return run_chunk(workspace, stage, chunk, fingerprint,
                      {v: (p, config, boxes_version, text_folder) for v, p in videos.items()}, sample_one, dask_address)
+
+
+@task(name="idt-sample-chunk-torch", task_run_name="idt {chunk}")
+def idt_sample_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
+                           config: IDTConfig, dask_address: str | None = None,
+                           boxes_version: str | None = None) -> ChunkRecord:
+    """``idt_sample_chunk`` with the torch backend: the chunk's videos ``config.batch_videos`` at a time, each batch
+    one call of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
+    (``encode.idt_text_folder``) go through ``idt_sample_chunk`` whatever the backend."""
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_version) for v, p in videos.items()},
+                     sample_batch, dask_address, batch_size=config.batch_videos)
 
 
 def read_sample(ws: Workspace) -> np.ndarray:

@@ -11,7 +11,9 @@ from idtprior.tasks import codeprint
 from idtprior.tasks.codeprint import STAGE_ROOTS, code_fingerprint, stage_sources
 
 STAGES = sorted(STAGE_ROOTS)
-ALGO = {"fit_codebook", "encode"}  # the GMM's users: fitting the codebook, and the Fisher encoding's statistics
+# the GMM's users: fitting the codebook, and the Fisher encoding's statistics (after either IDT backend)
+ALGO = {"fit_codebook", "encode", "encode@torch"}
+IDT = {"idt", "encode", "idt@torch", "encode@torch"}  # the CPU extractor's core: the torch backend builds on it
 
 
 def edit_function(source: str, function: str) -> str:
@@ -41,17 +43,23 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
 
 @pytest.mark.parametrize("module, function, stages", [
     # the functions issue 11 names
-    ("idtprior.video.idt.extract", "iter_idt", {"idt", "encode"}),
-    ("idtprior.encoding.fisher", "_gradients", {"encode"}),
-    ("idtprior.encoding.fisher", "normalize_fisher", {"encode"}),
+    ("idtprior.video.idt.extract", "iter_idt", IDT),
+    ("idtprior.encoding.fisher", "_gradients", {"encode", "encode@torch"}),
+    ("idtprior.encoding.fisher", "normalize_fisher", {"encode", "encode@torch"}),
     ("idtprior.encoding.codebook", "project", ALGO),
     ("idtprior.encoding.gmm", "fit_gmm", ALGO),
     # K-means: the cluster stage, the GMM's initialisation (gmm.py imports it), LA's clustering of the memory bank,
     # the evaluation's K-means of a network's embeddings (NMI / purity)
-    ("idtprior.encoding.kmeans", "kmeans_plusplus", {"fit_codebook", "encode", "cluster", "pretrain", "evaluate"}),
+    ("idtprior.encoding.kmeans", "kmeans_plusplus", {*ALGO, "cluster", "pretrain", "evaluate"}),
     # the IDT core's other modules
-    ("idtprior.video.idt.camera", "estimate_homography", {"idt", "encode"}),
-    ("idtprior.video.idt.flow", "median_flow", {"idt", "encode"}),
+    ("idtprior.video.idt.camera", "estimate_homography", IDT),
+    ("idtprior.video.idt.flow", "median_flow", IDT),
+    # the torch backend is its own stages' alone: an edit reruns no workspace that extracts on the CPU
+    ("idtprior.video.idt.torch_extract", "extract_idt_batch", {"idt@torch", "encode@torch"}),
+    ("idtprior.video.idt.torch_flow", "poly_expansion", {"idt@torch", "encode@torch"}),
+    ("idtprior.tasks.idt", "batch_idt", {"idt@torch", "encode@torch"}),
+    ("idtprior.tasks.idt", "sample_batch", {"idt@torch"}),
+    ("idtprior.tasks.encode", "encode_batch", {"encode@torch"}),
     # one task module serves three stages: each gets only the definitions it runs
     ("idtprior.tasks.encode", "cluster_task", {"cluster"}),
     ("idtprior.tasks.encode", "encode_one", {"encode"}),
@@ -59,8 +67,8 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.tasks.idt", "read_sample", {"fit_codebook"}),
     ("idtprior.tasks.idt", "sample_one", {"idt"}),
     ("idtprior.tasks.idt", "video_rows", {"idt", "encode"}),
-    ("idtprior.tasks.idt", "idt_params", {"idt", "encode"}),
-    ("idtprior.tasks.detect", "read_chunk_boxes", {"idt", "encode"}),
+    ("idtprior.tasks.idt", "idt_params", IDT),
+    ("idtprior.tasks.detect", "read_chunk_boxes", IDT),
     # evaluate loads encoders through models.lightning, which imports the losses
     ("idtprior.models.losses", "la_loss", {"pretrain", "evaluate"}),
     # the evaluation core is evaluate's alone
@@ -95,6 +103,14 @@ def test_the_stage_code_sets():
     assert cores["fit_codebook"] >= book and within("fit_codebook", "idtprior.encoding.")
     assert "idtprior.encoding.fisher" not in cores["fit_codebook"]
     assert cores["encode"] == cores["idt"] | cores["fit_codebook"] | {"idtprior.encoding.fisher"}
+    # the torch backend's stages: the CPU extractor's core (which it builds on; not the text format: imported rows go
+    # through the CPU tasks) and its own modules; the CPU stages hash none of them
+    torch_core = {f"idtprior.video.idt.torch_{m}"
+                  for m in ("extract", "flow", "descriptors", "sampling", "tracks", "camera")}
+    assert cores["idt@torch"] >= {"idtprior.video.io", *idt_core, *torch_core} - {"idtprior.video.idt.textformat"}
+    assert within("idt@torch", "idtprior.video.")
+    assert cores["encode@torch"] == cores["idt@torch"] | cores["fit_codebook"] | {"idtprior.encoding.fisher"}
+    assert not any(".torch_" in m for m in cores["idt"] | cores["encode"])
     assert cores["cluster"] >= {"idtprior.encoding.kmeans", "idtprior.encoding.backend"}
     assert not cores["cluster"] & {"idtprior.encoding.gmm", "idtprior.encoding.codebook", "idtprior.encoding.fisher"}
     assert cores["pretrain"] >= models | {"idtprior.encoding.kmeans"}
@@ -117,7 +133,7 @@ def test_an_edit_of_the_compiled_kernels_c_source_changes_the_idt_stages(monkeyp
     edited = real(name).replace("m[1] = (r4 + r5) * r6;", "m[1] = (r5 + r4) * r6;")
     assert edited != real(name)
     monkeypatch.setattr(codeprint, "module_source", lambda n: edited if n == name else real(n))
-    assert {s for s in STAGES if code_fingerprint(s) != before[s]} == {"idt", "encode"}
+    assert {s for s in STAGES if code_fingerprint(s) != before[s]} == IDT
 
 
 def test_task_modules_key_on_the_same_fingerprints():

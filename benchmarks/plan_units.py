@@ -16,8 +16,9 @@ from pathlib import Path
 from idtprior.plan import UNITS_PATH, measure_units
 
 
-def kth_frame_ratio() -> float | None:
-    """Stored / raw bytes of the KTH clip's frames at short side 128 (None without ../shared/data)."""
+def kth_frame_ratio(serializer=None) -> float | None:
+    """Stored / raw bytes of the KTH clip's frames at short side 128 (None without ../shared/data); ``serializer``:
+    the frames' codec (None: zstd)."""
     import zarr
 
     from idtprior.storage.frames import write_frames
@@ -28,7 +29,8 @@ def kth_frame_ratio() -> float | None:
     if not clip.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        n, h, w = write_frames(zarr.open_group(tmp, mode="w"), "kth", iter_frames(clip, short_side=128), 16, 25.0)
+        n, h, w = write_frames(zarr.open_group(tmp, mode="w"), "kth", iter_frames(clip, short_side=128), 16, 25.0,
+                               serializer=serializer)
         stored = sum(f.stat().st_size for f in (Path(tmp) / "kth").rglob("*") if f.is_file())
     return stored / (n * h * w * 3)
 
@@ -44,7 +46,13 @@ def main() -> int:
     if ratio is not None:  # real video compresses less than the generated texture: the stored frames' size from it
         print(f"frame_bytes_ratio: {ratio:.3f} on the KTH clip (real video), {units.frame_bytes_ratio:.3f} generated")
         units.frame_bytes_ratio = ratio
-        units.how += " (frame_bytes_ratio from the KTH clip)"
+        from idtprior.plan import JPEG_UNIT_QUALITY
+        from idtprior.video.framecodec import JpegFrames
+
+        jpeg = kth_frame_ratio(JpegFrames(JPEG_UNIT_QUALITY))
+        print(f"frame_bytes_ratio_jpeg: {jpeg:.3f} on the KTH clip, {units.frame_bytes_ratio_jpeg:.3f} generated")
+        units.frame_bytes_ratio_jpeg = jpeg
+        units.how += " (frame_bytes_ratio and _jpeg from the KTH clip)"
     if UNITS_PATH.exists():
         old = json.loads(UNITS_PATH.read_text())  # a plain dict: an older file may lack a newer unit
         units.stage_overhead_s, units.video_overhead_s = old["stage_overhead_s"], old["video_overhead_s"]

@@ -68,6 +68,17 @@ class DecodeConfig(_Section):
     short_side: int = Field(128, ge=16, le=4096)
     time_chunk: int = Field(16, ge=1, le=1024, description="frames per Zarr chunk along time")
     max_frames: int | None = Field(None, ge=1, description="keep at most this many frames per video (None: all)")
+    codec: Literal["zstd", "jpeg"] = Field(
+        "zstd", description="how the frames are stored: zstd (lossless) or jpeg (one JPEG per frame at jpeg_quality: "
+                            "lossy, several times smaller; benchmarks/frame_codec.py)")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="codec jpeg: the JPEG quality")
+
+    def config_hash(self) -> str:
+        """The section's hash; with the zstd codec without the codec settings, so workspaces decoded before the codec
+        setting existed keep their keys."""
+        drop = {"codec", "jpeg_quality"} if self.codec == "zstd" else set()
+        blob = json.dumps(self.model_dump(mode="json", exclude=drop), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class DetectConfig(_Section):

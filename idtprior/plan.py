@@ -49,7 +49,7 @@ class Units:
     probe_s_per_video: float
     decode_s_per_frame: float  # decode + resize + store, at decode_mpix source megapixels per frame
     decode_s_per_mpix: float  # ... and per further source megapixel
-    frame_bytes_ratio: float  # stored (compressed) bytes / raw bytes of decoded frames
+    frame_bytes_ratio: float  # stored (compressed) bytes / raw bytes of decoded frames (zstd)
     idt_s_per_frame: float  # IDT at idt_mpix; linear in the frame's megapixels (a + b * mpix)
     idt_s_per_mpix: float
     idt_rows_per_mpix: float  # trajectories per frame per megapixel of the measured video (content-dependent)
@@ -71,6 +71,7 @@ class Units:
     stage_epoch_overhead_s: float = 0.0  # a training stage in the pipeline: seconds per epoch beyond train()'s own
     train_stage_overhead_s: float = 0.0  # ... and its fixed seconds (benchmarks/pipeline_overhead.py)
     gpu: dict[str, Any] = field(default_factory=dict)  # measured on a lent GPU: name, train_clips_per_s, gmac_per_clip
+    frame_bytes_ratio_jpeg: float = 0.0  # ... with decode.codec jpeg at JPEG_UNIT_QUALITY (0: not measured)
 
     @classmethod
     def load(cls, path: str | Path = UNITS_PATH) -> "Units":
@@ -78,6 +79,9 @@ class Units:
 
     def save(self, path: str | Path = UNITS_PATH) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+
+JPEG_UNIT_QUALITY = 90  # the quality frame_bytes_ratio_jpeg is measured at
 
 
 def machine_name() -> str:
@@ -147,6 +151,7 @@ def measure_units(quick: bool = True) -> Units:
     from idtprior.models.data import ClipDataset, FunctionClipSource
     from idtprior.models.resnet3d import resnet3d
     from idtprior.storage.frames import write_frames
+    from idtprior.video.framecodec import JpegFrames
     from idtprior.video.idt import IDTParams, extract_idt
     from idtprior.video.io import iter_frames, probe_video, write_video
 
@@ -180,6 +185,10 @@ def measure_units(quick: bool = True) -> Units:
             out["decode_s_per_frame"], out["decode_s_per_mpix"] = _line(dec)
             stored = sum(f.stat().st_size for f in (Path(tmp) / "frames.zarr" / "v640").rglob("*") if f.is_file())
             out["frame_bytes_ratio"] = stored / math.prod(group["v640"].shape)  # uint8: one byte a value
+            jpeg = zarr.open_group(str(Path(tmp) / "jpeg.zarr"), mode="w")
+            write_frames(jpeg, "v640", iter(group["v640"][:]), 16, 25.0, serializer=JpegFrames(JPEG_UNIT_QUALITY))
+            stored = sum(f.stat().st_size for f in (Path(tmp) / "jpeg.zarr" / "v640").rglob("*") if f.is_file())
+            out["frame_bytes_ratio_jpeg"] = stored / math.prod(group["v640"].shape)
             # IDT on the frames (no file decode: that is decode's unit), at two sizes
             idt, rows = {}, {}
             for (h, w), (_, frames) in sizes.items():
@@ -329,8 +338,14 @@ def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 1
             cpu(stage, videos * units.probe_s_per_video, videos, videos * 300.0, f"{videos} videos probed")
         elif stage == "decode":
             s = frames * (units.decode_s_per_frame + units.decode_s_per_mpix * src_mpix)
-            cpu(stage, s, videos, stored_frames * dh * dw * 3 * units.frame_bytes_ratio,
-                f"{frames:.3g} frames of {width}x{height} to short side {cfg.decode.short_side}")
+            ratio, codec = units.frame_bytes_ratio, "zstd"
+            if cfg.decode.codec == "jpeg" and units.frame_bytes_ratio_jpeg:
+                ratio, codec = units.frame_bytes_ratio_jpeg, f"jpeg, measured at quality {JPEG_UNIT_QUALITY}"
+            elif cfg.decode.codec == "jpeg":
+                codec = "jpeg not measured: zstd's size"
+            cpu(stage, s, videos, stored_frames * dh * dw * 3 * ratio,
+                f"{frames:.3g} frames of {width}x{height} to short side {cfg.decode.short_side}, "
+                f"{dh * dw * 3 * ratio / 1000:.1f} KB a stored frame ({codec})")
         elif stage == "detect":
             n = frames / cfg.detect.every
             s = frames * (units.decode_s_per_frame + units.decode_s_per_mpix * src_mpix) + n * units.detect_s_per_frame

@@ -49,6 +49,14 @@ def test_plan_is_linear_in_videos_and_spreads_over_cores():
     assert two["idt"].core_hours == pytest.approx(one["idt"].core_hours)  # a fixed sample of videos (3500)
     assert two["cluster"].core_hours == pytest.approx(2 * one["cluster"].core_hours)  # k-means: N x K x d
     assert one["encode"].storage_bytes == 10_000 * cfg.codebook.sketch_dim * 4  # the sketches, float32
+    # the frames' codec: the same work, the stored bytes at its measured ratio, and the bytes a frame said
+    jpeg = {r.stage: r for r in plan(cfg.with_updates(decode={"codec": "jpeg"}), units, 10_000, cores=16,
+                                     train_fraction=1.0, stages=["decode"])}["decode"]
+    assert jpeg.core_hours == one["decode"].core_hours
+    assert jpeg.storage_bytes == pytest.approx(one["decode"].storage_bytes
+                                               * units.frame_bytes_ratio_jpeg / units.frame_bytes_ratio)
+    assert 0 < units.frame_bytes_ratio_jpeg < units.frame_bytes_ratio / 2  # KTH: 0.084 against 0.285
+    assert "KB a stored frame (jpeg, measured at quality 90)" in jpeg.basis and "(zstd)" in one["decode"].basis
     assert one["pretrain_ir"].gpu_hours == 0 and one["pretrain_ir"].core_hours > 0  # --gpus 0: on the CPU
     gpu = {r.stage: r for r in plan(cfg, units, 10_000, cores=16, gpus=8, train_fraction=1.0, stages=stages)}["pretrain_ir"]
     clips = cfg.pretrain_ir.epochs * 10_000

@@ -98,10 +98,15 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
     return counts
 
 
+def decode_code(config: PipelineConfig) -> str:
+    """The decode stage's code fingerprint for the configured frame codec (``codeprint.STAGE_ROOTS``)."""
+    return stage_code("decode@jpeg") if config.decode.codec == "jpeg" else decode_tasks.CODE_VERSION
+
+
 def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Decode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
     return _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
-                        decode_tasks.CODE_VERSION, {"config": config.decode})
+                        decode_code(config), {"config": config.decode})
 
 
 @stage_flow("decode")
@@ -109,7 +114,8 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     """Decode every ok video of the manifest into the frame store, chunk by chunk."""
     ws = Workspace(config.workspace)
     plans = plan_decode(config, ws)
-    records = _run_stage(decode_tasks.decode_chunk, ws, "decode", plans, config, dask_address, progress)
+    task = decode_tasks.decode_chunk_jpeg if config.decode.codec == "jpeg" else decode_tasks.decode_chunk
+    records = _run_stage(task, ws, "decode", plans, config, dask_address, progress)
     counts = report_stage(ws, "decode", records)
     publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
     return counts

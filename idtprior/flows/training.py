@@ -17,9 +17,8 @@ from prefect.logging import get_run_logger
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.common import EpochProgress, artifact_key, run_chunks
 from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
-from idtprior.flows.stages import plan_decode
+from idtprior.flows.stages import decode_code, plan_decode
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
-from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import pretrain as pretrain_tasks
 from idtprior.tasks import train_job
 from idtprior.tasks.common import chunk_fingerprint
@@ -73,7 +72,7 @@ def frames_key(config: PipelineConfig, ws: Workspace, rows: list, train_ids: lis
     chunks = sorted(c for c, plan in plans.items() if train & set(plan["videos"]))
     if all(decode_fps.get(c) == plans[c]["fingerprint"] for c in chunks):
         content = {r.video_id: r.fingerprint for r in rows}
-        return hash_json({"decode": [config.decode.config_hash(), decode_tasks.CODE_VERSION],
+        return hash_json({"decode": [config.decode.config_hash(), decode_code(config)],
                           "videos": {v: [content[v], frames[v]] for v in train_ids}})
     return hash_json({c: decode_fps.get(c) for c in chunks})
 

@@ -1,7 +1,9 @@
 """Decoded frames in the workspace: streaming writes and random-access clip reads.
 
 Each video is one Zarr array ``(T, H, W, 3)`` uint8, chunked along time (``time_chunk`` frames a chunk, whole frames
-spatially), so reading a 16-frame clip touches one or two chunks and never decodes the video. Every chunk has a file
+spatially), so reading a 16-frame clip touches one or two chunks and never decodes the video. A chunk's bytes are zstd's
+(lossless) or, with ``decode.codec: jpeg``, one JPEG per frame (``idtprior.video.framecodec``, imported here so that
+Zarr knows the codec wherever frames are read). Every chunk has a file
 (a black one too) with a crc32c, and a video is opened only after its files are checked against the decode record, so
 a missing or damaged chunk is an ``IntegrityError`` naming the chunk and video, never black frames.
 """
@@ -13,17 +15,18 @@ import numpy as np
 import zarr
 
 from idtprior.storage.integrity import array_options, reading
+from idtprior.video import framecodec  # noqa: F401 - registers the JPEG frames codec with Zarr
 from idtprior.storage.workspace import ChunkRecord, Workspace
 
 STAGE = "decode"
 
 
 def write_frames(group: zarr.Group, video_id: str, frames: Iterable[np.ndarray], time_chunk: int, fps: float,
-                 max_frames: int | None = None) -> tuple[int, int, int]:
+                 max_frames: int | None = None, serializer=None) -> tuple[int, int, int]:
     """Stream ``frames`` ((H, W, 3) uint8) into a new array ``group[video_id]``; returns (frames, height, width).
 
     Frames are buffered one time-chunk at a time and appended, so memory stays at ``time_chunk`` frames whatever the
-    video's length.
+    video's length. ``serializer``: the chunks' codec (``framecodec.JpegFrames``), else zstd.
     """
     arr = None
     buf: list[np.ndarray] = []
@@ -34,7 +37,7 @@ def write_frames(group: zarr.Group, video_id: str, frames: Iterable[np.ndarray],
         if arr is None:
             h, w = img.shape[:2]
             arr = group.create_array(video_id, shape=(0, h, w, 3), chunks=(time_chunk, h, w, 3), dtype="uint8",
-                                     overwrite=True, **array_options())
+                                     overwrite=True, **array_options(serializer))
         buf.append(img)
         n += 1
         if len(buf) == time_chunk:

@@ -38,9 +38,12 @@ class IntegrityError(OSError):
     """Stored data that does not match its commit record: a file missing, truncated, changed or unreadable."""
 
 
-def array_options() -> dict:
+def array_options(serializer=None) -> dict:
     """Keyword arguments of ``create_array`` for every array a stage commits: all chunks written (a missing file is
-    always an error, never an all-fill chunk), zstd as zarr's default, then a crc32c of each stored chunk."""
+    always an error, never an all-fill chunk), zstd as zarr's default, then a crc32c of each stored chunk. With a
+    ``serializer`` (an array-to-bytes codec that compresses, such as the decoded frames' JPEG), it and the crc32c."""
+    if serializer is not None:
+        return {"serializer": serializer, "compressors": (Crc32cCodec(),), "config": {"write_empty_chunks": True}}
     return {"compressors": (ZstdCodec(level=0), Crc32cCodec()), "config": {"write_empty_chunks": True}}
 
 

@@ -38,6 +38,7 @@ _C_SOURCE = re.compile(r"""["']([A-Za-z_]\w*)\.c["']""")  # a C file named in a 
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "ingest": ("idtprior.tasks.ingest:ingest_chunk",),
     "decode": ("idtprior.tasks.decode:decode_chunk",),
+    "decode@jpeg": ("idtprior.tasks.decode:decode_chunk_jpeg",),  # decode.codec: jpeg (as idt@torch below)
     "detect": ("idtprior.tasks.detect:detect_chunk",),
     "idt": ("idtprior.tasks.idt:idt_sample_chunk",),
     "fit_codebook": ("idtprior.tasks.encode:fit_codebook_task",),

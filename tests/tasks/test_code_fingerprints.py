@@ -54,6 +54,10 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     # the IDT core's other modules
     ("idtprior.video.idt.camera", "estimate_homography", IDT),
     ("idtprior.video.idt.flow", "median_flow", IDT),
+    # the frames' JPEG codec is the JPEG decode's alone: zstd workspaces keep their decode and training keys
+    ("idtprior.video.framecodec", "encode_frames", {"decode@jpeg"}),
+    ("idtprior.tasks.decode", "decode_one", {"decode"}),
+    ("idtprior.video.io", "iter_frames", {"ingest", "decode", "decode@jpeg", "detect", *IDT}),
     # the torch backend is its own stages' alone: an edit reruns no workspace that extracts on the CPU
     ("idtprior.video.idt.torch_extract", "extract_idt_batch", {"idt@torch", "encode@torch"}),
     ("idtprior.video.idt.torch_flow", "poly_expansion", {"idt@torch", "encode@torch"}),
@@ -98,6 +102,7 @@ def test_the_stage_code_sets():
         return all(m.startswith(prefixes) for m in cores[stage])
 
     assert cores["ingest"] == cores["decode"] == {"idtprior.video.io"}
+    assert cores["decode@jpeg"] == {"idtprior.video.io", "idtprior.video.framecodec"}
     assert cores["detect"] >= {"idtprior.video.io", "idtprior.video.detect", "idtprior.video.idt.textformat"}
     assert cores["idt"] >= {"idtprior.video.io", *idt_core} and within("idt", "idtprior.video.")
     assert cores["fit_codebook"] >= book and within("fit_codebook", "idtprior.encoding.")

@@ -32,6 +32,20 @@ def test_the_cache_keys_hold_what_changes_the_rows_and_nothing_else():
     assert IDTConfig(backend="torch", quality=0.01).config_hash() != torch_key
 
 
+def test_the_stage_refuses_a_device_the_machine_lacks_before_any_video_runs(caplog):
+    from idtprior.config import ConfigError, PipelineConfig
+    from idtprior.flows.stages import check_idt_backend
+
+    cfg = PipelineConfig.model_validate({"idt": {"backend": "torch", "device": f"cuda:{torch.cuda.device_count()}"}})
+    with pytest.raises(ConfigError, match=r"encode: idt.device 'cuda:\d+': this machine has \d+ CUDA devices"):
+        check_idt_backend("encode", cfg)
+    with pytest.raises(ConfigError, match="idt.device 'tpu7' is not a torch device"):
+        check_idt_backend("idt", cfg.with_updates(idt={"device": "tpu7"}))
+    check_idt_backend("idt", cfg.with_updates(idt={"backend": "cpu"}))  # the CPU backend never looks at the device
+    check_idt_backend("idt", cfg.with_updates(idt={"device": "cpu"}))
+    assert "runs on the CPU here" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Three generated camera pans with moving objects (96x128; 20-24 frames), written with libx264, and a file that

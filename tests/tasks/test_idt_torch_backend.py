@@ -48,11 +48,11 @@ def test_the_stage_refuses_a_device_the_machine_lacks_before_any_video_runs(capl
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    """Three generated camera pans with moving objects (96x128; 20-24 frames), written with libx264, and a file that
+    """Two generated camera pans with moving objects (96x128; 24 and 20 frames), written with libx264, and a file that
     is not a video."""
     folder = tmp_path_factory.mktemp("pans")
     paths = {}
-    for i, n in enumerate((24, 20, 22)):
+    for i, n in enumerate((24, 20)):
         path = folder / f"pan{i}.mp4"
         write_video(path, textured_pan_video(n, 96, 128, seed=i + 1), fps=25, codec="libx264",
                     options={"crf": "10", "preset": "ultrafast"})
@@ -78,7 +78,7 @@ def test_encode_in_batches_equals_the_cpu_extractor_and_a_bad_video_fails_alone(
     cpu = run(cpu_ws, "encode", encode_one, {v: (p, IDTConfig(), enc, book, None) for v, p in videos.items()},
               finish=_write_sketches)
     ours = run(torch_ws, "encode", encode_batch, {v: (p, idt, enc, book, None) for v, p in videos.items()},
-               batch_size=2, finish=_write_sketches)  # batches [broken, pan0], [pan1, pan2]
+               batch_size=2, finish=_write_sketches)  # batches [broken, pan0], [pan1]
     assert ours.videos["broken"]["status"] == "failed" and cpu.videos["broken"]["status"] == "failed"
     assert ours.videos["broken"]["error"] == cpu.videos["broken"]["error"]  # the same decode error, naming the file
     for v in good:
@@ -95,11 +95,11 @@ def test_encode_in_batches_equals_the_cpu_extractor_and_a_bad_video_fails_alone(
 
 @pytest.mark.slow
 def test_the_idt_sample_in_batches_keeps_the_cpu_extractors_seeded_rows(tmp_path, videos):
-    cfg = IDTConfig(backend="torch", device="cpu", batch_videos=3, sample_rows=40)
+    cfg = IDTConfig(backend="torch", device="cpu", batch_videos=2, sample_rows=40)
     good = {v: p for v, p in videos.items() if v != "broken"}
     cpu_ws, torch_ws = Workspace(str(tmp_path / "cpu")), Workspace(str(tmp_path / "torch"))
     cpu = run(cpu_ws, "idt", sample_one, {v: (p, IDTConfig(sample_rows=40), None, None) for v, p in good.items()})
-    ours = run(torch_ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=3)
+    ours = run(torch_ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=2)
     for v in good:
         assert ours.videos[v]["kept"] == cpu.videos[v]["kept"] == 40
         mine = np.asarray(torch_ws.chunk_group("idt", "0000-of-0001", ours.version)[v][:])
@@ -121,7 +121,7 @@ def test_a_video_that_fails_the_batched_call_fails_alone_and_running_out_of_memo
         return real(frames, *args, **kwargs)
 
     monkeypatch.setattr(torch_extract, "extract_idt_batch", extractor)
-    cfg = IDTConfig(backend="torch", device="cpu", batch_videos=3)
+    cfg = IDTConfig(backend="torch", device="cpu", batch_videos=2)
     good = {v: p for v, p in videos.items() if v != "broken"}
     decoded = idt_tasks.video_io.iter_frames
 
@@ -138,10 +138,9 @@ def test_a_video_that_fails_the_batched_call_fails_alone_and_running_out_of_memo
     # the same trajectories as the CPU extractor's, descriptors to float32 rounding (of 498k values, 24 differ by
     # more than 0.005, none by 0.01)
     np.testing.assert_allclose(rows["pan0"], video_idt(good["pan0"], IDTConfig()), atol=0.02)
-    assert len(rows["pan2"]) > 20
 
     poisoned["error"] = torch.OutOfMemoryError("CUDA out of memory (injected)")
     ws = Workspace(str(tmp_path / "ws"))
-    with pytest.raises(TransientError, match=r"ran out of memory on cpu with 3 videos .*lower idt.batch_videos"):
-        run(ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=3)
+    with pytest.raises(TransientError, match=r"ran out of memory on cpu with 2 videos .*lower idt.batch_videos"):
+        run(ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=2)
     assert ws.read_record("idt", "0000-of-0001") is None  # no video marked failed under the chunk's key

@@ -336,6 +336,7 @@ def run_chunk(
     writing = None  # the video whose work (or, after the loop, the chunk step) a full disk interrupts
     try:
         version = ws.new_version(stage, chunk)[0] if needs_version else ""
+
         def submit(client, unit: list[str]):
             if batch_size:
                 return client.submit(_guard_batch_on_worker, per_video, unit, ws.url, stage, chunk, version,

@@ -107,3 +107,29 @@ def test_the_decode_stage_stores_jpeg_under_its_own_key(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="pan1"):
         FrameStore(ws).read_clip("pan1", 0, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_engine")
+def test_a_training_stage_reads_a_jpeg_store_through_its_loader_workers(tmp_path):
+    """The codec is known in the loader's worker processes (it registers on import of the frame store), and a training
+    stage keys on the codec: zstd and JPEG frames train under different keys."""
+    from idtprior.flows.pipeline import pretrain_pipeline
+    from idtprior.video.io import write_video
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(6):
+        write_video(src / f"pan{i}.mp4", textured_pan_video(24, 96, 128, seed=i), fps=25, options={"preset": "ultrafast"})
+    base = PipelineConfig.model_validate({
+        "workspace": str(tmp_path / "ws"), "stages": ["ingest", "decode", "pretrain_ir"],
+        "ingest": {"source": str(src), "num_chunks": 1}, "dask": {"n_workers": 0}, "decode": {"short_side": 48},
+        "pretrain": {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 3,
+                     "negatives": 4, "num_workers": 2, "accelerator": "cpu"},
+        "pretrain_ir": {"epochs": 1}})
+    keys = {}
+    for codec in ("zstd", "jpeg"):
+        result = pretrain_pipeline(base.with_updates(decode={"codec": codec}), progress=False)
+        assert result["pretrain_ir"]["epochs"] == 1
+        keys[codec] = Workspace(base.workspace).read_record("pretrain_ir", "all").fingerprint
+    assert keys["zstd"] != keys["jpeg"]

@@ -97,7 +97,7 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
             n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
             dashboard_address=None, silence_logs=logging.WARNING, **where,
-            scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"},
+            scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}, preload=[WORKER_SETUP],
             **({"env": dict(WORKER_ENV)} if cfg.processes else {})) as cluster:
         try:
             yield cluster.scheduler_address
@@ -105,6 +105,7 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
             close_clients()
 
 
+WORKER_SETUP = "idtprior.flows.dask_worker"  # preloaded by each LocalCluster worker (its log filter)
 WORKER_ENV = (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"))
 """The environment of a LocalCluster's worker processes (what Dask's pre-spawn environment gives them, minus the
 malloc setting that ``tasks.common.tune_worker_process`` replaces)."""

@@ -43,6 +43,19 @@ def _thread_env() -> dict:
                                            "MALLOC_TRIM_THRESHOLD_")}
 
 
+def _worker_log_passes() -> dict:
+    """Which records the worker's ``distributed.worker`` logger lets through (its filters, as ``Logger.handle``)."""
+    import logging
+
+    log = logging.getLogger("distributed.worker")
+
+    def passes(msg: str, level: int) -> bool:
+        return bool(log.filter(log.makeRecord(log.name, level, __file__, 0, msg, (), None)))
+
+    return {"heartbeat": passes("Failed to communicate with scheduler during heartbeat.", logging.ERROR),
+            "other error": passes("Compute Failed", logging.ERROR)}
+
+
 def test_the_pipelines_cluster_leaves_this_process_environment_alone(monkeypatch):
     # Dask's nanny used to write OMP_NUM_THREADS=1 (and the rest) into the flow process's environment: torch imported
     # after the cluster started then trained with one thread whatever the core count
@@ -57,5 +70,8 @@ def test_the_pipelines_cluster_leaves_this_process_environment_alone(monkeypatch
         assert _thread_env() == dict.fromkeys(_thread_env())  # still unset here
         with Client(address) as client:
             (worker_env,) = client.run(_thread_env).values()
+            # its workers drop the heartbeat failure a closing cluster can log on the terminal, and nothing else
+            (passes,) = client.run(_worker_log_passes).values()
+    assert passes == {"heartbeat": False, "other error": True}
     assert worker_env["OMP_NUM_THREADS"] == worker_env["MKL_NUM_THREADS"] == worker_env["OPENBLAS_NUM_THREADS"] == "1"
     assert _thread_env() == dict.fromkeys(_thread_env())

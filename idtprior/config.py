@@ -31,8 +31,13 @@ class _Section(BaseModel):
 
     def config_hash(self) -> str:
         """A stable hash of this section's values: part of every cache key of the stage it configures."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(self._unhashed())), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _unhashed(self) -> frozenset[str]:
+        """Fields left out of ``config_hash``: none, unless a section says which of its settings do not change what
+        its stage computes."""
+        return frozenset()
 
 
 class IngestConfig(_Section):
@@ -73,12 +78,9 @@ class DecodeConfig(_Section):
                             "lossy, several times smaller; benchmarks/frame_codec.py)")
     jpeg_quality: int = Field(90, ge=1, le=100, description="codec jpeg: the JPEG quality")
 
-    def config_hash(self) -> str:
-        """The section's hash; with the zstd codec without the codec settings, so workspaces decoded before the codec
-        setting existed keep their keys."""
-        drop = {"codec", "jpeg_quality"} if self.codec == "zstd" else set()
-        blob = json.dumps(self.model_dump(mode="json", exclude=drop), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def _unhashed(self) -> frozenset[str]:
+        """With the zstd codec, the codec settings: workspaces decoded before they existed keep their keys."""
+        return frozenset({"codec", "jpeg_quality"}) if self.codec == "zstd" else frozenset()
 
 
 class DetectConfig(_Section):
@@ -143,12 +145,10 @@ class IDTConfig(_Section):
                            "('cpu', the CPU extractor's own) or by the batched RANSAC on the device ('device': equal "
                            "on KTH, looser fits on generated pans)")
 
-    def config_hash(self) -> str:
-        """The section's hash without the execution settings; with the CPU backend, without the torch backend's
-        settings either, so workspaces computed before the torch backend existed keep their keys."""
-        drop = IDT_EXECUTION | (IDT_TORCH_ONLY if self.backend == "cpu" else frozenset())
-        blob = json.dumps(self.model_dump(mode="json", exclude=set(drop)), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def _unhashed(self) -> frozenset[str]:
+        """The execution settings; with the CPU backend, the torch backend's settings too, so workspaces computed
+        before the torch backend existed keep their keys."""
+        return IDT_EXECUTION | (IDT_TORCH_ONLY if self.backend == "cpu" else frozenset())
 
     @model_validator(mode="after")
     def _check_layout(self):

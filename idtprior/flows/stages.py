@@ -19,7 +19,7 @@ from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
 from idtprior.tasks.codeprint import stage_code
-from idtprior.tasks.common import chunk_fingerprint
+from idtprior.tasks.common import _logger, chunk_fingerprint
 from idtprior.tasks.idt import choose_sample
 
 
@@ -237,15 +237,6 @@ def _chunk_plans(stage: str, rows: list, value, config_hash: str, code: str, ext
     return plans
 
 
-def _logger():
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow run (a plan, a test): plain logging
-        import logging
-
-        return logging.getLogger("idtprior")
-
-
 def torch_backend(config: PipelineConfig) -> bool:
     """True when the idt and encode stages extract with the torch backend (rows imported from the reference release's
     text files are read the same way with either backend, by the CPU tasks)."""
@@ -263,17 +254,18 @@ def check_idt_backend(stage: str, config: PipelineConfig) -> None:
         return
     try:
         import torch
+
+        from idtprior.video.idt.torch_extract import resolve_device
     except ImportError as e:
         raise ConfigError(f"{stage}: idt.backend is 'torch' but torch does not import: {e}") from e
     try:
-        device = torch.device(config.idt.device) if config.idt.device else None
+        device = resolve_device(config.idt.device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"{stage}: idt.device {config.idt.device!r} is not a torch device: {e}") from e
-    if device is not None and device.type == "cuda" and (
-            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(f"{stage}: idt.device {config.idt.device!r}: this machine has "
                           f"{torch.cuda.device_count()} CUDA devices")
-    if (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu":
+    if device.type == "cpu":
         _logger().warning(f"{stage}: idt.backend 'torch' runs on the CPU here: it is for a GPU; on a CPU the 'cpu' "
                           f"backend is about ten times faster (README: The IDT extractor)")
 

@@ -123,12 +123,10 @@ def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
 def _device_arrays(idt: IDTConfig):
     """The array module of the Fisher encoding after the torch backend: CuPy where the extractor runs on CUDA and
     CuPy sees a device, else NumPy."""
-    import torch
-
     from idtprior.encoding.backend import cupy_available
+    from idtprior.video.idt.torch_extract import resolve_device
 
-    device = torch.device(idt.device) if idt.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and cupy_available():
+    if resolve_device(idt.device).type == "cuda" and cupy_available():
         import cupy
 
         return cupy

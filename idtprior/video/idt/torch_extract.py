@@ -57,7 +57,7 @@ def extract_idt_batch(
         raise ValueError(f"homography {homography!r} is not one of {HOMOGRAPHY}")
     if params.use_camera_compensation and params.warp_flow != "subtract":
         raise ValueError(f"the torch backend computes warp_flow='subtract' only, got {params.warp_flow!r}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     boxes = list(boxes) if boxes is not None else [None] * len(videos)
     if len(boxes) != len(videos):
         raise ValueError(f"boxes: {len(boxes)} entries for {len(videos)} videos")
@@ -79,6 +79,11 @@ def extract_idt_batch(
         for i, r in zip(members, results):
             out[i] = r if return_points else r[0]
     return out
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU (what ``extract_idt_batch`` runs on)."""
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Tracks:

@@ -267,7 +267,7 @@ def check_idt_backend(stage: str, config: PipelineConfig) -> None:
                           f"{torch.cuda.device_count()} CUDA devices")
     if device.type == "cpu":
         _logger().warning(f"{stage}: idt.backend 'torch' runs on the CPU here: it is for a GPU; on a CPU the 'cpu' "
-                          f"backend is about ten times faster (README: The IDT extractor)")
+                          f"backend is far faster (README: The IDT extractor)")
 
 
 def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:

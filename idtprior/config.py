@@ -451,6 +451,9 @@ class EvaluateConfig(_Section):
     knn_tau: float = Field(0.07, gt=0)
     device: str = Field("auto", description="auto (cuda where there is one), cpu, cuda, cuda:N")
     num_workers: int = Field(2, ge=0, description="clip-loading worker processes")
+    frame_cache_mb: int = Field(4096, ge=0, description="the evaluation videos' decoded frames are read once and "
+                                "kept in memory for all of the stage's evaluations when they fit in this many MB "
+                                "(0: each evaluation reads the frame store); the same frames either way")
     seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
     @field_validator("networks")

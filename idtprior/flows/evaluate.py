@@ -165,8 +165,12 @@ def evaluate_flow(config: PipelineConfig, dask_address: str | None = None, progr
         logger.warning(f"evaluate: skipped {', '.join(skipped)}: not trained in "
                        f"{pretraining_config(config)[0].url} (the default network list; list networks by hand to "
                        f"require them)")
-    # one at a time: each evaluation fills the device (or every core) by itself
-    records = run_chunks(evaluate_tasks.evaluate_task, ws, STAGE, plans, progress, 1)
+    # one at a time: each evaluation fills the device (or every core) by itself; they share the videos' frames in
+    # memory (evaluate.frame_cache_mb), freed when they end
+    try:
+        records = run_chunks(evaluate_tasks.evaluate_task, ws, STAGE, plans, progress, 1)
+    finally:
+        evaluate_tasks.release_frames()
     results = [records[c].videos["result"] for c in sorted(records)]
     markdown = evaluation_tables(results)
     if skipped:

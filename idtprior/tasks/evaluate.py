@@ -37,6 +37,7 @@ from idtprior.evaluation.probe import (
 from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
+from idtprior.storage.frames import FrameStore
 from idtprior.tasks.common import maybe_inject_fault
 from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
 
@@ -180,6 +181,67 @@ def frozen_features(key: tuple | None, compute) -> list[dict[str, np.ndarray]]:
     return _FEATURES[key]
 
 
+class MemoryClipSource(WorkspaceClipSource):
+    """A :class:`WorkspaceClipSource` whose videos' frames are already in memory (read-only ``(T, H, W, 3)`` uint8
+    arrays by video id): a clip is a slice. Forked loader workers inherit the arrays; pickled (spawned workers) it is
+    a plain workspace source again, which reads the frame store."""
+
+    def __init__(self, workspace: str, video_ids: list[str], num_frames: list[int],
+                 arrays: dict[str, np.ndarray]) -> None:
+        super().__init__(workspace, video_ids, num_frames)
+        missing = [v for v in self.video_ids if v not in arrays]
+        if missing:
+            raise ValueError(f"no frames in memory for videos {missing[:5]}")
+        self._frames_of: dict[str, np.ndarray] | None = arrays
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_frames_of": None}
+
+    def read_clip(self, index: int, start: int, length: int) -> np.ndarray:
+        if self._frames_of is None:
+            return super().read_clip(index, start, length)
+        video = self.video_ids[index]
+        frames = self._frames_of[video]
+        if start < 0 or length < 1 or start + length > frames.shape[0]:
+            raise ValueError(f"video {video}: clip [{start}, {start + length}) outside its {frames.shape[0]} frames")
+        return frames[start:start + length]
+
+
+_FRAMES: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+
+def evaluation_sources(workspace: str, train_ids: list[str], train_frames: list[int], test_ids: list[str],
+                       test_frames: list[int], videos_key: str | None, budget_bytes: int
+                       ) -> tuple[WorkspaceClipSource, WorkspaceClipSource]:
+    """The training and the test videos as clip sources. With ``videos_key`` (the plan's content key of the videos'
+    frames, labels and splits) and their decoded frames within ``budget_bytes``, every video is read from the frame store
+    once per process and key, and each evaluation of the stage slices the kept frames (one key is kept:
+    :func:`release_frames` frees it); otherwise each source reads the store."""
+    key = (workspace, videos_key or "")
+    if videos_key is not None and budget_bytes > 0 and key not in _FRAMES:
+        store = FrameStore(Workspace(workspace))
+        ids = [*train_ids, *test_ids]
+        need = sum(int(np.prod(store.array(v).shape)) for v in ids)  # uint8: one byte a value
+        if need <= budget_bytes:
+            release_frames()
+            arrays = {}
+            for v, n in zip(ids, [*train_frames, *test_frames]):
+                arrays[v] = store.read_clip(v, 0, int(n))
+                arrays[v].flags.writeable = False
+            _FRAMES[key] = arrays
+    arrays = _FRAMES.get(key) if videos_key is not None and budget_bytes > 0 else None
+    if arrays is None:
+        return (WorkspaceClipSource(workspace, train_ids, train_frames),
+                WorkspaceClipSource(workspace, test_ids, test_frames))
+    return (MemoryClipSource(workspace, train_ids, train_frames, arrays),
+            MemoryClipSource(workspace, test_ids, test_frames, arrays))
+
+
+def release_frames() -> None:
+    """Forget the frames :func:`evaluation_sources` keeps (the evaluate flow calls it when its evaluations end)."""
+    _FRAMES.clear()
+
+
 def evaluate_network(workspace: str, network: str, protocol: str, clip_length: int, train_fingerprint: str,
                      encoder_path: str | None, scratch: PretrainConfig | None, train_ids: list[str],
                      train_frames: list[int], test_ids: list[str], test_frames: list[int],
@@ -193,8 +255,8 @@ def evaluate_network(workspace: str, network: str, protocol: str, clip_length: i
         raise ValueError(f"evaluate: protocol {protocol!r} is not one of {PROTOCOLS}")
     t0 = time.time()
     encoder = network_encoder(encoder_path, scratch)
-    train = WorkspaceClipSource(workspace, train_ids, train_frames)
-    test = WorkspaceClipSource(workspace, test_ids, test_frames)
+    train, test = evaluation_sources(workspace, train_ids, train_frames, test_ids, test_frames, videos_key,
+                                     config.frame_cache_mb * 2**20)
     y_train, y_test, classes = label_codes(label_sets.get(label_column, {}), train_ids, test_ids)
     result = {"status": "ok", "network": network, "protocol": protocol, "clip_length": int(clip_length),
               "label_column": label_column, "classes": classes, "train_fingerprint": train_fingerprint}

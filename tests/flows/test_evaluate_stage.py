@@ -2,7 +2,9 @@
 list) evaluates the networks of a separate pretraining workspace, one record per (network, protocol, clip length)."""
 
 import json
+import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from idtprior.flows.evaluate import plan_evaluate
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
 from idtprior.storage import Workspace
+from idtprior.storage.frames import FrameStore
 from idtprior.tasks import evaluate as evaluate_tasks
 from idtprior.tasks.evaluate import read_evaluation
 from idtprior.tasks.pretrain import WorkspaceClipSource, initial_encoder
@@ -144,6 +147,9 @@ def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread)
         assert knn["knn"]["label"] == knn_probe(emb[0], y_train, emb[1], y_test, k=3, tau=cfg.evaluate.knn_tau)
         assert 0 <= knn["nmi"]["label"] <= 1 and 0.5 <= knn["purity"]["label"] <= 1
 
+    # the stage read its videos' frames into memory once and freed them when it ended
+    assert evaluate_tasks._FRAMES == {}
+
     # the probe and the kNN of a network shared one pass over its clips: one kept entry per network
     assert sorted(k[2] for k in evaluate_tasks._FEATURES if k[0] == ws.url) == sorted(
         r["train_fingerprint"] for r in results.values() if r["protocol"] == "knn")
@@ -175,6 +181,54 @@ def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread)
     default = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"networks": EVALUATION_NETWORKS})})
     assert sorted(plan_evaluate(default, ws, skipped)) == sorted(records)
     assert skipped == ["pretrain_la_bank", "pretrain_la", "tune_joint", "supervised"]
+
+
+def test_evaluation_frames_are_read_once_into_memory_and_give_the_stores_clips(tmp_path, monkeypatch):
+    cfg = evaluation_workspace(tmp_path, SimpleNamespace(workspace=str(tmp_path / "no-pretraining")))
+    ws = Workspace(cfg.workspace)
+    plan = plan_evaluate(cfg.with_updates(evaluate={"networks": ["scratch"]}), ws)["scratch.knn.8"]
+    args = (ws.url, plan["train_ids"], plan["train_frames"], plan["test_ids"], plan["test_frames"])
+    reads = []
+    real_read = FrameStore.read_clip
+    monkeypatch.setattr(FrameStore, "read_clip", lambda self, *a: reads.append(a) or real_read(self, *a))
+    try:
+        train, test = evaluate_tasks.evaluation_sources(*args, plan["videos_key"], 2**20)
+        assert isinstance(train, evaluate_tasks.MemoryClipSource) and isinstance(test, evaluate_tasks.MemoryClipSource)
+        assert sorted(reads) == sorted((v, 0, 12) for v in plan["train_ids"] + plan["test_ids"])  # each video once
+        again = evaluate_tasks.evaluation_sources(*args, plan["videos_key"], 2**20)
+        assert len(reads) == 8 and again[0]._frames_of is train._frames_of  # the second evaluation reads nothing
+        stores = (WorkspaceClipSource(ws.url, plan["train_ids"], plan["train_frames"]),
+                  WorkspaceClipSource(ws.url, plan["test_ids"], plan["test_frames"]))
+        for memory, store in zip((train, test), stores):
+            assert memory.video_ids == store.video_ids and len(memory) == len(store)
+            for i in range(len(store)):
+                for start, length in ((0, 12), (3, 5), (11, 1)):
+                    np.testing.assert_array_equal(memory.read_clip(i, start, length),
+                                                  store.read_clip(i, start, length))
+        clip = train.read_clip(0, 2, 4)
+        assert not clip.flags.writeable  # a caller writing into a kept clip fails instead of changing the next ones
+        with pytest.raises(ValueError, match=rf"video {plan['train_ids'][0]}: clip \[10, 14\) outside its 12"):
+            train.read_clip(0, 10, 4)
+        # pickled (a spawned loader worker) it reads the store: the same frames
+        reads.clear()
+        spawned = pickle.loads(pickle.dumps(train))
+        np.testing.assert_array_equal(spawned.read_clip(1, 0, 12), train.read_clip(1, 0, 12))
+        assert reads == [(plan["train_ids"][1], 0, 12)]
+        # another content key replaces the kept frames; over the budget, or without a key, the store is read
+        evaluate_tasks.evaluation_sources(*args, "another key", 2**20)
+        assert list(evaluate_tasks._FRAMES) == [(ws.url, "another key")]
+        for key, budget in ((plan["videos_key"], 0), (None, 2**20)):
+            sources = evaluate_tasks.evaluation_sources(*args, key, budget)
+            assert [type(s) for s in sources] == [WorkspaceClipSource] * 2
+        evaluate_tasks.release_frames()
+        need = 8 * 12 * 32 * 43 * 3  # 8 videos of 12 frames of 32 x 43 (4:3 at short side 32)
+        assert sum(a.nbytes for a in train._frames_of.values()) == need
+        sources = evaluate_tasks.evaluation_sources(*args, plan["videos_key"], need - 1)
+        assert [type(s) for s in sources] == [WorkspaceClipSource] * 2 and evaluate_tasks._FRAMES == {}
+        sources = evaluate_tasks.evaluation_sources(*args, plan["videos_key"], need)
+        assert [type(s) for s in sources] == [evaluate_tasks.MemoryClipSource] * 2
+    finally:
+        evaluate_tasks.release_frames()
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The manifest rebuild and ``idtprior status`` at Kinetics-400's size, on a workspace of synthetic records.
 
-    python benchmarks/manifest_scale.py                       # 235,000 videos in 1,000 chunks (about 2 minutes)
+    python benchmarks/manifest_scale.py                       # 235,000 videos in 1,000 chunks (about 3 minutes)
     python benchmarks/manifest_scale.py --videos 20000 --chunks 85
 
 ``benchmarks/pipeline_overhead.py`` runs real videos through ingest and decode, which takes 20 minutes at 20,000
@@ -11,11 +11,19 @@ chunks and the array's metadata, each file listed with its size and checksum), t
 ``--idt-sample`` of the videos, and encode's chunk arrays; ``--failed`` of the videos failed in decode. The video
 files do not exist: nothing here reads them.
 
-Timed in one run, best of ``--repeat``: ``rebuild_manifest`` in this process, and ``idtprior status WORKSPACE`` as a
-user runs it (a new process: its start-up is in the figure, and printed alone as ``idtprior --help``).
+Timed in one run, best of ``--repeat``, on two such workspaces: one whose records store their file lists as records
+of format 1 did (a JSON object of every file, as in a workspace written before format 2) and one as ``commit`` writes
+them now (format 2: one packed string, decoded only by a reader that checks the files):
+- ``rebuild_manifest`` in this process;
+- ``idtprior status WORKSPACE`` as a user runs it (a new process: its start-up is in the figure, and printed alone as
+  ``idtprior --help``);
+- writing the manifest's CSV: ``write_manifest`` against the writer it replaced (``csv.DictWriter`` of
+  ``dataclasses.asdict`` rows), on the same rows.
 """
 
 import argparse
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -27,8 +35,10 @@ from pathlib import Path
 IDTPRIOR = str(Path(sys.executable).with_name("idtprior"))
 
 
-def write_workspace(root: Path, videos: int, chunks: int, frames: int, idt_sample: float, failed: float) -> None:
+def write_workspace(root: Path, videos: int, chunks: int, frames: int, idt_sample: float, failed: float,
+                    record_format: int) -> None:
     from idtprior.storage import ChunkRecord, Workspace
+    from idtprior.storage.workspace import pack_files
 
     ws = Workspace(str(root))
     ws.write_bytes_atomic(ws.chunking_path, json.dumps({"num_chunks": chunks}).encode())
@@ -72,8 +82,11 @@ def write_workspace(root: Path, videos: int, chunks: int, frames: int, idt_sampl
                                    ("idt", idt, idt_files), ("encode", encode, encode_files)):
             rec = ChunkRecord(stage=stage, chunk=name, fingerprint=f"{stage}-{c:040x}"[:40],
                               version="v1" if files else "", videos=info, created=time.time(), seconds=60.0,
-                              files=files)
-            ws.write_bytes_atomic(ws.record_path(stage, name), json.dumps(asdict(rec), sort_keys=True).encode())
+                              files=files, format=record_format)
+            stored = asdict(rec)
+            if record_format >= 2:
+                stored["files"] = pack_files(files)
+            ws.write_bytes_atomic(ws.record_path(stage, name), json.dumps(stored, sort_keys=True).encode())
     assert n == videos, (n, videos)
 
 
@@ -94,33 +107,51 @@ def main() -> int:
     ap.add_argument("--idt-sample", type=float, default=0.04, help="fraction of the videos in the IDT sample")
     ap.add_argument("--failed", type=float, default=0.01, help="fraction of the videos failed in decode")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--keep", help="write the workspace here and keep it (default: a temporary folder)")
+    ap.add_argument("--keep", help="write the workspaces here and keep them (default: a temporary folder)")
     args = ap.parse_args()
 
     from idtprior.flows.common import rebuild_manifest
     from idtprior.storage import Workspace
+    from idtprior.storage.manifest import _FIELDS, write_manifest
 
+    def dictwriter_csv(rows) -> bytes:  # the manifest writer before: csv.DictWriter of dataclasses.asdict rows
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=_FIELDS)
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: r.video_id):
+            writer.writerow(asdict(row))
+        return buf.getvalue().encode()
+
+    start, _ = best(lambda: subprocess.run([IDTPRIOR, "--help"], capture_output=True, check=True), args.repeat)
+    figures = {}
     with tempfile.TemporaryDirectory(prefix="manifest-scale-") as tmp:
-        root = Path(args.keep or tmp) / "ws"
-        t0 = time.perf_counter()
-        write_workspace(root, args.videos, args.chunks, args.frames, args.idt_sample, args.failed)
-        records = sum(p.stat().st_size for p in (root / "records").rglob("*.json"))
-        print(f"{args.videos:,} videos in {args.chunks:,} chunks, {args.frames} frames a video: "
-              f"{records / 2**20:.0f} MB of records (written in {time.perf_counter() - t0:.0f} s)")
-        ws = Workspace(str(root))
-        rebuild, rows = best(lambda: rebuild_manifest(ws), args.repeat)
-        failed = sum(1 for r in rows if r.failed_in)
-        print(f"manifest rebuild: {rebuild:.2f} s ({len(rows):,} rows, {failed:,} failed in decode)")
-        start, _ = best(lambda: subprocess.run([IDTPRIOR, "--help"], capture_output=True, check=True), args.repeat)
-        status, proc = best(lambda: subprocess.run([IDTPRIOR, "status", str(root)], capture_output=True, text=True),
-                            args.repeat)
-        if proc.returncode not in (0, 1):
-            print(proc.stdout[-2000:], proc.stderr[-2000:])
-            return 1
-        print(f"idtprior status: {status:.2f} s (rc {proc.returncode}), of which start-up ({IDTPRIOR} --help) "
-              f"{start:.2f} s")
-        print(f"per 1,000 videos: rebuild {rebuild / args.videos * 1e3 * 1e3:.1f} ms, status "
-              f"{(status - start) / args.videos * 1e3 * 1e3:.1f} ms after start-up")
+        for record_format in (1, 2):
+            root = Path(args.keep or tmp) / f"ws-format{record_format}"
+            t0 = time.perf_counter()
+            write_workspace(root, args.videos, args.chunks, args.frames, args.idt_sample, args.failed, record_format)
+            size = sum(p.stat().st_size for p in (root / "records").rglob("*.json"))
+            print(f"records of format {record_format}: {args.videos:,} videos in {args.chunks:,} chunks, "
+                  f"{args.frames} frames a video: {size / 2**20:.0f} MB (written in {time.perf_counter() - t0:.0f} s)")
+            ws = Workspace(str(root))
+            rebuild, rows = best(lambda: rebuild_manifest(ws), args.repeat)
+            status, proc = best(lambda: subprocess.run([IDTPRIOR, "status", str(root)], capture_output=True,
+                                                       text=True), args.repeat)
+            if proc.returncode not in (0, 1):
+                print(proc.stdout[-2000:], proc.stderr[-2000:])
+                return 1
+            failed = sum(1 for r in rows if r.failed_in)
+            print(f"  manifest rebuild {rebuild:.2f} s ({len(rows):,} rows, {failed:,} failed in decode); "
+                  f"idtprior status {status:.2f} s (rc {proc.returncode})")
+            figures[record_format] = (rebuild, status)
+        before, old_bytes = best(lambda: dictwriter_csv(rows), args.repeat)
+        now, _ = best(lambda: write_manifest(ws, rows), args.repeat)
+        same = old_bytes == ws.read_bytes(ws.manifest_path)
+    print(f"idtprior start-up ({IDTPRIOR} --help): {start:.2f} s")
+    print(f"manifest CSV: {before:.2f} s with csv.DictWriter of asdict rows, {now:.2f} s now ({before / now:.1f}x), "
+          f"the same bytes: {same}")
+    (r1, s1), (r2, s2) = figures[1], figures[2]
+    print(f"format 2 against format 1: rebuild {r1 / r2:.1f}x faster, status {s1 / s2:.1f}x "
+          f"({s1 - start:.2f} s -> {s2 - start:.2f} s after start-up)")
     return 0
 
 

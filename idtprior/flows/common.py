@@ -20,6 +20,7 @@ from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
+from idtprior.storage.workspace import gc_paused
 from idtprior.tasks.common import close_clients, needs_refresh, showing_progress, task_options
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
@@ -316,7 +317,7 @@ def rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     Every stage rebuilds it when it ends, and two stages of one workspace may end together: the read of the records
     and the write are one step under the manifest's lock (``storage.lock.manifest_lock``, waited for), so a rebuild
     that read the records before another stage committed never overwrites that stage's newer manifest."""
-    with manifest_lock(ws):
+    with manifest_lock(ws), gc_paused():
         return _rebuild_manifest(ws)
 
 
@@ -326,14 +327,16 @@ def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     rows: dict[str, ManifestRow] = {}
     for chunk, rec in ws.records("ingest").items():
         for vid, info in rec.videos.items():
-            row = ManifestRow(video_id=vid, path=info.get("path", ""), label=info.get("label", ""),
-                              split=info.get("split", ""), chunk=chunk, status=info["status"])
-            if row.status == STATUS_OK:
-                for key in ("fingerprint", "duration", "fps", "frame_count", "width", "height", "codec"):
-                    setattr(row, key, info[key])
+            if info["status"] == STATUS_OK:
+                rows[vid] = ManifestRow(
+                    video_id=vid, path=info.get("path", ""), fingerprint=info["fingerprint"],
+                    duration=info["duration"], fps=info["fps"], frame_count=info["frame_count"], width=info["width"],
+                    height=info["height"], codec=info["codec"], label=info.get("label", ""),
+                    split=info.get("split", ""), status=STATUS_OK, chunk=chunk)
             else:
-                row.error = f"ingest: {info.get('error', '')}"
-            rows[vid] = row
+                rows[vid] = ManifestRow(video_id=vid, path=info.get("path", ""), label=info.get("label", ""),
+                                        split=info.get("split", ""), chunk=chunk, status=info["status"],
+                                        error=f"ingest: {info.get('error', '')}")
     first_by_content: dict[str, str] = {}
     for vid in sorted(rows):
         row = rows[vid]
@@ -348,9 +351,9 @@ def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
         for chunk, rec in ws.records(stage).items():
             if chunk_count(chunk) is None:  # whole-dataset records (``all``) hold no per-video outcome
                 continue
-            for vid, info in rec.videos.items():
+            for vid, info in [(v, i) for v, i in rec.videos.items() if i.get("status") == STATUS_FAILED]:
                 row = rows.get(vid)
-                if row is not None and row.status == STATUS_OK and info.get("status") == STATUS_FAILED:
+                if row is not None and row.status == STATUS_OK:
                     row.failed_in = ",".join(filter(None, [row.failed_in, stage]))
                     row.error = row.error or f"{stage}: {info.get('error', '')}"
     out = sorted(rows.values(), key=lambda r: r.video_id)

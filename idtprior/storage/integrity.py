@@ -174,18 +174,23 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
             rec, why = ws.parse_record(ws.read_bytes(path))
             if rec is not None and rec.chunk != chunk:
                 rec, why = None, f"names chunk {rec.chunk!r}"
+            if rec is not None:
+                try:
+                    rec.file_table()
+                except ValueError as e:
+                    rec, why = None, str(e)
             if rec is None:
                 finding = Finding(stage, chunk, "bad record", f"{name}: unreadable ({why})")
             elif not rec.version:  # a record without data (ingest's): nothing to check
                 named[chunk] = rec.version
                 continue
-            elif rec.files is None:
+            elif rec.file_table() is None:
                 report.findings.append(Finding(stage, chunk, "not verifiable",
                                                "record written before records listed their files"))
                 named[chunk] = rec.version
                 continue
             else:
-                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), rec.files, full)
+                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), rec.file_table(), full)
                 if not problems:
                     named[chunk] = rec.version
                     continue

@@ -11,9 +11,10 @@ is stable and a rerun recomputes nothing; dropping it instead would flip the fin
 
 import csv
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 
-from idtprior.storage.workspace import Workspace
+from idtprior.storage.workspace import Workspace, gc_paused
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -47,28 +48,47 @@ class ManifestRow:
 
 _FIELDS = [f.name for f in fields(ManifestRow)]
 _TYPES = {f.name: f.type for f in fields(ManifestRow)}
+_ROW_VALUES = attrgetter(*_FIELDS)
+_ROW_ID = attrgetter("video_id")
 
 
 def write_manifest(ws: Workspace, rows: list[ManifestRow]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_FIELDS)
-    writer.writeheader()
-    for row in sorted(rows, key=lambda r: r.video_id):
-        writer.writerow(asdict(row))
+    writer = csv.writer(buf, lineterminator="\r\n")  # csv.DictWriter's dialect: the same bytes as before
+    writer.writerow(_FIELDS)
+    writer.writerows(map(_ROW_VALUES, sorted(rows, key=_ROW_ID)))
     ws.write_bytes_atomic(ws.manifest_path, buf.getvalue().encode())
 
 
+def _column(kind: type, texts) -> list:
+    if kind is str:
+        return list(texts)
+    if kind is float:
+        return [float(t) if t != "" else 0 for t in texts]
+    return [kind(float(t)) if t != "" else 0 for t in texts]
+
+
 def read_manifest(ws: Workspace) -> list[ManifestRow]:
-    """The manifest's rows, sorted by id; an empty list when no ingest has run."""
+    """The manifest's rows, sorted by id; an empty list when no ingest has run. A column the file lacks (a manifest
+    from before it existed) reads as "" or 0."""
     data = ws.read_bytes(ws.manifest_path)
     if data is None:
         return []
-    rows = []
-    for raw in csv.DictReader(io.StringIO(data.decode())):
-        values = {}
-        for name in _FIELDS:
-            text = raw.get(name, "")
-            kind = _TYPES[name]
-            values[name] = kind(float(text)) if kind in (int, float) and text != "" else (text if kind is str else 0)
-        rows.append(ManifestRow(**values))
-    return rows
+    with gc_paused():
+        return _parse_manifest(data)
+
+
+def _parse_manifest(data: bytes) -> list[ManifestRow]:
+    reader = csv.reader(io.StringIO(data.decode()))
+    header = next(reader, None)
+    if header is None:
+        return []
+    width = len(header)
+    table = [raw if len(raw) >= width else raw + [""] * (width - len(raw)) for raw in reader if raw]  # blank: skip
+    if not table:
+        return []
+    where = {name: i for i, name in enumerate(header)}
+    by_index = list(zip(*table))  # the file's columns
+    columns = [_column(_TYPES[name], by_index[where[name]] if name in where else [""] * len(table))
+               for name in _FIELDS]
+    return list(map(ManifestRow, *columns))

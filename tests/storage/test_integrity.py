@@ -20,6 +20,7 @@ from idtprior.cli import main
 from idtprior.config import DecodeConfig
 from idtprior.storage import ChunkRecord, FrameStore, Workspace, write_frames
 from idtprior.storage.integrity import VERIFY_ENV, IntegrityError, array_options, verify_workspace
+from idtprior.storage.workspace import pack_files, unpack_files
 from idtprior.tasks.decode import decode_chunk
 
 CHUNKS = [f"{i:04d}-of-0004" for i in range(4)]
@@ -61,10 +62,42 @@ def test_records_list_every_file_and_a_clean_workspace_verifies(decoded):
     rec = ws.read_record("decode", CHUNKS[0])
     folder = Path(ws.version_path("decode", rec.chunk, rec.version))
     on_disk = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
-    assert {rel: size for rel, (size, _) in rec.files.items()} == on_disk
-    assert "clip000/c/2/0/0/0" in rec.files and len(frames["clip000"]) == 10  # 10 frames, 4 a chunk: 3 chunks
+    assert {rel: size for rel, (size, _) in rec.file_table().items()} == on_disk
+    assert "clip000/c/2/0/0/0" in rec.file_table() and len(frames["clip000"]) == 10  # 10 frames, 4 a chunk: 3 chunks
     report = verify_workspace(ws)
     assert report.checked == 4 and report.findings == []
+
+
+def test_records_store_their_file_list_packed_and_records_of_format_1_still_read_and_verify(decoded, tmp_path):
+    videos, untouched, reference = decoded
+    shutil.copytree(untouched.root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    path = Path(ws.record_path("decode", CHUNKS[0]))
+    stored = json.loads(path.read_bytes())
+    rec = ws.read_record("decode", CHUNKS[0])
+    # format 2: one JSON string, decoded only when a reader checks the files
+    assert stored["format"] == 2 and isinstance(stored["files"], str) and isinstance(rec.files, str)
+    folder = Path(ws.version_path("decode", rec.chunk, rec.version))
+    on_disk = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    table = rec.file_table()
+    assert rec.files is table and {rel: size for rel, (size, _) in table.items()} == on_disk
+    assert unpack_files(pack_files(table)) == table and json.loads(stored["files"]) == [
+        [rel, size, crc] for rel, (size, crc) in sorted(table.items())]
+
+    # a record of format 1 (the files as a JSON object) reads, opens and verifies as before
+    path.write_bytes(json.dumps({**stored, "format": 1, "files": table}, sort_keys=True).encode())
+    old = ws.read_record("decode", CHUNKS[0])
+    assert old.format == 1 and old.files == table and old.file_table() == table
+    np.testing.assert_array_equal(FrameStore(ws).read_clip("clip000", 0, 10), reference["clip000"])
+    assert verify_workspace(ws).findings == []
+
+    # a list that does not decode: refused by readers and reported, naming the chunk
+    path.write_bytes(json.dumps({**stored, "files": '[["clip000/zarr.json", "big", "x"]]'}).encode())
+    with pytest.raises(IntegrityError, match=rf"decode chunk {CHUNKS[0]} video clip000: decode chunk {CHUNKS[0]}: "
+                                             "the record's file list does not decode"):
+        FrameStore(ws).read_clip("clip000", 0, 2)
+    found = {(f.chunk, f.kind) for f in verify_workspace(ws, full=False).problems}
+    assert found == {(CHUNKS[0], "bad record"), (CHUNKS[0], "orphan")}
 
 
 def test_damage_is_reported_refused_and_repaired_to_equal_an_untouched_workspace(decoded, tmp_path, monkeypatch,
@@ -132,7 +165,7 @@ def test_an_all_black_time_chunk_has_a_file_and_losing_it_is_an_error(tmp_path):
     ws.commit(ChunkRecord("decode", "c", "fp", version, {"a": {"status": "ok"}}))
     rec = ws.read_record("decode", "c")
     black = time_chunk_file(ws, rec, "a", 1)
-    assert black.is_file() and "a/c/1/0/0/0" in rec.files
+    assert black.is_file() and "a/c/1/0/0/0" in rec.file_table()
     np.testing.assert_array_equal(FrameStore(ws).read_clip("a", 0, 12), frames)
     black.unlink()
     with pytest.raises(IntegrityError, match=r"decode chunk c video a: .*a/c/1/0/0/0 missing"):

@@ -1,9 +1,15 @@
+import csv
+import gc
+import io
 import json
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
 
-from idtprior.storage import ChunkRecord, FrameStore, Workspace, chunk_of, read_clip, sanitize_id, write_frames
+from idtprior.storage import (ChunkRecord, FrameStore, ManifestRow, Workspace, chunk_of, read_clip, read_manifest,
+                              sanitize_id, write_frames, write_manifest)
+from idtprior.storage.workspace import gc_paused
 
 
 def _commit_frames(ws, chunk, videos: dict[str, np.ndarray], time_chunk=4):
@@ -68,3 +74,50 @@ def test_chunk_keys_are_stable_and_independent_of_the_other_videos():
     assert len(set(chunks.values())) == 8
     with pytest.raises(ValueError, match="num_chunks must be at least 1, got 0"):
         chunk_of("a", 0)
+
+
+def test_the_manifest_is_written_as_csv_dictwriter_would_and_reads_back_older_manifests_too(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    rows = [ManifestRow("v_b", "/d/b.mp4", "12-ab", 1 / 3, 29.97, 10, 320, 240, "h264", "Run", "train", "ok", "",
+                        "0000-of-0002", "", "decode,encode"),
+            ManifestRow("v_a", "/d/a, \"odd\".mp4", status="failed", error="ingest: bad\nheader, \"quoted\"",
+                        chunk="0001-of-0002"),
+            ManifestRow("v_c", "/d/c.mp4", "12-ab", 2.0, 25.0, 50, 160, 120, "vp9", status="duplicate",
+                        duplicate_of="v_b", chunk="0001-of-0002")]
+    write_manifest(ws, rows)
+    reference = io.StringIO()  # the writer the manifest had before: csv.DictWriter of dataclasses.asdict rows
+    writer = csv.DictWriter(reference, fieldnames=[f.name for f in fields(ManifestRow)])
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: r.video_id):
+        writer.writerow(asdict(row))
+    assert ws.read_bytes(ws.manifest_path) == reference.getvalue().encode()
+    assert read_manifest(ws) == sorted(rows, key=lambda r: r.video_id) and gc.isenabled()
+
+    # a manifest from before duplicate_of and failed_in existed, with a blank line and a row cut short
+    old = "video_id,path,fingerprint,duration,fps,frame_count,width,height,codec,label,split,status,error,chunk\r\n" \
+          "v_a,/d/a.mp4,9-cd,2.5,25.0,62,160,120,h264,Jump,test,ok,,0000-of-0001\r\n\r\nv_b,/d/b.mp4\r\n"
+    ws.write_bytes_atomic(ws.manifest_path, old.encode())
+    assert read_manifest(ws) == [
+        ManifestRow("v_a", "/d/a.mp4", "9-cd", 2.5, 25.0, 62, 160, 120, "h264", "Jump", "test", "ok", "",
+                    "0000-of-0001"),
+        ManifestRow("v_b", "/d/b.mp4", "", 0, 0, 0, 0, 0, "", "", "", "", "", "")]
+
+
+def test_the_collector_pause_nests_and_leaves_it_as_it_was():
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("inside")
+    assert gc.isenabled()

@@ -50,6 +50,7 @@ def test_kth_start_equals_the_cpu_extractor(kth_start, homography):
         np.testing.assert_allclose(ours, cpu, atol=5e-3)
 
 
+@pytest.mark.slow  # 11 s; the default run keeps the KTH start above and the encode stage in batches
 def test_a_batch_of_videos_is_each_video_alone_and_the_cpu_extractors():
     # camera pans with moving objects: two 96x128 videos of different lengths and one 80x112, as one batch
     videos = [textured_pan_video(24, 96, 128, seed=1), textured_pan_video(19, 96, 128, seed=2),

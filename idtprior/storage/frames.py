@@ -92,17 +92,30 @@ class FrameStore:
     def fps(self, video_id: str) -> float:
         return float(self.array(video_id).attrs["fps"])
 
+    def nbytes(self, video_id: str) -> int:
+        """The decoded frames' size in memory, ``T * H * W * 3`` uint8, from the decode record without opening the
+        array (from its shape for a record that does not say)."""
+        info = self._index[video_id].videos[video_id] if video_id in self._index else {}
+        if all(k in info for k in ("frames", "height", "width")):
+            return int(info["frames"]) * int(info["height"]) * int(info["width"]) * 3
+        return int(np.prod(self.array(video_id).shape))
+
     def read_clip(self, video_id: str, start: int, length: int) -> np.ndarray:
         """Frames ``[start, start + length)`` of ``video_id`` as ``(length, H, W, 3)`` uint8.
 
         Raises ``ValueError`` naming the video and the range when it is out of bounds.
         """
         arr = self.array(video_id)
-        total = arr.shape[0]
-        if start < 0 or length < 1 or start + length > total:
-            raise ValueError(f"video {video_id}: clip [{start}, {start + length}) outside its {total} frames")
+        check_clip(video_id, start, length, arr.shape[0])
         with reading(STAGE, self._index[video_id].chunk, video_id):
             return arr[start:start + length]
+
+
+def check_clip(video_id: str, start: int, length: int, total: int) -> None:
+    """Raise ``ValueError`` naming the video and the range when ``[start, start + length)`` is not within its
+    ``total`` frames."""
+    if start < 0 or length < 1 or start + length > total:
+        raise ValueError(f"video {video_id}: clip [{start}, {start + length}) outside its {total} frames")
 
 
 @lru_cache(maxsize=8)

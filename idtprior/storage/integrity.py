@@ -174,9 +174,10 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
             rec, why = ws.parse_record(ws.read_bytes(path))
             if rec is not None and rec.chunk != chunk:
                 rec, why = None, f"names chunk {rec.chunk!r}"
+            files = None
             if rec is not None:
                 try:
-                    rec.file_table()
+                    files = rec.file_table()
                 except ValueError as e:
                     rec, why = None, str(e)
             if rec is None:
@@ -184,13 +185,13 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
             elif not rec.version:  # a record without data (ingest's): nothing to check
                 named[chunk] = rec.version
                 continue
-            elif rec.file_table() is None:
+            elif files is None:
                 report.findings.append(Finding(stage, chunk, "not verifiable",
                                                "record written before records listed their files"))
                 named[chunk] = rec.version
                 continue
             else:
-                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), rec.file_table(), full)
+                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), files, full)
                 if not problems:
                     named[chunk] = rec.version
                     continue

@@ -37,7 +37,7 @@ from idtprior.evaluation.probe import (
 from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
-from idtprior.storage.frames import FrameStore
+from idtprior.storage.frames import FrameStore, check_clip
 from idtprior.tasks.common import maybe_inject_fault
 from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
 
@@ -202,8 +202,7 @@ class MemoryClipSource(WorkspaceClipSource):
             return super().read_clip(index, start, length)
         video = self.video_ids[index]
         frames = self._frames_of[video]
-        if start < 0 or length < 1 or start + length > frames.shape[0]:
-            raise ValueError(f"video {video}: clip [{start}, {start + length}) outside its {frames.shape[0]} frames")
+        check_clip(video, start, length, frames.shape[0])
         return frames[start:start + length]
 
 
@@ -221,8 +220,7 @@ def evaluation_sources(workspace: str, train_ids: list[str], train_frames: list[
     if videos_key is not None and budget_bytes > 0 and key not in _FRAMES:
         store = FrameStore(Workspace(workspace))
         ids = [*train_ids, *test_ids]
-        need = sum(int(np.prod(store.array(v).shape)) for v in ids)  # uint8: one byte a value
-        if need <= budget_bytes:
+        if sum(store.nbytes(v) for v in ids) <= budget_bytes:  # from the records: no array is opened
             release_frames()
             arrays = {}
             for v, n in zip(ids, [*train_frames, *test_frames]):

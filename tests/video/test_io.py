@@ -62,3 +62,50 @@ def test_decode_streams_a_long_video_without_holding_it(tmp_path, write_video):
     decoded_bytes = n * h * w * 3  # what holding the decoded video would cost
     assert (frames, fh, fw) == (n, 120, 160)
     assert peak < decoded_bytes / 10, f"peak {peak} bytes vs {decoded_bytes} bytes of decoded frames"
+
+
+def test_prefetched_frames_come_in_order_and_equal_the_decoded_ones(write_video):
+    from idtprior.video.io import prefetched
+
+    frames = moving_square_frames(12, 32, 48)
+    path = write_video("sq.avi", frames, codec="ffv1")
+    got = list(prefetched(iter_frames(path), depth=2))
+    assert len(got) == 12
+    for a, b in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prefetched_raises_the_readers_error_at_its_item_and_stops_when_closed():
+    import threading
+    import time
+
+    from idtprior.video.io import prefetched
+
+    def broken():
+        yield 1
+        yield 2
+        raise VideoError("video x.avi: decode failed: bad packet")
+
+    it = prefetched(broken(), depth=1)
+    assert [next(it), next(it)] == [1, 2]
+    with pytest.raises(VideoError, match="x.avi: decode failed"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = prefetched(endless(), depth=3)
+    assert next(it) == 0
+    it.close()  # the consumer stops early (an error of the extraction, a break)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 6  # the reader stopped within a few items, no thread left running
+    assert not [t for t in threading.enumerate() if t.name == "frame-prefetch"]
+    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
+        next(prefetched([], depth=0))

@@ -7,11 +7,11 @@ textured video against ~14 ms for ORB, and on KTH both give the same fidelity (m
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from . import kernels
 from .params import IDTParams
 
 
@@ -124,19 +124,6 @@ def scaled_homography(H: np.ndarray, scale: float) -> np.ndarray:
 
 
 def homography_flow(H: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Displacement field (h, w, 2) float32 of the homography ``H``: H(x) - x at every pixel."""
-    xs, ys = _pixel_grid(h, w)
-    den = H[2, 0] * xs + H[2, 1] * ys + H[2, 2]
-    u = (H[0, 0] * xs + H[0, 1] * ys + H[0, 2]) / den - xs
-    v = (H[1, 0] * xs + H[1, 1] * ys + H[1, 2]) / den - ys
-    return np.dstack([u, v]).astype(np.float32)
-
-
-@lru_cache(maxsize=16)
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel x and y coordinates (h, w) float32 of one frame size (cached: every frame of a video has the same scales;
-    read only)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    xs.flags.writeable = False
-    ys.flags.writeable = False
-    return xs, ys
+    """Displacement field (h, w, 2) float32 of the homography ``H``: H(x) - x at every pixel, in float64 (a compiled
+    loop, ``kernels.homography_flow``; the numpy expression it reproduces bit for bit is in the tests)."""
+    return kernels.homography_flow(H, h, w)

@@ -56,7 +56,7 @@ def params_from_args(args: argparse.Namespace) -> IDTParams:
 
 def run_idt(args: argparse.Namespace) -> int:
     """Extract IDT from ``args.video`` and write the rows; returns the exit status (2 on bad input)."""
-    from idtprior.video.io import VideoError, iter_frames, probe_video
+    from idtprior.video.io import VideoError, iter_frames, prefetched, probe_video
 
     cv2.setNumThreads(max(args.threads, 1))
     try:
@@ -69,7 +69,8 @@ def run_idt(args: argparse.Namespace) -> int:
     info_columns = 10 + 2 * params.track_length
     num_frames = info.frame_count or None
     try:
-        blocks = iter_idt(iter_frames(args.video), params, boxes, num_frames=num_frames)
+        # frames decoded in a thread of their own, a few ahead: the decoder's wake-ups stay off the extraction's path
+        blocks = iter_idt(prefetched(iter_frames(args.video)), params, boxes, num_frames=num_frames)
         if args.output:  # streamed block by block: memory stays at one block of rows, not the whole video's
             write_idt_text(args.output, blocks, info_columns, compresslevel=args.gzip_level)
         else:

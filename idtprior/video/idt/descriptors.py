@@ -19,20 +19,6 @@ BLOCKS = (("hog", HOG, 8), ("hof", HOF, 9), ("mbhx", MBHX, 8), ("mbhy", MBHY, 8)
 N_CHANNELS = 33
 
 
-def _orientation_votes(
-    dx: np.ndarray, dy: np.ndarray, out: np.ndarray, first: int, nbins: int = 8, zero: np.ndarray | None = None
-) -> None:
-    """Magnitude-weighted votes of the vectors ``(dx, dy)`` (H, W) into ``nbins`` full-circle orientation bins, written
-    to channels ``first : first + nbins`` of ``out`` (H * W, C) float32.
-
-    Each vector splits its magnitude linearly between the two nearest bin centres (bin b centred at b * 360/nbins
-    degrees), which keeps the histogram smooth under small rotations. ``zero`` (H * W,) bool: pixels that vote nothing
-    here.
-    """
-    mag, ang = cv2.cartToPolar(dx, dy, angleInDegrees=False)  # ang in [0, 2 pi)
-    kernels.orientation_votes(mag.reshape(-1), ang.reshape(-1), out, first, nbins, zero)
-
-
 def frame_channels(
     gray: np.ndarray,
     flow: np.ndarray,
@@ -49,35 +35,39 @@ def frame_channels(
         out = np.empty((h, w, N_CHANNELS), np.float32)
     elif out.shape != (h, w, N_CHANNELS) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out: expected a C-contiguous float32 array of shape {(h, w, N_CHANNELS)}, got {out.shape}")
-    result = out
-    out = out.reshape(h * w, N_CHANNELS)
     g = gray.astype(np.float32)
     # centred differences [-1, 0, 1]: the derivative filter of HOG (Dalal & Triggs) and of the IDT papers
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=1)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=1)
-    _orientation_votes(gx, gy, out, HOG.start)
+    polar = [cv2.cartToPolar(gx, gy, angleInDegrees=False)]  # angles in [0, 2 pi)
     fx = np.ascontiguousarray(flow[..., 0])
     fy = np.ascontiguousarray(flow[..., 1])
     # slow pixels carry no reliable direction: they vote once into the zero bin instead of into orientations
     small = cv2.magnitude(fx, fy).reshape(-1) <= hof_zero_threshold
-    _orientation_votes(fx, fy, out, HOF.start, zero=small)
-    out[:, HOF.stop - 1] = small
+    polar.append(cv2.cartToPolar(fx, fy, angleInDegrees=False))
     if mbh_flow is not None:
         fx = np.ascontiguousarray(mbh_flow[..., 0])
         fy = np.ascontiguousarray(mbh_flow[..., 1])
-    for comp, sl in ((fx, MBHX), (fy, MBHY)):
+    for comp in (fx, fy):
         cx = cv2.Sobel(comp, cv2.CV_32F, 1, 0, ksize=1)
         cy = cv2.Sobel(comp, cv2.CV_32F, 0, 1, ksize=1)
-        _orientation_votes(cx, cy, out, sl.start)
-    return result
+        polar.append(cv2.cartToPolar(cx, cy, angleInDegrees=False))
+    # each pixel's 33 channels in one pass over ``out`` (the tests hold it to kernels.orientation_votes block by block)
+    kernels.frame_votes([(m.reshape(-1), a.reshape(-1)) for m, a in polar], small, out.reshape(h * w, N_CHANNELS))
+    return out
 
 
 def cell_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None) -> np.ndarray:
     """Box sums of ``(H, W, C)`` float32 votes over ``cell x cell`` squares -> ``(H, W, C)`` float32 whose pixel (y, x)
     holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1 (valid where those lie inside the frame).
-    ``out``: a buffer of the same shape to write, reused frame after frame."""
-    return cv2.boxFilter(channels, -1, (cell, cell), dst=out, anchor=(0, 0), normalize=False,
-                         borderType=cv2.BORDER_REPLICATE)
+    ``out``: a buffer of the same shape to write, reused frame after frame. Bit for bit ``cv2.boxFilter(channels, -1,
+    (cell, cell), anchor=(0, 0), normalize=False, borderType=BORDER_REPLICATE)``: from 6 px (the default cells are 16)
+    a compiled loop in about half its time (``kernels.box_sums``), below that OpenCV itself, which sums small boxes
+    another way."""
+    if cell < kernels.BOX_MIN:
+        return cv2.boxFilter(channels, -1, (cell, cell), dst=out, anchor=(0, 0), normalize=False,
+                             borderType=cv2.BORDER_REPLICATE).reshape(channels.shape)
+    return kernels.box_sums(np.ascontiguousarray(channels, dtype=np.float32), cell, out)
 
 
 def cell_histograms(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_cell: int) -> np.ndarray:
@@ -98,6 +88,17 @@ def cell_histograms(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_c
     c = sums[ys[:, None, :], xs[:, :, None]]  # (n, nxy_x, nxy_y, C)
     # running float32 sums can leave -1e-6 where a cell is empty: clip so square roots stay real
     return np.maximum(c.reshape(len(points), nxy_cell * nxy_cell, -1), np.float32(0.0))
+
+
+_BLOCK_TABLE = np.array([(sl.start, bins) for _, sl, bins in BLOCKS], np.int64)
+
+
+def point_descriptors(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_cell: int) -> np.ndarray:
+    """``frame_descriptors(cell_histograms(sums, points, patch_size, nxy_cell))`` in one compiled loop
+    (``kernels.cell_descriptors``), bit for bit: (n, nxy_cell^2 * 33) float32, the tracked points' normalised
+    histograms of one frame. The extractor's path; the two numpy functions are its reference."""
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    return kernels.cell_descriptors(sums, pts, patch_size, nxy_cell, _BLOCK_TABLE)
 
 
 def frame_descriptors(hist: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import camera as cam
 from .flow import PyramidFlow, median_flow
-from .descriptors import N_CHANNELS, cell_histograms, cell_sums, descriptor_rows, frame_channels, frame_descriptors
+from .descriptors import N_CHANNELS, cell_sums, descriptor_rows, frame_channels, point_descriptors
 from .params import IDTParams
 
 PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
@@ -351,7 +351,7 @@ def iter_idt(
                 channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i], sc.channels)
                 sums = cell_sums(channels, params.patch_size // params.nxy_cell, sc.sums)
                 pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
-                desc = frame_descriptors(cell_histograms(sums, pts, params.patch_size, params.nxy_cell))
+                desc = point_descriptors(sums, pts, params.patch_size, params.nxy_cell)
                 t5 = time.perf_counter()
                 tm["descriptors"] += t5 - t4
                 xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)

@@ -19,7 +19,8 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 # no fused multiply-add: the loops must round exactly as the numpy code they replaced
-CFLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off")
+# (-fno-math-errno only lets sqrtf compile to the instruction: the same correctly rounded result, no errno)
+CFLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
 
 
 def _cache_dirs() -> list[Path]:
@@ -73,6 +74,15 @@ _lib.idt_farneback_solve.argtypes = [_F32, _F32, _I64]
 _lib.idt_farneback_solve.restype = None
 _lib.idt_orientation_votes.argtypes = [_F32, _F32, ctypes.c_void_p, _F32, _I64, _I64, _I64, _I64, ctypes.c_float]
 _lib.idt_orientation_votes.restype = None
+_VP = ctypes.c_void_p
+_lib.idt_frame_votes.argtypes = [_VP, _VP, _VP, _F32, _I64, ctypes.c_float]
+_lib.idt_frame_votes.restype = None
+_lib.idt_box_sums.argtypes = [_F32, _F32, _I64, _I64, _I64, _I64]
+_lib.idt_box_sums.restype = ctypes.c_int
+_lib.idt_cell_descriptors.argtypes = [_F32, _F32, _F32, _I64, _I64, _I64, _I64, _I64, _I64, _VP, _I64]
+_lib.idt_cell_descriptors.restype = ctypes.c_int
+_lib.idt_homography_flow.argtypes = [np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS"), _F32, _I64, _I64]
+_lib.idt_homography_flow.restype = None
 
 
 def _check(name: str, a: np.ndarray, shape: tuple[int, ...], dtype=np.float32) -> None:
@@ -120,3 +130,75 @@ def orientation_votes(mag: np.ndarray, ang: np.ndarray, out: np.ndarray, first: 
         _check("zero", zero, (n,), np.uint8)
         zp = zero.ctypes.data
     _lib.idt_orientation_votes(mag, ang, zp, out, n, out.shape[1], first, nbins, np.float32(nbins / (2 * np.pi)))
+
+
+def frame_votes(polar: list[tuple[np.ndarray, np.ndarray]], zero: np.ndarray, out: np.ndarray) -> None:
+    """All 33 vote channels of n pixels into ``out`` (n, 33) float32, each pixel's row written once: ``polar`` holds the
+    (magnitude, angle) (n,) float32 pairs of HOG, HOF, MBHx and MBHy; each block votes into 8 bins (channels 0, 8, 17,
+    25 on) as ``orientation_votes``; ``zero`` (n,) bool: pixels whose HOF is the zero-motion bin (channel 16) alone.
+    The same values as four ``orientation_votes`` calls and the zero bin's column, in one pass over ``out``."""
+    n = out.shape[0]
+    _check("out", out, (n, 33))
+    if len(polar) != 4:
+        raise ValueError(f"polar: expected the (magnitude, angle) pairs of 4 blocks, got {len(polar)}")
+    for k, (m, a) in enumerate(polar):
+        _check(f"magnitude {k}", m, (n,))
+        _check(f"angle {k}", a, (n,))
+    zero = np.ascontiguousarray(zero, dtype=bool).view(np.uint8)
+    _check("zero", zero, (n,), np.uint8)
+    mags = (ctypes.c_void_p * 4)(*(m.ctypes.data for m, _ in polar))
+    angs = (ctypes.c_void_p * 4)(*(a.ctypes.data for _, a in polar))
+    _lib.idt_frame_votes(mags, angs, zero.ctypes.data, out, n, np.float32(8 / (2 * np.pi)))
+
+
+BOX_MIN = 6  # the smallest box box_sums gives bit for bit as cv2.boxFilter (which sums boxes of 1-5 px another way)
+
+
+def box_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Box sums of ``channels`` (h, w, C) float32 over ``cell x cell`` squares -> (h, w, C) float32 (``out`` when given,
+    of the same shape): pixel (y, x) holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1, rows and
+    columns past the frame repeating its last ones. For boxes of ``BOX_MIN`` px and more, bit for bit ``cv2.boxFilter``
+    with ``anchor=(0, 0)``, ``normalize=False`` and ``BORDER_REPLICATE`` (float64 running sums in its order), at about
+    half its time; smaller boxes differ from it by float32 rounding."""
+    if channels.ndim != 3 or cell < 1:
+        raise ValueError(f"box_sums: expected (h, w, C) channels and a cell >= 1, got {channels.shape} and {cell}")
+    _check("channels", channels, channels.shape)
+    if out is None:
+        out = np.empty_like(channels)
+    _check("out", out, channels.shape)
+    h, w, c = channels.shape
+    if _lib.idt_box_sums(channels, out, h, w, c, cell) != 0:
+        raise MemoryError(f"box_sums: no memory for {cell + 1} rows of {w} x {c} float64")
+    return out
+
+
+def cell_descriptors(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_cell: int,
+                     blocks: np.ndarray) -> np.ndarray:
+    """The normalised histograms (n, nxy_cell^2 * C) float32 of ``points`` (n, 2) float32 (x, y) from the box sums
+    ``sums`` (h, w, C) float32 of cells of ``patch_size // nxy_cell`` pixels; ``blocks`` (B, 2) int64 rows of (first
+    channel, bins) in output order, (n, cells * total bins). Bit for bit ``descriptors.frame_descriptors(descriptors.cell_histograms(...))``."""
+    if sums.ndim != 3:
+        raise ValueError(f"sums: expected (h, w, C), got shape {sums.shape}")
+    h, w, c = sums.shape
+    n = len(points)
+    _check("sums", sums, sums.shape)
+    _check("points", points, (n, 2))
+    _check("blocks", blocks, (len(blocks), 2), np.int64)
+    if len(blocks) and ((blocks[:, 0] < 0).any() or (blocks[:, 1] < 1).any() or (blocks.sum(1) > c).any()):
+        raise ValueError(f"blocks: (first channel, bins) rows within {c} channels, got {blocks.tolist()}")
+    cells = nxy_cell * nxy_cell
+    out = np.empty((n, cells * int(blocks[:, 1].sum())), np.float32)
+    if _lib.idt_cell_descriptors(sums, points, out, n, h, w, c, patch_size, nxy_cell, blocks.ctypes.data,
+                                 len(blocks)) != 0:
+        raise ValueError(f"cell_descriptors: at most 64 cells and 64 channels, got {cells} and {c}")
+    return out
+
+
+def homography_flow(H: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The displacement field (h, w, 2) float32 of the homography ``H`` (3, 3): H(x) - x at every pixel, computed in
+    float64 (bit for bit the numpy expression of ``camera.homography_flow``'s docstring)."""
+    H = np.ascontiguousarray(H, dtype=np.float64)
+    _check("H", H, (3, 3), np.float64)
+    out = np.empty((h, w, 2), np.float32)
+    _lib.idt_homography_flow(H, out, h, w)
+    return out

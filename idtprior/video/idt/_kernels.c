@@ -1,6 +1,7 @@
 /* The IDT extractor's per-pixel loops, compiled on first use and called through ctypes (kernels.py): Farneback's
  * displacement terms and 2x2 solve (flow.py), the orientation votes of HOG / HOF / MBH, their cell box sums and the
- * tracked points' normalised cell histograms (descriptors.py), and a homography's displacement field (camera.py).
+ * tracked points' normalised cell histograms (descriptors.py), a homography's displacement field (camera.py) and the
+ * tracking step of every live trajectory of a scale (extract.py).
  *
  * Each loop does, pixel by pixel, the arithmetic the numpy code it replaced did array by array, in the same types and
  * the same order (float32 where that code was float32, float64 where numpy promoted), so the output is bit for bit the
@@ -156,10 +157,12 @@ static void box_row(const float *S, double *D, int64_t w, int64_t c, int64_t k) 
  * y .. y + k - 1 and columns x .. x + k - 1, rows and columns past the frame repeating its last ones. The row sums
  * (box_row) run down the columns as a float64 running sum (add the entering row, output, subtract the leaving one):
  * cv2.boxFilter(src, -1, (k, k), anchor=(0, 0), normalize=False, borderType=BORDER_REPLICATE), bit for bit, without
- * its per-row buffering. Returns -1 when the k + 1 rows of float64 cannot be allocated. */
-int idt_box_sums(const float *src, float *dst, int64_t h, int64_t w, int64_t c, int64_t k) {
+ * its per-row buffering. Returns -1 when no work buffer is given and the k + 1 rows of float64 cannot be allocated. */
+int idt_box_sums(const float *src, float *dst, int64_t h, int64_t w, int64_t c, int64_t k, double *work) {
     const int64_t n = w * c;
-    double *ring = malloc(sizeof(double) * (size_t)(n * (k + 1)));
+    /* work: (k + 1) * w * c float64 of the caller's, reused frame after frame (a fresh one each call costs page
+     * faults), or NULL */
+    double *ring = work ? work : malloc(sizeof(double) * (size_t)(n * (k + 1)));
     if (!ring) return -1;
     double *sum = ring + n * k; /* the running column sums */
     memset(sum, 0, sizeof(double) * (size_t)n);
@@ -181,7 +184,7 @@ int idt_box_sums(const float *src, float *dst, int64_t h, int64_t w, int64_t c, 
             sum[i] = s0 - Rm[i];
         }
     }
-    free(ring);
+    if (!work) free(ring);
     return 0;
 }
 
@@ -263,4 +266,62 @@ void idt_homography_flow(const double *H, float *out, int64_t h, int64_t w) {
             out[2 * (y * w + x) + 1] = (float)v;
         }
     }
+}
+
+/* One frame's tracking step for the cohorts of one scale (extract.iter_idt; trajectories started at the same frame
+ * advance together). table (ncoh, 6) int64 rows: the addresses of a cohort's pos (n, L + 1, 2), comp (n, L, 2) float32,
+ * desc (n, nt, D) float32 and alive (n,) bool arrays, its n and its age (steps done). fdesc (m, D): the frame's
+ * descriptors of every cohort's points at position age, in table order. Each point moves by the median flow med
+ * (h, w, 2) at its rounded position (clipped into the frame), its compensated step is cmed's there, its descriptors are
+ * added to its temporal cell age / per_cell, and it stays alive while inside the frame. alive_count (ncoh,): the live
+ * trajectories of each cohort afterwards. The numpy code it replaced did the same float32 operations. */
+void idt_track_step(const float *med, const float *cmed, int64_t h, int64_t w, const float *fdesc, int64_t D,
+                    const int64_t *table, int64_t ncoh, int64_t L, int64_t nt, int64_t per_cell, int64_t *alive_count) {
+    const float xmax = (float)(w - 1), ymax = (float)(h - 1);
+    int64_t k = 0; /* row of fdesc */
+    for (int64_t j = 0; j < ncoh; j++) {
+        const int64_t *row = table + 6 * j;
+        float *pos = (float *)(intptr_t)row[0], *comp = (float *)(intptr_t)row[1], *desc = (float *)(intptr_t)row[2];
+        uint8_t *alive = (uint8_t *)(intptr_t)row[3];
+        const int64_t n = row[4], age = row[5], cell = age / per_cell;
+        int64_t live = 0;
+        for (int64_t i = 0; i < n; i++, k++) {
+            float *p = pos + (i * (L + 1) + age) * 2;
+            const float px = p[0], py = p[1];
+            /* np.clip(np.rint(v).astype(np.int64), 0, size - 1); NaN and out-of-range convert to INT64_MIN: 0 */
+            const int64_t xi = clamp64(rint_index(px), 0, w - 1), yi = clamp64(rint_index(py), 0, h - 1);
+            const float *step = med + (yi * w + xi) * 2, *cstep = cmed + (yi * w + xi) * 2;
+            const float nx = px + step[0], ny = py + step[1];
+            p[2] = nx;
+            p[3] = ny;
+            comp[(i * L + age) * 2] = cstep[0];
+            comp[(i * L + age) * 2 + 1] = cstep[1];
+            float *d = desc + (i * nt + cell) * D;
+            const float *f = fdesc + k * D;
+            for (int64_t q = 0; q < D; q++) d[q] += f[q];
+            const uint8_t inside = nx >= 0.0f && nx <= xmax && ny >= 0.0f && ny <= ymax;
+            alive[i] = alive[i] & inside;
+            live += alive[i];
+        }
+        alive_count[j] = live;
+    }
+}
+
+/* The points at position age of the cohorts in table (rows as idt_track_step's), in table order, into out (m, 2):
+ * every trajectory's, or with only_alive those of the live ones. Returns the number of points written. */
+int64_t idt_cohort_points(const int64_t *table, int64_t ncoh, int64_t L, int only_alive, float *out) {
+    int64_t m = 0;
+    for (int64_t j = 0; j < ncoh; j++) {
+        const int64_t *row = table + 6 * j;
+        const float *pos = (const float *)(intptr_t)row[0];
+        const uint8_t *alive = (const uint8_t *)(intptr_t)row[3];
+        const int64_t n = row[4], age = row[5];
+        for (int64_t i = 0; i < n; i++) {
+            if (only_alive && !alive[i]) continue;
+            out[2 * m] = pos[(i * (L + 1) + age) * 2];
+            out[2 * m + 1] = pos[(i * (L + 1) + age) * 2 + 1];
+            m++;
+        }
+    }
+    return m;
 }

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from . import camera as cam
+from . import kernels
 from .flow import PyramidFlow, median_flow
 from .descriptors import N_CHANNELS, cell_sums, descriptor_rows, frame_channels, point_descriptors
 from .params import IDTParams
@@ -40,6 +41,9 @@ class _Cohort:
     desc: np.ndarray  # (n, nt_cell, cells * 33) float32, per temporal cell the sum of its frames' frame_descriptors
     alive: np.ndarray  # (n,) bool
     age: int = 0  # steps done
+    # the addresses of pos, comp, desc and alive for the compiled tracking step (kernels.cohort_row): set by iter_idt,
+    # which never replaces those arrays (only writes into them)
+    row: tuple[int, ...] = ()
 
 
 @dataclass
@@ -51,10 +55,13 @@ class _Scale:
     # the descriptors' per-frame buffers (h, w, 33), reused: a fresh multi-MB array each frame costs page faults
     channels: np.ndarray = field(init=False)
     sums: np.ndarray = field(init=False)
+    box_work: np.ndarray = field(init=False)  # the box sums' float64 rows
+    cell: int = 16  # the descriptors' cell size in pixels
 
     def __post_init__(self) -> None:
         self.channels = np.empty(self.size + (N_CHANNELS,), np.float32)
         self.sums = np.empty(self.size + (N_CHANNELS,), np.float32)
+        self.box_work = np.empty(kernels.box_work_size(self.size[1], N_CHANNELS, self.cell), np.float64)
 
 
 def pyramid_scales(height: int, width: int, params: IDTParams) -> list[tuple[float, tuple[int, int]]]:
@@ -185,9 +192,18 @@ def keep_trajectories(P: np.ndarray, C: np.ndarray, params: IDTParams) -> np.nda
     is 74% of its length (6.6 px, far below ``max_dis``; shape column fraction 0.739), which the ratio alone drops. No
     KTH step exceeds 11.4 px, so the clip cannot tell "both" from ``max_dis`` alone; "both" keeps the papers' 70% test.
     """
-    dmag = np.sqrt((np.diff(P, axis=1) ** 2).sum(-1))  # (n, L) raw step lengths
-    cmag = np.sqrt((C**2).sum(-1))  # (n, L)
-    std = P.std(1)  # (n, 2)
+    return _keep(*_track_stats(P, C), params)
+
+
+def _track_stats(P: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw step lengths (n, L), compensated step lengths (n, L) and the points' standard deviation (n, 2)."""
+    dmag = np.sqrt((np.diff(P, axis=1) ** 2).sum(-1))
+    cmag = np.sqrt((C**2).sum(-1))
+    return dmag, cmag, P.std(1)
+
+
+def _keep(dmag: np.ndarray, cmag: np.ndarray, std: np.ndarray, params: IDTParams) -> np.ndarray:
+    """``keep_trajectories`` from the trajectories' ``_track_stats``."""
     largest = dmag.max(1)
     valid = std.max(1) > params.min_var
     valid &= std.max(1) < params.max_var
@@ -207,14 +223,12 @@ def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int
         return None
     P = cohort.pos[alive] * factor  # (n, L+1, 2)
     C = cohort.comp[alive] * factor  # (n, L, 2)
-    valid = keep_trajectories(P, C, params)
+    dmag, cmag, std = _track_stats(P, C)  # raw and compensated step lengths (n, L), std (n, 2)
+    valid = _keep(dmag, cmag, std, params)
     if not valid.any():
         return None
     kept = alive[valid]
-    P, C = P[valid], C[valid]
-    dmag = np.sqrt((np.diff(P, axis=1) ** 2).sum(-1))  # (n, L) raw step lengths
-    cmag = np.sqrt((C**2).sum(-1))  # (n, L) compensated step lengths
-    std = P.std(1)  # (n, 2)
+    P, C, dmag, cmag, std = P[valid], C[valid], dmag[valid], cmag[valid], std[valid]
     n, L = len(P), params.track_length
     comp_length = cmag.sum(1)  # normalises the shape descriptor (its magnitudes sum to 1, as the reference's)
     mean = P.mean(1) * to_full  # full-resolution pixels of the input frames
@@ -232,6 +246,11 @@ def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int
     rows[:, 10 : 10 + 2 * L] = (C / np.maximum(comp_length, 1e-10)[:, None, None]).reshape(n, -1)
     rows[:, 10 + 2 * L :] = descriptor_rows(cohort.desc[kept], L // params.nt_cell)
     return rows, (P * to_full).astype(np.float32)
+
+
+def _cohort_table(cohorts: list[_Cohort]) -> np.ndarray:
+    """The compiled tracking step's table of ``cohorts`` (k, 6) int64: each one's array addresses, n and age."""
+    return np.array([c.row + (len(c.pos), c.age) for c in cohorts], np.int64).reshape(len(cohorts), 6)
 
 
 def iter_idt(
@@ -284,7 +303,7 @@ def iter_idt(
             if params.max_side and max(frame_hw) > params.max_side:
                 to_full = max(frame_hw) / params.max_side
             work_hw = (int(round(frame_hw[0] / to_full)), int(round(frame_hw[1] / to_full)))
-            scales = [_Scale(f, s) for f, s in pyramid_scales(*work_hw, params)]
+            scales = [_Scale(f, s, cell=params.patch_size // params.nxy_cell) for f, s in pyramid_scales(*work_hw, params)]
             if scales:
                 flow_pyr = PyramidFlow([s.size for s in scales], [s.factor for s in scales], params)
         elif gray.shape != frame_hw:
@@ -347,37 +366,27 @@ def iter_idt(
                 if not sc.cohorts:
                     continue
                 t4 = time.perf_counter()
-                h, w = sc.size
                 channels = frame_channels(prev_pyr[i], comp[i], params.hof_zero_threshold, comp_med[i], sc.channels)
-                sums = cell_sums(channels, params.patch_size // params.nxy_cell, sc.sums)
-                pts = np.concatenate([c.pos[:, c.age] for c in sc.cohorts])  # (m, 2) positions at t-1
+                sums = cell_sums(channels, sc.cell, sc.sums, sc.box_work)
+                table = _cohort_table(sc.cohorts)
+                pts = kernels.cohort_points(table, L)  # (m, 2) positions at t-1, live or not
                 desc = point_descriptors(sums, pts, params.patch_size, params.nxy_cell)
                 t5 = time.perf_counter()
                 tm["descriptors"] += t5 - t4
-                xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)
-                yi = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, h - 1)
-                step = med[i][yi, xi]  # (m, 2)
-                cstep = comp_med[i][yi, xi]
-                new = pts + step
-                inside = (new[:, 0] >= 0) & (new[:, 0] <= w - 1) & (new[:, 1] >= 0) & (new[:, 1] <= h - 1)
-                k = 0
+                # every point moved by the median flow at its rounded position, its compensated step and descriptors
+                # stored, and kept alive while inside the frame: one compiled loop over the scale's cohorts
+                counts = kernels.track_step(med[i], comp_med[i], desc, table, L, params.nt_cell, per_cell)
                 live = []
                 sc.finished = []
-                for c in sc.cohorts:
-                    n = len(c.pos)
-                    c.desc[:, c.age // per_cell] += desc[k : k + n]
-                    c.comp[:, c.age] = cstep[k : k + n]
-                    c.pos[:, c.age + 1] = new[k : k + n]
-                    c.alive &= inside[k : k + n]
+                for c, n_alive in zip(sc.cohorts, counts.tolist()):
                     c.age += 1
-                    k += n
                     if c.age == L:
                         sc.finished.append(c)
                         res = _finalize(c, sc.factor, t, frame_hw, params, to_full)
                         if res is not None:
                             out_rows.append(res[0])
                             out_pts.append(res[1])
-                    elif c.alive.any():
+                    elif n_alive:
                         live.append(c)
                 sc.cohorts = live
                 tm["tracking"] += time.perf_counter() - t5
@@ -392,23 +401,22 @@ def iter_idt(
             for i, sc in enumerate(scales):
                 # trajectories ending at this frame free their cell at once (holding it one more frame matched the
                 # reference worse on KTH: 0.44 vs 0.57 of trajectories matched with the flow of that time)
-                occupied = [c.pos[c.alive, c.age] for c in sc.cohorts]
+                occ = kernels.cohort_points(_cohort_table(sc.cohorts), L, only_alive=True)
                 sc.finished = []
-                occ = np.concatenate(occupied) if occupied else np.zeros((0, 2), np.float32)
                 new = sample_points(pyr[i], occ, params)
                 if len(new):
                     n = len(new)
                     pos = np.zeros((n, L + 1, 2), np.float32)
                     pos[:, 0] = new
-                    sc.cohorts.append(
-                        _Cohort(
-                            start=t,
-                            pos=pos,
-                            comp=np.zeros((n, L, 2), np.float32),
-                            desc=np.zeros((n, params.nt_cell, cells * N_CHANNELS), np.float32),
-                            alive=np.ones(n, bool),
-                        )
+                    c = _Cohort(
+                        start=t,
+                        pos=pos,
+                        comp=np.zeros((n, L, 2), np.float32),
+                        desc=np.zeros((n, params.nt_cell, cells * N_CHANNELS), np.float32),
+                        alive=np.ones(n, bool),
                     )
+                    c.row = kernels.cohort_row(c.pos, c.comp, c.desc, c.alive)
+                    sc.cohorts.append(c)
             tm["sampling"] += time.perf_counter() - t6
         if t == 0 and params.use_camera_compensation:
             prev_kp = cam.detect(detector, pyr[0])

@@ -77,12 +77,16 @@ _lib.idt_orientation_votes.restype = None
 _VP = ctypes.c_void_p
 _lib.idt_frame_votes.argtypes = [_VP, _VP, _VP, _F32, _I64, ctypes.c_float]
 _lib.idt_frame_votes.restype = None
-_lib.idt_box_sums.argtypes = [_F32, _F32, _I64, _I64, _I64, _I64]
+_lib.idt_box_sums.argtypes = [_F32, _F32, _I64, _I64, _I64, _I64, _VP]
 _lib.idt_box_sums.restype = ctypes.c_int
 _lib.idt_cell_descriptors.argtypes = [_F32, _F32, _F32, _I64, _I64, _I64, _I64, _I64, _I64, _VP, _I64]
 _lib.idt_cell_descriptors.restype = ctypes.c_int
 _lib.idt_homography_flow.argtypes = [np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS"), _F32, _I64, _I64]
 _lib.idt_homography_flow.restype = None
+_lib.idt_track_step.argtypes = [_F32, _F32, _I64, _I64, _F32, _I64, _VP, _I64, _I64, _I64, _I64, _VP]
+_lib.idt_track_step.restype = None
+_lib.idt_cohort_points.argtypes = [_VP, _I64, _I64, ctypes.c_int, _F32]
+_lib.idt_cohort_points.restype = ctypes.c_int64
 
 
 def _check(name: str, a: np.ndarray, shape: tuple[int, ...], dtype=np.float32) -> None:
@@ -154,12 +158,14 @@ def frame_votes(polar: list[tuple[np.ndarray, np.ndarray]], zero: np.ndarray, ou
 BOX_MIN = 6  # the smallest box box_sums gives bit for bit as cv2.boxFilter (which sums boxes of 1-5 px another way)
 
 
-def box_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None) -> np.ndarray:
+def box_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None,
+             work: np.ndarray | None = None) -> np.ndarray:
     """Box sums of ``channels`` (h, w, C) float32 over ``cell x cell`` squares -> (h, w, C) float32 (``out`` when given,
     of the same shape): pixel (y, x) holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1, rows and
     columns past the frame repeating its last ones. For boxes of ``BOX_MIN`` px and more, bit for bit ``cv2.boxFilter``
     with ``anchor=(0, 0)``, ``normalize=False`` and ``BORDER_REPLICATE`` (float64 running sums in its order), at about
-    half its time; smaller boxes differ from it by float32 rounding."""
+    half its time; smaller boxes differ from it by float32 rounding. ``work``: a float64 buffer of at least
+    ``box_work_size(w, C, cell)`` elements to reuse call after call (else one is allocated for the call)."""
     if channels.ndim != 3 or cell < 1:
         raise ValueError(f"box_sums: expected (h, w, C) channels and a cell >= 1, got {channels.shape} and {cell}")
     _check("channels", channels, channels.shape)
@@ -167,9 +173,21 @@ def box_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None) -> 
         out = np.empty_like(channels)
     _check("out", out, channels.shape)
     h, w, c = channels.shape
-    if _lib.idt_box_sums(channels, out, h, w, c, cell) != 0:
+    wp = None
+    if work is not None:
+        need = box_work_size(w, c, cell)
+        if work.dtype != np.float64 or not work.flags.c_contiguous or work.size < need:
+            raise ValueError(f"work: expected a C-contiguous float64 buffer of >= {need} elements, got {work.dtype} "
+                             f"{work.shape}")
+        wp = work.ctypes.data
+    if _lib.idt_box_sums(channels, out, h, w, c, cell, wp) != 0:
         raise MemoryError(f"box_sums: no memory for {cell + 1} rows of {w} x {c} float64")
     return out
+
+
+def box_work_size(w: int, c: int, cell: int) -> int:
+    """The float64 elements ``box_sums`` works in for frames ``w`` wide with ``c`` channels and boxes of ``cell``."""
+    return (cell + 1) * w * c
 
 
 def cell_descriptors(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_cell: int,
@@ -202,3 +220,50 @@ def homography_flow(H: np.ndarray, h: int, w: int) -> np.ndarray:
     out = np.empty((h, w, 2), np.float32)
     _lib.idt_homography_flow(H, out, h, w)
     return out
+
+
+def cohort_row(pos: np.ndarray, comp: np.ndarray, desc: np.ndarray, alive: np.ndarray) -> tuple[int, int, int, int]:
+    """The addresses of one cohort's arrays for ``track_step``, after checking them: ``pos`` (n, L + 1, 2), ``comp``
+    (n, L, 2), ``desc`` (n, nt, D) float32 and ``alive`` (n,) bool, all C-contiguous. The caller keeps the arrays (and
+    never replaces them) for as long as it passes the addresses."""
+    n = len(pos)
+    L = comp.shape[1] if comp.ndim == 3 else -1
+    _check("pos", pos, (n, L + 1, 2))
+    _check("comp", comp, (n, L, 2))
+    _check("desc", desc, (n,) + desc.shape[1:])
+    _check("alive", alive, (n,), np.bool_)
+    if desc.ndim != 3:
+        raise ValueError(f"desc: expected (n, nt, D), got shape {desc.shape}")
+    return pos.ctypes.data, comp.ctypes.data, desc.ctypes.data, alive.ctypes.data
+
+
+def track_step(med: np.ndarray, cmed: np.ndarray, fdesc: np.ndarray, table: np.ndarray, L: int, nt: int,
+               per_cell: int) -> np.ndarray:
+    """Advance every trajectory of a scale's cohorts by one frame (``idt_track_step`` in ``_kernels.c``): ``table``
+    (k, 6) int64 rows of ``cohort_row`` + (n, age); ``med``, ``cmed`` (h, w, 2) float32 the median raw and compensated
+    flows; ``fdesc`` (sum of n, D) float32 the frame's descriptors of the points in table order. Returns the live
+    trajectories of each cohort (k,) int64."""
+    h, w = med.shape[:2]
+    _check("med", med, (h, w, 2))
+    _check("cmed", cmed, (h, w, 2))
+    _check("table", table, (len(table), 6), np.int64)
+    m = int(table[:, 4].sum()) if len(table) else 0
+    _check("fdesc", fdesc, (m, fdesc.shape[1] if fdesc.ndim == 2 else -1))
+    if len(table) and (((table[:, 5] < 0) | (table[:, 5] >= L)).any() or table[:, 5].max() // per_cell >= nt):
+        raise ValueError(f"track_step: ages must lie in [0, {L}) and in one of the {nt} temporal cells of "
+                         f"{per_cell} frames, got ages {table[:, 5].tolist()}")
+    counts = np.empty(len(table), np.int64)
+    _lib.idt_track_step(med, cmed, h, w, fdesc, fdesc.shape[1], table.ctypes.data, len(table), L, nt, per_cell,
+                        counts.ctypes.data)
+    return counts
+
+
+def cohort_points(table: np.ndarray, L: int, only_alive: bool = False) -> np.ndarray:
+    """The points (m, 2) float32 at position age of the cohorts in ``table`` (``track_step``'s rows), in table order:
+    every trajectory's, or with ``only_alive`` the live ones'."""
+    _check("table", table, (len(table), 6), np.int64)
+    if len(table) and ((table[:, 5] < 0) | (table[:, 5] > L)).any():
+        raise ValueError(f"cohort_points: ages must lie in [0, {L}], got {table[:, 5].tolist()}")
+    out = np.empty((int(table[:, 4].sum()) if len(table) else 0, 2), np.float32)
+    m = _lib.idt_cohort_points(table.ctypes.data, len(table), L, int(only_alive), out)
+    return out[:m]

@@ -1,12 +1,23 @@
 """`idtprior idt VIDEO -o OUT.txt.gz` end to end, as a user times it: wall seconds and peak RSS of the whole command,
-each run in a fresh process, against a baseline measured in the same run: the CLI's previous output path (every block
-of rows kept, concatenated, formatted as one string and gzipped at Python's default level 9), on the same video with
-the same extractor. Videos: the KTH clip (160x120, from ../shared/data) and the generated 320x240 video of
-benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV thread, as the release.
+each run in a fresh process, against baselines measured in the same run:
 
-Usage: python benchmarks/idt_cli_write.py [N_FRAMES]   (default 150)"""
+- the CLI's previous output path (every block of rows kept, concatenated, formatted as one string and gzipped at
+  Python's default level 9), on the same video with the same extractor;
+- one OpenCV Farneback call at the finest scale per frame on the same frames (one thread): the machine-independent
+  unit of benchmarks/idt_speed.py. The command's seconds a frame over it say how fast it is whatever the machine's
+  mood, and convert the reference release's figure, measured on a quiet machine of this kind, to this run's machine.
+
+Videos: the whole KTH clip (160x120, 360 frames, from ../shared/data: the input of the release's 37.7 frames/s) and
+the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV thread, as the
+release. Every command runs RUNS times, interleaved; the minimum and the median are printed (this machine kind's
+timings move by 10-30% from run to run). `taskset -c 0` runs the default command on one core: decoding, formatting
+and gzip then share the extraction's core.
+
+Usage: python benchmarks/idt_cli_write.py [N_GENERATED_FRAMES (150)] [RUNS (5)]"""
 
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +40,14 @@ with gzip.open(out, "wt", encoding="ascii", newline="") as f:
     f.write(format_idt_rows(rows, 10 + 2 * p.track_length))
 """
 
+# The reference release (DenseTrackStab, OpenCV 4 + SURF) measured end to end on this machine kind, one core, quiet
+# machine, median of 3 (not rerun here): frames/s and peak RSS in MB; at 320x240 on a real street video (the
+# generated one holds three times its trajectories, so the ratio there understates ours).
+REFERENCE = {"KTH 160x120": (37.7, 107), "generated 320x240": (6.8, 139)}
+# One-scale Farneback took about 4.7 ms a frame of the KTH clip on such a quiet machine (README: the extractor at
+# 75.6 frames/s was 2.8x its time); this run's own Farneback time over it scales the release's figure to this run.
+QUIET_FARNEBACK_MS = {"KTH 160x120": 4.7}
+
 
 def peak_rss(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of ``cmd`` run to completion; the peak is read by a wrapper process whose only
@@ -37,46 +56,87 @@ def peak_rss(cmd: list[str]) -> tuple[float, float]:
                "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)", *cmd]
     t0 = time.perf_counter()
-    out = subprocess.run(wrapper, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(wrapper, check=True, capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
     return time.perf_counter() - t0, int(out.split()[-1]) / 1024
+
+
+def farneback_ms(video: Path) -> float:
+    """Milliseconds a frame of one-scale Farneback (idt_speed's unit) on ``video``'s frames, one thread, best of 3."""
+    import cv2
+
+    from idtprior.video.idt import IDTParams
+    from idtprior.video.idt.extract import farneback
+    from idtprior.video.io import iter_frames
+
+    cv2.setNumThreads(1)
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in iter_frames(video)]
+    p = IDTParams()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for a, b in zip(gray[:-1], gray[1:]):
+            farneback(a, b, p)
+        best = min(best, (time.perf_counter() - t0) / len(gray))
+    return 1e3 * best
 
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 150
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from idt_speed import generated_video
 
-    from idtprior.video.io import iter_frames, write_video
+    from idtprior.video.io import iter_frames, probe_video, write_video
 
     data = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     tmp = Path(tempfile.mkdtemp(prefix="idt-cli-"))
     videos = []
     kth = data / "kth" / "person01_boxing_d1_uncomp.avi"
     if kth.exists():
-        write_video(tmp / "kth.avi", [f for _, f in zip(range(n), iter_frames(kth))], codec="ffv1")
+        write_video(tmp / "kth.avi", list(iter_frames(kth)), codec="ffv1")  # every frame: the release's input
         videos.append(("KTH 160x120", tmp / "kth.avi"))
     else:
         print(f"KTH clip not found under {kth.parent}: only the generated video")
     write_video(tmp / "generated.avi", generated_video(n), codec="ffv1")
     videos.append(("generated 320x240", tmp / "generated.avi"))
     cli = [sys.executable, "-m", "idtprior.video.idt.cli"]
-    # the reference release (DenseTrackStab, OpenCV 4 + SURF) measured end to end on this machine kind, one core, quiet
-    # machine, median of 3 (not rerun here): frames/s and peak RSS in MB; at 320x240 on a real street video (the
-    # generated one holds three times its trajectories, so the ratio there understates ours)
-    reference = {"KTH 160x120": (37.7, 107), "generated 320x240": (6.8, 139)}
+    one_core = ["taskset", "-c", "0"] if shutil.which("taskset") else None
     for name, video in videos:
-        base_s, base_mb = peak_rss([sys.executable, "-c", BASELINE, str(video), str(tmp / "base.txt.gz")])
-        print(f"{name}, {n} frames: previous write path (all rows kept, gzip level 9): {base_s:.1f} s, "
-              f"{n / base_s:.1f} frames/s, peak RSS {base_mb:.0f} MB, {(tmp / 'base.txt.gz').stat().st_size / 1e6:.1f} MB")
+        frames = probe_video(video).frame_count
+        commands = {"previous write path (all rows kept, gzip level 9)":
+                    [sys.executable, "-c", BASELINE, str(video), str(tmp / "base.txt.gz")]}
         for level in (6, 1):
-            out = tmp / f"l{level}.txt.gz"
-            s, mb = peak_rss([*cli, str(video), "-o", str(out), "--gzip-level", str(level)])
-            print(f"  idtprior idt --gzip-level {level}{' (default)' if level == 6 else ''}: {s:.1f} s, "
-                  f"{n / s:.1f} frames/s, x{base_s / s:.2f} the previous speed; peak RSS {mb:.0f} MB "
-                  f"({mb / base_mb:.2f}x); {out.stat().st_size / 1e6:.1f} MB")
-            ref_fps, ref_mb = reference[name]
-            print(f"    against the reference release: x{n / s / ref_fps:.2f} its {ref_fps} frames/s, "
-                  f"{mb / ref_mb:.2f}x its {ref_mb} MB peak RSS")
+            commands[f"idtprior idt --gzip-level {level}{' (default)' if level == 6 else ''}"] = [
+                *cli, str(video), "-o", str(tmp / f"l{level}.txt.gz"), "--gzip-level", str(level)]
+        if one_core:
+            commands["the default on one core (taskset -c 0)"] = [*one_core, *cli, str(video), "-o",
+                                                                 str(tmp / "core.txt.gz")]
+        times: dict[str, list[float]] = {k: [] for k in commands}
+        rss: dict[str, float] = {}
+        for _ in range(runs):
+            for label, cmd in commands.items():
+                s, mb = peak_rss(cmd)
+                times[label].append(s)
+                rss[label] = max(rss.get(label, 0.0), mb)
+        fb = farneback_ms(video)
+        ref_fps, ref_mb = REFERENCE[name]
+        print(f"{name}, {frames} frames, {runs} runs each; one-scale Farneback {fb:.2f} ms a frame in this run")
+        base = min(times[next(iter(commands))])
+        for label, ts in times.items():
+            best, med = min(ts), statistics.median(ts)
+            ms = 1e3 * best / frames
+            print(f"  {label}: min {best:.2f} s ({frames / best:.1f} frames/s), median {med:.2f} s "
+                  f"({frames / med:.1f} frames/s); x{base / best:.2f} the previous path's speed; {ms / fb:.2f}x "
+                  f"Farneback's time a frame; peak RSS {rss[label]:.0f} MB ({rss[label] / ref_mb:.2f}x the release's)")
+            print(f"    against the reference release: x{frames / best / ref_fps:.2f} (median x{frames / med / ref_fps:.2f}) "
+                  f"its {ref_fps} frames/s", end="")
+            if name in QUIET_FARNEBACK_MS:
+                # the release's time a frame in Farneback units, from its quiet machine, against ours in this run's
+                release_units = 1e3 / ref_fps / QUIET_FARNEBACK_MS[name]
+                print(f"; x{release_units / (ms / fb):.2f} in Farneback units (the release: {release_units:.1f}x "
+                      f"Farneback on its quiet machine; this run's Farneback is {fb / QUIET_FARNEBACK_MS[name]:.2f}x "
+                      f"that machine's)", end="")
+            print()
     return 0
 
 

@@ -4,16 +4,18 @@ size) and written to ``idtprior/plan_units.json`` with the machine's name. The o
 --paper`` on a GPU; both are kept as they are in the file.
 
     python benchmarks/plan_units.py            # measure and print; --write to store
+    python benchmarks/plan_units.py --idt      # IDT's units alone (after a change of the extractor), the rest kept
 """
 
 import argparse
 import json
+from datetime import date
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from idtprior.plan import UNITS_PATH, measure_units
+from idtprior.plan import UNITS_PATH, Units, measure_idt_units, measure_units
 
 
 def kth_frame_ratio(serializer=None) -> float | None:
@@ -35,11 +37,83 @@ def kth_frame_ratio(serializer=None) -> float | None:
     return stored / (n * h * w * 3)
 
 
+# seconds a frame of IDT on the units' generated videos (64 frames at 160x120 and 320x240, one thread), best of 3, for
+# the code tree on sys.path[0]
+_SECONDS_A_FRAME = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import cv2
+cv2.setNumThreads(1)
+from idtprior.datasets.synthetic import textured_pan_video
+from idtprior.video.idt import IDTParams, extract_idt
+out = {}
+for h, w in ((120, 160), (240, 320)):
+    frames = textured_pan_video(64, h, w)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        extract_idt(iter(frames), IDTParams())
+        best = min(best, time.perf_counter() - t0)
+    out[h * w / 1e6] = best / len(frames)
+print(json.dumps(out))
+"""
+
+
+def idt_units_against(baseline: Path, units: Units, runs: int) -> dict[str, float]:
+    """The stored IDT units scaled, size by size, by this tree's speed-up over ``baseline`` (a checkout of the code
+    the stored units were measured with): both timed in this run, interleaved, ``runs`` times, the minimum taken."""
+    import subprocess
+    import sys
+
+    from idtprior.plan import _line
+
+    here = Path(__file__).resolve().parents[1]
+    best: dict[str, dict[float, float]] = {"baseline": {}, "this": {}}
+    for _ in range(runs):
+        for name, tree in (("baseline", baseline), ("this", here)):
+            out = subprocess.run([sys.executable, "-c", _SECONDS_A_FRAME, str(tree)], check=True, capture_output=True,
+                                 text=True, cwd=tempfile.gettempdir(), env={**os.environ, "PYTHONPATH": str(tree)})
+            for mpix, s in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                best[name][float(mpix)] = min(best[name].get(float(mpix), float("inf")), s)
+    stored = {}
+    for mpix in sorted(best["this"]):
+        ratio = best["baseline"][mpix] / best["this"][mpix]
+        old = units.idt_s_per_frame + units.idt_s_per_mpix * mpix
+        stored[mpix] = old / ratio
+        print(f"{mpix * 1e6:.0f} px frames: {1e3 * best['baseline'][mpix]:.1f} ms a frame before, "
+              f"{1e3 * best['this'][mpix]:.1f} now, x{ratio:.2f} (min of {runs} runs); the stored unit's "
+              f"{1e3 * old:.1f} ms becomes {1e3 * stored[mpix]:.1f}")
+    per_frame, per_mpix = _line(stored)
+    return {"idt_s_per_frame": per_frame, "idt_s_per_mpix": per_mpix}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the calibration's sizes (under a minute)")
     ap.add_argument("--write", action="store_true", help=f"store them in {UNITS_PATH}")
+    ap.add_argument("--idt", action="store_true", help="measure IDT's units only and keep the stored others")
+    ap.add_argument("--baseline-tree", default=None,
+                    help="with --idt: a checkout of the extractor the stored units were measured with; the stored "
+                         "units are scaled by this tree's speed-up over it, both timed in this run (the machine's "
+                         "speed moves from day to day; a ratio of one run does not)")
+    ap.add_argument("--runs", type=int, default=5, help="with --baseline-tree: interleaved runs of each tree")
     args = ap.parse_args()
+    if args.idt:
+        units = Units.load()
+        if args.baseline_tree:
+            new = idt_units_against(Path(args.baseline_tree), units, args.runs)
+        else:
+            new = measure_idt_units(quick=args.quick)
+        for key, value in new.items():
+            print(f"{key}: {value:.4g} (stored {getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
+            setattr(units, key, value)
+        how = (f"scaled by the extractor's speed-up over {args.baseline_tree} measured in one run"
+               if args.baseline_tree else "re-measured")
+        units.how += f"; IDT's units {how} on {date.today()} (benchmarks/plan_units.py --idt)"
+        if args.write:
+            units.save()
+            print(f"written to {UNITS_PATH}")
+        return 0
     units = measure_units(quick=args.quick)
     units.how = "benchmarks/plan_units.py" + (" --quick" if args.quick else "")
     ratio = kth_frame_ratio()

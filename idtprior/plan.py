@@ -137,6 +137,36 @@ def _line(points: dict[float, float]) -> tuple[float, float]:
     return y0 - slope * x0, slope
 
 
+def _idt_units(out: dict[str, Any], videos: dict[tuple[int, int], list[np.ndarray]], repeats: int) -> dict:
+    """IDT's units into ``out`` (seconds a frame: a line through the videos' two frame sizes in megapixels; rows a
+    megapixel of frames) from extracting each of ``videos`` ((h, w) -> frames), best of ``repeats``; returns the rows
+    extracted per size."""
+    from idtprior.video.idt import IDTParams, extract_idt
+
+    idt, rows, per_frame = {}, {}, []
+    for (h, w), frames in videos.items():
+        got: list = []
+        idt[h * w / 1e6] = _best(lambda: got.append(extract_idt(iter(frames), IDTParams())), repeats) / len(frames)
+        rows[h * w / 1e6] = got[-1]
+        per_frame.append(len(got[-1]) / len(frames) / (h * w / 1e6))
+    out["idt_s_per_frame"], out["idt_s_per_mpix"] = _line(idt)
+    out["idt_rows_per_mpix"] = float(np.mean(per_frame))
+    return rows
+
+
+def measure_idt_units(quick: bool = True) -> dict[str, float]:
+    """IDT's units alone (``measure_units``'s, on the same generated videos), one thread: for a new extractor."""
+    import cv2
+
+    from idtprior.datasets.synthetic import textured_pan_video
+
+    cv2.setNumThreads(1)
+    n, repeats = (24, 1) if quick else (64, 3)
+    out: dict[str, Any] = {}
+    _idt_units(out, {(h, w): textured_pan_video(n, h, w) for h, w in ((120, 160), (240, 320))}, repeats)
+    return out
+
+
 def measure_units(quick: bool = True) -> Units:
     """Per-unit seconds on this machine, one thread, on generated videos (quick: under a minute on 2 cores)."""
     import cv2
@@ -152,7 +182,6 @@ def measure_units(quick: bool = True) -> Units:
     from idtprior.models.resnet3d import resnet3d
     from idtprior.storage.frames import write_frames
     from idtprior.video.framecodec import JpegFrames
-    from idtprior.video.idt import IDTParams, extract_idt
     from idtprior.video.io import iter_frames, probe_video, write_video
 
     threads = (cv2.getNumThreads(), torch.get_num_threads())
@@ -190,13 +219,7 @@ def measure_units(quick: bool = True) -> Units:
             stored = sum(f.stat().st_size for f in (Path(tmp) / "jpeg.zarr" / "v640").rglob("*") if f.is_file())
             out["frame_bytes_ratio_jpeg"] = stored / math.prod(group["v640"].shape)
             # IDT on the frames (no file decode: that is decode's unit), at two sizes
-            idt, rows = {}, {}
-            for (h, w), (_, frames) in sizes.items():
-                got: list = []
-                idt[h * w / 1e6] = _best(lambda: got.append(extract_idt(iter(frames), IDTParams())), repeats) / n
-                rows[h * w / 1e6] = got[-1]
-            out["idt_s_per_frame"], out["idt_s_per_mpix"] = _line(idt)
-            out["idt_rows_per_mpix"] = float(np.mean([len(r) / n / m for m, r in rows.items()]))
+            rows = _idt_units(out, {hw: frames for hw, (_, frames) in sizes.items()}, repeats)
             descriptors = np.concatenate([rows[max(rows)][:, 10:]] * 4)  # the 320x240 video's
             # Fisher vector + sketch per row and component, each PCA mode (K=16, a quick fit)
             out["fisher_s_per_row_component"] = {}
@@ -306,6 +329,22 @@ class StagePlan:
     basis: str  # the work counted
 
 
+# The cluster stage's montage: the IDT tracks of 6 clusters x 4 member videos (flows.artifacts.cluster_markdown's
+# defaults; a test holds them equal)
+MONTAGE_VIDEOS = 6 * 4
+
+
+def one_scale_idt_s(units: Units, height: int, width: int, idt_config) -> float:
+    """Seconds a frame of IDT at the finest scale alone (the pictures' ``drawing_params``) on ``height x width`` frames:
+    the per-frame unit, and the per-megapixel unit over the scale pyramid's area (the units are the whole pyramid's)."""
+    from idtprior.tasks.idt import idt_params
+    from idtprior.video.idt.extract import pyramid_scales
+
+    scales = pyramid_scales(height, width, idt_params(idt_config))
+    area = sum(h * w for _, (h, w) in scales) / (height * width) if scales else 1.0
+    return units.idt_s_per_frame + units.idt_s_per_mpix * height * width / 1e6 / area
+
+
 def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 10.0, fps: float = 25.0,
          width: int = 340, height: int = 256, cores: int = 16, gpus: int = 0, train_fraction: float | None = None,
          stages: list[str] | None = None) -> list[StagePlan]:
@@ -327,11 +366,12 @@ def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 1
     n_train = max(1, round(videos * train_fraction))
     out: list[StagePlan] = []
 
-    def cpu(stage: str, core_s: float, per_video: int, storage: float, basis: str) -> None:
+    def cpu(stage: str, core_s: float, per_video: int, storage: float, basis: str, serial_s: float = 0.0) -> None:
+        """``core_s`` spread over the cores, ``serial_s`` in the flow's one process after them."""
         fixed = {"ingest": units.ingest_overhead_s, "decode": units.fanout_overhead_s, "detect": units.fanout_overhead_s,
                  "idt": units.fanout_overhead_s, "encode": units.fanout_overhead_s}.get(stage, units.stage_overhead_s)
-        wall = core_s / cores + fixed + per_video * units.video_overhead_s
-        out.append(StagePlan(stage, core_s / 3600, 0.0, wall, storage, basis))
+        wall = core_s / cores + serial_s + fixed + per_video * units.video_overhead_s
+        out.append(StagePlan(stage, (core_s + serial_s) / 3600, 0.0, wall, storage, basis))
 
     for stage in stages:
         if stage == "ingest":
@@ -375,8 +415,13 @@ def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 1
         elif stage == "cluster":
             c = cfg.cluster
             s = c.runs * c.n_init * c.iters * videos * c.k * cfg.codebook.sketch_dim * units.kmeans_s_per_row_centroid_dim
+            # its montage, in the flow's process: the IDT tracks of a window ending at the middle frame of each drawn
+            # video, on the stored frames, at the finest scale
+            m = min(videos, MONTAGE_VIDEOS)
+            montage_s = m * (cfg.idt.track_length + 1) * one_scale_idt_s(units, dh, dw, cfg.idt)
             cpu(stage, s, 0, c.runs * c.k * cfg.codebook.sketch_dim * 4.0 + videos * c.runs * 8.0,
-                f"{c.runs * c.n_init} k-means runs x {c.iters} iterations, K={c.k}, {videos} x {cfg.codebook.sketch_dim}")
+                f"{c.runs * c.n_init} k-means runs x {c.iters} iterations, K={c.k}, {videos} x {cfg.codebook.sketch_dim}"
+                f"; the montage's IDT tracks of {m} videos", serial_s=montage_s)
         elif stage in TRAINING_STAGES:
             out.append(_training(cfg, units, stage, videos, n_train, cores, gpus))
         else:

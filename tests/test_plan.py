@@ -8,7 +8,8 @@ import torch
 
 from idtprior.cli import main
 from idtprior.config import bundled_config, load_config
-from idtprior.plan import ORCHESTRATION_UNITS, Units, network_cost, plan
+from idtprior.plan import MONTAGE_VIDEOS, ORCHESTRATION_UNITS, Units, network_cost, one_scale_idt_s, plan
+from idtprior.video.io import resized_shape
 
 
 def test_network_cost_equals_torchs_flop_counter():
@@ -47,7 +48,13 @@ def test_plan_is_linear_in_videos_and_spreads_over_cores():
         compute = one[stage].core_hours * 3600 / 16
         assert one[stage].wall_s - wide[stage].wall_s == pytest.approx(compute / 2)
     assert two["idt"].core_hours == pytest.approx(one["idt"].core_hours)  # a fixed sample of videos (3500)
-    assert two["cluster"].core_hours == pytest.approx(2 * one["cluster"].core_hours)  # k-means: N x K x d
+    # k-means: N x K x d; the montage's IDT tracks: a fixed 24 videos, in the flow's process whatever the cores
+    dh, dw = resized_shape(256, 340, short_side=cfg.decode.short_side)
+    montage_s = MONTAGE_VIDEOS * (cfg.idt.track_length + 1) * one_scale_idt_s(units, dh, dw, cfg.idt)
+    assert two["cluster"].core_hours - montage_s / 3600 == pytest.approx(2 * (one["cluster"].core_hours
+                                                                              - montage_s / 3600))
+    kmeans_wall = (one["cluster"].core_hours * 3600 - montage_s) / 16
+    assert one["cluster"].wall_s - wide["cluster"].wall_s == pytest.approx(kmeans_wall / 2)
     assert one["encode"].storage_bytes == 10_000 * cfg.codebook.sketch_dim * 4  # the sketches, float32
     # the frames' codec: the same work, the stored bytes at its measured ratio, and the bytes a frame said
     jpeg = {r.stage: r for r in plan(cfg.with_updates(decode={"codec": "jpeg"}), units, 10_000, cores=16,
@@ -88,3 +95,28 @@ def test_calibration_measures_every_unit_here(capsys):
     assert 0 < units.em_iters_fraction <= 1
     assert main(["plan", "demo", "--videos", "24", "--calibrate", "--cores", "2"]) == 0
     assert "calibrated here" in capsys.readouterr().out
+
+
+def test_the_cluster_montage_is_modelled_as_the_stage_draws_it():
+    """The plan's montage is the stage's: as many videos as cluster_markdown draws (6 clusters x 4), each an IDT window
+    of track_length + 1 frames at the finest scale (drawing_params), costed from IDT's units over the pyramid's area."""
+    import inspect
+
+    from idtprior.flows.artifacts import cluster_markdown, drawing_params
+    from idtprior.tasks.idt import idt_params
+    from idtprior.video.idt.extract import pyramid_scales
+
+    defaults = inspect.signature(cluster_markdown).parameters
+    assert MONTAGE_VIDEOS == defaults["n_clusters"].default * defaults["per_cluster"].default
+    cfg = load_config(bundled_config("demo"))
+    assert drawing_params(cfg.idt).scale_num == 1
+    units = Units.load()
+    full = units.idt_s_per_frame + units.idt_s_per_mpix * 128 * 170 / 1e6
+    one = one_scale_idt_s(units, 128, 170, cfg.idt)
+    area = sum(h * w for _, (h, w) in pyramid_scales(128, 170, idt_params(cfg.idt))) / (128 * 170)  # the stage's
+    assert 1.9 < area < 2.0  # scales of 1, 1/2, 1/4, ... the pixels
+    assert one == pytest.approx(units.idt_s_per_frame + (full - units.idt_s_per_frame) / area)
+    rows = {r.stage: r for r in plan(cfg, units, 240, 64 / 25, 25.0, 160, 120, cores=2, stages=["cluster"])}
+    assert "the montage's IDT tracks of 24 videos" in rows["cluster"].basis
+    few = {r.stage: r for r in plan(cfg, units, 10, 64 / 25, 25.0, 160, 120, cores=2, stages=["cluster"])}
+    assert "IDT tracks of 10 videos" in few["cluster"].basis

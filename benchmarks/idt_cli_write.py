@@ -7,8 +7,8 @@ each run in a fresh process, against baselines measured in the same run:
   unit of benchmarks/idt_speed.py. The command's seconds a frame over it say how fast it is whatever the machine's
   mood, and convert the reference release's figure, measured on a quiet machine of this kind, to this run's machine.
 
-Videos: the whole KTH clip (160x120, 360 frames, from ../shared/data: the input of the release's 37.7 frames/s) and
-the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV thread, as the
+Videos: the KTH clip itself (160x120, 360 frames of MPEG-4, from ../shared/data: the input of the release's 37.7
+frames/s) and the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV thread, as the
 release. Every command runs RUNS times, interleaved; the minimum and the median are printed (this machine kind's
 timings move by 10-30% from run to run). `taskset -c 0` runs the default command on one core: decoding, formatting
 and gzip then share the extraction's core.
@@ -86,15 +86,14 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from idt_speed import generated_video
 
-    from idtprior.video.io import iter_frames, probe_video, write_video
+    from idtprior.video.io import probe_video, write_video
 
     data = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     tmp = Path(tempfile.mkdtemp(prefix="idt-cli-"))
     videos = []
     kth = data / "kth" / "person01_boxing_d1_uncomp.avi"
     if kth.exists():
-        write_video(tmp / "kth.avi", list(iter_frames(kth)), codec="ffv1")  # every frame: the release's input
-        videos.append(("KTH 160x120", tmp / "kth.avi"))
+        videos.append(("KTH 160x120", kth))  # the file itself, every frame: the release's input
     else:
         print(f"KTH clip not found under {kth.parent}: only the generated video")
     write_video(tmp / "generated.avi", generated_video(n), codec="ffv1")

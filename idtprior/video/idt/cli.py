@@ -56,7 +56,8 @@ def params_from_args(args: argparse.Namespace) -> IDTParams:
 
 def run_idt(args: argparse.Namespace) -> int:
     """Extract IDT from ``args.video`` and write the rows; returns the exit status (2 on bad input)."""
-    from idtprior.video.io import VideoError, iter_frames, prefetched, probe_video
+    from idtprior.video.io import VideoError, iter_frames, probe_video
+    from idtprior.video.prefetch import prefetched
 
     cv2.setNumThreads(max(args.threads, 1))
     try:

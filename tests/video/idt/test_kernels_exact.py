@@ -110,3 +110,50 @@ def test_homography_field_is_the_numpy_expression_bit_for_bit():
         v = (H[1, 0] * xs + H[1, 1] * ys + H[1, 2]) / den - ys
         np.testing.assert_array_equal(homography_flow(H, h, w), np.dstack([u, v]).astype(np.float32))
     np.testing.assert_array_equal(homography_flow(np.eye(3), 4, 5), np.zeros((4, 5, 2), np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # the reference's NaN point
+def test_the_tracking_step_is_the_numpy_step_bit_for_bit():
+    """Cohorts of different ages and sizes, points inside, on and off the frame (and a NaN): the compiled step moves,
+    stores and kills exactly as the extractor's numpy code did, and gathers the points it read."""
+    rng = np.random.default_rng(10)
+    h, w, L, nt, D = 23, 31, 15, 3, 132
+    per_cell = L // nt
+    med = (rng.normal(size=(h, w, 2)) * 3).astype(np.float32)
+    cmed = (rng.normal(size=(h, w, 2))).astype(np.float32)
+    cohorts = []
+    for n, age in [(5, 0), (1, 4), (9, 14), (3, 7)]:
+        pos = (rng.random((n, L + 1, 2)) * [w + 6, h + 6] - 3).astype(np.float32)
+        comp = rng.normal(size=(n, L, 2)).astype(np.float32)
+        desc = rng.random((n, nt, D)).astype(np.float32)
+        alive = rng.random(n) < 0.8
+        cohorts.append([pos, comp, desc, alive, age])
+    cohorts[2][0][0, 14] = [np.nan, 3.0]
+    want = [[a.copy() for a in c[:4]] + [c[4]] for c in cohorts]
+    table = np.array([kernels.cohort_row(*c[:4]) + (len(c[0]), c[4]) for c in cohorts], np.int64)
+    pts = kernels.cohort_points(table, L)
+    np.testing.assert_array_equal(pts, np.concatenate([c[0][:, c[4]] for c in want]))
+    np.testing.assert_array_equal(kernels.cohort_points(table, L, only_alive=True),
+                                  np.concatenate([c[0][c[3], c[4]] for c in want]))
+    fdesc = rng.random((len(pts), D)).astype(np.float32)
+    counts = kernels.track_step(med, cmed, fdesc, table, L, nt, per_cell)
+    # the extractor's numpy code before the compiled step
+    xi = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)
+    yi = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, h - 1)
+    new = pts + med[yi, xi]
+    cstep = cmed[yi, xi]
+    inside = (new[:, 0] >= 0) & (new[:, 0] <= w - 1) & (new[:, 1] >= 0) & (new[:, 1] <= h - 1)
+    k = 0
+    for (pos, comp, desc, alive, age), got, count in zip(want, cohorts, counts):
+        n = len(pos)
+        desc[:, age // per_cell] += fdesc[k: k + n]
+        comp[:, age] = cstep[k: k + n]
+        pos[:, age + 1] = new[k: k + n]
+        alive &= inside[k: k + n]
+        k += n
+        for a, b in zip((pos, comp, desc, alive), got[:4]):
+            np.testing.assert_array_equal(b, a)
+        assert count == alive.sum()
+    assert 0 < counts.sum() < len(pts)  # some points left the frame
+    with pytest.raises(ValueError, match="ages must lie in"):
+        kernels.track_step(med, cmed, fdesc, table + np.array([0, 0, 0, 0, 0, L], np.int64), L, nt, per_cell)

@@ -95,6 +95,8 @@ def test_reruns_recompute_nothing_and_changes_redo_only_what_they_touch(tmp_path
     assert len(FrameStore(ws).video_ids) == 11
 
 
+@pytest.mark.slow  # 8 s; the default run keeps test_dask_processes (the same comparison on scheduler and worker
+# processes) and the pipeline's own LocalCluster in test_terminal
 def test_flow_on_a_dask_local_cluster_with_two_workers(tmp_path):
     src = tmp_path / "videos"
     make_videos(src, 6)

@@ -8,10 +8,10 @@ each run in a fresh process, against baselines measured in the same run:
   mood, and convert the reference release's figure, measured on a quiet machine of this kind, to this run's machine.
 
 Videos: the KTH clip itself (160x120, 360 frames of MPEG-4, from ../shared/data: the input of the release's 37.7
-frames/s) and the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV thread, as the
-release. Every command runs RUNS times, interleaved; the minimum and the median are printed (this machine kind's
-timings move by 10-30% from run to run). `taskset -c 0` runs the default command on one core: decoding, formatting
-and gzip then share the extraction's core.
+frames/s) and the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV
+thread, as the release. Every command runs RUNS times, interleaved; the minimum and the median are printed (this
+machine kind's timings move by 10-30% from run to run). `taskset -c 0` runs the default command on one core:
+decoding, formatting and gzip then share the extraction's core.
 
 Usage: python benchmarks/idt_cli_write.py [N_GENERATED_FRAMES (150)] [RUNS (5)]"""
 
@@ -127,8 +127,8 @@ def main() -> int:
             print(f"  {label}: min {best:.2f} s ({frames / best:.1f} frames/s), median {med:.2f} s "
                   f"({frames / med:.1f} frames/s); x{base / best:.2f} the previous path's speed; {ms / fb:.2f}x "
                   f"Farneback's time a frame; peak RSS {rss[label]:.0f} MB ({rss[label] / ref_mb:.2f}x the release's)")
-            print(f"    against the reference release: x{frames / best / ref_fps:.2f} (median x{frames / med / ref_fps:.2f}) "
-                  f"its {ref_fps} frames/s", end="")
+            print(f"    against the reference release: x{frames / best / ref_fps:.2f} "
+                  f"(median x{frames / med / ref_fps:.2f}) its {ref_fps} frames/s", end="")
             if name in QUIET_FARNEBACK_MS:
                 # the release's time a frame in Farneback units, from its quiet machine, against ours in this run's
                 release_units = 1e3 / ref_fps / QUIET_FARNEBACK_MS[name]

@@ -82,7 +82,8 @@ void idt_farneback_solve(const float *A, float *flow, int64_t n) {
 }
 
 /* One pixel's votes (magnitude m, angle a in [0, 2 pi]) into its nbins channels o: the two bins whose centres
- * (b * 2 pi / nbins) surround the angle share the magnitude linearly, the other bins hold zero. scale = nbins / (2 pi). */
+ * (b * 2 pi / nbins) surround the angle share the magnitude linearly, the other bins hold zero.
+ * scale = nbins / (2 pi). */
 static inline void vote(float *o, int64_t nbins, float m_, float a, float scale) {
     for (int64_t k = 0; k < nbins; k++) o[k] = 0.0f;
     const float fbin = a * scale;

@@ -62,10 +62,9 @@ def cell_sums(channels: np.ndarray, cell: int, out: np.ndarray | None = None,
     """Box sums of ``(H, W, C)`` float32 votes over ``cell x cell`` squares -> ``(H, W, C)`` float32 whose pixel (y, x)
     holds the sum over rows y .. y + cell - 1 and columns x .. x + cell - 1 (valid where those lie inside the frame).
     ``out``: a buffer of the same shape to write, and ``work`` a float64 one (``kernels.box_work_size``), both reused
-    frame after frame. Bit for bit ``cv2.boxFilter(channels, -1,
-    (cell, cell), anchor=(0, 0), normalize=False, borderType=BORDER_REPLICATE)``: from 6 px (the default cells are 16)
-    a compiled loop in about half its time (``kernels.box_sums``), below that OpenCV itself, which sums small boxes
-    another way."""
+    frame after frame. Bit for bit ``cv2.boxFilter(channels, -1, (cell, cell), anchor=(0, 0), normalize=False,
+    borderType=BORDER_REPLICATE)``: from 6 px (the default cells are 16) a compiled loop in about half its time
+    (``kernels.box_sums``), below that OpenCV itself, which sums small boxes another way."""
     if cell < kernels.BOX_MIN:
         return cv2.boxFilter(channels, -1, (cell, cell), dst=out, anchor=(0, 0), normalize=False,
                              borderType=cv2.BORDER_REPLICATE).reshape(channels.shape)

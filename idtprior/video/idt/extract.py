@@ -303,7 +303,8 @@ def iter_idt(
             if params.max_side and max(frame_hw) > params.max_side:
                 to_full = max(frame_hw) / params.max_side
             work_hw = (int(round(frame_hw[0] / to_full)), int(round(frame_hw[1] / to_full)))
-            scales = [_Scale(f, s, cell=params.patch_size // params.nxy_cell) for f, s in pyramid_scales(*work_hw, params)]
+            cell = params.patch_size // params.nxy_cell
+            scales = [_Scale(f, s, cell=cell) for f, s in pyramid_scales(*work_hw, params)]
             if scales:
                 flow_pyr = PyramidFlow([s.size for s in scales], [s.factor for s in scales], params)
         elif gray.shape != frame_hw:

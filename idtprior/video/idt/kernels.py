@@ -194,7 +194,8 @@ def cell_descriptors(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_
                      blocks: np.ndarray) -> np.ndarray:
     """The normalised histograms (n, nxy_cell^2 * C) float32 of ``points`` (n, 2) float32 (x, y) from the box sums
     ``sums`` (h, w, C) float32 of cells of ``patch_size // nxy_cell`` pixels; ``blocks`` (B, 2) int64 rows of (first
-    channel, bins) in output order, (n, cells * total bins). Bit for bit ``descriptors.frame_descriptors(descriptors.cell_histograms(...))``."""
+    channel, bins) in output order, (n, cells * total bins). Bit for bit
+    ``descriptors.frame_descriptors(descriptors.cell_histograms(...))``."""
     if sums.ndim != 3:
         raise ValueError(f"sums: expected (h, w, C), got shape {sums.shape}")
     h, w, c = sums.shape
@@ -214,7 +215,7 @@ def cell_descriptors(sums: np.ndarray, points: np.ndarray, patch_size: int, nxy_
 
 def homography_flow(H: np.ndarray, h: int, w: int) -> np.ndarray:
     """The displacement field (h, w, 2) float32 of the homography ``H`` (3, 3): H(x) - x at every pixel, computed in
-    float64 (bit for bit the numpy expression of ``camera.homography_flow``'s docstring)."""
+    float64 (bit for bit the numpy expression it replaced, which the tests keep)."""
     H = np.ascontiguousarray(H, dtype=np.float64)
     _check("H", H, (3, 3), np.float64)
     out = np.empty((h, w, 2), np.float32)

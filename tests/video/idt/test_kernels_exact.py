@@ -157,3 +157,26 @@ def test_the_tracking_step_is_the_numpy_step_bit_for_bit():
     assert 0 < counts.sum() < len(pts)  # some points left the frame
     with pytest.raises(ValueError, match="ages must lie in"):
         kernels.track_step(med, cmed, fdesc, table + np.array([0, 0, 0, 0, 0, L], np.int64), L, nt, per_cell)
+
+
+def test_the_new_kernels_refuse_what_they_cannot_read_before_the_c_code_sees_it():
+    ch = np.zeros((4, 5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"work: expected a C-contiguous float64 buffer of >= 105 elements"):
+        kernels.box_sums(ch, 6, work=np.zeros(104, np.float64))
+    with pytest.raises(ValueError, match="polar: expected the \\(magnitude, angle\\) pairs of 4 blocks, got 3"):
+        v = np.zeros(20, np.float32)
+        kernels.frame_votes([(v, v)] * 3, np.zeros(20, bool), np.zeros((20, 33), np.float32))
+    with pytest.raises(ValueError, match=r"angle 2: expected a C-contiguous float32 array of shape \(20,\)"):
+        kernels.frame_votes([(v, v)] * 2 + [(v, v.astype(np.float64))] + [(v, v)], np.zeros(20, bool),
+                            np.zeros((20, 33), np.float32))
+    n, L = 3, 15
+    pos, comp = np.zeros((n, L + 1, 2), np.float32), np.zeros((n, L, 2), np.float32)
+    desc, alive = np.zeros((n, 3, 132), np.float32), np.ones(n, bool)
+    with pytest.raises(ValueError, match=r"alive: expected a C-contiguous bool array of shape \(3,\), got uint8"):
+        kernels.cohort_row(pos, comp, desc, alive.view(np.uint8))
+    with pytest.raises(ValueError, match=r"pos: expected a C-contiguous float32 array of shape \(3, 16, 2\)"):
+        kernels.cohort_row(pos[:, :L], comp, desc, alive)
+    table = np.array([kernels.cohort_row(pos, comp, desc, alive) + (n, L + 1)], np.int64)
+    with pytest.raises(ValueError, match=r"cohort_points: ages must lie in \[0, 15\], got \[16\]"):
+        kernels.cohort_points(table, L)
+    assert desc.sum() == 0 and alive.all()  # nothing was written

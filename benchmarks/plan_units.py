@@ -5,6 +5,7 @@ size) and written to ``idtprior/plan_units.json`` with the machine's name. The o
 
     python benchmarks/plan_units.py            # measure and print; --write to store
     python benchmarks/plan_units.py --idt      # IDT's units alone (after a change of the extractor), the rest kept
+    python benchmarks/plan_units.py --decode   # decode's units alone (every core decoding), the rest kept
 """
 
 import argparse
@@ -15,7 +16,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from idtprior.plan import UNITS_PATH, Units, measure_idt_units, measure_units
+from idtprior.plan import UNITS_PATH, Units, measure_decode_units, measure_idt_units, measure_units
 
 
 def kth_frame_ratio(serializer=None) -> float | None:
@@ -97,7 +98,22 @@ def main() -> int:
                          "units are scaled by this tree's speed-up over it, both timed in this run (the machine's "
                          "speed moves from day to day; a ratio of one run does not)")
     ap.add_argument("--runs", type=int, default=5, help="with --baseline-tree: interleaved runs of each tree")
+    ap.add_argument("--decode", action="store_true",
+                    help="measure decode's units only (every core decoding a video) and keep the stored others")
     args = ap.parse_args()
+    if args.decode:
+        units = Units.load()
+        alone = measure_decode_units(quick=args.quick, processes=1)
+        new = measure_decode_units(quick=args.quick)
+        for key, value in new.items():
+            print(f"{key}: {value:.4g} with every core decoding, {alone[key]:.4g} with one process alone (stored "
+                  f"{getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
+            setattr(units, key, value)
+        units.how += f"; decode's units with every core decoding on {date.today()} (benchmarks/plan_units.py --decode)"
+        if args.write:
+            units.save()
+            print(f"written to {UNITS_PATH}")
+        return 0
     if args.idt:
         units = Units.load()
         if args.baseline_tree:

@@ -65,9 +65,10 @@ def data_uri_bytes(uri: str) -> bytes:
     return base64.b64decode(body, validate=True)
 
 
-def markdown_image(alt: str, png_bytes: bytes, max_bytes: int = 200_000) -> str:
+def markdown_image(alt: str, png_bytes: bytes, max_bytes: int = 200_000, compression: int = 9) -> str:
     """``![alt](data:image/png;base64,...)`` of at most ``max_bytes`` characters: an image too large is downsized
-    (area interpolation, aspect kept) until it fits; ``ValueError`` when even an 8-pixel-high version does not."""
+    (area interpolation, aspect kept) and encoded again at PNG ``compression`` until it fits; ``ValueError`` when
+    even an 8-pixel-high version does not."""
     alt = " ".join(str(alt).replace("[", "(").replace("]", ")").split())
     overhead = len(f"![{alt}](data:image/png;base64,)")
 
@@ -86,7 +87,7 @@ def markdown_image(alt: str, png_bytes: bytes, max_bytes: int = 200_000) -> str:
             if nh < 8 and nw < 8 or budget <= 0:
                 raise ValueError(f"image {alt!r} ({w}x{h}, {len(png_bytes)} PNG bytes) does not fit {max_bytes} bytes "
                                  f"of markdown even at {nw}x{nh}")
-            png = encode_png(cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA))
+            png = encode_png(cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), compression)
     return f"![{alt}]({png_data_uri(png)})"
 
 

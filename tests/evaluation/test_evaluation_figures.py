@@ -177,3 +177,9 @@ def test_markdown_image_keeps_small_images_and_downsizes_large_ones():
     assert shrunk.shape[0] < 300 and abs(shrunk.shape[1] / shrunk.shape[0] - 4 / 3) < 0.05
     with pytest.raises(ValueError, match="does not fit 60 bytes"):
         markdown_image("noise", big, max_bytes=60)
+    # a lower zlib level (the stages' pictures): other bytes, the same pixels, and the downsized one still fits
+    frame = _frames(1, h=120, w=160, seed=2)[0]
+    fast = encode_png(frame, 6)
+    assert fast != encode_png(frame) and np.array_equal(decode_png(fast), frame)
+    md = markdown_image("noise", encode_png(noisy, 6), max_bytes=30_000, compression=6)
+    assert len(md) <= 30_000 and decode_png(data_uri_bytes(md[len("![noise]("):-1])).shape[0] < 300

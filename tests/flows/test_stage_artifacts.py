@@ -43,7 +43,7 @@ def images(markdown: str) -> dict[str, np.ndarray]:
 
 def published(image: np.ndarray) -> np.ndarray:
     """What the artifact shows of ``image``: its PNG through ``markdown_image``'s size cap (downsized when over)."""
-    md = markdown_image("x", encode_png(image), artifacts.IMAGE_BYTES)
+    md = markdown_image("x", encode_png(image, artifacts.PNG_LEVEL), artifacts.IMAGE_BYTES, artifacts.PNG_LEVEL)
     return decode_png(data_uri_bytes(md[len("![x]("):-1]))
 
 

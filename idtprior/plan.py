@@ -471,10 +471,12 @@ def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 1
                 else DESCRIPTOR_COLUMNS / 2
             iters = max(1.0, cfg.codebook.gmm_iters * units.em_iters_fraction)
             s = rows * cfg.codebook.gmm_components * dims * iters * units.em_s_per_row_component_dim
-            # EM runs in one process on every core (BLAS): its core-seconds are spread over the cores as well
-            cpu(stage, s, 0, cfg.codebook.gmm_components * dims * 12.0,
+            # EM runs in the flow's one process, on chunks of 4096 rows: its element-wise work is numpy's, on one
+            # thread, and BLAS threads gain nothing on the demo's blocks (2 cores: 3.3 s with one thread, 3.5 with
+            # two) and 1.4-1.5x on Kinetics' (K=256, D=213): counted as serial, an upper bound where blocks are large
+            cpu(stage, 0.0, 0, cfg.codebook.gmm_components * dims * 12.0,
                 f"~{iters:.0f} EM iterations (at most {cfg.codebook.gmm_iters}) over {rows:.3g} rows, "
-                f"K={cfg.codebook.gmm_components}")
+                f"K={cfg.codebook.gmm_components}, in one process", serial_s=s)
         elif stage == "encode":
             s = videos * mean_seconds * fps * (idt_frame_s + units.decode_s_per_frame
                                                 + units.decode_s_per_mpix * src_mpix)

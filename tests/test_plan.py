@@ -56,6 +56,10 @@ def test_plan_is_linear_in_videos_and_spreads_over_cores():
     kmeans_wall = (one["cluster"].core_hours * 3600 - montage_s) / 16
     assert one["cluster"].wall_s - wide["cluster"].wall_s == pytest.approx(kmeans_wall / 2)
     assert one["encode"].storage_bytes == 10_000 * cfg.codebook.sketch_dim * 4  # the sketches, float32
+    # EM: in the flow's one process, whatever the cores (numpy's element-wise work on one thread)
+    fit = {c: plan(cfg, units, 10_000, cores=c, stages=["fit_codebook"])[0] for c in (2, 32)}
+    assert fit[2].wall_s == fit[32].wall_s == pytest.approx(fit[2].core_hours * 3600 + units.stage_overhead_s)
+    assert "in one process" in fit[2].basis
     # the frames' codec: the same work, the stored bytes at its measured ratio, and the bytes a frame said
     jpeg = {r.stage: r for r in plan(cfg.with_updates(decode={"codec": "jpeg"}), units, 10_000, cores=16,
                                      train_fraction=1.0, stages=["decode"])}["decode"]

@@ -17,6 +17,7 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
+from idtprior.flows.dask_worker import NO_PROFILER
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
@@ -95,7 +96,8 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     # THIS process's os.environ before each worker starts, and leaves it there: torch imported afterwards (the
     # training stages) ran with one thread on every core count, and processes this one spawns inherited it. The
     # workers get the thread limits through their own environment instead (tune_worker_process sets the rest).
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
+    # and no statistical profiler in the workers: its stack sampling can crash a worker (flows/dask_worker.py)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}, **NO_PROFILER}), LocalCluster(
             n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
             dashboard_address=None, silence_logs=logging.WARNING, **where,
             scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}, preload=[WORKER_SETUP],
@@ -128,7 +130,7 @@ def slurm_cluster(cfg: SlurmConfig):
         local_directory=cfg.local_directory, log_directory=cfg.log_directory,
         # each worker's HTTP endpoints (health, metrics) on the node's loopback only: dask's default is every
         # interface, one more open port per process on the compute nodes
-        worker_extra_args=["--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+        worker_extra_args=["--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--preload", WORKER_SETUP],
         scheduler_options={"dashboard_address": cfg.dashboard_address}, silence_logs=logging.WARNING)
 
 

@@ -20,6 +20,10 @@ def test_the_local_cluster_and_its_workers_listen_on_the_loopback_only():
             assert len(workers) == 2
             assert all(w.startswith("tcp://127.0.0.1:") for w in workers), list(workers)
             assert client.submit(sum, [1, 2, 3]).result() == 6
+            # no statistical profiler: its stack sampling segfaulted workers decoding with PyAV (flows/dask_worker.py)
+            callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+            assert len(callbacks) == 2 and all("heartbeat" in c and "profile" not in c and "profile-cycle" not in c
+                                               for c in callbacks.values()), callbacks
             http = client.run_on_scheduler(
                 lambda dask_scheduler: [s.getsockname()[:2] for s in dask_scheduler.http_server._sockets.values()])
     # the scheduler's HTTP endpoints too, on a free port (not dask's fixed 8787, which a second run would find taken)
@@ -40,6 +44,21 @@ def test_a_threads_only_cluster_talks_in_memory_and_its_http_endpoints_stay_on_t
             http = client.run_on_scheduler(
                 lambda dask_scheduler: [s.getsockname()[0] for s in dask_scheduler.http_server._sockets.values()])
     assert set(http) == {"127.0.0.1"}, http
+
+
+def test_the_worker_preload_stops_the_profiler_of_a_worker_dask_configured_with_one():
+    """Any worker that preloads idtprior's set-up (the SLURM jobs' do) runs without the profiler, whatever its config."""
+    from distributed import Client, LocalCluster
+
+    from idtprior.flows.common import WORKER_SETUP
+
+    def profiling(dask_worker) -> list[str]:
+        return [name for name in ("profile", "profile-cycle") if name in dask_worker.periodic_callbacks]
+
+    for preload, want in (([], ["profile", "profile-cycle"]), ([WORKER_SETUP], [])):
+        with LocalCluster(n_workers=1, processes=False, dashboard_address=None, preload=preload) as cluster, \
+                Client(cluster) as client:
+            assert list(client.run(profiling).values()) == [want]
 
 
 def test_an_address_from_the_environment_is_used_when_the_run_names_none(monkeypatch):
@@ -80,6 +99,7 @@ def test_the_slurm_cluster_job_script_asks_for_the_configured_queue_cores_memory
     assert opts["--memory-limit"] == "7.45GiB", worker
     assert opts["--interface"] == "lo"
     assert opts["--dashboard-address"] == "127.0.0.1:0"  # a worker's HTTP endpoints stay on its node
+    assert opts["--preload"] == "idtprior.flows.dask_worker"  # its set-up: no profiler, the heartbeat filter
     assert "--no-dashboard" in worker
     # with an interface named, the scheduler listens on it (lo here: 127.0.0.1), not on every interface
     assert address.startswith("tcp://127.0.0.1:"), address

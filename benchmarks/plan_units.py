@@ -106,8 +106,8 @@ def main() -> int:
         alone = measure_decode_units(quick=args.quick, processes=1)
         new = measure_decode_units(quick=args.quick)
         for key, value in new.items():
-            print(f"{key}: {value:.4g} with every core decoding, {alone[key]:.4g} with one process alone (stored "
-                  f"{getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
+            print(f"{key}: {value:.4g} with every core decoding, {alone[key]:.4g} with one process alone "
+                  f"(x{value / alone[key]:.2f}; stored {getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
             setattr(units, key, value)
         units.how += f"; decode's units with every core decoding on {date.today()} (benchmarks/plan_units.py --decode)"
         if args.write:

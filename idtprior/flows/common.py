@@ -17,7 +17,6 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
-from idtprior.flows.dask_worker import NO_PROFILER
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
                               chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
@@ -96,8 +95,7 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
     # THIS process's os.environ before each worker starts, and leaves it there: torch imported afterwards (the
     # training stages) ran with one thread on every core count, and processes this one spawns inherited it. The
     # workers get the thread limits through their own environment instead (tune_worker_process sets the rest).
-    # and no statistical profiler in the workers: its stack sampling can crash a worker (flows/dask_worker.py)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}, **NO_PROFILER}), LocalCluster(
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
             n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
             dashboard_address=None, silence_logs=logging.WARNING, **where,
             scheduler_kwargs={"dashboard_address": f"{cfg.host}:0"}, preload=[WORKER_SETUP],
@@ -108,7 +106,7 @@ def dask_cluster(cfg: DaskConfig, address: str | None = None) -> Iterator[str | 
             close_clients()
 
 
-WORKER_SETUP = "idtprior.flows.dask_worker"  # preloaded by each LocalCluster worker (its log filter)
+WORKER_SETUP = "idtprior.flows.dask_worker"  # preloaded by each worker: its log filter, no profiler
 WORKER_ENV = (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"))
 """The environment of a LocalCluster's worker processes (what Dask's pre-spawn environment gives them, minus the
 malloc setting that ``tasks.common.tune_worker_process`` replaces)."""

@@ -6,8 +6,8 @@ walked from its event-loop thread), and on Python 3.11 that walk can read a fram
 worker dies of a segmentation fault. Seen here in the decode stage, in 2 of about 20 runs of the demo's 240 videos, the
 walk in ``distributed.profile.process`` while the task thread was inside PyAV's decode generator; the nanny restarted
 the worker and its finished videos were decoded again. The profile only feeds Dask's dashboard, which idtprior does not
-serve, so the pipeline's clusters start their workers without it (``NO_PROFILER``) and this hook stops it on any worker
-that preloads this module.
+serve, so this hook drops it on every worker that preloads this module (the pipeline's LocalCluster and SLURM workers
+do), before the worker starts it.
 
 A worker's failed heartbeat is logged with its traceback on the worker's stderr, which is the terminal of the
 ``idtprior run`` that started the cluster. When a stage ends, its cluster closes, and a worker whose heartbeat was in
@@ -19,8 +19,6 @@ futures fail, and a lost connection is a transient fault that retries the chunk.
 import logging
 
 HEARTBEAT = "Failed to communicate with scheduler during heartbeat"
-NO_PROFILER = {"distributed.worker.profile.enabled": False}
-"""Dask config of the pipeline's workers: no statistical profiler (see the module docstring)."""
 PROFILER_CALLBACKS = ("profile", "profile-cycle")
 
 
@@ -31,16 +29,12 @@ class DropHeartbeatFailures(logging.Filter):
         return not str(record.msg).startswith(HEARTBEAT)
 
 
-def stop_profiler(worker) -> list[str]:
-    """Stop and drop the worker's profiler callbacks (before the worker starts them, from the preload hook);
-    returns the names of those it had."""
-    stopped = []
+def stop_profiler(worker) -> None:
+    """Stop and drop the worker's profiler callbacks (before the worker starts them, from the preload hook)."""
     for name in PROFILER_CALLBACKS:
         callback = worker.periodic_callbacks.pop(name, None)
         if callback is not None:
             callback.stop()
-            stopped.append(name)
-    return stopped
 
 
 def dask_setup(worker=None) -> None:

@@ -13,8 +13,9 @@ import numpy as np
 
 def prefetched(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
     """Yield the items of ``frames`` in order while a background thread reads up to ``depth`` ahead: decoding overlaps
-    the consumer's work instead of waking the decoder's threads for every frame. An error of the reader is raised here, at the item where it happened; closing the
-    generator early (an error of the consumer, a ``break``) stops the reader at its next item."""
+    the consumer's work instead of waking the decoder's threads for every frame. An error of the reader is raised
+    here, at the item where it happened; closing the generator early (an error of the consumer, a ``break``) stops the
+    reader at its next item."""
     if depth < 1:
         raise ValueError(f"prefetched: depth must be >= 1, got {depth}")
     items: queue.Queue = queue.Queue(depth)

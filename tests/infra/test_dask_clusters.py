@@ -47,7 +47,8 @@ def test_a_threads_only_cluster_talks_in_memory_and_its_http_endpoints_stay_on_t
 
 
 def test_the_worker_preload_stops_the_profiler_of_a_worker_dask_configured_with_one():
-    """Any worker that preloads idtprior's set-up (the SLURM jobs' do) runs without the profiler, whatever its config."""
+    """A worker that preloads idtprior's set-up (the pipeline's LocalCluster and SLURM workers do) runs without the
+    profiler that Dask's config gives it."""
     from distributed import Client, LocalCluster
 
     from idtprior.flows.common import WORKER_SETUP

@@ -11,7 +11,9 @@ Videos: the KTH clip itself (160x120, 360 frames of MPEG-4, from ../shared/data:
 frames/s) and the generated 320x240 video of benchmarks/idt_speed.py (written losslessly with ffv1). One OpenCV
 thread, as the release. Every command runs RUNS times, interleaved; the minimum and the median are printed (this
 machine kind's timings move by 10-30% from run to run). `taskset -c 0` runs the default command on one core:
-decoding, formatting and gzip then share the extraction's core.
+decoding, formatting and gzip then share the extraction's core. The command is the `idtprior` console script beside
+this Python (`python -m idtprior.cli` without it), with its imports, as a user times it; a further row runs it the way
+it ran before it skipped the pipeline's parser and imports.
 
 Usage: python benchmarks/idt_cli_write.py [N_GENERATED_FRAMES (150)] [RUNS (5)]"""
 
@@ -38,6 +40,17 @@ rows = [b for b in iter_idt(iter_frames(video), p, None, num_frames=probe_video(
 rows = np.concatenate(rows)
 with gzip.open(out, "wt", encoding="ascii", newline="") as f:
     f.write(format_idt_rows(rows, 10 + 2 * p.track_length))
+"""
+
+# `idtprior idt` as it ran before it took its own path in idtprior.cli.main: the whole command line's parser (its
+# config, pydantic) and main's imports (the list formats, zarr) before the extraction
+FULL_PARSER = r"""
+import sys
+import idtprior.cli as cli
+cli._prefect_defaults()
+args = cli.build_parser().parse_args(["idt", *sys.argv[1:]])
+import idtprior.config, idtprior.datasets.lists
+sys.exit(args.func(args))
 """
 
 # The reference release (DenseTrackStab, OpenCV 4 + SURF) measured end to end on this machine kind, one core, quiet
@@ -98,12 +111,15 @@ def main() -> int:
         print(f"KTH clip not found under {kth.parent}: only the generated video")
     write_video(tmp / "generated.avi", generated_video(n), codec="ffv1")
     videos.append(("generated 320x240", tmp / "generated.avi"))
-    cli = [sys.executable, "-m", "idtprior.video.idt.cli"]
+    entry = Path(sys.executable).with_name("idtprior")  # the console script a user runs
+    cli = [str(entry), "idt"] if entry.exists() else [sys.executable, "-m", "idtprior.cli", "idt"]
     one_core = ["taskset", "-c", "0"] if shutil.which("taskset") else None
     for name, video in videos:
         frames = probe_video(video).frame_count
         commands = {"previous write path (all rows kept, gzip level 9)":
                     [sys.executable, "-c", BASELINE, str(video), str(tmp / "base.txt.gz")]}
+        commands["idtprior idt through the pipeline's parser and imports (before the command's own path)"] = [
+            sys.executable, "-c", FULL_PARSER, str(video), "-o", str(tmp / "full.txt.gz")]
         for level in (6, 1):
             commands[f"idtprior idt --gzip-level {level}{' (default)' if level == 6 else ''}"] = [
                 *cli, str(video), "-o", str(tmp / f"l{level}.txt.gz"), "--gzip-level", str(level)]

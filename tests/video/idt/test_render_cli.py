@@ -1,5 +1,7 @@
 import argparse
 import gzip
+import subprocess
+import sys
 
 import numpy as np
 
@@ -34,3 +36,23 @@ def test_cli_writes_release_format(tmp_path):
     assert rows.shape[1] == 436 and len(rows) > 0
     assert gzip.open(out, "rt").readline().endswith("\t\n")
     assert run_idt(parser.parse_args([str(tmp_path / "missing.avi")])) == 2
+
+
+def test_idtprior_idt_skips_the_pipeline_imports(tmp_path):
+    """``idtprior idt`` writes what ``run_idt`` writes, without importing the pipeline's config (pydantic) or storage
+    (zarr), and a bad video is still one line and status 2."""
+    video = tmp_path / "v.avi"
+    write_video(video, moving_square_video(20, 2.0), codec="ffv1")
+    reference = tmp_path / "r.txt"
+    assert run_idt(add_idt_arguments(argparse.ArgumentParser()).parse_args([str(video), "-A", "1", "-o",
+                                                                             str(reference)])) == 0
+    code = ("import sys; from idtprior.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, sorted(m for m in ('pydantic', 'zarr', 'prefect', 'torch', 'idtprior.config') if m in sys.modules))")
+    out = tmp_path / "o.txt"
+    done = subprocess.run([sys.executable, "-c", code, "idt", str(video), "-A", "1", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.split("\n")[0] == "0 []", done.stdout + done.stderr
+    assert out.read_bytes() == reference.read_bytes() and len(reference.read_bytes()) > 0
+    bad = subprocess.run([sys.executable, "-c", code, "idt", str(tmp_path / "missing.avi")], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert bad.stdout.startswith("2 ") and "missing.avi" in bad.stderr and len(bad.stderr.splitlines()) == 1, bad

@@ -11,7 +11,9 @@ Measured in one run:
   spread over the cores, so ``wall - compute / cores`` is what the orchestration adds;
 - a rerun with everything cached (each chunk checks its record and skips);
 - the manifest rebuild and ``idtprior status`` on the large workspace;
-then an extrapolation to Kinetics-400 (235,000 videos in 1,000 chunks), assuming the costs stay linear in videos.
+then an extrapolation to Kinetics-400 (235,000 videos in 1,000 chunks), assuming the costs stay linear in videos;
+- the fixed cost of the stages that run in the flow's process (fit_codebook, cluster): a small pipeline on textured
+  pans (``SERIAL``), their wall less the work ``idtprior plan`` counts for them (``--serial-only``: this alone).
 ``--write-units`` stores the fixed and per-video overheads into ``idtprior/plan_units.json`` for ``idtprior plan``.
 """
 
@@ -84,6 +86,71 @@ TRAIN = {"width": 0.25, "clip_length": 8, "crop_size": 32, "videos": 96, "frames
 on 8x32x32 clips, 2 loader workers: epochs of about a second, so a per-epoch cost of the stage shows."""
 
 
+SERIAL = {"videos": 24, "frames": 24, "size": (160, 120), "k": 2}
+"""The measurement of the stages that run in the flow's process (fit_codebook, cluster): 24 textured pans (the
+calibration's content, so that the IDT units plan subtracts fit it) of 24 frames at 160x120, a small codebook and
+k-means; their wall time less the work plan counts for them (EM, k-means, the montage's IDT) is their fixed cost."""
+
+
+def serial_config(path: Path, videos: Path, workspace: Path) -> None:
+    n = SERIAL["videos"]
+    path.write_text(f"""workspace: {workspace}
+stages: [ingest, decode, idt, fit_codebook, encode, cluster]
+ingest:
+  source: {videos}
+  source_format: folder
+  num_chunks: 1
+decode:
+  short_side: 128
+idt:
+  scale_num: 8
+  track_length: 15
+  sample_videos: {n}
+  sample_rows: 200
+codebook:
+  pca_mode: per_type
+  gmm_components: 4
+  gmm_iters: 20
+  sketch_dim: 256
+cluster:
+  k: {SERIAL["k"]}
+  runs: 2
+  iters: 10
+  n_init: 2
+dask:
+  n_workers: {os.cpu_count() or 1}
+""")
+
+
+def serial_stage_overheads(root: Path, cores: int, repeats: int = 2) -> dict[str, list[float]]:
+    """Wall seconds beyond plan's counted work of fit_codebook and cluster in ``repeats`` fresh pipeline runs (the
+    stages run after the earlier ones in one process, as in a user's run: the imports are paid before them)."""
+    from idtprior.config import load_config
+    from idtprior.datasets.synthetic import textured_pan_video
+    from idtprior.plan import Units, plan
+    from idtprior.video.io import write_video
+
+    videos = root / "videos-serial"
+    videos.mkdir(parents=True, exist_ok=True)
+    w, h = SERIAL["size"]
+    for i in range(SERIAL["videos"]):
+        write_video(videos / f"v{i:03d}.mp4", textured_pan_video(SERIAL["frames"], h, w, seed=i))
+    bare = Units(**{**Units.load().__dict__, "stage_overhead_s": 0.0})
+    out: dict[str, list[float]] = {"fit_codebook": [], "cluster": []}
+    for r in range(repeats):
+        config = root / f"serial{r}.yaml"
+        serial_config(config, videos, root / f"ws-serial{r}")
+        measured = run(config)
+        modelled = {p.stage: p.wall_s for p in plan(load_config(config), bare, SERIAL["videos"],
+                                                      SERIAL["frames"] / 25, 25.0, w, h, cores,
+                                                      stages=list(out))}
+        for stage in out:
+            out[stage].append(measured[stage] - modelled[stage])
+        print(f"stages in the flow's process, run {r + 1}: " + ", ".join(
+            f"{s} {measured[s]:.1f} s measured, {modelled[s]:.1f} s of counted work" for s in out), flush=True)
+    return out
+
+
 def run(config: Path, *extra: str) -> dict[str, float]:
     """``idtprior run`` in a subprocess; each stage's wall seconds from its closing line, and the whole command's."""
     t0 = time.perf_counter()
@@ -129,10 +196,26 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one, removed)")
     ap.add_argument("--write-units", action="store_true", help="store the overheads in idtprior/plan_units.json")
     ap.add_argument("--training-only", action="store_true", help="measure (and --write-units) the training stage's only")
+    ap.add_argument("--serial-only", action="store_true",
+                    help="measure (and --write-units) the fixed cost of the stages in the flow's process only")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     tmp = tempfile.TemporaryDirectory(prefix="idtprior-overhead-") if args.out is None else None
     root = Path(args.out or tmp.name)
+    serial = serial_stage_overheads(root, cores)
+    serial_fixed = float(np.mean([v for vs in serial.values() for v in vs]))
+    print("fixed cost of a stage in the flow's process: " + ", ".join(
+        f"{s} {', '.join(f'{v:.2f}' for v in vs)} s" for s, vs in serial.items()) + f"; mean {serial_fixed:.2f} s",
+          flush=True)
+    if args.serial_only:
+        if args.write_units:
+            from idtprior.plan import Units
+
+            u = Units.load()
+            u.stage_overhead_s = serial_fixed
+            u.save()
+            print(f"plan units: stage_overhead_s {u.stage_overhead_s:.2f}")
+        return 0
     results = {}
     for name, n in () if args.training_only else (("small", args.small), ("large", args.videos)):
         videos = root / f"videos-{name}"
@@ -216,7 +299,7 @@ def main() -> int:
         from idtprior.plan import Units
 
         u = Units.load()
-        u.stage_overhead_s = float(np.mean([f for f, _ in units.values()]))
+        u.stage_overhead_s = serial_fixed
         u.ingest_overhead_s, u.fanout_overhead_s = float(units["ingest"][0]), float(units["decode"][0])
         u.video_overhead_s = float(max(0.0, np.mean([o for _, o in units.values()])))
         u.stage_epoch_overhead_s, u.train_stage_overhead_s = max(0.0, float(per_epoch)), float(train_fixed)

@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from idtprior.plan import UNITS_PATH, Units, measure_decode_units, measure_idt_units, measure_units
+from idtprior.plan import (UNITS_PATH, Units, kmeans_units, measure_decode_units, measure_idt_units,
+                           measure_units)
 
 
 def kth_frame_ratio(serializer=None) -> float | None:
@@ -88,6 +89,19 @@ def idt_units_against(baseline: Path, units: Units, runs: int) -> dict[str, floa
     return {"idt_s_per_frame": per_frame, "idt_s_per_mpix": per_mpix}
 
 
+def store(units: Units, new: dict[str, float], lines: dict[str, str], how: str, write: bool) -> int:
+    """Print each re-measured unit (``lines``), set it in the stored ``units``, note ``how`` (``{today}``: the date)
+    and, with ``write``, save them."""
+    for key, value in new.items():
+        print(f"{key}: {lines[key]}")
+        setattr(units, key, value)
+    units.how += "; " + how.format(today=date.today())
+    if write:
+        units.save()
+        print(f"written to {UNITS_PATH}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the calibration's sizes (under a minute)")
@@ -100,36 +114,38 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="with --baseline-tree: interleaved runs of each tree")
     ap.add_argument("--decode", action="store_true",
                     help="measure decode's units only (every core decoding a video) and keep the stored others")
+    ap.add_argument("--kmeans", action="store_true",
+                    help="measure k-means' units only (a Lloyd iteration's parts, a k-means++ step's) and keep the "
+                         "others")
     args = ap.parse_args()
+    if args.kmeans:
+        import numpy as np
+        from threadpoolctl import threadpool_limits
+
+        units = Units.load()
+        with threadpool_limits(limits=1):
+            new = kmeans_units(np.random.default_rng(0), 3 if args.quick else 7)
+        return store(units, new, {k: f"{v:.4g} (stored {getattr(units, k):.4g})" for k, v in new.items()},
+                     "k-means' units on {today} (benchmarks/plan_units.py --kmeans)", args.write)
     if args.decode:
         units = Units.load()
         alone = measure_decode_units(quick=args.quick, processes=1)
         new = measure_decode_units(quick=args.quick)
-        for key, value in new.items():
-            print(f"{key}: {value:.4g} with every core decoding, {alone[key]:.4g} with one process alone "
-                  f"(x{value / alone[key]:.2f}; stored {getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
-            setattr(units, key, value)
-        units.how += f"; decode's units with every core decoding on {date.today()} (benchmarks/plan_units.py --decode)"
-        if args.write:
-            units.save()
-            print(f"written to {UNITS_PATH}")
-        return 0
+        lines = {k: f"{v:.4g} with every core decoding, {alone[k]:.4g} with one process alone (x{v / alone[k]:.2f}; "
+                    f"stored {getattr(units, k):.4g}, x{v / getattr(units, k):.2f})" for k, v in new.items()}
+        return store(units, new, lines, "decode's units with every core decoding on {today} "
+                     "(benchmarks/plan_units.py --decode)", args.write)
     if args.idt:
         units = Units.load()
         if args.baseline_tree:
             new = idt_units_against(Path(args.baseline_tree), units, args.runs)
         else:
             new = measure_idt_units(quick=args.quick)
-        for key, value in new.items():
-            print(f"{key}: {value:.4g} (stored {getattr(units, key):.4g}, x{value / getattr(units, key):.2f})")
-            setattr(units, key, value)
         how = (f"scaled by the extractor's speed-up over {args.baseline_tree} measured in one run"
                if args.baseline_tree else "re-measured")
-        units.how += f"; IDT's units {how} on {date.today()} (benchmarks/plan_units.py --idt)"
-        if args.write:
-            units.save()
-            print(f"written to {UNITS_PATH}")
-        return 0
+        return store(units, new, {k: f"{v:.4g} (stored {getattr(units, k):.4g}, x{v / getattr(units, k):.2f})"
+                                  for k, v in new.items()},
+                     f"IDT's units {how} on {{today}} (benchmarks/plan_units.py --idt)", args.write)
     units = measure_units(quick=args.quick)
     units.how = "benchmarks/plan_units.py" + (" --quick" if args.quick else "")
     ratio = kth_frame_ratio()

@@ -56,7 +56,7 @@ class Units:
     fisher_s_per_row_component: dict[str, float]  # Fisher vector + sketch, per pca_mode
     em_s_per_row_component_dim: float  # one EM iteration
     em_iters_fraction: float  # EM iterations to convergence / gmm_iters (measured with gmm_iters 100, default tol)
-    kmeans_s_per_row_centroid_dim: float  # one Lloyd iteration
+    kmeans_s_per_row_centroid_dim: float  # one Lloyd iteration, per distance term (see kmeans_seconds)
     train_s_per_gmac: float  # CPU: forward + backward + SGD step, per GMAC of the clip's forward pass
     embed_s_per_gmac: float  # CPU: forward pass only
     loader_s_per_mpix: float  # reading + transforming a clip from the frame store, per megapixel read
@@ -64,7 +64,8 @@ class Units:
     epoch_overhead_s: float  # a training epoch's own cost on the CPU (checkpoints, kNN monitor, Lightning's loop)
     train_setup_s: float  # a training run's fixed cost (trainer set-up, export of encoder and bank)
     detect_s_per_frame: float  # the embedded ssdlite detector, one frame
-    stage_overhead_s: float = 3.0  # orchestration: fixed seconds of a stage (flow, tasks, records, summary)
+    stage_overhead_s: float = 3.0  # orchestration: fixed seconds of a stage run in the flow's process (fit_codebook,
+    # cluster: its subflow, task, record, summary), beyond the work plan counts (benchmarks/pipeline_overhead.py)
     ingest_overhead_s: float = 3.0  # ... of ingest (the listing, the manifest; no frames)
     fanout_overhead_s: float = 3.0  # ... of a stage that fans videos out to Dask workers (decode, detect, idt, encode)
     video_overhead_s: float = 0.0  # orchestration: serial seconds per video of a per-video stage
@@ -72,6 +73,10 @@ class Units:
     train_stage_overhead_s: float = 0.0  # ... and its fixed seconds (benchmarks/pipeline_overhead.py)
     gpu: dict[str, Any] = field(default_factory=dict)  # measured on a lent GPU: name, train_clips_per_s, gmac_per_clip
     frame_bytes_ratio_jpeg: float = 0.0  # ... with decode.codec jpeg at JPEG_UNIT_QUALITY (0: not measured)
+    kmeans_s_per_iteration: float = 0.0  # a Lloyd iteration's fixed seconds (its NumPy calls), whatever its size
+    kmeans_s_per_row_dim: float = 0.0  # ... and per value of the data (the centroids' sums, the row norms)
+    kmeans_s_per_seed_step: float = 0.0  # a k-means++ step's fixed seconds (one of k - 1 sequential steps)
+    kmeans_s_per_seed_distance: float = 0.0  # ... and per candidate x row x dim (a narrow product: slower a term)
 
     @classmethod
     def load(cls, path: str | Path = UNITS_PATH) -> "Units":
@@ -248,7 +253,7 @@ def measure_units(quick: bool = True) -> Units:
     from threadpoolctl import threadpool_limits
 
     from idtprior.datasets.synthetic import textured_pan_video
-    from idtprior.encoding import CodebookParams, count_sketch, fisher_vector, kmeans
+    from idtprior.encoding import CodebookParams, count_sketch, fisher_vector
     from idtprior.encoding.codebook import fit_codebook, fit_codebook_with_report
     from idtprior.encoding.gmm import DiagGMM, em_step
     from idtprior.models.data import ClipDataset, FunctionClipSource
@@ -308,10 +313,7 @@ def measure_units(quick: bool = True) -> Units:
             var = x.var(0)
             t = _best(lambda: em_step(x, gmm, 1e-4 * var, var), repeats + 1)
             out["em_s_per_row_component_dim"] = t / (len(x) * k * d)
-            xs = rng.standard_normal((8000, 256)).astype(np.float32)
-            t0 = _best(lambda: kmeans(xs, 128, runs=1, iters=1, init="random"), repeats + 1)
-            t1 = _best(lambda: kmeans(xs, 128, runs=1, iters=11, init="random"), repeats + 1)
-            out["kmeans_s_per_row_centroid_dim"] = max(t1 - t0, 1e-9) / 10 / (len(xs) * 128 * 256)
+            out.update(kmeans_units(rng, repeats + 2))
             # training step and forward pass on the CPU, per GMAC (a reference network: width 0.25, 8x64x64)
             gmac, _ = network_cost("resnet18", 0.25, 128, 8, 64)
             net = resnet3d("resnet18", 128, 0.25)
@@ -345,6 +347,35 @@ def measure_units(quick: bool = True) -> Units:
         torch.set_num_threads(threads[1])
         blas.restore_original_limits()
     return Units(machine=machine_name(), measured=str(date.today()), how="measure_units(quick=%s)" % quick, **out)
+
+
+def kmeans_units(rng: np.random.Generator, repeats: int = 3) -> dict[str, float]:
+    """kmeans_seconds' units, one thread: a Lloyd iteration's time (21 iterations less 1, over 20) at K=2 and K=128
+    on 8000 x 256 gives its per-distance and per-value parts, on 64 x 8 its fixed part; k-means++ against random
+    seeding at K=33 on 256 x 16, a step's fixed part, and at K=17 on 1024 x 1024 (four candidates a step), its
+    part per candidate distance term."""
+    from idtprior.encoding import kmeans
+
+    def iteration(x: np.ndarray, k: int) -> float:
+        one = _best(lambda: kmeans(x, k, runs=1, iters=1, init="random"), repeats)
+        return max(_best(lambda: kmeans(x, k, runs=1, iters=21, init="random"), repeats) - one, 1e-9) / 20
+
+    big = rng.standard_normal((8000, 256)).astype(np.float32)
+    tiny = rng.standard_normal((64, 8)).astype(np.float32)
+    fixed = iteration(tiny, 4)
+    k2, k128 = iteration(big, 2), iteration(big, 128)
+    per_distance = max(k128 - k2, 1e-12) / (big.size * 126)
+    per_value = max(k2 - fixed - 2 * big.size * per_distance, 0.0) / big.size
+
+    def seed_step(x: np.ndarray, k: int) -> float:
+        kpp = _best(lambda: kmeans(x, k, runs=1, iters=0, init="k-means++"), repeats)
+        return max(kpp - _best(lambda: kmeans(x, k, runs=1, iters=0, init="random"), repeats), 0.0) / (k - 1)
+
+    step = seed_step(rng.standard_normal((256, 16)).astype(np.float32), 33)
+    wide = rng.standard_normal((1024, 1024)).astype(np.float32)  # 4 candidates a step (2 + int(ln 17))
+    per_seed = max(seed_step(wide, 17) - step, 0.0) / (4 * wide.size)
+    return {"kmeans_s_per_row_centroid_dim": per_distance, "kmeans_s_per_row_dim": per_value,
+            "kmeans_s_per_iteration": fixed, "kmeans_s_per_seed_step": step, "kmeans_s_per_seed_distance": per_seed}
 
 
 def _training_overheads(tmp: Path) -> tuple[float, float]:
@@ -401,7 +432,8 @@ class StagePlan:
 
 # The cluster stage's montage: the IDT tracks of 6 clusters x 4 member videos (flows.artifacts.cluster_markdown's
 # defaults; a test holds them equal)
-MONTAGE_VIDEOS = 6 * 4
+MONTAGE_CLUSTERS, MONTAGE_PER_CLUSTER = 6, 4
+MONTAGE_VIDEOS = MONTAGE_CLUSTERS * MONTAGE_PER_CLUSTER
 
 
 def one_scale_idt_s(units: Units, height: int, width: int, idt_config) -> float:
@@ -413,6 +445,28 @@ def one_scale_idt_s(units: Units, height: int, width: int, idt_config) -> float:
     scales = pyramid_scales(height, width, idt_params(idt_config))
     area = sum(h * w for _, (h, w) in scales) / (height * width) if scales else 1.0
     return units.idt_s_per_frame + units.idt_s_per_mpix * height * width / 1e6 / area
+
+
+def kmeans_seconds(units: Units, rows: int, k: int, dim: int, iters: int, calls: int,
+                   init: str = "auto") -> tuple[float, float]:
+    """(seconds of the distance products, seconds of the rest) of ``calls`` k-means runs of ``iters`` Lloyd iterations
+    (encoding.kmeans, NumPy) on ``rows x dim``, timed on one thread. Each iteration has a fixed cost, one per data
+    value (the centroids' sums, the norms) and one per row x centroid x dim (the distances, a matrix product); each
+    call its seeding (k-means++: k - 1 sequential steps, each a fixed cost and the distances of 2 + ln k candidates
+    to a subsample) and its final assignment, one more iteration. The products are BLAS's, which spreads them over
+    the cores of the process; the rest runs on one. At small K (the demo's 12) the fixed and per-value parts are
+    most of it: the distances alone counted a fifth of the demo's k-means."""
+    from idtprior.encoding.kmeans import _KPP_AUTO_FLOPS
+
+    products = (iters + 1) * rows * k * dim * units.kmeans_s_per_row_centroid_dim
+    rest = (iters + 1) * (units.kmeans_s_per_iteration + rows * dim * units.kmeans_s_per_row_dim)
+    sub = min(rows, max(8 * k, 4096))
+    if init == "auto":
+        init = "k-means++" if k * sub * dim * (2 + math.log(k)) <= _KPP_AUTO_FLOPS else "random"
+    if init == "k-means++":
+        products += (k - 1) * (2 + int(math.log(k))) * sub * dim * units.kmeans_s_per_seed_distance
+        rest += (k - 1) * units.kmeans_s_per_seed_step
+    return calls * products, calls * rest
 
 
 def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 10.0, fps: float = 25.0,
@@ -486,14 +540,16 @@ def plan(cfg: PipelineConfig, units: Units, videos: int, mean_seconds: float = 1
                 f"IDT + Fisher vector + sketch of {videos} videos ({rows_per_video:.0f} trajectories each)")
         elif stage == "cluster":
             c = cfg.cluster
-            s = c.runs * c.n_init * c.iters * videos * c.k * cfg.codebook.sketch_dim * units.kmeans_s_per_row_centroid_dim
+            products, rest = kmeans_seconds(units, videos, c.k, cfg.codebook.sketch_dim, c.iters, c.runs * c.n_init)
             # its montage, in the flow's process: the IDT tracks of a window ending at the middle frame of each drawn
             # video, on the stored frames, at the finest scale
-            m = min(videos, MONTAGE_VIDEOS)
+            m = min(videos, min(c.k, MONTAGE_CLUSTERS) * MONTAGE_PER_CLUSTER)  # at most: a cluster may hold fewer
             montage_s = m * (cfg.idt.track_length + 1) * one_scale_idt_s(units, dh, dw, cfg.idt)
-            cpu(stage, s, 0, c.runs * c.k * cfg.codebook.sketch_dim * 4.0 + videos * c.runs * 8.0,
+            # k-means runs in the stage's one task, in the flow's process: its products on BLAS's threads, the rest
+            # serial, like the montage
+            cpu(stage, products, 0, c.runs * c.k * cfg.codebook.sketch_dim * 4.0 + videos * c.runs * 8.0,
                 f"{c.runs * c.n_init} k-means runs x {c.iters} iterations, K={c.k}, {videos} x {cfg.codebook.sketch_dim}"
-                f"; the montage's IDT tracks of {m} videos", serial_s=montage_s)
+                f"; the montage's IDT tracks of {m} videos", serial_s=rest + montage_s)
         elif stage in TRAINING_STAGES:
             out.append(_training(cfg, units, stage, videos, n_train, cores, gpus))
         else:
@@ -517,8 +573,7 @@ def _training(cfg: PipelineConfig, units: Units, stage: str, videos: int, n_trai
     kmeans_s = 0.0
     if st.objective == "la" and st.cluster_source in ("bank", "joint"):
         dim = p.embed_dim + (cfg.codebook.sketch_dim if st.cluster_source == "joint" else 0)
-        kmeans_s = st.epochs * st.kmeans_runs * st.kmeans_iters * n_train * st.n_clusters * dim * \
-            units.kmeans_s_per_row_centroid_dim
+        kmeans_s = sum(kmeans_seconds(units, n_train, st.n_clusters, dim, st.kmeans_iters, st.epochs * st.kmeans_runs))
     # checkpoints: last + 2 epochs' (weights, SGD momentum, bank) and the exported encoder, bank, embeddings
     ckpt = 3 * (params * 4 * 2 + n_train * p.embed_dim * 4) + params * 4 + (n_train + videos) * p.embed_dim * 4
     if devices and units.gpu:

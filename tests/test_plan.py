@@ -8,7 +8,8 @@ import torch
 
 from idtprior.cli import main
 from idtprior.config import bundled_config, load_config
-from idtprior.plan import MONTAGE_VIDEOS, ORCHESTRATION_UNITS, Units, network_cost, one_scale_idt_s, plan
+from idtprior.plan import (MONTAGE_VIDEOS, ORCHESTRATION_UNITS, Units, kmeans_seconds, network_cost, one_scale_idt_s,
+                           plan)
 from idtprior.video.io import resized_shape
 
 
@@ -48,13 +49,17 @@ def test_plan_is_linear_in_videos_and_spreads_over_cores():
         compute = one[stage].core_hours * 3600 / 16
         assert one[stage].wall_s - wide[stage].wall_s == pytest.approx(compute / 2)
     assert two["idt"].core_hours == pytest.approx(one["idt"].core_hours)  # a fixed sample of videos (3500)
-    # k-means: N x K x d; the montage's IDT tracks: a fixed 24 videos, in the flow's process whatever the cores
+    # k-means (kmeans_seconds): its distance products over the cores (BLAS), the rest and the montage's IDT tracks
+    # (a fixed 24 videos) in the flow's process, whatever the cores
     dh, dw = resized_shape(256, 340, short_side=cfg.decode.short_side)
     montage_s = MONTAGE_VIDEOS * (cfg.idt.track_length + 1) * one_scale_idt_s(units, dh, dw, cfg.idt)
-    assert two["cluster"].core_hours - montage_s / 3600 == pytest.approx(2 * (one["cluster"].core_hours
-                                                                              - montage_s / 3600))
-    kmeans_wall = (one["cluster"].core_hours * 3600 - montage_s) / 16
-    assert one["cluster"].wall_s - wide["cluster"].wall_s == pytest.approx(kmeans_wall / 2)
+    c = cfg.cluster
+    for n, rows in ((10_000, one), (20_000, two)):
+        products, rest = kmeans_seconds(units, n, c.k, cfg.codebook.sketch_dim, c.iters, c.runs * c.n_init)
+        assert rows["cluster"].core_hours * 3600 == pytest.approx(products + rest + montage_s)
+        assert rows["cluster"].wall_s == pytest.approx(products / 16 + rest + montage_s + units.stage_overhead_s)
+    products, _ = kmeans_seconds(units, 10_000, c.k, cfg.codebook.sketch_dim, c.iters, c.runs * c.n_init)
+    assert one["cluster"].wall_s - wide["cluster"].wall_s == pytest.approx(products / 32)
     assert one["encode"].storage_bytes == 10_000 * cfg.codebook.sketch_dim * 4  # the sketches, float32
     # EM: in the flow's one process, whatever the cores (numpy's element-wise work on one thread)
     fit = {c: plan(cfg, units, 10_000, cores=c, stages=["fit_codebook"])[0] for c in (2, 32)}
@@ -73,6 +78,34 @@ def test_plan_is_linear_in_videos_and_spreads_over_cores():
     clips = cfg.pretrain_ir.epochs * 10_000
     assert gpu.gpu_hours * 3600 >= clips / units.gpu["train_clips_per_s"]  # this network is the paper's
     assert gpu.wall_s < one["pretrain_ir"].wall_s
+
+
+def test_kmeans_seconds_counts_each_part_and_seeds_as_kmeans_does():
+    """Each unit of kmeans_seconds multiplies its own count; the seeding is k-means++ exactly where encoding.kmeans's
+    "auto" picks it (same centroids from "auto" as from "k-means++" on the demo's shape), random at Kinetics' K."""
+    import numpy as np
+
+    from idtprior.encoding import kmeans
+
+    zero = Units(**{**Units.load().__dict__, **{k: 0.0 for k in Units.load().__dict__ if k.startswith("kmeans_")}})
+
+    def only(**units: float) -> Units:
+        return Units(**{**zero.__dict__, **units})
+
+    n, k, d, iters, calls = 240, 12, 2000, 20, 30  # the demo's clustering: 3 runs x 10 restarts
+    trials = 2 + int(math.log(k))
+    for unit, products, rest in (("kmeans_s_per_iteration", 0, calls * (iters + 1)),
+                                 ("kmeans_s_per_row_dim", 0, calls * (iters + 1) * n * d),
+                                 ("kmeans_s_per_row_centroid_dim", calls * (iters + 1) * n * k * d, 0),
+                                 ("kmeans_s_per_seed_step", 0, calls * (k - 1)),
+                                 ("kmeans_s_per_seed_distance", calls * (k - 1) * trials * n * d, 0)):
+        assert kmeans_seconds(only(**{unit: 1.0}), n, k, d, iters, calls) == (products, rest), unit
+    assert kmeans_seconds(only(kmeans_s_per_seed_step=1.0), n, k, d, iters, calls, init="random") == (0, 0)
+    assert kmeans_seconds(only(kmeans_s_per_seed_step=1.0), 235_000, 6000, 2000, 20, 3) == (0, 0)  # random rows
+    x = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
+    auto, plus = (kmeans(x, k, runs=1, iters=0, init=i)[1] for i in ("auto", "k-means++"))
+    assert np.array_equal(auto, plus)
+    assert not np.array_equal(auto, kmeans(x, k, runs=1, iters=0, init="random")[1])
 
 
 def test_plan_command_prints_every_stage_and_refuses_a_bad_size(capsys):

@@ -6,6 +6,7 @@ size) and written to ``idtprior/plan_units.json`` with the machine's name. The o
     python benchmarks/plan_units.py            # measure and print; --write to store
     python benchmarks/plan_units.py --idt      # IDT's units alone (after a change of the extractor), the rest kept
     python benchmarks/plan_units.py --decode   # decode's units alone (every core decoding), the rest kept
+    python benchmarks/plan_units.py --kmeans   # k-means' units alone, and the plan against kmeans at a few sizes
 """
 
 import argparse
@@ -89,6 +90,34 @@ def idt_units_against(baseline: Path, units: Units, runs: int) -> dict[str, floa
     return {"idt_s_per_frame": per_frame, "idt_s_per_mpix": per_mpix}
 
 
+KMEANS_CHECK = ((240, 2000, 12, 20, 30), (240, 128, 12, 20, 3), (960, 2000, 48, 20, 2), (5000, 512, 200, 10, 1),
+                (20_000, 128, 1000, 5, 1))
+"""(rows, dims, K, iterations, runs) of the model's check: the demo's clustering (30 restarts) and LA's on its bank,
+larger ones, up to where k-means++ still seeds."""
+
+
+def check_kmeans(units: Units) -> None:
+    """Print plan.kmeans_seconds against encoding.kmeans timed on one thread (best of 3), at KMEANS_CHECK's sizes."""
+    import time
+
+    import numpy as np
+
+    from idtprior.encoding import kmeans
+    from idtprior.plan import kmeans_seconds
+
+    rng = np.random.default_rng(1)
+    for n, d, k, iters, calls in KMEANS_CHECK:
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            kmeans(x, k, runs=1, iters=iters, n_init=calls)
+            best = min(best, time.perf_counter() - t0)
+        planned = sum(kmeans_seconds(units, n, k, d, iters, calls))
+        print(f"k-means {n} x {d}, K={k}, {iters} iterations x {calls}: planned {planned:.3f} s, measured "
+              f"{best:.3f} s, planned / measured {planned / best:.2f}")
+
+
 def store(units: Units, new: dict[str, float], lines: dict[str, str], how: str, write: bool) -> int:
     """Print each re-measured unit (``lines``), set it in the stored ``units``, note ``how`` (``{today}``: the date)
     and, with ``write``, save them."""
@@ -125,6 +154,7 @@ def main() -> int:
         units = Units.load()
         with threadpool_limits(limits=1):
             new = kmeans_units(np.random.default_rng(0), 3 if args.quick else 7)
+            check_kmeans(Units(**{**units.__dict__, **new}))
         return store(units, new, {k: f"{v:.4g} (stored {getattr(units, k):.4g})" for k, v in new.items()},
                      "k-means' units on {today} (benchmarks/plan_units.py --kmeans)", args.write)
     if args.decode:

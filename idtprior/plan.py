@@ -351,9 +351,10 @@ def measure_units(quick: bool = True) -> Units:
 
 def kmeans_units(rng: np.random.Generator, repeats: int = 3) -> dict[str, float]:
     """kmeans_seconds' units, one thread: a Lloyd iteration's time (21 iterations less 1, over 20) at K=2 and K=128
-    on 8000 x 256 gives its per-distance and per-value parts, on 64 x 8 its fixed part; k-means++ against random
-    seeding at K=33 on 256 x 16, a step's fixed part, and at K=17 on 1024 x 1024 (four candidates a step), its
-    part per candidate distance term."""
+    on 8000 x 256 gives its per-distance part, at K=2 on 1000 x 1000 its per-value part, on 64 x 8 its fixed part;
+    k-means++ against random seeding at K=33 on 256 x 16, a step's fixed part, and at K=17 on 1024 x 1024 (four
+    candidates a step), its part per candidate distance term (more candidates on more rows take less a term:
+    benchmarks/plan_units.py --kmeans plans K=200-1000 seedings at 1.3-1.6x)."""
     from idtprior.encoding import kmeans
 
     def iteration(x: np.ndarray, k: int) -> float:
@@ -363,9 +364,12 @@ def kmeans_units(rng: np.random.Generator, repeats: int = 3) -> dict[str, float]
     big = rng.standard_normal((8000, 256)).astype(np.float32)
     tiny = rng.standard_normal((64, 8)).astype(np.float32)
     fixed = iteration(tiny, 4)
-    k2, k128 = iteration(big, 2), iteration(big, 128)
-    per_distance = max(k128 - k2, 1e-12) / (big.size * 126)
-    per_value = max(k2 - fixed - 2 * big.size * per_distance, 0.0) / big.size
+    per_distance = max(iteration(big, 128) - iteration(big, 2), 1e-12) / (big.size * 126)
+    # the per-value part grows with the block: 0.4-0.5 ns a value on 240 x 2000 (1.9 MB), 1.2-1.7 on 8000 x 256,
+    # 1.9 on 20000 x 256 (one thread, here); measured on a block of 4 MB, between. Where blocks are larger, K is
+    # (Kinetics: 6000) and the distances are most of an iteration
+    mid = rng.standard_normal((1000, 1000)).astype(np.float32)
+    per_value = max(iteration(mid, 2) - fixed - 2 * mid.size * per_distance, 0.0) / mid.size
 
     def seed_step(x: np.ndarray, k: int) -> float:
         kpp = _best(lambda: kmeans(x, k, runs=1, iters=0, init="k-means++"), repeats)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,7 @@ def serial_stage_overheads(root: Path, cores: int, repeats: int = 2) -> dict[str
     w, h = SERIAL["size"]
     for i in range(SERIAL["videos"]):
         write_video(videos / f"v{i:03d}.mp4", textured_pan_video(SERIAL["frames"], h, w, seed=i))
-    bare = Units(**{**Units.load().__dict__, "stage_overhead_s": 0.0})
+    bare = replace(Units.load(), stage_overhead_s=0.0)
     out: dict[str, list[float]] = {"fit_codebook": [], "cluster": []}
     for r in range(repeats):
         config = root / f"serial{r}.yaml"
@@ -202,11 +203,13 @@ def main() -> int:
     cores = os.cpu_count() or 1
     tmp = tempfile.TemporaryDirectory(prefix="idtprior-overhead-") if args.out is None else None
     root = Path(args.out or tmp.name)
-    serial = serial_stage_overheads(root, cores)
-    serial_fixed = float(np.mean([v for vs in serial.values() for v in vs]))
-    print("fixed cost of a stage in the flow's process: " + ", ".join(
-        f"{s} {', '.join(f'{v:.2f}' for v in vs)} s" for s, vs in serial.items()) + f"; mean {serial_fixed:.2f} s",
-          flush=True)
+    serial_fixed = 0.0
+    if not args.training_only:
+        serial = serial_stage_overheads(root, cores)
+        serial_fixed = float(np.mean([v for vs in serial.values() for v in vs]))
+        print("fixed cost of a stage in the flow's process: " + ", ".join(
+            f"{s} {', '.join(f'{v:.2f}' for v in vs)} s" for s, vs in serial.items()) + f"; mean {serial_fixed:.2f} s",
+              flush=True)
     if args.serial_only:
         if args.write_units:
             from idtprior.plan import Units

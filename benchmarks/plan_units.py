@@ -14,7 +14,7 @@ import json
 from datetime import date
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from idtprior.plan import (UNITS_PATH, Units, kmeans_units, measure_decode_units, measure_idt_units,
@@ -154,7 +154,7 @@ def main() -> int:
         units = Units.load()
         with threadpool_limits(limits=1):
             new = kmeans_units(np.random.default_rng(0), 3 if args.quick else 7)
-            check_kmeans(Units(**{**units.__dict__, **new}))
+            check_kmeans(replace(units, **new))
         return store(units, new, {k: f"{v:.4g} (stored {getattr(units, k):.4g})" for k, v in new.items()},
                      "k-means' units on {today} (benchmarks/plan_units.py --kmeans)", args.write)
     if args.decode:

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from idtprior import keyscheme
+
 STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "cluster", "pretrain_ir", "pretrain_la",
           "tune_joint", "pretrain_la_bank", "supervised", "evaluate")
 """The stages that exist, in pipeline order. Later stages join this tuple when they land."""
@@ -26,18 +28,50 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the key and the value."""
 
 
+KEY_RULES = ("yes", "no", "default", "if:<field>=<value>")
+"""How a setting enters its stage's cache key, declared on the field (``json_schema_extra={"key": rule}``; none:
+"yes"). "no": it decides how the work runs, not what it computes (a device, a batch of independent videos); "default":
+a setting added after workspaces existed, left out of the key while it has its default so their keys hold; "if:f=v":
+keyed only while field ``f`` has value ``v`` (the JPEG quality with the JPEG codec)."""
+
+
+def key(rule: str) -> dict:
+    """``Field(..., json_schema_extra=key("no"))``: the field's key rule (``KEY_RULES``)."""
+    if rule not in KEY_RULES[:3] and not (rule.startswith("if:") and "=" in rule):
+        raise ValueError(f"key rule {rule!r}: expected one of {list(KEY_RULES)}")
+    return {"key": rule}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def config_hash(self) -> str:
-        """A stable hash of this section's values: part of every cache key of the stage it configures."""
-        blob = json.dumps(self.model_dump(mode="json", exclude=set(self._unhashed())), sort_keys=True)
+        """A stable hash of this section's values that change results: part of every cache key of the stage it
+        configures (``key_rule`` says which)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(self.unkeyed())), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def _unhashed(self) -> frozenset[str]:
-        """Fields left out of ``config_hash``: none, unless a section says which of its settings do not change what
-        its stage computes."""
-        return frozenset()
+    @classmethod
+    def key_rule(cls, name: str) -> str:
+        """The declared key rule of field ``name`` (``KEY_RULES``)."""
+        extra = cls.model_fields[name].json_schema_extra
+        return extra.get("key", "yes") if isinstance(extra, dict) else "yes"
+
+    def unkeyed(self) -> frozenset[str]:
+        """The fields ``config_hash`` leaves out with these values, by their key rules; under the legacy key scheme
+        (``idtprior.keyscheme``) without the settings that legacy keys still hashed."""
+        out = set()
+        for name, info in type(self).model_fields.items():
+            rule = self.key_rule(name)
+            if rule == "no" or (rule == "default" and getattr(self, name) == info.default):
+                out.add(name)
+            elif rule.startswith("if:"):
+                other, _, value = rule[3:].partition("=")
+                if str(getattr(self, other)) != value:
+                    out.add(name)
+        if keyscheme.legacy():
+            out -= keyscheme.LEGACY_KEYED.get(type(self).__name__, frozenset())
+        return frozenset(out)
 
 
 class IngestConfig(_Section):
@@ -75,12 +109,9 @@ class DecodeConfig(_Section):
     max_frames: int | None = Field(None, ge=1, description="keep at most this many frames per video (None: all)")
     codec: Literal["zstd", "jpeg"] = Field(
         "zstd", description="how the frames are stored: zstd (lossless) or jpeg (one JPEG per frame at jpeg_quality: "
-                            "lossy, several times smaller; benchmarks/frame_codec.py)")
-    jpeg_quality: int = Field(90, ge=1, le=100, description="codec jpeg: the JPEG quality")
-
-    def _unhashed(self) -> frozenset[str]:
-        """With the zstd codec, the codec settings: workspaces decoded before they existed keep their keys."""
-        return frozenset({"codec", "jpeg_quality"}) if self.codec == "zstd" else frozenset()
+                            "lossy, several times smaller; benchmarks/frame_codec.py)", json_schema_extra=key("default"))
+    jpeg_quality: int = Field(90, ge=1, le=100, description="codec jpeg: the JPEG quality",
+                              json_schema_extra=key("if:codec=jpeg"))
 
 
 class DetectConfig(_Section):
@@ -96,20 +127,15 @@ class DetectConfig(_Section):
                             "detected on)")
     max_side: int | None = Field(None, ge=32, description="detect on frames resized to this longer side (None: "
                                  "native); boxes are stored in the video's pixels")
-    batch_size: int = Field(8, ge=1, le=4096, description="frames per detector call")
-    maskrcnn_weights: str | None = Field(None, description="local state-dict file of the maskrcnn backend")
+    batch_size: int = Field(8, ge=1, le=4096, description="frames per detector call", json_schema_extra=key("no"))
+    maskrcnn_weights: str | None = Field(None, description="local state-dict file of the maskrcnn backend (keyed by "
+                                         "its content, not its path)", json_schema_extra=key("no"))
     maskrcnn_arch: str = Field("maskrcnn_resnet50_fpn", description="a torchvision.models.detection builder")
     maskrcnn_input_size: int = Field(800, ge=32, le=4096, description="Mask R-CNN's internal short side")
-    device: str = Field("auto", description="maskrcnn: auto (cuda where there is one), cpu, cuda, cuda:N")
+    device: str = Field("auto", description="maskrcnn: auto (cuda where there is one), cpu, cuda, cuda:N",
+                        json_schema_extra=key("no"))
     bb_folder: str | None = Field(None, description="import boxes from <video_id>.bb[.gz] files in the reference "
                                   "IDT release's bb-file format instead of detecting")
-
-
-# IDT settings that decide how the work runs but not what it computes, out of the cache keys: the torch backend's rows
-# on two devices agree to float rounding (as the CPU extractor's do on two CPUs), and a batch's videos are extracted
-# independently of each other. The torch backend's own settings play no part with the CPU backend.
-IDT_EXECUTION = frozenset({"device", "batch_videos"})
-IDT_TORCH_ONLY = frozenset({"backend", "torch_homography"})
 
 
 class IDTConfig(_Section):
@@ -135,20 +161,19 @@ class IDTConfig(_Section):
         "cpu", description="the extractor: 'cpu' (the reference: OpenCV and C kernels, one video per worker thread) or "
                            "'torch' (the batched PyTorch extractor on `device`, `batch_videos` videos at a time: the "
                            "CPU extractor's trajectories to float32 rounding); reference-release text files "
-                           "(encode.idt_text_folder) are read the same way with either")
+                           "(encode.idt_text_folder) are read the same way with either",
+        json_schema_extra=key("default"))
+    # How the work runs, not what it computes: the torch backend's rows on two devices agree to float rounding (as the
+    # CPU extractor's do on two CPUs), and a batch's videos are extracted independently of each other.
     device: str | None = Field(None, description="torch backend: the torch device ('cuda', 'cuda:1', 'cpu'); None: "
-                                                 "CUDA where available, else the CPU")
+                                                 "CUDA where available, else the CPU", json_schema_extra=key("no"))
     batch_videos: int = Field(16, ge=1, le=4096, description="torch backend: videos extracted together (their "
-                                                               "decoded frames are held in memory)")
+                                                               "decoded frames are held in memory)",
+                              json_schema_extra=key("no"))
     torch_homography: Literal["cpu", "device"] = Field(
         "cpu", description="torch backend: the camera's homography by OpenCV's RANSAC per video beside the device "
                            "('cpu', the CPU extractor's own) or by the batched RANSAC on the device ('device': equal "
-                           "on KTH, looser fits on generated pans)")
-
-    def _unhashed(self) -> frozenset[str]:
-        """The execution settings; with the CPU backend, the torch backend's settings too, so workspaces computed
-        before the torch backend existed keep their keys."""
-        return IDT_EXECUTION | (IDT_TORCH_ONLY if self.backend == "cpu" else frozenset())
+                           "on KTH, looser fits on generated pans)", json_schema_extra=key("if:backend=torch"))
 
     @model_validator(mode="after")
     def _check_layout(self):
@@ -200,6 +225,9 @@ class ClusterConfig(_Section):
     runs: int = Field(3, ge=1, le=100)
     iters: int = Field(20, ge=1, le=10000)
     n_init: int = Field(1, ge=1, le=1000, description="k-means restarts per run; each run keeps its lowest-inertia one")
+    backend: Literal["numpy", "faiss"] = Field(
+        "numpy", description="the k-means implementation: numpy (the reference) or faiss (needs faiss-cpu; other "
+        "labels for the same seed); chosen here, never by what happens to be installed", json_schema_extra=key("default"))
     seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
 

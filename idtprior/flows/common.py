@@ -132,8 +132,71 @@ def slurm_cluster(cfg: SlurmConfig):
         scheduler_options={"dashboard_address": cfg.dashboard_address}, silence_logs=logging.WARNING)
 
 
+FAISS_SENSITIVE = ("cluster", "pretrain_ir", "pretrain_la", "tune_joint", "pretrain_la_bank", "supervised",
+                   "evaluate")
+"""Stages whose k-means chose faiss by itself before behaviour versions, whenever faiss was importable: where it is
+importable now, their legacy records may hold faiss's labels, and are not re-keyed (they recompute, with numpy)."""
+
+
+def with_legacy_keys(ws: Workspace, stage: str, plans: dict[str, dict], replan) -> dict[str, dict]:
+    """Mark each chunk of ``plans`` with the key it had under the legacy scheme (``plan["legacy"]``:
+    {"fingerprint", and for a trained network "train_fingerprint"}), computed by ``replan()`` under
+    ``keyscheme.legacy_keys``, when the workspace still holds records of ``stage`` made before behaviour versions;
+    ``plans`` unchanged otherwise (a workspace made or upgraded since plans once)."""
+    from idtprior.keyscheme import legacy, legacy_keys
+
+    if legacy() or not any(not r.behaviour for r in ws.records(stage).values()):
+        return plans
+    if stage in FAISS_SENSITIVE:
+        from idtprior.encoding.kmeans import faiss_available
+
+        if faiss_available():
+            return plans
+    with legacy_keys():
+        try:
+            old = replan()
+        except (ConfigError, KeyError, FileNotFoundError, ValueError):  # what the legacy scheme cannot plan: no reuse
+            return plans
+    for chunk, plan in plans.items():
+        if chunk in old:
+            plan["legacy"] = {k: old[chunk][k] for k in ("fingerprint", "train_fingerprint") if k in old[chunk]}
+    return plans
+
+
+def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str | None = None) -> int:
+    """Re-key in place the records of ``stage`` whose key is their chunk's legacy key (``with_legacy_keys``): computed
+    by the code at the switch to behaviour versions, from the same inputs and settings, so they are this plan's
+    results. Drops the ``legacy`` entries from ``plans``; returns how many records were re-keyed."""
+    from idtprior.tasks.codeprint import code_key, pins, variant_of
+
+    done = 0
+    for chunk, plan in plans.items():
+        old = plan.pop("legacy", None)
+        if old is None or old["fingerprint"] == plan["fingerprint"]:
+            continue
+        rec = ws.read_record(stage, chunk)
+        if rec is None or rec.behaviour or rec.fingerprint != old["fingerprint"]:
+            continue
+        name = variant_of(variant or stage)
+        stamp = {"behaviour": code_key(name), "code": pins()[name]["at_switch"]}
+        train = (old["train_fingerprint"], plan["train_fingerprint"]) if "train_fingerprint" in old else None
+        done += ws.rekey(stage, chunk, old["fingerprint"], plan["fingerprint"], stamp, train)
+    if done:
+        _logger().info(f"{stage}: {done} records made before behaviour versions re-keyed in place (same code, "
+                       f"inputs and settings: nothing recomputed)")
+    return done
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run
+        return logging.getLogger("idtprior")
+
+
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
-               concurrency: int = 4, progress_artifact: bool = True, display=None) -> dict[str, ChunkRecord]:
+               concurrency: int = 4, progress_artifact: bool = True, display=None,
+               variant: str | None = None) -> dict[str, ChunkRecord]:
     """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
     the records.
 
@@ -143,8 +206,11 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     (``artifact_key(ws, stage, "progress")``) updated as each chunk ends, so the UI shows a long stage moving; a
     stage with a finer measure of its own (a training stage: epochs) passes False and keeps the key for it, and
     passes its own ``display`` (``EpochProgress``), which its tasks in this process report to and which it closes.
+    Records made before behaviour versions whose legacy key a plan names are re-keyed first (``rekey_legacy``;
+    ``variant``: the code variant they are stamped with, where not the stage's own).
     """
     logger = get_run_logger()
+    rekey_legacy(ws, stage, plans, variant)
     configured = task.with_options(**task_options(ws))
     refreshing = configured.with_options(refresh_cache=True)
     pending = sorted(plans.items())

@@ -16,12 +16,13 @@ from prefect.logging import get_run_logger
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.datasets.lists import detect_format
 from idtprior.evaluation.report import evaluation_tables
-from idtprior.flows.common import artifact_key, run_chunks
+from idtprior.flows.common import artifact_key, run_chunks, with_legacy_keys
 from idtprior.flows.runs import how_to_run, remembered_config, stage_flow
 from idtprior.flows.training import _decoded_rows, frames_key, read_label_sets
 from idtprior.storage import Workspace, hash_json
 from idtprior.tasks import evaluate as evaluate_tasks
-from idtprior.tasks.codeprint import stage_code
+from idtprior.keyscheme import upstream_train_key
+from idtprior.tasks.codeprint import code_key
 from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.encode import ALL
 
@@ -82,7 +83,7 @@ def network_inputs(config: PipelineConfig, pre_ws: Workspace, pre_cfg: PipelineC
         if not encoder or not Path(encoder).is_file():
             raise ConfigError(f"evaluate: network {network} of {pre_ws.url}: its encoder file {encoder!r} is "
                               f"missing; run the {network} stage there again ({how_to_run(network)})")
-        out[network] = {"train_fingerprint": info.get("train_fingerprint", rec.fingerprint), "encoder_path": encoder,
+        out[network] = {"train_fingerprint": upstream_train_key(info, rec.fingerprint), "encoder_path": encoder,
                         "scratch": None}
     return out
 
@@ -133,7 +134,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
     }
     labels_key = {"finetune": hash_json(label_sets[column]), "probe": hash_json(label_sets[column]),
                   "knn": hash_json(label_sets)}
-    code = stage_code(STAGE)
+    code = code_key(STAGE)
     common = {
         "train_ids": train_ids, "train_frames": [frames[v] for v in train_ids], "test_ids": test_ids,
         "test_frames": [frames[v] for v in test_ids], "label_sets": label_sets, "label_column": column,
@@ -149,7 +150,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
                                        code)
                 plans[chunk] = {"fingerprint": fp, "network": network, "protocol": protocol, "clip_length": length,
                                 **net, **common}
-    return plans
+    return with_legacy_keys(ws, STAGE, plans, lambda: plan_evaluate(config, ws, []))
 
 
 @stage_flow(STAGE)

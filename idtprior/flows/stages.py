@@ -3,6 +3,8 @@
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
+import functools
+
 import numpy as np
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
@@ -10,15 +12,16 @@ from prefect.logging import get_run_logger
 from idtprior.config import TRAIN_STAGES, ConfigError, PipelineConfig
 from idtprior.datasets.lists import list_source, printable, read_labels, within_roots
 from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
-                                   rebuild_manifest, report_stage, run_chunks)
+                                   rebuild_manifest, rekey_legacy, report_stage, run_chunks, with_legacy_keys)
 from idtprior.flows.runs import missing_stage, stage_flow
-from idtprior.storage import StatCache, Workspace, chunk_of, hash_json, read_manifest
+from idtprior.keyscheme import legacy, upstream_key
+from idtprior.storage import StatCache, Workspace, chunk_of, file_fingerprint, hash_json, read_manifest
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
-from idtprior.tasks.codeprint import stage_code
+from idtprior.tasks.codeprint import code_key
 from idtprior.tasks.common import _logger, chunk_fingerprint
 from idtprior.tasks.idt import choose_sample
 
@@ -62,9 +65,9 @@ def plan_ingest(config: PipelineConfig, ws: Workspace, remember: bool = True,
     for chunk, videos in group_by_chunk(listing, chunks).items():
         videos = {vid: {**v, "fingerprint": content[v["path"]]} for vid, v in videos.items()}
         inputs = {vid: hash_json(v) for vid, v in videos.items()}
-        fp = chunk_fingerprint("ingest", chunk, inputs, cfg.config_hash(), ingest_tasks.CODE_VERSION)
+        fp = chunk_fingerprint("ingest", chunk, inputs, cfg.config_hash(), code_key("ingest"))
         plans[chunk] = {"fingerprint": fp, "videos": videos, "config": cfg}
-    return plans
+    return with_legacy_keys(ws, "ingest", plans, lambda: plan_ingest(config, ws, remember=False))
 
 
 @stage_flow("ingest")
@@ -99,14 +102,15 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
 
 
 def decode_code(config: PipelineConfig) -> str:
-    """The decode stage's code fingerprint for the configured frame codec (``codeprint.STAGE_ROOTS``)."""
-    return stage_code("decode@jpeg") if config.decode.codec == "jpeg" else decode_tasks.CODE_VERSION
+    """What the decode stage's keys hold of its code for the configured frame codec (``codeprint.code_key``)."""
+    return code_key("decode@jpeg" if config.decode.codec == "jpeg" else "decode")
 
 
 def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Decode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
-    return _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
-                        decode_code(config), {"config": config.decode})
+    plans = _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
+                         decode_code(config), {"config": config.decode})
+    return with_legacy_keys(ws, "decode", plans, lambda: plan_decode(config, ws))
 
 
 @stage_flow("decode")
@@ -115,7 +119,8 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     ws = Workspace(config.workspace)
     plans = plan_decode(config, ws)
     task = decode_tasks.decode_chunk_jpeg if config.decode.codec == "jpeg" else decode_tasks.decode_chunk
-    records = _run_stage(task, ws, "decode", plans, config, dask_address, progress)
+    records = _run_stage(task, ws, "decode", plans, config, dask_address, progress,
+                         "decode@jpeg" if config.decode.codec == "jpeg" else None)
     counts = report_stage(ws, "decode", records)
     publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
     return counts
@@ -125,12 +130,30 @@ def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     """Detect's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing (``remember``:
     store the imported files' stat cache; False in ``idtprior status``, which writes nothing)."""
     cfg = config.detect
-    plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg.config_hash(), detect_tasks.CODE_VERSION,
-                         {"config": cfg})
+    cfg_hash = cfg.config_hash()
+    if not legacy():  # the detector's model files by content (legacy keys held the weights' path, in the config)
+        cfg_hash = hash_json([cfg_hash, [model_fingerprint(p) for p in detect_tasks.model_files(cfg)]])
+    plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg_hash, code_key("detect"), {"config": cfg})
     if cfg.bb_folder:  # the imported files are inputs too
         plans = _with_imported_files(ws, plans, lambda v, p: detect_tasks.bb_file(cfg.bb_folder, v, p), "detect-bb",
                                      remember)
-    return plans
+    return with_legacy_keys(ws, "detect", plans, lambda: plan_detect(config, ws, remember=False))
+
+
+def model_fingerprint(path) -> str:
+    """A model file's content fingerprint (every byte), computed once per (path, size, mtime) in this process."""
+    from pathlib import Path
+
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return "missing"  # the backend check names the file before any chunk runs
+    return _model_fingerprint(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    return file_fingerprint(path, full=True)
 
 
 @stage_flow("detect")
@@ -155,7 +178,7 @@ def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
     for chunk, plan in plans.items():
         rec = ws.read_record("detect", chunk)
         if rec is not None:
-            plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", rec.fingerprint])
+            plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", upstream_key(rec)])
             plan["boxes_version"] = rec.version
     return plans
 
@@ -185,11 +208,12 @@ def _with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: 
 
 
 def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,
-               progress: bool) -> dict:
-    """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest."""
+               progress: bool, variant: str | None = None) -> dict:
+    """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest
+    (``variant``: the code variant the chunk task runs, where not the stage's own: ``run_chunks``)."""
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(task, ws, stage, {c: {**p, "dask_address": address} for c, p in plans.items()},
-                             progress, config.chunk_concurrency)
+                             progress, config.chunk_concurrency, variant=variant)
     drop_stale_records(ws, stage, set(plans), config.ingest.num_chunks)
     rebuild_manifest(ws)
     return records
@@ -278,8 +302,9 @@ def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> di
     text_folder = config.encode.idt_text_folder  # imported rows: the sample is drawn from the files encode reads
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt)])
     extra = {"config": config.idt} if torch_backend(config) else {"config": config.idt, "text_folder": text_folder}
-    plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, stage_code(idt_code("idt", config)), extra)
-    return _with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else _with_boxes(ws, plans)
+    plans = _chunk_plans("idt", rows, lambda r: r.path, cfg_hash, code_key(idt_code("idt", config)), extra)
+    plans = _with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else _with_boxes(ws, plans)
+    return with_legacy_keys(ws, "idt", plans, lambda: plan_idt(config, ws, remember=False))
 
 
 @stage_flow("idt")
@@ -290,7 +315,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     ws = Workspace(config.workspace)
     plans = plan_idt(config, ws)
     task = idt_tasks.idt_sample_chunk_torch if torch_backend(config) else idt_tasks.idt_sample_chunk
-    records = _run_stage(task, ws, "idt", plans, config, dask_address, progress)
+    records = _run_stage(task, ws, "idt", plans, config, dask_address, progress, idt_code("idt", config))
     counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
@@ -299,12 +324,13 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
 
 def plan_fit_codebook(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """The codebook's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
-    inputs = {c: r.fingerprint for c, r in ws.records("idt").items()}
+    inputs = {c: upstream_key(r) for c, r in ws.records("idt").items()}
     if not inputs:
         raise missing_stage(ws, "no IDT sample", "idt")
     fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
-                           stage_code("fit_codebook"))
-    return {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}}
+                           code_key("fit_codebook"))
+    return with_legacy_keys(ws, "fit_codebook", {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}},
+                            lambda: plan_fit_codebook(config, ws))
 
 
 @stage_flow("fit_codebook")
@@ -332,19 +358,19 @@ def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     if book is None:
         raise missing_stage(ws, "no codebook", "fit_codebook")
     cfg_hash = hash_json([config.idt.config_hash(), idt_tasks.params_key(config.idt), config.encode.config_hash(),
-                          book.fingerprint])
-    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, stage_code(idt_code("encode", config)),
+                          upstream_key(book)])
+    plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, code_key(idt_code("encode", config)),
                          {"idt": config.idt, "config": config.encode})
     if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
         plans = _with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
     else:
         plans = _with_boxes(ws, plans)
-    return plans
+    return with_legacy_keys(ws, "encode", plans, lambda: plan_encode(config, ws, remember=False))
 
 
 def sketches_fingerprint(records: dict, ids: list[str]) -> str:
     """The key of encode's assembled (N, S) sketches: the encode chunks' keys and the manifest's ok ids, in order."""
-    return hash_json({"encode": {c: r.fingerprint for c, r in records.items()}, "ids": ids})
+    return hash_json({"encode": {c: upstream_key(r) for c, r in records.items()}, "ids": ids})
 
 
 @stage_flow("encode")
@@ -356,13 +382,17 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     plans = plan_encode(config, ws)
     rows = _ok_rows(ws)
     task = encode_tasks.encode_chunk_torch if torch_backend(config) else encode_tasks.encode_chunk
-    records = _run_stage(task, ws, "encode", plans, config, dask_address, progress)
+    records = _run_stage(task, ws, "encode", plans, config, dask_address, progress, idt_code("encode", config))
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage(ws, "encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
-    encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
+    assembly = with_legacy_keys(ws, encode_tasks.SKETCHES, {encode_tasks.ALL: {
+        "fingerprint": sketches_fingerprint(records, ids)}}, lambda: {encode_tasks.ALL: {
+            "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
+    rekey_legacy(ws, encode_tasks.SKETCHES, assembly, "encode")
+    encode_tasks.assemble_sketches(ws, ids, assembly[encode_tasks.ALL]["fingerprint"])
     publish_pictures(ws, "encode", "encode_markdown")
     return counts
 
@@ -370,12 +400,14 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
 def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Clustering's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
     ids = [r.video_id for r in _ok_rows(ws)]
-    inputs = {c: r.fingerprint for c, r in ws.records("encode").items()}
+    inputs = {c: upstream_key(r) for c, r in ws.records("encode").items()}
     if not inputs:
         raise missing_stage(ws, "no sketches", "encode")
     fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
-                           config.cluster.config_hash(), stage_code("cluster"))
-    return {encode_tasks.ALL: {"fingerprint": fp, "video_ids": ids, "config": config.cluster}}
+                           config.cluster.config_hash(), code_key("cluster"))
+    return with_legacy_keys(ws, "cluster", {encode_tasks.ALL: {"fingerprint": fp, "video_ids": ids,
+                                                               "config": config.cluster}},
+                            lambda: plan_cluster(config, ws))
 
 
 @stage_flow("cluster")
@@ -486,16 +518,31 @@ def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, di
             out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
             continue
         try:
-            out[stage] = {chunk: p["fingerprint"] for chunk, p in plan(config, ws).items()}
+            out[stage] = {chunk: _expected(ws, stage, chunk, p) for chunk, p in plan(config, ws).items()}
         except (ConfigError, KeyError, FileNotFoundError) as e:  # an earlier stage has not run, a source is gone
             out[stage] = f"cannot plan it: {e}"
     if "encode" in config.stages:  # encode's assembly, keyed on the encode records as they are now
         try:
-            out["sketches"] = {encode_tasks.ALL: sketches_fingerprint(ws.records("encode"),
-                                                                      [r.video_id for r in _ok_rows(ws)])}
+            ids = [r.video_id for r in _ok_rows(ws)]
+            assembly = with_legacy_keys(ws, encode_tasks.SKETCHES, {encode_tasks.ALL: {
+                "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}, lambda: {encode_tasks.ALL: {
+                    "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
+            out["sketches"] = {encode_tasks.ALL: _expected(ws, encode_tasks.SKETCHES, encode_tasks.ALL,
+                                                           assembly[encode_tasks.ALL])}
         except ConfigError as e:
             out["sketches"] = f"cannot plan it: {e}"
     return out
+
+
+def _expected(ws: Workspace, stage: str, chunk: str, plan: dict) -> str:
+    """The key a run would find the chunk's record current under: the plan's, or the record's own where the run would
+    re-key it in place (a record made before behaviour versions, keyed with the plan's legacy key)."""
+    old = plan.get("legacy", {}).get("fingerprint")
+    if old is not None:
+        rec = ws.read_record(stage, chunk)
+        if rec is not None and not rec.behaviour and rec.fingerprint == old:
+            return old
+    return plan["fingerprint"]
 
 
 STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,

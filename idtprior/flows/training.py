@@ -14,13 +14,15 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import ConfigError, PipelineConfig
-from idtprior.flows.common import EpochProgress, artifact_key, run_chunks
+from idtprior.config import ConfigError, DecodeConfig, PipelineConfig
+from idtprior.flows.common import EpochProgress, artifact_key, rekey_legacy, run_chunks, with_legacy_keys
 from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import decode_code, plan_decode
+from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
 from idtprior.tasks import pretrain as pretrain_tasks
 from idtprior.tasks import train_job
+from idtprior.tasks.codeprint import code_key
 from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.encode import ALL
 
@@ -47,7 +49,7 @@ def _decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
     """The manifest's ok rows that have decoded frames, their frame counts, and the decode chunk fingerprints."""
     frames, fps = {}, {}
     for chunk, rec in ws.records("decode").items():
-        fps[chunk] = rec.fingerprint
+        fps[chunk] = upstream_key(rec)
         for vid, info in rec.videos.items():
             if info.get("status") == "ok" and info.get("frames", 0) > 0:
                 frames[vid] = int(info["frames"])
@@ -64,15 +66,22 @@ def frames_key(config: PipelineConfig, ws: Workspace, rows: list, train_ids: lis
     When every decode chunk holding a training video is current (its record has the fingerprint the present decode
     settings and code plan for it), a training video's frames follow from its content fingerprint, the decode settings
     and the decode code: keyed on those, a video added to the workspace (a test video) or a decode chunk recomputed for
-    another video's sake changes no training key. Otherwise the frames on disk are older than the settings and the
-    decode chunks' record fingerprints stand in (a decode rerun will change the frames, and then the key).
+    another video's sake changes no training key. The decode settings that only lay the frames out on disk
+    (``decode.time_chunk``, the Zarr chunking along time) are left out: the frames are the same. Otherwise the frames on
+    disk are older than the settings and the decode chunks' record fingerprints stand in (a decode rerun will change
+    the frames, and then the key).
     """
     plans = plan_decode(config, ws)
     train = set(train_ids)
     chunks = sorted(c for c, plan in plans.items() if train & set(plan["videos"]))
-    if all(decode_fps.get(c) == plans[c]["fingerprint"] for c in chunks):
+    # current: keyed as planned, or made before behaviour versions with the key they had then (re-keyed when decode
+    # runs next; the training key must not depend on whether it has run since the upgrade)
+    if all(decode_fps.get(c) in (plans[c]["fingerprint"], plans[c].get("legacy", {}).get("fingerprint"))
+           for c in chunks):
         content = {r.video_id: r.fingerprint for r in rows}
-        return hash_json({"decode": [config.decode.config_hash(), decode_code(config)],
+        layout = {} if legacy() else {"time_chunk": DecodeConfig.model_fields["time_chunk"].default}
+        decode = config.decode.model_copy(update=layout)  # legacy keys held the time chunking
+        return hash_json({"decode": [decode.config_hash(), decode_code(config)],
                           "videos": {v: [content[v], frames[v]] for v in train_ids}})
     return hash_json({c: decode_fps.get(c) for c in chunks})
 
@@ -94,9 +103,9 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         rec = ws.read_record("cluster", ALL)
         if rec is None:
             raise missing_stage(ws, f"{stage} uses the IDT clusters, and there are none", "cluster")
-        inputs["clusters"] = rec.fingerprint
+        inputs["clusters"] = upstream_key(rec)
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "joint":
-        encoded = {c: r.fingerprint for c, r in ws.records("encode").items()}
+        encoded = {c: upstream_key(r) for c, r in ws.records("encode").items()}
         if not encoded:
             raise missing_stage(ws, f"{stage} clusters [bank | IDT sketch], and there are no sketches", "encode")
         inputs["sketches"] = hash_json(encoded)
@@ -109,7 +118,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         init_checkpoint = rec.videos["model"]["checkpoint"]
         # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
         # (records written before the train fingerprint was stored fall back to the whole fingerprint)
-        inputs["init"] = rec.videos["model"].get("train_fingerprint", rec.fingerprint)
+        inputs["init"] = upstream_train_key(rec.videos["model"], rec.fingerprint)
     label_sets = {"label": {r.video_id: r.label for r in rows if r.label}}
     if shared.eval_labels_file:
         for name, values in read_label_sets(shared.eval_labels_file).items():
@@ -120,18 +129,19 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         inputs["labels"] = hash_json({v: label_sets[stage_cfg.label_column][v] for v in labelled})
     train_config = pretrain_tasks.train_config_fields(shared)
     train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([train_config, stage_cfg.model_dump(mode="json")]),
-                                 pretrain_tasks.CODE_VERSION)
+                                 code_key("pretrain"))
     # every training input but the schedule's end: a run set to more epochs continues the shorter run that has this key
     resume_key = chunk_fingerprint(stage, ALL, inputs, hash_json(
-        [train_config, stage_cfg.model_dump(mode="json", exclude={"epochs"})]), pretrain_tasks.CODE_VERSION)
+        [train_config, stage_cfg.model_dump(mode="json", exclude={"epochs"})]), code_key("pretrain"))
     splits = {r.video_id: r.split for r in rows}
     fingerprint = hash_json({"train": train_fp, "eval_ids": eval_ids, "knn_k": shared.knn_k,
                              "labels": hash_json(label_sets), "splits": hash_json(splits)})
-    return {
+    plan = {
         "fingerprint": fingerprint, "train_fingerprint": train_fp, "resume_key": resume_key, "train_ids": train_ids,
         "train_frames": [frames[v] for v in train_ids], "eval_ids": eval_ids,
         "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
         "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}
+    return with_legacy_keys(ws, stage, {ALL: plan}, lambda: {ALL: plan_train_stage(stage, config, progress)})[ALL]
 
 
 def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | None = None,
@@ -142,6 +152,7 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
     workspace or the settings changed since) trains nothing. ``prepare_only``: ready the run folder and stop (the
     batch script does it in one process before srun starts the ranks)."""
     plan = plan_train_stage(stage, config, progress)
+    plan.pop("legacy", None)  # the submitting flow re-keyed the record, where there was one to re-key
     if fingerprint is not None and plan["fingerprint"] != fingerprint:
         raise ConfigError(f"{stage}: workspace {config.workspace} now plans the record key {plan['fingerprint'][:12]}, "
                           f"not {fingerprint[:12]} as submitted: its inputs or settings changed since; run the stage "
@@ -156,6 +167,7 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
 def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
     ws = Workspace(config.workspace)
     plan = plan_train_stage(stage, config, progress)
+    rekey_legacy(ws, stage, {ALL: plan})  # before either launcher: a record made before behaviour versions
     if config.pretrain.launcher == "slurm" or config.pretrain.num_nodes > 1:
         # srun starts one process per device on every node, which a task's own process cannot: the stage runs as a
         # batch job of `idtprior train-stage`, and this task waits for it

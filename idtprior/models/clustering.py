@@ -87,8 +87,8 @@ def kmeans(x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 2
     """Labels ``(runs, N)`` int64 on ``x``'s device.
 
     CUDA tensors stay on the GPU with :func:`lloyd_kmeans` (a per-epoch K=6000 clustering of the bank would take
-    minutes on the host); CPU tensors go to ``idtprior.encoding.kmeans`` (faiss when installed) when importable,
-    else to :func:`lloyd_kmeans`.
+    minutes on the host); CPU tensors go to ``idtprior.encoding.kmeans``'s NumPy backend when importable (never
+    faiss because it happens to be installed: its labels differ), else to :func:`lloyd_kmeans`.
     """
     if not x.is_cuda:
         try:
@@ -96,7 +96,8 @@ def kmeans(x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 2
         except ImportError:  # the encoding package is optional for the model cores
             pipeline_kmeans = None
         if pipeline_kmeans is not None:
-            labels, _ = pipeline_kmeans(x.detach().float().numpy(), k, runs=runs, seed=seed, iters=iters)
+            labels, _ = pipeline_kmeans(x.detach().float().numpy(), k, runs=runs, seed=seed, iters=iters,
+                                        backend="numpy")
             return torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(runs, x.shape[0])
     return lloyd_kmeans(x, k, runs=runs, seed=seed, iters=iters)[0]
 

@@ -71,6 +71,13 @@ class ChunkRecord:
     # were listed (it reads, but cannot be verified). Read from a record of format 2 it is the packed string until
     # ``file_table`` decodes it: read it through ``file_table``
     files: dict[str, list] | str | None = None
+    # How it was computed, out of its key: the key's behaviour version ("decode@jpeg/v1"), the normalised code
+    # fingerprint of the process that computed it (``tasks.codeprint``), the versions of the packages that shape results
+    # (``tasks.environment``); "" and {} in records made before behaviour versions
+    behaviour: str = ""
+    code: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    rekeyed_from: str = ""  # the legacy key of a record re-keyed in place at the upgrade (``idtprior.keyscheme``)
 
     def file_table(self) -> dict[str, list] | None:
         """``files`` as ``relpath -> [size, crc32c hex]`` (None: not listed), decoded on first use. Raises
@@ -343,6 +350,26 @@ class Workspace:
         if not self.fs.exists(folder):
             return []
         return sorted(p.rstrip("/") for p in self.fs.ls(folder, detail=False) if self.fs.isdir(p))
+
+    def rekey(self, stage: str, chunk: str, old: str, new: str, stamp: dict,
+              train: tuple[str, str] | None = None) -> bool:
+        """Give the record of ``stage``/``chunk`` keyed ``old`` the key ``new`` in place (its data untouched), with
+        ``rekeyed_from`` = ``old`` and the fields of ``stamp``; ``train``: (old, new) train fingerprint of a trained
+        network's record (``videos["model"]``), the old one kept as ``legacy_train_fingerprint``. False (nothing
+        written) when the record is gone or keyed otherwise by now."""
+        path = self.record_path(stage, chunk)
+        data = self.read_bytes(path)
+        if data is None:
+            return False
+        stored = json.loads(data)
+        if stored.get("fingerprint") != old:
+            return False
+        stored.update(stamp, fingerprint=new, rekeyed_from=old)
+        model = stored.get("videos", {}).get("model")
+        if train is not None and isinstance(model, dict) and model.get("train_fingerprint") == train[0]:
+            model["legacy_train_fingerprint"], model["train_fingerprint"] = train
+        self.write_bytes_atomic(path, json.dumps(stored, sort_keys=True).encode())
+        return True
 
     def commit(self, record: ChunkRecord) -> None:
         """Make ``record`` (and the version group it names) the chunk's output, then drop older versions and any

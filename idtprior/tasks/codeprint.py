@@ -1,28 +1,40 @@
-"""Code fingerprints of the stages: a stage's cache key changes when the code that computes its results changes, and
-only then.
+"""Behaviour versions and code fingerprints of the stages.
+
+A stage's cache key holds its declared BEHAVIOUR VERSION (``BEHAVIOUR`` beside its chunk task, in ``idtprior.tasks``),
+never its source text: a comment, a docstring, a rename or a function moved to another module reruns nothing. What
+keeps a version honest is the CODE FINGERPRINT, pinned per stage in ``behaviour_pins.json``: a default test fails
+when the code a stage runs changes and its pin does not, and the two honest answers are ``python -m
+idtprior.tasks.pins bump STAGE`` (results change: bump the version, workspaces recompute that stage and what follows)
+or ``python -m idtprior.tasks.pins repin STAGE --reason ...`` (behaviour preserved: nothing reruns; the reason is kept).
 
 A stage's code is found statically (``ast`` over the source files: nothing imported, nothing run) from its roots, the
 chunk task the stage runs:
 
 - in the task layer (``idtprior.tasks``), definition by definition: the root, and every function, class or constant
   of a task module that it names, followed name by name. One task module can serve several stages
-  (``tasks/encode.py`` holds fit_codebook, encode and cluster); hashing it whole would rerun K-means for an edit of
-  the Fisher encoding;
-- in the algorithm cores (``idtprior.video``, ``idtprior.encoding``, ``idtprior.models``), module by module: each core
-  module a task definition names is hashed whole, with every core module it imports anywhere in its source (a
-  function-local import too: ``gmm.py`` imports ``kmeans.py`` to initialise the GMM), transitively. A C source file a
-  core module names and compiles (``video/idt/kernels.py``: ``"_kernels.c"`` beside it) is hashed with it. Whole modules,
-  because cores call each other through objects and methods that a static walk of names cannot follow; the price is
-  a rerun of a stage for an edit in a module it imports but does not call.
+  (``tasks/encode.py`` holds fit_codebook, encode and cluster): each is pinned on the definitions it runs;
+- in the algorithm cores (``idtprior.video``, ``idtprior.encoding``, ``idtprior.models``, ``idtprior.evaluation``),
+  module by module: each core module a task definition names, with every core module it imports anywhere in its
+  source, transitively. A C source file a core module names and compiles (``video/idt/kernels.py``: ``"_kernels.c"``
+  beside it) is part of it. Whole modules, because cores call each other through objects and methods that a static
+  walk of names cannot follow.
 
-The rest is plumbing and stays out: ``idtprior.config`` (the settings are in the keys through each stage's config hash,
-and a new field of one stage must not invalidate every other stage's results), ``idtprior.storage``,
-``idtprior.tasks.common``, the flows, and third-party packages.
+The fingerprint is NORMALISED: each definition is hashed as its syntax tree with docstrings, comments and formatting
+removed, and under its own name, not its module's, with import statements left out; so a tidy edit, and a definition
+moved between modules of the closure, leave it unchanged. The C source is hashed without comments and white space.
+
+The rest is plumbing and stays out: ``idtprior.config`` (settings are in the keys through each stage's config hash),
+``idtprior.storage``, ``idtprior.tasks.common``, the flows, and third-party packages (their versions are recorded with
+each result instead: ``idtprior.tasks.environment``).
 """
 
 import ast
+import copy
 import hashlib
+import importlib
+import json
 import re
+import threading
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -264,16 +276,137 @@ def stage_sources(stage: str) -> dict[str, str]:
     return parts
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """A copy of ``tree`` with every module, class and function docstring removed."""
+    tree = copy.deepcopy(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _dump(node: ast.AST) -> str:
+    return ast.dump(_without_docstrings(node), include_attributes=False)
+
+
+_C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_C_SPACE = re.compile(r"\s*([^\w\s])\s*")
+
+
+def _normal_c(source: str) -> str:
+    """C source without comments, and without white space but where it separates two words."""
+    return _C_SPACE.sub(r"\1", " ".join(_C_COMMENT.sub(" ", source).split()))
+
+
+@lru_cache(maxsize=512)
+def _named_statements(name: str, source: str, is_c: bool) -> tuple[tuple[str, str], ...]:
+    """A core module as (definition name, normalised text) pairs: imports left out (they only bind names), other
+    top-level statements under their own text. Cached by source: only an edited module is normalised again."""
+    if is_c:
+        return ((f"{name.rpartition('.')[2]}.c", _normal_c(source)),)
+    out = []
+    for node in _without_docstrings(_parse(source)).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            label = node.name
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            label = ",".join(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        else:
+            label = ""
+        out.append((label, ast.dump(node, include_attributes=False)))
+    return tuple(out)
+
+
+@lru_cache(maxsize=2048)
+def _normal_definition(source: str, name: str) -> str:
+    node = next(n for n in _top_level(_parse(source).body)
+                if getattr(n, "name", None) == name or name in _assigned(n))
+    return _dump(node)
+
+
+def _assigned(node: ast.AST) -> set[str]:
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return set()
+
+
+def normalised_parts(stage: str) -> list[tuple[str, str]]:
+    """What ``code_fingerprint`` hashes: the stage's code (``stage_sources``) as sorted (definition name, normalised
+    text) pairs, with no module names."""
+    walker = _Walker()
+    parts = []
+    for key in stage_sources(stage):
+        module, _, name = key.partition(":")
+        info = walker.module(module)
+        if name:
+            parts.append((name, _normal_definition(info.source, name)))
+        else:
+            parts.extend(_named_statements(module, info.source, module_file(module).suffix == ".c"))
+    return sorted(parts)
+
+
+_PARSING = threading.Lock()  # CPython 3.11's parser is not safe in threads ("AST constructor recursion depth mismatch")
+
+
 def code_fingerprint(stage: str) -> str:
-    """Hash of ``stage_sources(stage)``, read now."""
+    """Hash of the stage's normalised code (``normalised_parts``), read now."""
     h = hashlib.sha256()
-    for key, text in sorted(stage_sources(stage).items()):
-        h.update(key.encode() + b"\0" + text.encode() + b"\0")
+    with _PARSING:
+        parts = normalised_parts(stage)
+    for name, text in parts:
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
+def variant_of(stage: str) -> str:
+    """The stage (or variant, ``decode@jpeg``) whose code a stage name runs: the training stages share ``pretrain``."""
+    variant = STAGE_ALIASES.get(stage, stage)
+    if variant not in STAGE_ROOTS:
+        raise KeyError(f"stage {stage!r} has no code roots; known: {sorted([*STAGE_ROOTS, *STAGE_ALIASES])}")
+    return variant
+
+
+def behaviour_version(stage: str) -> int:
+    """The behaviour version a stage declares beside its chunk task (``BEHAVIOUR`` of the root's task module)."""
+    variant = variant_of(stage)
+    module = importlib.import_module(STAGE_ROOTS[variant][0].split(":")[0])
+    declared = getattr(module, "BEHAVIOUR", {})
+    if variant not in declared:
+        raise KeyError(f"{module.__name__} declares no behaviour version for {variant!r} (BEHAVIOUR: {declared})")
+    return int(declared[variant])
+
+
+PINS_FILE = PACKAGE_DIR / "behaviour_pins.json"
+
+
 @cache
-def stage_code(stage: str) -> str:
-    """The code fingerprint of ``stage`` for this process, computed once (when its task module is imported, so it
-    describes the code the process loaded, not whatever is on disk later). ``stage_code.cache_clear()`` recomputes."""
-    return code_fingerprint(stage)
+def pins() -> dict[str, dict]:
+    """The pin file: per stage and variant, its ``version``, the ``fingerprint`` of its code at that version (after
+    any behaviour-preserving re-pins, listed in ``repins`` with their reasons) and ``legacy_code``, the source-text
+    fingerprint keys held before behaviour versions (``idtprior.keyscheme``: workspaces made then are re-keyed)."""
+    return json.loads(PINS_FILE.read_text(encoding="utf-8"))
+
+
+def code_key(stage: str) -> str:
+    """What a chunk key holds of a stage's code: ``<variant>/v<version>``; under the legacy scheme
+    (``keyscheme.legacy_keys``), the source fingerprint keys held before behaviour versions."""
+    from idtprior import keyscheme
+
+    variant = variant_of(stage)
+    if keyscheme.legacy():
+        return pins()[variant]["legacy_code"]
+    return f"{variant}/v{behaviour_version(variant)}"
+
+
+@cache
+def loaded_code(stage: str) -> str:
+    """The code fingerprint of ``stage`` for this process, computed once (the first time a result of it is committed
+    here): stored with each record, out of its key, so ``idtprior status`` can list the results computed by code
+    re-pinned since. ``loaded_code.cache_clear()`` recomputes."""
+    return code_fingerprint(variant_of(stage))

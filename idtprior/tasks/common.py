@@ -169,8 +169,18 @@ def retry_transient(task, task_run, state) -> bool:
 
 def chunk_fingerprint(stage: str, chunk: str, inputs: dict[str, str], config_hash: str, code: str) -> str:
     """Fingerprint of a chunk's work: its videos' input fingerprints, the stage config and the stage's code
-    fingerprint (``codeprint.stage_code``)."""
+    behaviour version (``codeprint.code_key``)."""
     return hash_json({"stage": stage, "chunk": chunk, "inputs": inputs, "config": config_hash, "code": code})
+
+
+def stamp(record: ChunkRecord, variant: str) -> ChunkRecord:
+    """Set what a record says of how it was computed, out of its key: the behaviour version its key holds, the code
+    fingerprint this process loaded for ``variant`` (a stage, or ``decode@jpeg``...) and the package versions."""
+    from idtprior.tasks.codeprint import code_key, loaded_code
+    from idtprior.tasks.environment import environment
+
+    record.behaviour, record.code, record.env = code_key(variant), loaded_code(variant), environment()
+    return record
 
 
 def cache_key_from_record(context: TaskRunContext, parameters: dict) -> str:
@@ -304,6 +314,7 @@ def run_chunk(
     annotations: dict[str, dict] | None = None,
     finish: Callable | None = None,
     batch_size: int = 0,
+    variant: str | None = None,
 ) -> ChunkRecord:
     """Process one chunk: skip it if its record matches ``fingerprint``, else run ``per_video`` and commit.
 
@@ -316,7 +327,8 @@ def run_chunk(
     ``batch_size`` > 0: ``per_video`` takes the videos a batch at a time (in id order), as
     ``per_video(video_ids, workspace_url, stage, chunk, version, args_list)``, and returns id -> result dict, or the
     exception that video failed with (the batched IDT extractor: a batch is one call on the device). The fault
-    injection of the drills (``IDTPRIOR_FAULT``) wraps per-video work only.
+    injection of the drills (``IDTPRIOR_FAULT``) wraps per-video work only. ``variant``: the code the record says
+    computed it, where not the stage's own (``decode@jpeg``, ``idt@torch``, ``encode@torch``).
     """
     ws = Workspace(workspace)
     logger = _logger()
@@ -379,7 +391,7 @@ def run_chunk(
         record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
                              videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids},
                              seconds=round(time.time() - t0, 3))
-        ws.commit(record)
+        ws.commit(stamp(record, variant or stage))
     except Exception as e:
         full = disk_full(e)
         if full is None or isinstance(e, DiskFull):

@@ -4,7 +4,6 @@ from prefect import task
 
 from idtprior.config import DecodeConfig
 from idtprior.storage import ChunkRecord, Workspace, write_frames
-from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.video import framecodec
 from idtprior.video import io as video_io
@@ -21,7 +20,9 @@ def decode_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return {"frames": n, "height": h, "width": w}
 
 
-CODE_VERSION = stage_code(STAGE)
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"decode": 1, "decode@jpeg": 1}
 
 
 def decode_one_jpeg(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, fps: float,
@@ -50,4 +51,4 @@ def decode_chunk_jpeg(workspace: str, stage: str, chunk: str, fingerprint: str, 
     code is in the key of the workspaces that store JPEG, and in no other."""
     args = {vid: (path, fps, config.short_side, config.time_chunk, config.max_frames, config.jpeg_quality)
             for vid, (path, fps) in videos.items()}
-    return run_chunk(workspace, stage, chunk, fingerprint, args, decode_one_jpeg, dask_address)
+    return run_chunk(workspace, stage, chunk, fingerprint, args, decode_one_jpeg, dask_address, variant="decode@jpeg")

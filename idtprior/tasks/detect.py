@@ -14,7 +14,6 @@ from prefect import task
 from idtprior.config import DetectConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
-from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 from idtprior.video import detect as detect_core
@@ -39,6 +38,21 @@ def check_backend(cfg: DetectConfig) -> None:
             raise FileNotFoundError(f"detect.bb_folder {cfg.bb_folder} is not a folder")
         return
     detect_core.check_available(detect_params(cfg))
+
+
+def model_files(cfg: DetectConfig) -> list[Path]:
+    """The model files the configured detector loads (their content is in detect's key, not their paths): the
+    embedded SSDLite graph, or the Mask R-CNN weights; none for HOG, no detector, or imported boxes."""
+    if cfg.bb_folder or cfg.backend in ("hog", "none"):
+        return []
+    if cfg.backend == "maskrcnn":
+        return [Path(cfg.maskrcnn_weights)] if cfg.maskrcnn_weights else []
+    from idtprior.video.detect.ssdlite import find_graph
+
+    try:
+        return [find_graph()]
+    except Exception:  # noqa: BLE001 - not installed: check_backend says so before any chunk runs
+        return []
 
 
 def imported_file(folder: str, video_id: str, path: str, suffixes: tuple[str, ...]) -> Path | None:
@@ -100,7 +114,9 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     return out
 
 
-CODE_VERSION = stage_code(STAGE)
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"detect": 1}
 
 
 @task(name="detect-chunk", task_run_name="detect {chunk}")

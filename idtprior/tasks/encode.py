@@ -12,8 +12,7 @@ from idtprior.encoding.backend import to_device, to_numpy
 from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
-from idtprior.tasks.codeprint import stage_code
-from idtprior.tasks.common import run_chunk
+from idtprior.tasks.common import run_chunk, stamp
 from idtprior.tasks.detect import read_chunk_boxes
 from idtprior.tasks.idt import batch_idt, read_sample, video_rows
 
@@ -61,7 +60,7 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     if small:  # kept in the record: the stage's summary and a rerun that skips the fit still say it
         info["warning"] = small[0]
     record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": info})
-    ws.commit(record)
+    ws.commit(stamp(record, "fit_codebook"))
     return record
 
 
@@ -133,7 +132,9 @@ def _device_arrays(idt: IDTConfig):
     return np
 
 
-CODE_VERSION = stage_code("encode")  # fit_codebook's and cluster's: stage_code("fit_codebook"), stage_code("cluster")
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"fit_codebook": 1, "encode": 1, "encode@torch": 1, "cluster": 1}
 
 
 @task(name="encode-chunk", task_run_name="encode {chunk}")
@@ -159,7 +160,7 @@ def encode_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str,
     book = read_codebook(Workspace(workspace))
     return run_chunk(workspace, stage, chunk, fingerprint,
                      {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_batch, dask_address,
-                     finish=_write_sketches, batch_size=idt.batch_videos)
+                     finish=_write_sketches, batch_size=idt.batch_videos, variant="encode@torch")
 
 
 def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +204,7 @@ def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, row
     arr.attrs["video_ids"] = list(video_ids)
     record = ChunkRecord(SKETCHES, ALL, fingerprint, version, {"sketches": {
         "status": "ok", "videos": len(video_ids), "valid": int(valid.sum()), "dim": int(x.shape[1])}})
-    ws.commit(record)
+    ws.commit(stamp(record, "encode"))
     return record
 
 
@@ -232,7 +233,7 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
     if n_valid < config.k:
         raise ValueError(f"cluster: k={config.k} but only {n_valid} videos have a valid sketch")
     labels_valid, centroids = kmeans(x[valid], config.k, runs=config.runs, seed=config.seed, iters=config.iters,
-                                     n_init=config.n_init)
+                                     n_init=config.n_init, backend=config.backend)
     labels = np.full((config.runs, len(video_ids)), -1, np.int64)
     labels[:, valid] = labels_valid
     version, group = ws.new_version(stage, chunk)
@@ -243,7 +244,7 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
              "empty_clusters": [int((s == 0).sum()) for s in sizes], "largest_cluster": [int(s.max()) for s in sizes],
              "median_cluster": [float(np.median(s)) for s in sizes]}
     record = ChunkRecord(stage, chunk, fingerprint, version, {"clusters": stats})
-    ws.commit(record)
+    ws.commit(stamp(record, "cluster"))
     return record
 
 

@@ -38,10 +38,13 @@ from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore, check_clip
-from idtprior.tasks.common import maybe_inject_fault
+from idtprior.tasks.common import maybe_inject_fault, stamp
 from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
 
 STAGE = "evaluate"
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"evaluate": 1}
 PROTOCOLS = ("finetune", "probe", "knn")
 SCRATCH = "scratch"
 
@@ -299,5 +302,5 @@ def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, netw
     maybe_inject_fault(ws, stage, chunk)  # after the work, before the commit (tests and drills only)
     record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version="", videos={"result": result},
                          seconds=round(time.time() - t0, 3))
-    ws.commit(record)
+    ws.commit(stamp(record, STAGE))
     return record

@@ -13,7 +13,6 @@ from prefect import task
 from idtprior.config import IDTConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
-from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import TransientError, run_chunk
 from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
 from idtprior.video import io as video_io
@@ -167,7 +166,9 @@ def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
     return out
 
 
-CODE_VERSION = stage_code(STAGE)
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"idt": 1, "idt@torch": 1}
 
 
 @task(name="idt-sample-chunk", task_run_name="idt {chunk}")
@@ -189,7 +190,7 @@ def idt_sample_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: 
     one call of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
     (``encode.idt_text_folder``) go through ``idt_sample_chunk`` whatever the backend."""
     return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_version) for v, p in videos.items()},
-                     sample_batch, dask_address, batch_size=config.batch_videos)
+                     sample_batch, dask_address, batch_size=config.batch_videos, variant="idt@torch")
 
 
 def read_sample(ws: Workspace) -> np.ndarray:

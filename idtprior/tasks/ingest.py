@@ -4,7 +4,6 @@ from prefect import task
 
 from idtprior.config import IngestConfig
 from idtprior.storage import ChunkRecord
-from idtprior.tasks.codeprint import stage_code
 from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 
@@ -44,7 +43,9 @@ def skipped_report(skipped: list) -> list[dict]:
     return rows
 
 
-CODE_VERSION = stage_code(STAGE)
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"ingest": 1}
 
 
 @task(name="ingest-chunk", task_run_name="ingest {chunk}")

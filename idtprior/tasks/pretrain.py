@@ -30,8 +30,7 @@ from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
 from idtprior.storage.integrity import array_options, reading
-from idtprior.tasks.codeprint import stage_code
-from idtprior.tasks.common import epoch_done_callback
+from idtprior.tasks.common import epoch_done_callback, stamp
 from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
 
 TEST_SPLIT = "test"
@@ -253,7 +252,9 @@ def epoch_rows(run_dir: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-CODE_VERSION = stage_code("pretrain")
+# The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
+# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+BEHAVIOUR = {"pretrain": 1}  # every training stage (pretrain_ir, pretrain_la, ...) runs this task
 
 
 @task(name="train-stage", task_run_name="{stage}")
@@ -338,7 +339,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True, **array_options())
     arr.attrs["video_ids"] = list(eval_ids)
     record = ChunkRecord(stage, chunk, fingerprint, version, {"model": info})
-    ws.commit(record)
+    ws.commit(stamp(record, "pretrain"))
     for old in runs.iterdir():  # earlier settings' runs: their record is gone, nothing points at them
         if old.is_dir() and old != run_dir:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,7 @@
-"""Reruns that follow the code and the imported IDT files, on the real Prefect engine: a simulated edit of gmm.py reruns
-the codebook, the encoding and the clusters but not ingest or the IDT sample; an ``IDTParams`` field that no
-config sets reruns the IDT stages; a replaced reference-release IDT file reruns its own chunk, and the codebook sample
-is drawn from those files."""
+"""Reruns that follow the behaviour versions and the imported IDT files, on the real Prefect engine: an edit of gmm.py
+reruns nothing, a bump of the codebook's behaviour version reruns the codebook, the encoding and the clusters but not
+ingest or the IDT sample; an ``IDTParams`` field that no config sets reruns the IDT stages; a replaced
+reference-release IDT file reruns its own chunk, and the codebook sample is drawn from those files."""
 
 import dataclasses
 
@@ -13,6 +13,7 @@ from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import Workspace, chunk_of
 from idtprior.tasks import codeprint
+from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks.encode import read_codebook, read_sketches
 from idtprior.tasks.idt import choose_sample, read_sample
@@ -20,15 +21,6 @@ from idtprior.video.idt.textformat import read_idt_text, write_idt_text
 from idtprior.video.io import write_video
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
-
-
-@pytest.fixture
-def fresh_stage_code():
-    """Code fingerprints are computed once per process; a test that simulates an edit recomputes them, and they are
-    recomputed from the real sources afterwards."""
-    codeprint.stage_code.cache_clear()
-    yield
-    codeprint.stage_code.cache_clear()
 
 
 def make_videos(folder, n: int, frames: int = 24):
@@ -56,7 +48,8 @@ def edit_function(source: str, function: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_a_gmm_edit_and_an_idt_params_field_rerun_the_stages_that_use_them(tmp_path, monkeypatch, fresh_stage_code):
+def test_a_version_bump_and_an_idt_params_field_rerun_the_stages_that_use_them_an_edit_does_not(tmp_path,
+                                                                                                 monkeypatch):
     make_videos(tmp_path / "videos", 3)
     cfg = PipelineConfig.model_validate({
         "workspace": str(tmp_path / "ws"), "ingest": {"source": str(tmp_path / "videos"), "num_chunks": 2},
@@ -72,7 +65,10 @@ def test_a_gmm_edit_and_an_idt_params_field_rerun_the_stages_that_use_them(tmp_p
     real = codeprint.module_source
     gmm = edit_function(real("idtprior.encoding.gmm"), "fit_gmm")
     monkeypatch.setattr(codeprint, "module_source", lambda name: gmm if name == "idtprior.encoding.gmm" else real(name))
-    codeprint.stage_code.cache_clear()
+    assert codeprint.code_fingerprint("fit_codebook") != codeprint.pins()["fit_codebook"]["fingerprint"]
+    pretrain_pipeline(cfg, stages=stages, progress=False)  # code moved, version did not: the pin test's business
+    assert redone(before, ws) == {s: set() for s in stages}
+    monkeypatch.setitem(encode_tasks.BEHAVIOUR, "fit_codebook", encode_tasks.BEHAVIOUR["fit_codebook"] + 1)
     pretrain_pipeline(cfg, stages=stages, progress=False)
     again = redone(before, ws)
     assert again == {s: all_chunks[s] if s in ("fit_codebook", "encode", "cluster") else set() for s in stages}

@@ -1,6 +1,7 @@
 """Code fingerprints: an edit of a function changes the code fingerprint of exactly the stages that use it; plumbing
-(config, storage, the shared task helpers) is in none. Edits are simulated by serving an edited source text for one
-module through ``codeprint.module_source``; the package files are not touched."""
+(config, storage, the shared task helpers) is in none; a comment, docstring or formatting edit and a definition moved
+between modules change none. Edits are simulated by serving an edited source text for one module through
+``codeprint.module_source``; the package files are not touched."""
 
 import ast
 import dataclasses
@@ -141,17 +142,71 @@ def test_an_edit_of_the_compiled_kernels_c_source_changes_the_idt_stages(monkeyp
     assert {s for s in STAGES if code_fingerprint(s) != before[s]} == IDT
 
 
-def test_task_modules_key_on_the_same_fingerprints():
-    from idtprior.tasks import decode, detect, encode, idt, ingest, pretrain
+def test_keys_hold_the_declared_behaviour_version_not_the_code():
+    from idtprior.keyscheme import legacy_keys
+    from idtprior.tasks import decode, pretrain
 
-    for stage, module in {"ingest": ingest, "decode": decode, "detect": detect, "idt": idt, "encode": encode,
-                          "pretrain": pretrain}.items():
-        assert module.CODE_VERSION == codeprint.stage_code(stage) == code_fingerprint(stage)
-    assert codeprint.stage_code("tune_joint") == codeprint.stage_code("pretrain")
-    # the baselines' stages run the same task
-    assert codeprint.stage_code("pretrain_la_bank") == codeprint.stage_code("supervised") == pretrain.CODE_VERSION
+    assert codeprint.code_key("decode") == f"decode/v{decode.BEHAVIOUR['decode']}"
+    assert codeprint.code_key("decode@jpeg") == f"decode@jpeg/v{decode.BEHAVIOUR['decode@jpeg']}"
+    # the training stages, the baselines' too, run one task
+    assert {codeprint.code_key(s) for s in ("pretrain_ir", "tune_joint", "pretrain_la_bank", "supervised")} == {
+        f"pretrain/v{pretrain.BEHAVIOUR['pretrain']}"}
+    with legacy_keys():  # the upgrade: the source fingerprints keys held before behaviour versions
+        assert codeprint.code_key("decode") == codeprint.pins()["decode"]["legacy_code"] == "dd565df5694a8b43"
     with pytest.raises(KeyError, match="stage 'nonexistent' has no code roots"):
         code_fingerprint("nonexistent")
+    with pytest.raises(KeyError, match="stage 'nonexistent' has no code roots"):
+        codeprint.code_key("nonexistent")
+
+
+def fingerprints_with(monkeypatch, edits: dict[str, str]) -> dict[str, str]:
+    real = codeprint.module_source
+    monkeypatch.setattr(codeprint, "module_source", lambda name: edits.get(name, real(name)))
+    try:
+        return {s: code_fingerprint(s) for s in STAGES}
+    finally:
+        monkeypatch.setattr(codeprint, "module_source", real)
+
+
+@pytest.mark.parametrize("module", ["idtprior.video.io", "idtprior.encoding.gmm", "idtprior.encoding.kmeans",
+                                    "idtprior.tasks.encode", "idtprior.video.idt._kernels"])
+def test_comments_docstrings_and_formatting_move_no_fingerprint(monkeypatch, module):
+    """The edits that reran every stage of a workspace before behaviour versions (two comments and a docstring word)
+    and reformatting: the normalised fingerprints do not move, so no pin has to be touched for them."""
+    before = {s: code_fingerprint(s) for s in STAGES}
+    source = codeprint.module_source(module)
+    if module.endswith("_kernels"):
+        edited = "/* a comment */\n" + source.replace(";", " ;  // tidy\n", 3)
+    else:
+        tree = ast.parse(source)
+        lines = source.splitlines()
+        docs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(n)]
+        doc = docs[0].body[0]
+        lines[doc.lineno - 1] = lines[doc.lineno - 1].replace('"""', '"""Reworded. ', 1)
+        edited = "# a new comment at the top\n" + "\n\n".join(lines) + "\n# and one at the end\n"
+        assert ast.dump(ast.parse(edited)) != ast.dump(tree)  # the docstring did change
+    assert edited != source
+    assert fingerprints_with(monkeypatch, {module: edited}) == before
+
+
+def test_a_function_moved_between_core_modules_moves_no_fingerprint(monkeypatch):
+    """``sketch.py``'s public function moved into ``codebook.py`` (both in the code of every stage that uses it, its
+    callers importing it by name)."""
+    before = {s: code_fingerprint(s) for s in STAGES}
+    sketch, codebook = codeprint.module_source("idtprior.encoding.sketch"), codeprint.module_source(
+        "idtprior.encoding.codebook")
+    tree = ast.parse(sketch)
+    name = next(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"))
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    lines = sketch.splitlines()
+    moved = "\n".join(lines[node.lineno - 1 - len(node.decorator_list):node.end_lineno])
+    rest = "\n".join(lines[:node.lineno - 1 - len(node.decorator_list)] + lines[node.end_lineno:])
+    edits = {"idtprior.encoding.sketch": rest + f"\nfrom idtprior.encoding.codebook import {name}  # noqa\n",
+             "idtprior.encoding.codebook": codebook + "\n\n" + moved + "\n"}
+    after = fingerprints_with(monkeypatch, edits)
+    users = {s for s in STAGES if "idtprior.encoding.sketch" in stage_sources(s)}
+    assert users and all("idtprior.encoding.codebook" in stage_sources(s) for s in users)
+    assert after == before
 
 
 def test_the_idt_keys_hold_every_idt_params_field():

@@ -1,0 +1,75 @@
+"""The switch to behaviour versions reruns nothing: a workspace made by the commit before it (every stage of a tiny
+pipeline, packed in tests/fixtures by ``make_legacy_workspace.py``) is re-keyed in place by the next run, which
+recomputes no chunk, and is then as current as a workspace made today."""
+
+import json
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from idtprior.config import PipelineConfig
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.flows.stages import expected_fingerprints
+from idtprior.storage import Workspace
+from idtprior.storage.status import workspace_status
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from make_legacy_workspace import ROOT, config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+ARCHIVE = FIXTURES / "legacy-workspace-b073dad.tar.gz"
+STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "sketches", "cluster", "pretrain_ir",
+          "pretrain_la", "evaluate")
+
+
+@pytest.fixture
+def legacy_workspace():
+    """The fixture's workspace unpacked where it was made (its manifest names the videos by absolute path)."""
+    shutil.rmtree(ROOT, ignore_errors=True)
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(ROOT, filter="data")
+    yield Workspace(str(ROOT / "ws"))
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def records(ws: Workspace) -> dict[str, dict[str, dict]]:
+    return {s: {c: json.loads(Path(ws.record_path(s, c)).read_text()) for c in ws.records(s)} for s in STAGES}
+
+
+def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy_workspace):
+    ws = legacy_workspace
+    cfg = PipelineConfig.model_validate(config())
+    before = records(ws)
+    assert all(before[s] for s in STAGES) and not any(r.get("behaviour") for s in STAGES for r in before[s].values())
+
+    # what `idtprior status --config` says before the upgrade runs: every stage up to date
+    checks = {st.stage: st.check for st in workspace_status(ws, STAGES, expected_fingerprints(cfg, ws))}
+    assert checks == {s: "up to date" for s in STAGES}, checks
+
+    pretrain_pipeline(cfg, progress=False)
+    after = records(ws)
+    for stage in STAGES:
+        assert set(after[stage]) == set(before[stage]), stage
+        for chunk, rec in after[stage].items():
+            old = before[stage][chunk]
+            # the same data, not recomputed: its commit time and version group unchanged; only its key and stamp moved
+            assert (rec["created"], rec["version"], rec.get("files")) == (old["created"], old["version"],
+                                                                        old.get("files")), (stage, chunk)
+            assert rec["rekeyed_from"] == old["fingerprint"] != rec["fingerprint"], (stage, chunk)
+            assert rec["behaviour"].endswith("/v1") and rec["code"], (stage, chunk)
+    model = after["pretrain_la"]["all"]["videos"]["model"]
+    assert model["legacy_train_fingerprint"] == before["pretrain_la"]["all"]["videos"]["model"]["train_fingerprint"]
+
+    # re-keyed, the workspace is current under today's keys: a second run changes nothing at all
+    pretrain_pipeline(cfg, progress=False)
+    assert records(ws) == after
+    checks = {st.stage: st.check for st in workspace_status(ws, STAGES, expected_fingerprints(cfg, ws))}
+    assert checks == {s: "up to date" for s in STAGES}, checks
+
+    # and a changed setting still reruns what it changes (here the clusters and what trains on them)
+    pretrain_pipeline(cfg.with_updates(cluster={"iters": 6}), stages=["cluster"], progress=False)
+    assert ws.read_record("cluster", "all").created != after["cluster"]["all"]["created"]

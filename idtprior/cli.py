@@ -121,6 +121,7 @@ def cmd_status(args) -> int:
     from idtprior.config import STAGES
     from idtprior.storage import Workspace, read_manifest
     from idtprior.storage.status import NAMED_RECORD_STAGES, workspace_status
+    from idtprior.tasks.pins import provenance
 
     ws = Workspace(args.workspace)
     manifest = read_manifest(ws)
@@ -156,6 +157,9 @@ def cmd_status(args) -> int:
         if st.stage == "sketches" and not st.done and expected is None:
             continue
         print(f"  {st.stage:<16} {line}" + (f"  [{st.check}]" if st.check else ""))
+        if st.done:
+            for note in provenance(st.stage, ws.records(st.stage).values()):
+                print(f"      {note}")
         for vid, err in sorted(st.errors.items())[: args.max_errors]:
             print(f"      {vid}: {err}")
         if len(st.errors) > args.max_errors:

@@ -427,6 +427,17 @@ def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     return out
 
 
+def provenance_lines(stage: str, records: dict[str, ChunkRecord]) -> list[str]:
+    """``tasks.pins.provenance`` of the records (where this environment differs from the one that computed them,
+    code re-pinned since), logged as warnings too."""
+    from idtprior.tasks.pins import provenance
+
+    lines = provenance(stage, records.values())
+    for line in lines:
+        _logger().warning(f"{stage}: {line}")
+    return lines
+
+
 def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None) -> dict:
     """Make the stage's artifacts (a summary and a table of per-video failures, keyed by ``artifact_key``) and return
     the counts."""
@@ -435,10 +446,12 @@ def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], ext
               if info.get("status") == STATUS_FAILED}
     counts = {"stage": stage, "chunks": len(records), "videos_ok": ok, "videos_failed": len(failed)}
     table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + (extra or [])
+    notes = "".join(f"\n- {line}" for line in provenance_lines(stage, records))
     create_markdown_artifact(
         key=artifact_key(ws, stage, "summary"),
         markdown=f"## {stage}\n\n| chunks | videos ok | videos failed |\n|---|---|---|\n"
-                 f"| {len(records)} | {ok} | {len(failed)} |\n",
+                 f"| {len(records)} | {ok} | {len(failed)} |\n" + (f"\n**How it was computed:**\n{notes}\n"
+                                                                    if notes else ""),
         description=f"{stage}: {ok} ok, {len(failed)} failed")
     if table:
         create_table_artifact(key=artifact_key(ws, stage, "failures"), table=table,

@@ -12,7 +12,8 @@ from prefect.logging import get_run_logger
 from idtprior.config import TRAIN_STAGES, ConfigError, PipelineConfig
 from idtprior.datasets.lists import list_source, printable, read_labels, within_roots
 from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
-                                   rebuild_manifest, rekey_legacy, report_stage, run_chunks, with_legacy_keys)
+                                   provenance_lines, rebuild_manifest, rekey_legacy, report_stage, run_chunks,
+                                   with_legacy_keys)
 from idtprior.flows.runs import missing_stage, stage_flow
 from idtprior.keyscheme import legacy, upstream_key
 from idtprior.storage import StatCache, Workspace, chunk_of, file_fingerprint, hash_json, read_manifest
@@ -346,6 +347,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
         f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"
         + (f"\n\n**Warning:** {info['warning']}" if info.get("warning") else "")
+        + "".join(f"\n\n- {line}" for line in provenance_lines("fit_codebook", records))
         + "\n\n" + stage_pictures("fit_codebook", "fit_codebook_markdown", ws)))
     return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
         k: info[k] for k in ("rows", "fv_dim")}}
@@ -424,7 +426,8 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     rows_md = "\n".join(f"| {k} | {v} |" for k, v in stats.items() if k != "status")
     pictures = stage_pictures("cluster", "cluster_markdown", ws, config.idt, seed=config.cluster.seed, stats=stats)
     create_markdown_artifact(key=artifact_key(ws, "cluster", "summary"),
-                             markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n\n{pictures}")
+                             markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n\n{pictures}" + "".join(
+                                 f"\n\n- {line}" for line in provenance_lines("cluster", records)))
     get_run_logger().info(f"cluster: {stats}")
     return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
             **{k: v for k, v in stats.items() if k in ("nmi", "purity", "close_pairs", "close_precision",

@@ -15,7 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, DecodeConfig, PipelineConfig
-from idtprior.flows.common import EpochProgress, artifact_key, rekey_legacy, run_chunks, with_legacy_keys
+from idtprior.flows.common import (EpochProgress, artifact_key, provenance_lines, rekey_legacy, run_chunks,
+                                   with_legacy_keys)
 from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import decode_code, plan_decode
 from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
@@ -211,7 +212,8 @@ def _report(ws: Workspace, stage: str, info: dict) -> None:
     md = (f"## {stage}\n\n{info['train_videos']} training videos, {info['epochs']} epochs, objective "
           f"{objective}; loss per epoch {losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} "
           f"videos; test split against the rest), and the loss, lr and kNN monitor per epoch:\n\n"
-          + stage_pictures(stage, "training_markdown", ws, stage) + f"\nencoder: `{info['encoder']}`\n")
+          + stage_pictures(stage, "training_markdown", ws, stage) + f"\nencoder: `{info['encoder']}`\n"
+          + "".join(f"\n- {line}" for line in provenance_lines(stage, {ALL: ws.read_record(stage, ALL)})))
     create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
 

@@ -121,6 +121,38 @@ def repinned_since(stage: str, code: str) -> list[str]:
     return [r["reason"] for r in chain[starts[0]:]] if starts else []
 
 
+def provenance(stage: str, records, now: dict[str, str] | None = None) -> list[str]:
+    """What a stage's records say of how they were computed, where it matters today, as lines: records computed by
+    code re-pinned since (with the re-pins' reasons: a bad re-pin is undone for exactly these, by bumping the version),
+    records made before behaviour versions, and packages whose version differs from this environment's."""
+    from idtprior.tasks.environment import differences, environment
+
+    records = [r for r in records if r is not None]
+    if not records:
+        return []
+    now = environment() if now is None else now
+    lines = []
+    legacy = sum(1 for r in records if not r.behaviour)
+    if legacy:
+        lines.append(f"{legacy} of {len(records)} records made before behaviour versions (the next run re-keys them "
+                     f"in place)")
+    reasons: dict[str, int] = {}
+    variant = codeprint.variant_of(stage) if stage != "sketches" else "encode"
+    for r in records:
+        for reason in repinned_since(r.behaviour.partition("/")[0] or variant, r.code) if r.behaviour else []:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in reasons.items():
+        lines.append(f"{n} of {len(records)} records computed by code re-pinned since: {reason!r}")
+    changed: dict[str, set] = {}
+    for r in records:
+        for package, (then, today) in differences(r.env, now).items():
+            changed.setdefault(package, set()).add((then, today))
+    for package, pairs in sorted(changed.items()):
+        then = ", ".join(sorted({p[0] for p in pairs}))
+        lines.append(f"computed with {package} {then}; this environment has {next(iter(pairs))[1]}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m idtprior.tasks.pins", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -9,7 +9,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from idtprior.cli import main
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.stages import expected_fingerprints
@@ -40,15 +42,20 @@ def records(ws: Workspace) -> dict[str, dict[str, dict]]:
     return {s: {c: json.loads(Path(ws.record_path(s, c)).read_text()) for c in ws.records(s)} for s in STAGES}
 
 
-def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy_workspace):
+def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy_workspace, capsys):
     ws = legacy_workspace
     cfg = PipelineConfig.model_validate(config())
     before = records(ws)
     assert all(before[s] for s in STAGES) and not any(r.get("behaviour") for s in STAGES for r in before[s].values())
 
-    # what `idtprior status --config` says before the upgrade runs: every stage up to date
+    # what `idtprior status --config` says before the upgrade runs: every stage up to date, made before versions
     checks = {st.stage: st.check for st in workspace_status(ws, STAGES, expected_fingerprints(cfg, ws))}
     assert checks == {s: "up to date" for s in STAGES}, checks
+    (ROOT / "config.yaml").write_text(yaml.safe_dump(config()))
+    assert main(["status", ws.url, "--config", str(ROOT / "config.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date") == len(STAGES) and "out of date" not in out
+    assert out.count("made before behaviour versions (the next run re-keys them in place)") == len(STAGES)
 
     pretrain_pipeline(cfg, progress=False)
     after = records(ws)
@@ -67,6 +74,8 @@ def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy
     # re-keyed, the workspace is current under today's keys: a second run changes nothing at all
     pretrain_pipeline(cfg, progress=False)
     assert records(ws) == after
+    assert main(["status", ws.url]) == 0
+    assert "behaviour versions" not in capsys.readouterr().out
     checks = {st.stage: st.check for st in workspace_status(ws, STAGES, expected_fingerprints(cfg, ws))}
     assert checks == {s: "up to date" for s in STAGES}, checks
 

@@ -73,3 +73,23 @@ def test_status_names_what_moved(pin_copy, monkeypatch, capsys):
     monkeypatch.setitem(encode_tasks.BEHAVIOUR, "encode", 7)
     assert pins.main(["status"]) == 1
     assert "encode: declares v7, pinned v1" in capsys.readouterr().out
+
+
+def test_provenance_names_repinned_code_legacy_records_and_a_changed_environment(pin_copy, monkeypatch):
+    from idtprior.storage import ChunkRecord
+    from idtprior.tasks.environment import environment
+
+    stage = "cluster"
+    old = codeprint.pins()[stage]["fingerprint"]
+    monkeypatch.setattr(codeprint, "code_fingerprint", lambda s: "fedcba9876543210")
+    pins.repin(stage, "split kmeans.py in two")
+    now = environment()
+    then = {**now, "numpy": "1.26.0"}
+    records = [ChunkRecord(stage, "all", "k1", "v", behaviour="cluster/v1", code=old, env=then),
+               ChunkRecord(stage, "all", "k2", "v", behaviour="cluster/v1", code="fedcba9876543210", env=now),
+               ChunkRecord(stage, "all", "k3", "v")]
+    assert pins.provenance(stage, records, now) == [
+        "1 of 3 records made before behaviour versions (the next run re-keys them in place)",
+        "1 of 3 records computed by code re-pinned since: 'split kmeans.py in two'",
+        f"computed with numpy 1.26.0; this environment has {now['numpy']}"]
+    assert pins.provenance(stage, records[1:2], now) == []

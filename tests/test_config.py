@@ -113,3 +113,32 @@ def test_nce_normaliser_momentum_is_a_setting_and_part_of_the_training_key():
     assert train_config_fields(fixed.pretrain) != train_config_fields(paper.pretrain)
     with pytest.raises(ConfigError, match=r"pretrain.nce_z_momentum.*value 1.5"):
         parse_config({"pretrain": {"nce_z_momentum": 1.5}})
+
+
+def test_every_setting_declares_a_valid_key_rule_and_the_rules_hold():
+    from idtprior.config import KEY_RULES, ClusterConfig, DetectConfig, _Section
+    from idtprior.keyscheme import legacy_keys
+
+    def sections(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from sections(sub)
+
+    for cls in sections(_Section):
+        for name in cls.model_fields:
+            rule = cls.key_rule(name)
+            assert rule in KEY_RULES[:3] or (rule.startswith("if:") and rule[3:].split("=")[0] in cls.model_fields), \
+                f"{cls.__name__}.{name}: key rule {rule!r}"
+    # how a detector runs is not what it finds; the weights are keyed by content, not by path
+    base = DetectConfig().config_hash()
+    assert DetectConfig(device="cuda:1", batch_size=64, maskrcnn_weights="/a/b.pth").config_hash() == base
+    assert DetectConfig(every=2).config_hash() != base
+    with legacy_keys():  # what keys held before behaviour versions: these settings were in them
+        assert DetectConfig(device="cuda:1").config_hash() != DetectConfig().config_hash()
+    # k-means' implementation is a setting: numpy keeps the keys of workspaces clustered before it existed
+    assert ClusterConfig(backend="numpy").config_hash() == ClusterConfig().config_hash()
+    assert ClusterConfig(backend="faiss").config_hash() != ClusterConfig().config_hash()
+    with pytest.raises(ValueError, match="key rule 'sometimes'"):
+        from idtprior.config import key
+
+        key("sometimes")

@@ -66,12 +66,20 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
 
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
                enc: EncodeConfig, codebook: Codebook, boxes_version: str | None = None) -> dict:
+    """One video's IDT rows (extracted, or read from its text file) encoded: ``encode_rows``."""
     boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
-    rows = video_rows(video_id, path, idt, enc.idt_text_folder, boxes)
-    fv, valid = fisher_vector(rows[:, 10:], codebook)
-    sketch = count_sketch(fv, codebook).astype(np.float32)
+    return encode_rows(video_rows(video_id, path, idt, enc.idt_text_folder, boxes), codebook, enc.keep_descriptors)
+
+
+def encode_rows(rows: np.ndarray, codebook: Codebook, keep_descriptors: bool, xp=np) -> dict:
+    """A video's (n, 436) IDT rows -> the record's facts and its payload: ``_sketch`` (S,) float32, the count sketch of
+    its Fisher vector (computed on ``xp``'s device: CuPy after the torch backend on CUDA), and ``_rows`` where the
+    descriptors are kept."""
+    x = rows[:, 10:] if xp is np else to_device(np.ascontiguousarray(rows[:, 10:]), xp)
+    fv, valid = fisher_vector(x, codebook)
+    sketch = to_numpy(count_sketch(fv, codebook)).astype(np.float32)
     out = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
-    if enc.keep_descriptors:
+    if keep_descriptors:
         out["_rows"] = rows
     if not valid:
         out["note"] = "no trajectory: zero vector, marked invalid"
@@ -105,17 +113,9 @@ def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
             out[vid] = rows
             continue
         try:
-            # encode_one's lines: its text stays as it is, since it is part of the CPU stage's code fingerprint
-            fv, valid = fisher_vector(to_device(np.ascontiguousarray(rows[:, 10:]), xp), book)
-            sketch = to_numpy(count_sketch(fv, book)).astype(np.float32)
+            out[vid] = encode_rows(rows, book, enc.keep_descriptors, xp)
         except Exception as e:  # noqa: BLE001 - the video's failure
             out[vid] = e
-            continue
-        out[vid] = {"trajectories": int(len(rows)), "valid": bool(valid), "_sketch": sketch}
-        if enc.keep_descriptors:
-            out[vid]["_rows"] = rows
-        if not valid:
-            out[vid]["note"] = "no trajectory: zero vector, marked invalid"
     return out
 
 

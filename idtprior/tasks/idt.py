@@ -127,22 +127,16 @@ def choose_sample(video_ids: list[str], count: int, seed: int) -> set[str]:
 
 def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, cfg: IDTConfig,
                boxes_version: str | None = None, text_folder: str | None = None) -> dict:
+    """One video's IDT rows (extracted, or read from its text file), its seeded R rows stored."""
     boxes = None if text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
-    rows = video_rows(video_id, path, cfg, text_folder, boxes)
-    rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
-    keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
-    group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
-    group.create_array(video_id, data=keep.astype(np.float16 if cfg.float16 else np.float32), overwrite=True,
-                       **array_options())
-    note = "" if len(rows) else "no trajectory (video too short or static)"
-    return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
+    return keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, cfg, text_folder, boxes),
+                       cfg)
 
 
-def _keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: str, rows: np.ndarray,
-                 cfg: IDTConfig) -> dict:
-    """``sample_one``'s seeded R rows of one video, stored, for rows computed elsewhere (the torch backend's batch).
-    ``sample_one`` keeps its own copy of these lines: its text is part of the CPU stage's code fingerprint, and an edit
-    would rerun the IDT sample, the codebook and every encode chunk of every workspace for the same results."""
+def keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: str, rows: np.ndarray,
+                cfg: IDTConfig) -> dict:
+    """Store ``cfg.sample_rows`` of a video's IDT rows (all of them where it has fewer), drawn with a seed of the
+    config's and the video's, in their original order; returns the record's facts."""
     rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
     keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
@@ -161,8 +155,8 @@ def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
     boxes = {v: read_chunk_boxes(workspace, chunk, boxes_version, v) for v in video_ids}
     out: dict[str, dict | Exception] = {}
     for vid, rows in batch_idt(paths, cfg, boxes).items():
-        out[vid] = rows if isinstance(rows, Exception) else _keep_sample(vid, workspace, stage, chunk, version, rows,
-                                                                         cfg)
+        out[vid] = rows if isinstance(rows, Exception) else keep_sample(vid, workspace, stage, chunk, version, rows,
+                                                                        cfg)
     return out
 
 

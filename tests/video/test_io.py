@@ -65,7 +65,7 @@ def test_decode_streams_a_long_video_without_holding_it(tmp_path, write_video):
 
 
 def test_prefetched_frames_come_in_order_and_equal_the_decoded_ones(write_video):
-    from idtprior.video.prefetch import prefetched
+    from idtprior.video.io import prefetched
 
     frames = moving_square_frames(12, 32, 48)
     path = write_video("sq.avi", frames, codec="ffv1")
@@ -79,7 +79,7 @@ def test_prefetched_raises_the_readers_error_at_its_item_and_stops_when_closed()
     import threading
     import time
 
-    from idtprior.video.prefetch import prefetched
+    from idtprior.video.io import prefetched
 
     def broken():
         yield 1

@@ -56,8 +56,7 @@ def params_from_args(args: argparse.Namespace) -> IDTParams:
 
 def run_idt(args: argparse.Namespace) -> int:
     """Extract IDT from ``args.video`` and write the rows; returns the exit status (2 on bad input)."""
-    from idtprior.video.io import VideoError, iter_frames, probe_video
-    from idtprior.video.prefetch import prefetched
+    from idtprior.video.io import VideoError, iter_frames, prefetched, probe_video
 
     cv2.setNumThreads(max(args.threads, 1))
     try:

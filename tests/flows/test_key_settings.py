@@ -1,0 +1,71 @@
+"""What the keys hold besides the behaviour versions: model files by content (not path), no execution settings, and
+training keyed on the frames' content, not on how the frame store is chunked (real engine, real workspace)."""
+
+from pathlib import Path
+
+import pytest
+
+from idtprior_testutils import write_moving_square_videos
+from idtprior.config import PipelineConfig
+from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.flows.stages import plan_detect
+from idtprior.flows.training import plan_train_stage
+from idtprior.storage import Workspace
+from idtprior.tasks import detect as detect_tasks
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+TINY = {"width": 0.0625, "embed_dim": 8, "clip_length": 4, "crop_size": 16, "batch_size": 2, "negatives": 4,
+        "num_workers": 0, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    write_moving_square_videos(root / "videos", 4)
+    cfg = PipelineConfig.model_validate({
+        "workspace": str(root / "ws"), "ingest": {"source": str(root / "videos"), "num_chunks": 2},
+        "decode": {"short_side": 32, "time_chunk": 4}, "dask": {"n_workers": 0}, "pretrain": TINY})
+    pretrain_pipeline(cfg, stages=["ingest", "decode"], progress=False)
+    return cfg
+
+
+def detect_keys(cfg: PipelineConfig) -> dict[str, str]:
+    return {c: p["fingerprint"] for c, p in plan_detect(cfg, Workspace(cfg.workspace), remember=False).items()}
+
+
+def test_detector_weights_are_keyed_by_content_not_path_and_devices_not_at_all(decoded, tmp_path, monkeypatch):
+    weights = tmp_path / "a" / "weights.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"\x00" * 1000)
+    cfg = decoded.with_updates(detect={"backend": "maskrcnn", "maskrcnn_weights": str(weights)})
+    first = detect_keys(cfg)
+    moved = tmp_path / "b" / "same.pth"
+    moved.parent.mkdir()
+    moved.write_bytes(weights.read_bytes())
+    assert detect_keys(cfg.with_updates(detect={"maskrcnn_weights": str(moved), "device": "cuda:3",
+                                                "batch_size": 99})) == first
+    moved.write_bytes(b"\x00" * 999 + b"\x01")  # same size, other weights: other boxes
+    assert detect_keys(cfg.with_updates(detect={"maskrcnn_weights": str(moved)})).keys() == first.keys()
+    assert all(a != b for a, b in zip(detect_keys(cfg.with_updates(detect={"maskrcnn_weights": str(moved)})).values(),
+                                      first.values()))
+    # the embedded SSDLite graph is a model file too
+    assert detect_tasks.model_files(decoded.detect) and detect_tasks.model_files(decoded.detect)[0].is_file()
+    graph = tmp_path / "graph.pb"
+    graph.write_bytes(b"graph v1")
+    monkeypatch.setattr(detect_tasks, "model_files", lambda c: [graph])
+    ssd = detect_keys(decoded)
+    graph.write_bytes(b"graph v2")
+    assert detect_keys(decoded) != ssd
+
+
+def test_training_is_keyed_on_frame_content_not_on_the_time_chunking(decoded):
+    ws = Workspace(decoded.workspace)
+    key = plan_train_stage("pretrain_ir", decoded)["fingerprint"]
+    decode_before = {c: r.created for c, r in ws.records("decode").items()}
+    rechunked = decoded.with_updates(decode={"time_chunk": 8})
+    pretrain_pipeline(rechunked, stages=["decode"], progress=False)  # the frames stored again, chunked otherwise
+    assert all(r.created != decode_before[c] for c, r in ws.records("decode").items())
+    assert plan_train_stage("pretrain_ir", rechunked)["fingerprint"] == key
+    # frames that differ do change it
+    assert plan_train_stage("pretrain_ir", decoded.with_updates(decode={"short_side": 24}))["fingerprint"] != key

@@ -23,7 +23,8 @@ The fingerprint is NORMALISED: each definition is hashed as its syntax tree with
 removed, and under its own name, not its module's, with import statements left out; so a tidy edit, and a definition
 moved between modules of the closure, leave it unchanged. The C source is hashed without comments and white space.
 
-The rest is plumbing and stays out: ``idtprior.config`` (settings are in the keys through each stage's config hash),
+Storage code that shapes results (``SHAPING``: ``storage/frames.py``, where frames are cut off and stored) is followed
+definition by definition as the task layer is. The rest is plumbing and stays out: ``idtprior.config`` (settings are in the keys through each stage's config hash),
 ``idtprior.storage``, ``idtprior.tasks.common``, the flows, and third-party packages (their versions are recorded with
 each result instead: ``idtprior.tasks.environment``).
 """
@@ -44,6 +45,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models", "idtprior.evaluation")
 TASKS = "idtprior.tasks"
 PLUMBING = ("idtprior.tasks.common", "idtprior.tasks.codeprint")
+SHAPING = ("idtprior.storage.frames",)
+"""Storage modules whose definitions shape results (how frames are cut off, stored and read back): followed name by
+name, as the task layer is, wherever a stage's code names them."""
 _C_SOURCE = re.compile(r"""["']([A-Za-z_]\w*)\.c["']""")  # a C file named in a module's source: "_kernels.c"
 
 # The chunk task each stage runs ("module:name"); the training stages share one task.
@@ -133,7 +137,12 @@ def _bindings(current: str, node: ast.Import | ast.ImportFrom) -> dict[str, tupl
 
 
 def _load(name: str) -> _Module:
-    source = module_source(name)
+    return _load_source(name, module_source(name))
+
+
+@lru_cache(maxsize=512)
+def _load_source(name: str, source: str) -> _Module:
+    """A module's definitions and imports, cached by its text (only an edited module is read again)."""
     if module_file(name).suffix == ".c":  # hashed as text; it imports nothing of the package
         return _Module(name, source, ast.Module(body=[], type_ignores=[]), {}, {})
     tree = _parse(source)
@@ -194,7 +203,7 @@ class _Walker:
 def _kind(module: str) -> str:
     if module in PLUMBING:
         return "plumbing"
-    if module.startswith(TASKS + "."):
+    if module.startswith(TASKS + ".") or module in SHAPING:
         return "task"
     if any(module == c or module.startswith(c + ".") for c in CORES):
         return "core"
@@ -207,12 +216,32 @@ def _segment(info: _Module, node: ast.AST) -> str:
     return "\n".join(info.source.splitlines()[start - 1:node.end_lineno])
 
 
-def _references(walker: _Walker, info: _Module, node: ast.AST):
-    """Targets of the names a task-layer definition uses: (module, name) definitions and (module, None) modules."""
+@lru_cache(maxsize=4096)
+def _names_used(module: str, source: str, name: str) -> tuple[dict, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """What definition ``name`` of a module binds by its own imports, and the names it uses as (base name, attribute
+    chain) pairs; cached by source."""
+    node = _load_source(module, source).defs[name]
     local = {}
     for n in ast.walk(node):  # a function-local import binds its names inside the definition
         if isinstance(n, (ast.Import, ast.ImportFrom)):
-            local.update(_bindings(info.name, n))
+            local.update(_bindings(module, n))
+    used = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            used.append((n.id, ()))
+        elif isinstance(n, ast.Attribute):
+            chain, base = [], n
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name):
+                used.append((base.id, tuple(chain[::-1])))
+    return local, tuple(used)
+
+
+def _references(walker: _Walker, info: _Module, name: str):
+    """Targets of the names a task-layer definition uses: (module, name) definitions and (module, None) modules."""
+    local, used = _names_used(info.name, info.source, name)
 
     def lookup(name: str):
         if name in local:
@@ -223,16 +252,21 @@ def _references(walker: _Walker, info: _Module, node: ast.AST):
             return walker.resolve(*info.imports[name])
         return None  # a local variable, a parameter or a builtin
 
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            yield lookup(n.id)
-        elif isinstance(n, ast.Attribute):
-            chain, base = [], n
-            while isinstance(base, ast.Attribute):
-                chain.append(base.attr)
-                base = base.value
-            if isinstance(base, ast.Name):
-                yield walker.follow(lookup(base.id), chain[::-1])
+    for base, chain in used:
+        yield walker.follow(lookup(base), list(chain)) if chain else lookup(base)
+
+
+@lru_cache(maxsize=512)
+def _imports_anywhere(module: str, source: str) -> tuple[tuple[str, ...], tuple[tuple[str, str | None], ...]]:
+    """Every import of a module, function-local ones too: the full dotted modules of ``import a.b`` and the
+    (module, attribute) targets of ``from ... import``; cached by source."""
+    modules, bound = [], []
+    for node in ast.walk(_parse(source)):
+        if isinstance(node, ast.Import):  # the full dotted module, not just the name it binds
+            modules.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            bound.extend(_bindings(module, node).values())
+    return tuple(modules), tuple(bound)
 
 
 def stage_sources(stage: str) -> dict[str, str]:
@@ -258,20 +292,19 @@ def stage_sources(stage: str) -> dict[str, str]:
             for stem in _C_SOURCE.findall(info.source):
                 if module_file(f"{package}.{stem}") is not None:
                     todo.append((f"{package}.{stem}", None))
-            for node in ast.walk(info.tree):  # every import, function-local ones too
-                if isinstance(node, ast.Import):  # the full dotted module, not just the name it binds
-                    todo.extend((a.name, None) for a in node.names if module_file(a.name) is not None)
-                elif isinstance(node, ast.ImportFrom):
-                    for target in _bindings(module, node).values():
-                        found = walker.resolve(*target)
-                        if found is not None and _kind(found[0]) == "core":
-                            todo.append((found[0], None))
+            is_c = module_file(module).suffix == ".c"  # a C source imports nothing of the package
+            modules, bound = ((), ()) if is_c else _imports_anywhere(module, info.source)
+            todo.extend((m, None) for m in modules if module_file(m) is not None)
+            for target in bound:
+                found = walker.resolve(*target)
+                if found is not None and _kind(found[0]) == "core":
+                    todo.append((found[0], None))
         elif name is not None:  # a task-layer definition
             node = info.defs.get(name)
             if node is None:
                 raise KeyError(f"stage {stage}: {module} defines no {name!r} (a root or a name it uses)")
             parts[key] = _segment(info, node)
-            todo.extend(t for t in _references(walker, info, node) if t is not None and t != (module, name))
+            todo.extend(t for t in _references(walker, info, name) if t is not None and t != (module, name))
         # a task module named as a whole (not one of its definitions) carries no code of its own here
     return parts
 

@@ -79,6 +79,8 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     # the evaluation core is evaluate's alone
     ("idtprior.evaluation.finetune", "finetune", {"evaluate"}),
     ("idtprior.evaluation.probe", "few_shot_indices", {"evaluate"}),
+    # the frame store's writer cuts videos off and stores their frames: decode's code (and the readers training's)
+    ("idtprior.storage.frames", "write_frames", {"decode", "decode@jpeg"}),
     # plumbing: settings are covered by the config hashes; storage and the chunk loop do not change results
     ("idtprior.config", "config_hash", set()),
     ("idtprior.config", "load_config", set()),
@@ -125,7 +127,8 @@ def test_the_stage_code_sets():
     assert "idtprior.tasks.encode:cluster_task" in tasks["cluster"]
     assert not tasks["cluster"] & (tasks["encode"] | tasks["fit_codebook"])
     # no stage hashes plumbing or a package's re-exports
-    assert not any(k.startswith(("idtprior.config", "idtprior.storage", "idtprior.tasks.common", "idtprior.flows"))
+    assert not any(k.startswith(("idtprior.config", "idtprior.storage.workspace", "idtprior.tasks.common",
+                                 "idtprior.flows"))
                    or k in ("idtprior.encoding", "idtprior.models", "idtprior.video.idt")
                    for s in STAGES for k in stage_sources(s))
 

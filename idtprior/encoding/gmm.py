@@ -318,6 +318,12 @@ def _check_rows(x: Any, name: str, dim: int | None = None) -> None:
         raise ValueError(f"{name}: {x.shape[1]} columns, the mixture has dimension {dim}")
 
 
+def init_sample_rows(n: int, k: int, init_sample: int) -> int:
+    """Rows of the seeded sample :func:`fit_gmm` initialises ``k`` components from: ``init_sample``, at least k, at
+    most n."""
+    return min(n, max(init_sample, k))
+
+
 def fit_gmm(
     x: Any,
     n_components: int,
@@ -385,7 +391,7 @@ def fit_gmm(
     floor = variance_floor * xp.maximum(data_var, 1e-12)  # (D,)
 
     # Initialisation on a seeded sample.
-    m = min(n, max(init_sample, k))
+    m = init_sample_rows(n, k, init_sample)
     idx = np.sort(rng.choice(n, size=m, replace=False))
     xs = xp.asarray(x[xp.asarray(idx) if xp is not np else idx], dtype=xp.float32)  # (m, D)
     if init == "random":

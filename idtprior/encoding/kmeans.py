@@ -108,13 +108,25 @@ def kmeans_plusplus(x: Any, k: int, seed: int = 0, n_local_trials: int | None = 
     return x[to_device(chosen, xp)].copy()
 
 
+def kpp_sample_rows(n: int, k: int) -> int:
+    """Rows of the seeded subsample that k-means++ seeds ``k`` clusters of ``n`` rows from: max(8k, 4096), at most n."""
+    return min(n, max(8 * k, 4096))
+
+
+def auto_init(n: int, k: int, d: int) -> str:
+    """The seeding ``init="auto"`` picks for ``n`` rows of ``d`` dimensions and ``k`` clusters: ``"k-means++"`` while
+    its sequential cost, k * kpp_sample_rows(n, k) * d * (2 + ln k) flops, is at most ``_KPP_AUTO_FLOPS``, else
+    ``"random"``."""
+    return "k-means++" if k * kpp_sample_rows(n, k) * d * (2 + np.log(k)) <= _KPP_AUTO_FLOPS else "random"
+
+
 def _init_centroids(x: Any, k: int, init: str, rng: np.random.Generator, xp: ModuleType) -> Any:
     n, d = x.shape
     if init == "auto":
-        init = "k-means++" if k * min(n, max(8 * k, 4096)) * d * (2 + np.log(k)) <= _KPP_AUTO_FLOPS else "random"
+        init = auto_init(n, k, d)
     if init == "random":
         return x[to_device(np.sort(rng.choice(n, size=k, replace=False)), xp)].copy()
-    sub = np.sort(rng.choice(n, size=min(n, max(8 * k, 4096)), replace=False))
+    sub = np.sort(rng.choice(n, size=kpp_sample_rows(n, k), replace=False))
     return kmeans_plusplus(x[to_device(sub, xp)], k, seed=int(rng.integers(2**31)))
 
 

@@ -10,9 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
+def block_rows(columns: int) -> int:
+    """Rows per block of a ``(rows, columns)`` float32 distance or similarity matrix of at most 256 MB."""
+    return max(1, 2**26 // columns)
+
+
+def kpp_subsample_rows(n: int, k: int) -> int:
+    """Rows of the seeded subsample :func:`lloyd_kmeans` draws its k-means++ seeds from: max(8k, 4096), at most n."""
+    return min(n, max(8 * k, 4096))
+
+
 def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid ``(N,)`` and its squared distance ``(N,)`` for ``x (N, D)``, ``centroids (K, D)``."""
-    chunk = max(1, 2**26 // centroids.shape[0])  # distance blocks of at most 256 MB
+    chunk = block_rows(centroids.shape[0])
     c2 = (centroids * centroids).sum(1)  # (K,)
     labels, dists = [], []
     for start in range(0, x.shape[0], chunk):
@@ -27,7 +37,7 @@ def _chunked_argmin(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Ten
 def _kmeans_plusplus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """k-means++ seeds ``(k, D)`` drawn from a seeded subsample of ``max(8k, 4096)`` rows of ``x (N, D)``."""
     n = x.shape[0]
-    sub = x[torch.randperm(n, generator=g)[: min(n, max(8 * k, 4096))].to(x.device)]  # (n', D)
+    sub = x[torch.randperm(n, generator=g)[: kpp_subsample_rows(n, k)].to(x.device)]  # (n', D)
     chosen = [int(torch.randint(sub.shape[0], (1,), generator=g))]
     d2 = ((sub - sub[chosen[0]]) ** 2).sum(1)  # (n',)
     for _ in range(1, k):
@@ -153,7 +163,7 @@ def knn_accuracy(bank: torch.Tensor, labels: torch.Tensor, k: int = 20, tau: flo
     x, y = bank[keep].float(), labels[keep]
     n_classes = int(y.max()) + 1
     k = min(k, x.shape[0] - 1)
-    chunk = max(1, 2**26 // x.shape[0])  # similarity blocks of at most 256 MB, also for N = 235k
+    chunk = block_rows(x.shape[0])  # also for N = 235k
     correct = 0
     for start in range(0, x.shape[0], chunk):
         sim = x[start : start + chunk] @ x.T  # (n, M)
@@ -185,7 +195,7 @@ def knn_classify(
     q, truth = test_x[te].float().to(x.device), test_y[te].long().to(x.device)
     n_classes = int(max(int(y.max()), int(truth.max()))) + 1
     k = min(k, x.shape[0])
-    chunk = max(1, 2**26 // x.shape[0])
+    chunk = block_rows(x.shape[0])
     correct = 0
     for start in range(0, q.shape[0], chunk):
         top_sim, top_idx = (q[start : start + chunk] @ x.T).topk(k, dim=1)

@@ -181,6 +181,22 @@ def cmd_verify(args) -> int:
     return 1 if report.unrepaired else 0
 
 
+def cmd_recompute(args) -> int:
+    from idtprior.config import STAGES
+    from idtprior.storage import Workspace
+    from idtprior.tasks.pins import invalidate_repinned
+
+    ws = Workspace(args.workspace)
+    stages = _split(args.stages) or [*STAGES, "sketches"]
+    done = invalidate_repinned(ws, stages)
+    for stage, chunks in done.items():
+        print(f"{stage}: {len(chunks)} records computed by code re-pinned since will be recomputed by the next run "
+              f"({', '.join(sorted(chunks)[:5])}{', ...' if len(chunks) > 5 else ''})")
+    if not done:
+        print(f"{ws.url}: no record was computed by code re-pinned since")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from idtprior.inspect import inspect_stage
 
@@ -327,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="drop the records of bad chunks and remove orphans: the "
                    "next run recomputes exactly the dropped chunks")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("recompute", help="undo a re-pin for a workspace: the records computed by code re-pinned since "
+                       "(listed by `idtprior status`) are recomputed, with what depends on them, by the next run")
+    p.add_argument("workspace")
+    p.add_argument("--repinned", action="store_true", required=True,
+                   help="the records computed by code re-pinned since (the only selection there is)")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: every stage)")
+    p.set_defaults(func=cmd_recompute)
 
     p = sub.add_parser("make-demo-data", help="render the synthetic motion benchmark")
     p.add_argument("out")

@@ -78,6 +78,7 @@ class ChunkRecord:
     code: str = ""
     env: dict[str, str] = field(default_factory=dict)
     rekeyed_from: str = ""  # the legacy key of a record re-keyed in place at the upgrade (``idtprior.keyscheme``)
+    invalidated: str = ""  # why the record matches no plan any more (``idtprior recompute``): the next run redoes it
 
     def file_table(self) -> dict[str, list] | None:
         """``files`` as ``relpath -> [size, crc32c hex]`` (None: not listed), decoded on first use. Raises
@@ -368,6 +369,21 @@ class Workspace:
         model = stored.get("videos", {}).get("model")
         if train is not None and isinstance(model, dict) and model.get("train_fingerprint") == train[0]:
             model["legacy_train_fingerprint"], model["train_fingerprint"] = train
+        self.write_bytes_atomic(path, json.dumps(stored, sort_keys=True).encode())
+        return True
+
+    def invalidate(self, stage: str, chunk: str, fingerprint: str, why: str) -> bool:
+        """Make the record of ``stage``/``chunk`` keyed ``fingerprint`` match no plan, so that the next run recomputes
+        that chunk (its data stays readable until then); ``why`` is kept in the record. False when the record is gone
+        or keyed otherwise by now."""
+        path = self.record_path(stage, chunk)
+        data = self.read_bytes(path)
+        if data is None:
+            return False
+        stored = json.loads(data)
+        if stored.get("fingerprint") != fingerprint:
+            return False
+        stored.update(fingerprint=f"invalidated-{fingerprint}", invalidated=why)
         self.write_bytes_atomic(path, json.dumps(stored, sort_keys=True).encode())
         return True
 

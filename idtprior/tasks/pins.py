@@ -153,6 +153,28 @@ def provenance(stage: str, records, now: dict[str, str] | None = None) -> list[s
     return lines
 
 
+def invalidate_repinned(ws, stages: list[str]) -> dict[str, list[str]]:
+    """Undo re-pins for a workspace: the records of ``stages`` computed by code re-pinned since are made to match no
+    plan (``Workspace.invalidate``), each under its stage's lock, so the next run recomputes exactly those chunks (and
+    what depends on them). Returns stage -> the chunks invalidated."""
+    from idtprior.storage.lock import stage_lock
+
+    out: dict[str, list[str]] = {}
+    for stage in stages:
+        records = ws.records(stage)
+        stale = {c: r for c, r in records.items()
+                 if r.behaviour and repinned_since(r.behaviour.partition("/")[0], r.code)}
+        if not stale:
+            continue
+        with stage_lock(ws, "encode" if stage == "sketches" else stage):
+            for chunk, rec in stale.items():
+                why = f"computed by code {rec.code}, re-pinned since: " + "; ".join(
+                    repinned_since(rec.behaviour.partition("/")[0], rec.code))
+                if ws.invalidate(stage, chunk, rec.fingerprint, why):
+                    out.setdefault(stage, []).append(chunk)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m idtprior.tasks.pins", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -69,3 +69,42 @@ def test_training_is_keyed_on_frame_content_not_on_the_time_chunking(decoded):
     assert plan_train_stage("pretrain_ir", rechunked)["fingerprint"] == key
     # frames that differ do change it
     assert plan_train_stage("pretrain_ir", decoded.with_updates(decode={"short_side": 24}))["fingerprint"] != key
+
+
+def test_a_bad_repin_is_undone_for_exactly_the_records_computed_before_it(decoded, tmp_path, monkeypatch, capsys):
+    """A record computed by code that was re-pinned since is listed by `idtprior status`; `idtprior recompute
+    --repinned` makes the next run recompute exactly that chunk."""
+    import json
+
+    from idtprior.cli import main
+    from idtprior.tasks import codeprint
+
+    ws = Workspace(decoded.workspace)
+    pretrain_pipeline(decoded, stages=["decode"], progress=False)  # current with this module's config
+    records = ws.records("decode")
+    assert len(records) == 2 and all(r.code == codeprint.pins()["decode"]["fingerprint"] for r in records.values())
+    older, newer = sorted(records)
+    path = Path(ws.record_path("decode", older))
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "code": "0000aaaa0000aaaa"}))  # computed before the re-pin below
+    pins = json.loads(codeprint.PINS_FILE.read_text())
+    pins["decode"]["repins"].append({"version": 1, "from": "0000aaaa0000aaaa", "to": pins["decode"]["fingerprint"],
+                                     "reason": "a rename (it was not)", "date": "2026-12-07"})
+    copy = tmp_path / "pins.json"
+    copy.write_text(json.dumps(pins))
+    monkeypatch.setattr(codeprint, "PINS_FILE", copy)
+    codeprint.pins.cache_clear()
+    try:
+        assert main(["status", ws.url]) == 0
+        assert "1 of 2 records computed by code re-pinned since: 'a rename (it was not)'" in capsys.readouterr().out
+        assert main(["recompute", ws.url, "--repinned"]) == 0
+        assert "decode: 1 records computed by code re-pinned since" in capsys.readouterr().out
+        before = {c: r.created for c, r in ws.records("decode").items()}
+        pretrain_pipeline(decoded, stages=["decode"], progress=False)
+        after = ws.records("decode")
+        assert after[older].created != before[older] and after[newer].created == before[newer]
+        assert after[older].code == pins["decode"]["fingerprint"]
+        assert main(["recompute", ws.url, "--repinned"]) == 0
+        assert "no record was computed by code re-pinned since" in capsys.readouterr().out
+    finally:
+        codeprint.pins.cache_clear()

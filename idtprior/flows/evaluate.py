@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.datasets.lists import detect_format
 from idtprior.evaluation.report import evaluation_tables
-from idtprior.flows.common import artifact_key, run_chunks, with_legacy_keys
+from idtprior.flows.common import artifact_key, provenance_lines, run_chunks, with_legacy_keys
 from idtprior.flows.runs import how_to_run, remembered_config, stage_flow
 from idtprior.flows.training import _decoded_rows, frames_key, read_label_sets
 from idtprior.storage import Workspace, hash_json
@@ -176,6 +176,7 @@ def evaluate_flow(config: PipelineConfig, dask_address: str | None = None, progr
     markdown = evaluation_tables(results)
     if skipped:
         markdown += f"\n\nSkipped (not trained in the pretraining workspace): {', '.join(skipped)}\n"
+    markdown += "".join(f"\n\n- {line}" for line in provenance_lines(STAGE, records))
     create_markdown_artifact(key=artifact_key(ws, STAGE, "summary"), markdown=markdown,
                              description=f"evaluate: {len(records)} evaluations")
     counts = {"stage": STAGE, "chunks": len(records), "videos_ok": len(plans[next(iter(plans))]["test_ids"])

@@ -427,12 +427,13 @@ def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
     return out
 
 
-def provenance_lines(stage: str, records: dict[str, ChunkRecord]) -> list[str]:
-    """``tasks.pins.provenance`` of the records (where this environment differs from the one that computed them,
-    code re-pinned since), logged as warnings too."""
+def provenance_lines(ws: Workspace, stage: str, chunks) -> list[str]:
+    """``tasks.pins.provenance`` of the stage's records of ``chunks`` as committed (where this environment differs
+    from the one that computed them, code re-pinned since), logged as warnings too. Read from the workspace: a chunk
+    task Prefect served from its cache returns the record as it was first committed."""
     from idtprior.tasks.pins import provenance
 
-    lines = provenance(stage, records.values())
+    lines = provenance(stage, [ws.read_record(stage, chunk) for chunk in chunks])
     for line in lines:
         _logger().warning(f"{stage}: {line}")
     return lines
@@ -446,7 +447,7 @@ def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], ext
               if info.get("status") == STATUS_FAILED}
     counts = {"stage": stage, "chunks": len(records), "videos_ok": ok, "videos_failed": len(failed)}
     table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + (extra or [])
-    notes = "".join(f"\n- {line}" for line in provenance_lines(stage, records))
+    notes = "".join(f"\n- {line}" for line in provenance_lines(ws, stage, records))
     create_markdown_artifact(
         key=artifact_key(ws, stage, "summary"),
         markdown=f"## {stage}\n\n| chunks | videos ok | videos failed |\n|---|---|---|\n"

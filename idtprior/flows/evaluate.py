@@ -176,7 +176,7 @@ def evaluate_flow(config: PipelineConfig, dask_address: str | None = None, progr
     markdown = evaluation_tables(results)
     if skipped:
         markdown += f"\n\nSkipped (not trained in the pretraining workspace): {', '.join(skipped)}\n"
-    markdown += "".join(f"\n\n- {line}" for line in provenance_lines(STAGE, records))
+    markdown += "".join(f"\n\n- {line}" for line in provenance_lines(ws, STAGE, records))
     create_markdown_artifact(key=artifact_key(ws, STAGE, "summary"), markdown=markdown,
                              description=f"evaluate: {len(records)} evaluations")
     counts = {"stage": STAGE, "chunks": len(records), "videos_ok": len(plans[next(iter(plans))]["test_ids"])

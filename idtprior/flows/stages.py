@@ -347,7 +347,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
         f"## codebook\n\n{info['rows']} sample descriptors, GMM {config.codebook.gmm_components} components, "
         f"PCA {config.codebook.pca_mode}, Fisher vector dim {info['fv_dim']}, sketch {config.codebook.sketch_dim}"
         + (f"\n\n**Warning:** {info['warning']}" if info.get("warning") else "")
-        + "".join(f"\n\n- {line}" for line in provenance_lines("fit_codebook", records))
+        + "".join(f"\n\n- {line}" for line in provenance_lines(ws, "fit_codebook", records))
         + "\n\n" + stage_pictures("fit_codebook", "fit_codebook_markdown", ws)))
     return {"stage": "fit_codebook", "chunks": 1, "videos_ok": 0, "videos_failed": 0, **{
         k: info[k] for k in ("rows", "fv_dim")}}
@@ -427,7 +427,7 @@ def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progre
     pictures = stage_pictures("cluster", "cluster_markdown", ws, config.idt, seed=config.cluster.seed, stats=stats)
     create_markdown_artifact(key=artifact_key(ws, "cluster", "summary"),
                              markdown=f"## clusters\n\n| | |\n|---|---|\n{rows_md}\n\n{pictures}" + "".join(
-                                 f"\n\n- {line}" for line in provenance_lines("cluster", records)))
+                                 f"\n\n- {line}" for line in provenance_lines(ws, "cluster", records)))
     get_run_logger().info(f"cluster: {stats}")
     return {"stage": "cluster", "chunks": 1, "videos_ok": stats["videos"], "videos_failed": 0,
             **{k: v for k, v in stats.items() if k in ("nmi", "purity", "close_pairs", "close_precision",

@@ -213,7 +213,7 @@ def _report(ws: Workspace, stage: str, info: dict) -> None:
           f"{objective}; loss per epoch {losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} "
           f"videos; test split against the rest), and the loss, lr and kNN monitor per epoch:\n\n"
           + stage_pictures(stage, "training_markdown", ws, stage) + f"\nencoder: `{info['encoder']}`\n"
-          + "".join(f"\n- {line}" for line in provenance_lines(stage, {ALL: ws.read_record(stage, ALL)})))
+          + "".join(f"\n- {line}" for line in provenance_lines(ws, stage, [ALL])))
     create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
 

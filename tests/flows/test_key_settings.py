@@ -12,6 +12,7 @@ from idtprior.flows.stages import plan_detect
 from idtprior.flows.training import plan_train_stage
 from idtprior.storage import Workspace
 from idtprior.tasks import detect as detect_tasks
+from idtprior.tasks.environment import environment
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -108,3 +109,26 @@ def test_a_bad_repin_is_undone_for_exactly_the_records_computed_before_it(decode
         assert "no record was computed by code re-pinned since" in capsys.readouterr().out
     finally:
         codeprint.pins.cache_clear()
+
+    # a record computed with another NumPy: the stage's summary artifact says so, and nothing reruns for it
+    path = Path(ws.record_path("decode", newer))
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "env": {**stored["env"], "numpy": "1.26.0"}}))
+    created = {c: r.created for c, r in ws.records("decode").items()}
+    pretrain_pipeline(decoded, stages=["decode"], progress=False)
+    assert {c: r.created for c, r in ws.records("decode").items()} == created
+    summary = summary_markdown(ws, "decode")
+    assert f"computed with numpy 1.26.0; this environment has {environment()['numpy']}" in summary
+
+
+def summary_markdown(ws: Workspace, stage: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from idtprior.flows.common import artifact_key
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[artifact_key(ws, stage, "summary")])), sort=ArtifactSort.CREATED_DESC)
+    return found[0].data

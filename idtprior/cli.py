@@ -158,7 +158,7 @@ def cmd_status(args) -> int:
             continue
         print(f"  {st.stage:<16} {line}" + (f"  [{st.check}]" if st.check else ""))
         if st.done:
-            for note in provenance(st.stage, ws.records(st.stage).values()):
+            for note in provenance(st.stage, st.records.values()):
                 print(f"      {note}")
         for vid, err in sorted(st.errors.items())[: args.max_errors]:
             print(f"      {vid}: {err}")

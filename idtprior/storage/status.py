@@ -40,6 +40,7 @@ class StageStatus:
     seconds: float = 0.0
     check: str = ""  # against a config: "up to date", "out of date: ...", "not run", "not checked: <why>"; "" unasked
     out_of_date: bool = False  # a run with that config would redo (part of) this stage
+    records: dict = field(default_factory=dict, repr=False)  # chunk -> ChunkRecord, as read for these numbers
 
     @property
     def done(self) -> bool:
@@ -88,6 +89,7 @@ def workspace_status(ws: Workspace, stages: tuple[str, ...],
                     else:
                         st.videos_failed += 1
                         st.errors[vid] = info.get("error", "")
+        st.records = records
         if expected is not None and stage not in expected:
             st.check = "not checked: not one of the config's stages"
         elif expected is not None:

@@ -20,6 +20,11 @@ LEGACY_KEYED: dict[str, frozenset[str]] = {"DetectConfig": frozenset({"device", 
 """Settings (per config section class) that legacy keys hashed and today's keys leave out."""
 
 
+UPGRADED = ("cache", "keys-upgraded.json")
+"""A workspace file, written once no record made before behaviour versions is left in it (``flows.stages.
+upgrade_keys``): later runs skip the upgrade's planning. Deleting it only makes the next run look again."""
+
+
 @contextmanager
 def legacy_keys() -> Iterator[None]:
     """Plan under the legacy scheme while inside (this thread or task only)."""

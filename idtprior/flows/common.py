@@ -143,9 +143,9 @@ def with_legacy_keys(ws: Workspace, stage: str, plans: dict[str, dict], replan) 
     {"fingerprint", and for a trained network "train_fingerprint"}), computed by ``replan()`` under
     ``keyscheme.legacy_keys``, when the workspace still holds records of ``stage`` made before behaviour versions;
     ``plans`` unchanged otherwise (a workspace made or upgraded since plans once)."""
-    from idtprior.keyscheme import legacy, legacy_keys
+    from idtprior.keyscheme import UPGRADED, legacy, legacy_keys
 
-    if legacy() or not any(not r.behaviour for r in ws.records(stage).values()):
+    if legacy() or ws.fs.exists(ws.path(*UPGRADED)) or all(r.behaviour for r in ws.records(stage).values()):
         return plans
     if stage in FAISS_SENSITIVE:
         from idtprior.encoding.kmeans import faiss_available

@@ -121,7 +121,8 @@ def stage_failed(stage: str, exc: Exception):
 def stage_flow(stage: str):
     """Make a stage's body ``(config, dask_address, progress) -> counts`` its flow ``idtprior-<stage>``: runs named
     ``<workspace folder>: <stage>``, the stage's lock held for the run (``storage.lock.stage_lock``: a second run of
-    the stage on the workspace fails at once naming the holder), the config remembered in the workspace, fresh return
+    the stage on the workspace fails at once naming the holder), the config remembered in the workspace, records made
+    before behaviour versions re-keyed (``stages.upgrade_keys``, once per workspace), fresh return
     values (graph edges) and a one-message Failed state for a stage that cannot start. The Python signature stays
     ``(config, dask_address=None, progress=True)`` for the CLI and the tests."""
 
@@ -131,6 +132,9 @@ def stage_flow(stage: str):
                 # the stage's lock for the whole run (a second run of the stage fails at once naming this one)
                 with stage_lock(Workspace(config.workspace), stage):
                     remember_config(config)
+                    from idtprior.flows.stages import upgrade_keys  # the stages import this module
+
+                    upgrade_keys(config, Workspace(config.workspace), stage)
                     return unshared(body(config, dask_address, progress))
             except (ConfigError, StageBusy) as e:
                 return stage_failed(stage, e)

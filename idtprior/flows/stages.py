@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import functools
+import json
 
 import numpy as np
 from prefect.artifacts import create_markdown_artifact
@@ -15,7 +16,7 @@ from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_record
                                    provenance_lines, rebuild_manifest, rekey_legacy, report_stage, run_chunks,
                                    with_legacy_keys)
 from idtprior.flows.runs import missing_stage, stage_flow
-from idtprior.keyscheme import legacy, upstream_key
+from idtprior.keyscheme import UPGRADED, legacy, upstream_key
 from idtprior.storage import StatCache, Workspace, chunk_of, file_fingerprint, hash_json, read_manifest
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
@@ -390,9 +391,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     counts = report_stage(ws, "encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
-    assembly = with_legacy_keys(ws, encode_tasks.SKETCHES, {encode_tasks.ALL: {
-        "fingerprint": sketches_fingerprint(records, ids)}}, lambda: {encode_tasks.ALL: {
-            "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
+    assembly = stage_plan(encode_tasks.SKETCHES, config, ws)  # keyed on the encode records as committed now
     rekey_legacy(ws, encode_tasks.SKETCHES, assembly, "encode")
     encode_tasks.assemble_sketches(ws, ids, assembly[encode_tasks.ALL]["fingerprint"])
     publish_pictures(ws, "encode", "encode_markdown")
@@ -503,38 +502,94 @@ STAGE_PLANS = {"ingest": lambda config, ws: plan_ingest(config, ws, remember=Fal
 """Stages whose plans (chunk -> task arguments with the "fingerprint") can be built without running anything."""
 
 
+def stage_plan(stage: str, config: PipelineConfig, ws: Workspace) -> dict[str, dict] | None:
+    """Stage (a stage of the pipeline, or ``sketches``, encode's assembly) -> its plans, chunk -> task arguments with
+    the "fingerprint" (and "legacy" where records made before behaviour versions remain), built without running or
+    writing anything; None for a stage planned only inside its flow."""
+    if stage in STAGE_PLANS:
+        return STAGE_PLANS[stage](config, ws)
+    if stage == encode_tasks.SKETCHES:
+        ids = [r.video_id for r in _ok_rows(ws)]
+        return with_legacy_keys(ws, stage, {encode_tasks.ALL: {
+            "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}, lambda: {encode_tasks.ALL: {
+                "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
+    if stage in TRAIN_STAGES:  # the record key: training + evaluation (an eval change re-evaluates)
+        from idtprior.flows.training import plan_train_stage  # training imports this module
+
+        return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
+    if stage == "evaluate":
+        from idtprior.flows.evaluate import plan_evaluate  # it imports torch: only when asked
+
+        return plan_evaluate(config, ws)
+    return None
+
+
+def stage_variant(stage: str, config: PipelineConfig) -> str:
+    """The code variant a stage runs with ``config`` (``codeprint.STAGE_ROOTS``)."""
+    if stage == "decode":
+        return "decode@jpeg" if config.decode.codec == "jpeg" else "decode"
+    if stage in ("idt", "encode"):
+        return idt_code(stage, config)
+    return "encode" if stage == encode_tasks.SKETCHES else stage
+
+
 def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, dict[str, str] | str]:
     """Per stage of ``config.stages``: chunk -> the fingerprint a run with ``config`` would key the chunk on, computed
     from the workspace's current records without running or writing anything; or, as a string, why it cannot be told.
     ``idtprior status --config`` compares these with the records."""
     out: dict[str, dict[str, str] | str] = {}
-    for stage in config.stages:
-        plan = STAGE_PLANS.get(stage)
-        if plan is None and stage in TRAIN_STAGES:
-            from idtprior.flows.training import plan_train_stage  # training imports this module
-
-            def plan(config, ws, stage=stage):  # the record key: training + evaluation (an eval change re-evaluates)
-                return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
-        if plan is None and stage == "evaluate":
-            from idtprior.flows.evaluate import plan_evaluate as plan  # it imports torch: only when asked
-        if plan is None:
-            out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
-            continue
+    stages = [*config.stages, *([encode_tasks.SKETCHES] if "encode" in config.stages else [])]
+    for stage in stages:  # encode's assembly keyed on the encode records as they are now
         try:
-            out[stage] = {chunk: _expected(ws, stage, chunk, p) for chunk, p in plan(config, ws).items()}
+            plans = stage_plan(stage, config, ws)
         except (ConfigError, KeyError, FileNotFoundError) as e:  # an earlier stage has not run, a source is gone
             out[stage] = f"cannot plan it: {e}"
-    if "encode" in config.stages:  # encode's assembly, keyed on the encode records as they are now
-        try:
-            ids = [r.video_id for r in _ok_rows(ws)]
-            assembly = with_legacy_keys(ws, encode_tasks.SKETCHES, {encode_tasks.ALL: {
-                "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}, lambda: {encode_tasks.ALL: {
-                    "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
-            out["sketches"] = {encode_tasks.ALL: _expected(ws, encode_tasks.SKETCHES, encode_tasks.ALL,
-                                                           assembly[encode_tasks.ALL])}
-        except ConfigError as e:
-            out["sketches"] = f"cannot plan it: {e}"
+            continue
+        if plans is None:
+            out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
+            continue
+        out[stage] = {chunk: _expected(ws, stage, chunk, p) for chunk, p in plans.items()}
     return out
+
+
+UPGRADE_ORDER = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", encode_tasks.SKETCHES, "cluster",
+                 *TRAIN_STAGES, "evaluate")
+"""Stages in the order their keys feed each other: an upstream record is re-keyed before the records keyed on it."""
+
+
+def upgrade_keys(config: PipelineConfig, ws: Workspace, running: str) -> dict[str, int]:
+    """The switch to behaviour versions, once per workspace, at the start of any stage's run: every record made before
+    it whose legacy key the config plans is re-keyed in place (``rekey_legacy``), upstream first, so that a stage run
+    alone after an upgrade keys on its upstream's new keys and nothing reruns when those stages run later. Each
+    stage's records under its lock (held by this run for ``running``; ingest cannot start while it is held; a stage
+    busy elsewhere is left for its own run). When no such record is left, ``cache/keys-upgraded.json`` says so and
+    later runs skip the pass. Returns stage -> records re-keyed; never fails the run."""
+    from contextlib import nullcontext
+
+    from idtprior.storage.lock import StageBusy, stage_lock
+
+    if ws.fs.exists(ws.path(*UPGRADED)):
+        return {}
+    done, left = {}, []
+    for stage in UPGRADE_ORDER:
+        try:
+            if all(r.behaviour for r in ws.records(stage).values()):
+                continue
+            owner = "encode" if stage == encode_tasks.SKETCHES else stage
+            held = owner == running or owner == "ingest"  # ingest cannot start while this run holds its lock
+            with nullcontext() if held else stage_lock(ws, owner):
+                plans = stage_plan(stage, config, ws)
+                if plans:
+                    done[stage] = rekey_legacy(ws, stage, plans, stage_variant(stage, config))
+        except (ConfigError, KeyError, FileNotFoundError, ValueError, StageBusy):
+            pass  # not plannable with this config, or busy: its records are left as they are
+        except Exception as e:  # noqa: BLE001 - the upgrade never fails the stage that runs
+            _logger().warning(f"{running}: re-keying {stage}'s records made before behaviour versions: {e}")
+        if any(not r.behaviour for r in ws.records(stage).values()):
+            left.append(stage)
+    if not left:
+        ws.write_bytes_atomic(ws.path(*UPGRADED), json.dumps({"keys": "behaviour versions"}).encode())
+    return {s: n for s, n in done.items() if n}
 
 
 def _expected(ws: Workspace, stage: str, chunk: str, plan: dict) -> str:

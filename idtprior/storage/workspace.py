@@ -352,40 +352,40 @@ class Workspace:
             return []
         return sorted(p.rstrip("/") for p in self.fs.ls(folder, detail=False) if self.fs.isdir(p))
 
-    def rekey(self, stage: str, chunk: str, old: str, new: str, stamp: dict,
-              train: tuple[str, str] | None = None) -> bool:
-        """Give the record of ``stage``/``chunk`` keyed ``old`` the key ``new`` in place (its data untouched), with
-        ``rekeyed_from`` = ``old`` and the fields of ``stamp``; ``train``: (old, new) train fingerprint of a trained
-        network's record (``videos["model"]``), the old one kept as ``legacy_train_fingerprint``. False (nothing
-        written) when the record is gone or keyed otherwise by now."""
+    def _rewrite_record(self, stage: str, chunk: str, keyed: str, change) -> bool:
+        """Apply ``change(stored dict)`` to the record of ``stage``/``chunk`` in place (its data untouched), only while
+        it is keyed ``keyed``; False (nothing written) when it is gone or keyed otherwise by now."""
         path = self.record_path(stage, chunk)
         data = self.read_bytes(path)
         if data is None:
             return False
         stored = json.loads(data)
-        if stored.get("fingerprint") != old:
+        if stored.get("fingerprint") != keyed:
             return False
-        stored.update(stamp, fingerprint=new, rekeyed_from=old)
-        model = stored.get("videos", {}).get("model")
-        if train is not None and isinstance(model, dict) and model.get("train_fingerprint") == train[0]:
-            model["legacy_train_fingerprint"], model["train_fingerprint"] = train
+        change(stored)
         self.write_bytes_atomic(path, json.dumps(stored, sort_keys=True).encode())
         return True
+
+    def rekey(self, stage: str, chunk: str, old: str, new: str, stamp: dict,
+              train: tuple[str, str] | None = None) -> bool:
+        """Give the record of ``stage``/``chunk`` keyed ``old`` the key ``new`` in place, with ``rekeyed_from`` =
+        ``old`` and the fields of ``stamp``; ``train``: (old, new) train fingerprint of a trained network's record
+        (``videos["model"]``), the old one kept as ``legacy_train_fingerprint``. False when the record is gone or keyed
+        otherwise by now."""
+        def change(stored: dict) -> None:
+            stored.update(stamp, fingerprint=new, rekeyed_from=old)
+            model = stored.get("videos", {}).get("model")
+            if train is not None and isinstance(model, dict) and model.get("train_fingerprint") == train[0]:
+                model["legacy_train_fingerprint"], model["train_fingerprint"] = train
+
+        return self._rewrite_record(stage, chunk, old, change)
 
     def invalidate(self, stage: str, chunk: str, fingerprint: str, why: str) -> bool:
         """Make the record of ``stage``/``chunk`` keyed ``fingerprint`` match no plan, so that the next run recomputes
         that chunk (its data stays readable until then); ``why`` is kept in the record. False when the record is gone
         or keyed otherwise by now."""
-        path = self.record_path(stage, chunk)
-        data = self.read_bytes(path)
-        if data is None:
-            return False
-        stored = json.loads(data)
-        if stored.get("fingerprint") != fingerprint:
-            return False
-        stored.update(fingerprint=f"invalidated-{fingerprint}", invalidated=why)
-        self.write_bytes_atomic(path, json.dumps(stored, sort_keys=True).encode())
-        return True
+        return self._rewrite_record(stage, chunk, fingerprint, lambda stored: stored.update(
+            fingerprint=f"invalidated-{fingerprint}", invalidated=why))
 
     def commit(self, record: ChunkRecord) -> None:
         """Make ``record`` (and the version group it names) the chunk's output, then drop older versions and any

@@ -109,7 +109,8 @@ class DecodeConfig(_Section):
     max_frames: int | None = Field(None, ge=1, description="keep at most this many frames per video (None: all)")
     codec: Literal["zstd", "jpeg"] = Field(
         "zstd", description="how the frames are stored: zstd (lossless) or jpeg (one JPEG per frame at jpeg_quality: "
-                            "lossy, several times smaller; benchmarks/frame_codec.py)", json_schema_extra=key("default"))
+                            "lossy, several times smaller; benchmarks/frame_codec.py)",
+        json_schema_extra=key("default"))
     jpeg_quality: int = Field(90, ge=1, le=100, description="codec jpeg: the JPEG quality",
                               json_schema_extra=key("if:codec=jpeg"))
 
@@ -227,7 +228,8 @@ class ClusterConfig(_Section):
     n_init: int = Field(1, ge=1, le=1000, description="k-means restarts per run; each run keeps its lowest-inertia one")
     backend: Literal["numpy", "faiss"] = Field(
         "numpy", description="the k-means implementation: numpy (the reference) or faiss (needs faiss-cpu; other "
-        "labels for the same seed); chosen here, never by what happens to be installed", json_schema_extra=key("default"))
+        "labels for the same seed); chosen here, never by what happens to be installed",
+        json_schema_extra=key("default"))
     seed: int = Field(0, ge=0, description="seeds every random choice of this section")
 
 

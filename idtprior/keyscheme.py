@@ -1,11 +1,12 @@
 """The two key schemes: today's (behaviour versions) and the legacy one (source text), for the upgrade.
 
 Keys made before behaviour versions held each stage's source-text fingerprint where they now hold
-``<stage>/v<version>``, hashed settings now left out (``detect.device``, ``detect.batch_size``, and the Mask R-CNN weights by path where they are now keyed by content) and keyed
-training and evaluation on ``decode.time_chunk``. A stage planned under ``legacy_keys()`` computes the key its chunks
-had then, from the source fingerprints pinned at the switch (``behaviour_pins.json``: ``legacy_code``) and the
-upstream records' keys of then (``upstream_key``); a record whose key is that legacy key was computed by the code at
-the switch, and the flow re-keys it in place instead of recomputing it (``flows.common.rekey_legacy``).
+``<stage>/v<version>``; they hashed settings now left out (``detect.device``, ``detect.batch_size``, the Mask R-CNN
+weights' path, now keyed by content) and keyed training and evaluation on ``decode.time_chunk``. A stage planned under
+``legacy_keys()`` computes the key its chunks had then, from the source fingerprints pinned at the switch
+(``behaviour_pins.json``: ``legacy_code``) and the upstream records' keys of then (``upstream_key``); a record whose
+key is that legacy key was computed by the code at the switch, and the flow re-keys it in place instead of recomputing
+it (``flows.common.rekey_legacy``, ``flows.stages.upgrade_keys``).
 
 No import of the package here: the config module and the flows both read it.
 """

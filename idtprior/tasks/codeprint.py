@@ -24,9 +24,9 @@ removed, and under its own name, not its module's, with import statements left o
 moved between modules of the closure, leave it unchanged. The C source is hashed without comments and white space.
 
 Storage code that shapes results (``SHAPING``: ``storage/frames.py``, where frames are cut off and stored) is followed
-definition by definition as the task layer is. The rest is plumbing and stays out: ``idtprior.config`` (settings are in the keys through each stage's config hash),
-``idtprior.storage``, ``idtprior.tasks.common``, the flows, and third-party packages (their versions are recorded with
-each result instead: ``idtprior.tasks.environment``).
+definition by definition as the task layer is. The rest is plumbing and stays out: ``idtprior.config`` (settings are
+in the keys through each stage's config hash), the rest of ``idtprior.storage``, ``idtprior.tasks.common``, the flows,
+and third-party packages (their versions are recorded with each result instead: ``idtprior.tasks.environment``).
 """
 
 import ast

@@ -51,7 +51,8 @@ def environment() -> dict[str, str]:
     """Package -> version of this process, for a record; faiss where this process imported it."""
     env = dict(_installed())
     if "faiss" in sys.modules:
-        env["faiss"] = _version(("faiss-cpu", "faiss-gpu", "faiss")) or getattr(sys.modules["faiss"], "__version__", "?")
+        found = _version(("faiss-cpu", "faiss-gpu", "faiss"))
+        env["faiss"] = found or getattr(sys.modules["faiss"], "__version__", "?")
     return env
 
 

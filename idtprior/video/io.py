@@ -80,13 +80,21 @@ class Orientation:
         return np.ascontiguousarray(img)
 
 
+def _side_data(frame):
+    """A PyAV frame's side data entries: iterating the container gives them up to PyAV 18.1.0, and their types (the
+    container's keys, as a mapping's) from 18.1.1 on."""
+    container = frame.side_data
+    for item in container:
+        yield item if hasattr(item, "type") else container[item]
+
+
 def frame_orientation(frame, stream, path: str | Path) -> Orientation:
     """The ``Orientation`` of a decoded PyAV frame (its display matrix side data) in ``stream`` (its sample aspect
     ratio). Raises ``VideoError`` for a display matrix that is not a multiple of 90 degrees."""
     sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
     sar = Fraction(sar) if sar > 0 else Fraction(1)
     matrix = None
-    for data in frame.side_data:
+    for data in _side_data(frame):
         if getattr(data.type, "name", str(data.type)).endswith("DISPLAYMATRIX"):
             matrix = np.frombuffer(bytes(data), np.int32)[:9].astype(np.float64)
     if matrix is None or len(matrix) < 9:

@@ -21,7 +21,7 @@ from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkR
                               chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
 from idtprior.storage.workspace import gc_paused
-from idtprior.tasks.common import close_clients, needs_refresh, showing_progress, task_options
+from idtprior.tasks.common import _logger, close_clients, needs_refresh, showing_progress, task_options
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
 ARTIFACT_PREFIX = "idtprior"
@@ -163,10 +163,11 @@ def with_legacy_keys(ws: Workspace, stage: str, plans: dict[str, dict], replan) 
     return plans
 
 
-def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str | None = None) -> int:
+def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str) -> int:
     """Re-key in place the records of ``stage`` whose key is their chunk's legacy key (``with_legacy_keys``): computed
     by the code at the switch to behaviour versions, from the same inputs and settings, so they are this plan's
-    results. Drops the ``legacy`` entries from ``plans``; returns how many records were re-keyed."""
+    results; ``variant``: the code they are stamped with (``stages.stage_variant``). Drops the ``legacy`` entries from
+    ``plans``; returns how many records were re-keyed."""
     from idtprior.tasks.codeprint import code_key, pins, variant_of
 
     done = 0
@@ -177,7 +178,7 @@ def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str
         rec = ws.read_record(stage, chunk)
         if rec is None or rec.behaviour or rec.fingerprint != old["fingerprint"]:
             continue
-        name = variant_of(variant or stage)
+        name = variant_of(variant)
         stamp = {"behaviour": code_key(name), "code": pins()[name]["at_switch"]}
         train = (old["train_fingerprint"], plan["train_fingerprint"]) if "train_fingerprint" in old else None
         done += ws.rekey(stage, chunk, old["fingerprint"], plan["fingerprint"], stamp, train)
@@ -187,16 +188,8 @@ def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str
     return done
 
 
-def _logger():
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a run
-        return logging.getLogger("idtprior")
-
-
 def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress: bool = True,
-               concurrency: int = 4, progress_artifact: bool = True, display=None,
-               variant: str | None = None) -> dict[str, ChunkRecord]:
+               concurrency: int = 4, progress_artifact: bool = True, display=None) -> dict[str, ChunkRecord]:
     """Submit one task run per chunk (``plans``: chunk -> task kwargs), at most ``concurrency`` at once, and return
     the records.
 
@@ -206,11 +199,10 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     (``artifact_key(ws, stage, "progress")``) updated as each chunk ends, so the UI shows a long stage moving; a
     stage with a finer measure of its own (a training stage: epochs) passes False and keeps the key for it, and
     passes its own ``display`` (``EpochProgress``), which its tasks in this process report to and which it closes.
-    Records made before behaviour versions whose legacy key a plan names are re-keyed first (``rekey_legacy``;
-    ``variant``: the code variant they are stamped with, where not the stage's own).
+    A plan's ``legacy`` key (``with_legacy_keys``: what status reads, and the upgrade re-keys by) is no task argument.
     """
     logger = get_run_logger()
-    rekey_legacy(ws, stage, plans, variant)
+    plans = {c: {k: v for k, v in p.items() if k != "legacy"} for c, p in plans.items()}
     configured = task.with_options(**task_options(ws))
     refreshing = configured.with_options(refresh_cache=True)
     pending = sorted(plans.items())

@@ -5,6 +5,7 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 from prefect.artifacts import create_markdown_artifact
@@ -105,7 +106,7 @@ def ingest_flow(config: PipelineConfig, dask_address: str | None = None, progres
 
 def decode_code(config: PipelineConfig) -> str:
     """What the decode stage's keys hold of its code for the configured frame codec (``codeprint.code_key``)."""
-    return code_key("decode@jpeg" if config.decode.codec == "jpeg" else "decode")
+    return code_key(stage_variant("decode", config))
 
 
 def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
@@ -121,8 +122,7 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     ws = Workspace(config.workspace)
     plans = plan_decode(config, ws)
     task = decode_tasks.decode_chunk_jpeg if config.decode.codec == "jpeg" else decode_tasks.decode_chunk
-    records = _run_stage(task, ws, "decode", plans, config, dask_address, progress,
-                         "decode@jpeg" if config.decode.codec == "jpeg" else None)
+    records = _run_stage(task, ws, "decode", plans, config, dask_address, progress)
     counts = report_stage(ws, "decode", records)
     publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
     return counts
@@ -144,8 +144,6 @@ def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
 
 def model_fingerprint(path) -> str:
     """A model file's content fingerprint (every byte), computed once per (path, size, mtime) in this process."""
-    from pathlib import Path
-
     try:
         st = Path(path).stat()
     except OSError:
@@ -210,12 +208,11 @@ def _with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: 
 
 
 def _run_stage(task, ws: Workspace, stage: str, plans: dict, config: PipelineConfig, dask_address: str | None,
-               progress: bool, variant: str | None = None) -> dict:
-    """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest
-    (``variant``: the code variant the chunk task runs, where not the stage's own: ``run_chunks``)."""
+               progress: bool) -> dict:
+    """Run a per-video stage's chunks on the Dask cluster, drop records of emptied chunks, rebuild the manifest."""
     with dask_cluster(config.dask, dask_address) as address:
         records = run_chunks(task, ws, stage, {c: {**p, "dask_address": address} for c, p in plans.items()},
-                             progress, config.chunk_concurrency, variant=variant)
+                             progress, config.chunk_concurrency)
     drop_stale_records(ws, stage, set(plans), config.ingest.num_chunks)
     rebuild_manifest(ws)
     return records
@@ -317,7 +314,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     ws = Workspace(config.workspace)
     plans = plan_idt(config, ws)
     task = idt_tasks.idt_sample_chunk_torch if torch_backend(config) else idt_tasks.idt_sample_chunk
-    records = _run_stage(task, ws, "idt", plans, config, dask_address, progress, idt_code("idt", config))
+    records = _run_stage(task, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
     publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
@@ -385,15 +382,13 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     plans = plan_encode(config, ws)
     rows = _ok_rows(ws)
     task = encode_tasks.encode_chunk_torch if torch_backend(config) else encode_tasks.encode_chunk
-    records = _run_stage(task, ws, "encode", plans, config, dask_address, progress, idt_code("encode", config))
+    records = _run_stage(task, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
                if i.get("status") == "ok" and not i.get("valid")]
     counts = report_stage(ws, "encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
-    assembly = stage_plan(encode_tasks.SKETCHES, config, ws)  # keyed on the encode records as committed now
-    rekey_legacy(ws, encode_tasks.SKETCHES, assembly, "encode")
-    encode_tasks.assemble_sketches(ws, ids, assembly[encode_tasks.ALL]["fingerprint"])
+    encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
     publish_pictures(ws, "encode", "encode_markdown")
     return counts
 
@@ -510,9 +505,10 @@ def stage_plan(stage: str, config: PipelineConfig, ws: Workspace) -> dict[str, d
         return STAGE_PLANS[stage](config, ws)
     if stage == encode_tasks.SKETCHES:
         ids = [r.video_id for r in _ok_rows(ws)]
-        return with_legacy_keys(ws, stage, {encode_tasks.ALL: {
-            "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}, lambda: {encode_tasks.ALL: {
-                "fingerprint": sketches_fingerprint(ws.records("encode"), ids)}})
+
+        def assembly():
+            return {encode_tasks.ALL: {"fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}
+        return with_legacy_keys(ws, stage, assembly(), assembly)
     if stage in TRAIN_STAGES:  # the record key: training + evaluation (an eval change re-evaluates)
         from idtprior.flows.training import plan_train_stage  # training imports this module
 

@@ -15,8 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, DecodeConfig, PipelineConfig
-from idtprior.flows.common import (EpochProgress, artifact_key, provenance_lines, rekey_legacy, run_chunks,
-                                   with_legacy_keys)
+from idtprior.flows.common import EpochProgress, artifact_key, provenance_lines, run_chunks, with_legacy_keys
 from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import decode_code, plan_decode
 from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
@@ -153,7 +152,7 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
     workspace or the settings changed since) trains nothing. ``prepare_only``: ready the run folder and stop (the
     batch script does it in one process before srun starts the ranks)."""
     plan = plan_train_stage(stage, config, progress)
-    plan.pop("legacy", None)  # the submitting flow re-keyed the record, where there was one to re-key
+    plan.pop("legacy", None)  # what status reads; the stage's run re-keyed the record (``stages.upgrade_keys``)
     if fingerprint is not None and plan["fingerprint"] != fingerprint:
         raise ConfigError(f"{stage}: workspace {config.workspace} now plans the record key {plan['fingerprint'][:12]}, "
                           f"not {fingerprint[:12]} as submitted: its inputs or settings changed since; run the stage "
@@ -168,7 +167,6 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
 def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
     ws = Workspace(config.workspace)
     plan = plan_train_stage(stage, config, progress)
-    rekey_legacy(ws, stage, {ALL: plan})  # before either launcher: a record made before behaviour versions
     if config.pretrain.launcher == "slurm" or config.pretrain.num_nodes > 1:
         # srun starts one process per device on every node, which a task's own process cannot: the stage runs as a
         # batch job of `idtprior train-stage`, and this task waits for it

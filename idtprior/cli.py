@@ -174,8 +174,16 @@ def cmd_verify(args) -> int:
     from idtprior.storage import Workspace
     from idtprior.storage.integrity import report_lines, verify_workspace
 
+    from idtprior.config import STAGES
+    from idtprior.storage.lock import StageBusy
+
     ws = Workspace(args.workspace)
-    report = verify_workspace(ws, _split(args.stages), full=not args.quick, repair=args.repair)
+    try:
+        report = verify_workspace(ws, _split(args.stages), full=not args.quick, repair=args.repair,
+                                  lock_stages=STAGES)
+    except StageBusy as e:
+        print(f"error: {e}; nothing was checked or removed", file=sys.stderr)
+        return 2
     for line in report_lines(report):
         print(line)
     return 1 if report.unrepaired else 0

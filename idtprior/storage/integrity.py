@@ -148,11 +148,24 @@ class VerifyReport:
         return [f for f in self.problems if not f.repaired]
 
 
-def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, repair: bool = False) -> VerifyReport:
+def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, repair: bool = False,
+                     lock_stages: tuple[str, ...] = ()) -> VerifyReport:
     """Check every record of ``stages`` (default: every stage the workspace holds) against its data; find orphans.
 
     ``repair``: drop the records of bad chunks (the next run recomputes exactly those: its keys do not depend on
-    the data) and remove what no record names (orphan versions, temporary record files, a dropped record's data)."""
+    the data) and remove what no record names (orphan versions, temporary record files, a dropped record's data).
+    A repair holds the lock of every stage (those of ``lock_stages``, the workspace's, any with a lock file) for its
+    whole run: it refuses with ``StageBusy`` naming the holder while a run holds one (that run's uncommitted version
+    would look like an orphan), and stages started meanwhile refuse naming it."""
+    if repair:
+        from idtprior.storage.lock import every_stage_lock  # the lock module imports the workspace, which imports this
+
+        with every_stage_lock(ws, [*lock_stages, *(stages or ws.stages())], "idtprior verify --repair"):
+            return _verify(ws, stages, full, repair)
+    return _verify(ws, stages, full, repair)
+
+
+def _verify(ws, stages: list[str] | None, full: bool, repair: bool) -> VerifyReport:
     report = VerifyReport(ws.url, full)
     for stage in stages or ws.stages():
         named: dict[str, str] = {}  # chunk -> the version its (readable, good) record names
@@ -191,7 +204,8 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
                 named[chunk] = rec.version
                 continue
             else:
-                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), files, full)
+                problems = check_files(ws.fs, ws.version_path(stage, chunk, rec.version), files, full) if files else [
+                    "the record lists no file (its data was removed before it was committed)"]
                 if not problems:
                     named[chunk] = rec.version
                     continue

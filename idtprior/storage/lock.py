@@ -21,6 +21,17 @@ an older chunking), so ``conflicts`` lets ingest refuse to start while another s
 refuse while ingest runs. Short read-modify-writes shared by all stages (the manifest's rebuild) take a lock with
 ``wait_s``: they wait for each other instead of failing.
 
+One holder at a time, checked where it matters:
+
+- every commit of a stage's record (``Workspace.commit``) made in a process that took the stage's lock first checks
+  that the lock file still holds this run's token (``check_holder``): a run whose lock was taken over (stopped past
+  the timeout, then resumed) fails its commit (``LockLost``) and writes no record;
+- taking over a stale lock is atomic: the stale file is renamed aside (one rename wins), and one renamed by mistake
+  (taken by another run between the judgement and the rename) is linked back, never deleted then created;
+- a holder of another host is judged by the file system's clock (the modification time of a probe file written
+  beside the lock), not this host's: two hosts' clocks may differ by minutes;
+- the heartbeat refreshes the file only while it holds this run's token.
+
 On an object store (an fsspec URL) the exclusive create is a check then a write, which two runs that start in the
 same instant can both pass: best effort there.
 """
@@ -42,6 +53,17 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0  # a lock of another host without a heartbeat for this long is stale (10 heartbeats missed)
 
 logger = logging.getLogger("idtprior.lock")
+
+
+LOCK_OF = {"sketches": "encode"}
+"""The lock that covers the records of a stage written by another stage's run (encode assembles the sketches)."""
+
+_held: dict[tuple[str, str], "WorkspaceLock"] = {}  # (workspace URL, lock name) -> the lock this process holds
+_held_lock = threading.Lock()
+
+
+class LockLost(RuntimeError):
+    """A commit of a run whose stage lock is no longer its own (taken over as stale): nothing was committed."""
 
 
 class StageBusy(RuntimeError):
@@ -85,6 +107,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _fs_now(ws: Workspace, folder: str) -> float:
+    """Now by the clock of the file system holding ``folder``: the modification time of a probe file written there
+    (and removed). Another host's heartbeat set the lock's time by that clock too."""
+    probe = f"{folder}/.clock-{uuid.uuid4().hex[:12]}"
+    try:
+        ws.fs.pipe_file(probe, b"")
+        return _mtime(ws.fs.info(probe))
+    except OSError:
+        return time.time()
+    finally:
+        try:
+            ws.fs.rm(probe)
+        except OSError:
+            pass
+
+
 def _flow_run() -> tuple[str, str]:
     """The current Prefect flow run's id and name, or empty strings outside one."""
     try:
@@ -102,6 +140,8 @@ def describe(holder: dict) -> str:
     """``pid 123 on host h since 18:20:05 (flow run 'ws: decode')``."""
     since = datetime.fromtimestamp(holder.get("started", 0)).strftime("%Y-%m-%d %H:%M:%S")
     run = f" (flow run {holder['flow_run_name']!r})" if holder.get("flow_run_name") else ""
+    what = holder.get("what") or ""
+    run += f" ({what})" if what and not what.startswith("stage ") else ""
     return f"pid {holder.get('pid')} on host {holder.get('host')} since {since}{run}"
 
 
@@ -151,7 +191,7 @@ class WorkspaceLock:
             if start is not None and _process_start(pid) not in (None, start):
                 return f"process {pid} is gone (the pid now belongs to another process)"
             return None
-        age = time.time() - holder["mtime"]
+        age = _fs_now(self.ws, self.path.rsplit("/", 1)[0]) - holder["mtime"]
         if age > self.stale_after_s:
             return f"its heartbeat stopped {age:.0f} s ago (more than {self.stale_after_s:.0f} s)"
         return None
@@ -200,18 +240,49 @@ class WorkspaceLock:
             why = self.is_stale(holder)
             if why is None:
                 return holder
-            # remove it only if it is still the lock we judged (not one another run just took over)
+            logger.warning(f"{self.what} of workspace {self.ws.url}: taking over the lock {self.shown} of "
+                           f"{describe(holder) if 'unreadable' not in holder else 'an unknown holder'}: {why}")
+            self._remove_judged(holder)
+        holder = self.holder()
+        return holder or {"host": "?", "pid": "?", "started": time.time()}
+
+    def _remove_judged(self, judged: dict) -> None:
+        """Remove the lock file only while it is the stale one judged (``judged``), in one step: renamed aside (of two
+        takers one rename wins), then checked; a lock another run took in between is linked back (an exclusive
+        create: it never replaces a lock a third run took since; that run's lock then stands and the one moved aside
+        has lost its lock, which its next commit finds). On an object store: re-read, then removed (best effort)."""
+        if not self.ws.is_local:
             again = self.holder()
-            if again is not None and again.get("token") == holder.get("token") and \
-                    again.get("unreadable") == holder.get("unreadable"):
-                logger.warning(f"{self.what} of workspace {self.ws.url}: taking over the lock {self.shown} of "
-                               f"{describe(holder) if 'unreadable' not in holder else 'an unknown holder'}: {why}")
+            if again is not None and again.get("token") == judged.get("token") and \
+                    again.get("unreadable") == judged.get("unreadable"):
                 try:
                     self.ws.fs.rm(self.path)
                 except FileNotFoundError:
                     pass
-        holder = self.holder()
-        return holder or {"host": "?", "pid": "?", "started": time.time()}
+            return
+        aside = f"{self.path}.taken-{self.token}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another taker moved it first
+        try:
+            with open(aside, "rb") as f:
+                raw = f.read()
+            try:
+                moved = json.loads(raw)
+                same = isinstance(moved, dict) and moved.get("token") == judged.get("token") and "token" in judged
+            except ValueError:
+                same = "unreadable" in judged and raw[:200].decode(errors="replace") == judged["unreadable"]
+            if not same:
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+        finally:
+            try:
+                os.remove(aside)
+            except FileNotFoundError:
+                pass
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2) -> "WorkspaceLock":
         """Take the lock, waiting up to ``wait_s`` for a live holder to release it; ``StageBusy`` naming the holder
@@ -224,6 +295,8 @@ class WorkspaceLock:
             if time.monotonic() >= deadline:
                 raise StageBusy(self.busy_message(holder), holder)
             time.sleep(poll_s)
+        with _held_lock:
+            _held[(self.ws.url, self.name)] = self
         if self.heartbeat_s > 0:
             self._stop.clear()
             self._beat = threading.Thread(target=self._heartbeat, name=f"idtprior-lock-{self.name}", daemon=True)
@@ -233,20 +306,37 @@ class WorkspaceLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self.refresh()
+                if not self.refresh():
+                    logger.error(f"{self.what} of workspace {self.ws.url}: the lock {self.shown} is no longer this "
+                                 f"run's (taken over as stale): its commits will fail")
+                    return
             except Exception as e:  # noqa: BLE001 - a missed beat is not fatal; the next one tries again
                 logger.warning(f"{self.what}: could not refresh the lock {self.path}: {e}")
 
-    def refresh(self) -> None:
-        """The heartbeat: the lock file's modification time set to now (its content rewritten on an object store)."""
+    def still_held(self) -> dict | None:
+        """None while the lock file holds this run's token, else its holder now ({} when there is no lock file)."""
+        holder = self.holder()
+        if holder is not None and holder.get("token") == self.token:
+            return None
+        return holder or {}
+
+    def refresh(self) -> bool:
+        """The heartbeat: the lock file's modification time set to now (its content rewritten on an object store),
+        only while it is this run's; False (nothing touched) when it is not."""
+        if self.still_held() is not None:
+            return False
         if self.ws.is_local:
             os.utime(self.path)
         else:
             self.ws.fs.pipe_file(self.path, self.ws.fs.cat_file(self.path))
+        return True
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours."""
         self._stop.set()
+        with _held_lock:
+            if _held.get((self.ws.url, self.name)) is self:
+                del _held[(self.ws.url, self.name)]
         if self._beat is not None:
             self._beat.join(timeout=5)
             self._beat = None
@@ -265,6 +355,25 @@ class WorkspaceLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_holder(ws: Workspace, stage: str) -> None:
+    """Before a commit of ``stage``'s record: where this process took the lock that covers it (``LOCK_OF``), the lock
+    file must still hold that run's token; ``LockLost`` naming the stage, the lock and its holder now otherwise. A
+    commit in a process that holds no such lock (a task run on its own, a training job whose launcher holds it) is
+    not checked here."""
+    name = LOCK_OF.get(stage, stage)
+    with _held_lock:
+        lock = _held.get((ws.url, name))
+    if lock is None:
+        return
+    now = lock.still_held()
+    if now is None:
+        return
+    who = describe(now) if now and "unreadable" not in now else ("nobody" if not now else "an unknown holder")
+    raise LockLost(f"{stage} of workspace {ws.url}: this run no longer holds its lock {lock.shown} (taken over as "
+                   f"stale; held now by {who}): nothing committed; let the run that holds it finish, then run the "
+                   f"stage again")
 
 
 def _mtime(info: dict) -> float:
@@ -308,6 +417,29 @@ def stage_lock(ws: Workspace, stage: str, heartbeat_s: float = HEARTBEAT_S, stal
         yield own
     finally:
         own.release()
+
+
+@contextmanager
+def every_stage_lock(ws: Workspace, stages, what: str):
+    """Hold the lock of every stage in ``stages`` and of every stage that has a lock file (ingest's included) while
+    inside, for a writer of every stage's data (``idtprior verify --repair``); ``StageBusy`` naming the first live
+    holder, and nothing held, when a run holds one. Stages that start meanwhile fail at once naming ``what``."""
+    names = sorted({LOCK_OF.get(s, s) for s in stages} | set(_other_stage_locks(ws, "")) | {INGEST})
+    taken: list[WorkspaceLock] = []
+    try:
+        for name in names:
+            lock = WorkspaceLock(ws, name, what=what)
+            try:
+                taken.append(lock.acquire())
+            except StageBusy as e:
+                holder = e.holder
+                raise StageBusy(f"{what} of workspace {ws.url} cannot run while stage {name} runs: {name} is being run "
+                                f"by {describe(holder) if 'unreadable' not in holder else 'an unknown holder'}; wait "
+                                f"for it or remove {lock.shown} if that process is gone", holder) from None
+        yield taken
+    finally:
+        for lock in taken:
+            lock.release()
 
 
 def _other_stage_locks(ws: Workspace, stage: str) -> list[str]:

@@ -390,11 +390,20 @@ class Workspace:
     def commit(self, record: ChunkRecord) -> None:
         """Make ``record`` (and the version group it names) the chunk's output, then drop older versions and any
         leftover of an earlier attempt. The record lists the version's files with their sizes and checksums (one
-        read of the bytes just written) for readers and ``idtprior verify`` to check."""
+        read of the bytes just written) for readers and ``idtprior verify`` to check. Refused, nothing written, when
+        the version holds no file (``IntegrityError``) or when this process took the stage's lock and no longer holds
+        it (``storage.lock.LockLost``)."""
         record.created = time.time()
         record.format = RECORD_FORMAT
         record.files = describe_files(self.fs, self.version_path(record.stage, record.chunk, record.version)) \
             if record.version else {}
+        if record.version and not record.files:
+            raise IntegrityError(f"{chunk_label(record.stage, record.chunk)}: version {record.version} has no file on "
+                                 f"storage (removed while it was written?): nothing committed; run the "
+                                 f"{record.stage} stage again")
+        from idtprior.storage.lock import check_holder  # the lock module imports this one
+
+        check_holder(self, record.stage)
         stored = {f.name: getattr(record, f.name) for f in fields(record)}
         stored["files"] = pack_files(record.files)
         self.write_bytes_atomic(self.record_path(record.stage, record.chunk),

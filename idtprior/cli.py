@@ -282,7 +282,10 @@ def _train_stage_config(workspace: str, config: str | None):
 
 def cmd_train_stage(args) -> int:
     from idtprior.flows.training import train_stage_command
+    from idtprior.sources import check_worker
 
+    if args.sources:  # a job's processes run what the flow that wrote the job runs
+        check_worker(args.sources, f"{args.stage} (idtprior train-stage)")
     cfg = _train_stage_config(args.workspace, args.config)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     record = train_stage_command(cfg, args.stage, fingerprint=args.fingerprint, prepare_only=args.prepare_only,
@@ -422,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "workspace was last run with, its config.yaml)")
     p.add_argument("--fingerprint", default=None, help="the record key the submitter planned: train nothing when "
                    "the stage's plan differs (the workspace changed since)")
+    p.add_argument("--sources", default=None, help="the idtprior sources hash of the flow that wrote the job "
+                   "(idtprior.SOURCES): refuse to train when this process runs other sources (restart after a pull)")
     p.add_argument("--prepare-only", action="store_true", help="ready the run folder (adopt a shorter run's "
                    "checkpoint) and stop; a batch job does it in one process before its ranks start")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

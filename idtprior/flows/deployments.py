@@ -25,8 +25,9 @@ from pydantic import Field
 
 from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config, parse_config
 from idtprior.flows.pipeline import FLOWS, pipeline_failed, run_stages, select_stages
-from idtprior.flows.runs import (CONFIG_FILE, _fresh, flow_name, remember_config, remembered_config, run_name,
-                                 stage_failed, workspace_name)
+from idtprior.flows.runs import (CONFIG_FILE, CONFIGS_DIR, _fresh, flow_name, is_stored_config, load_stored_config,
+                                 remember_config, remembered_config, run_name, stage_failed, store_config,
+                                 workspace_name)
 from idtprior.flows.stages import STAGE_FLOWS
 from idtprior.storage import Workspace
 
@@ -106,6 +107,8 @@ def resolve_config(config: str | None, workspace: str | None = None, source: str
     The ``demo`` preset with its own source reads the demo data next to the workspace (``<workspace>/../demo-data``),
     rendered there with the config's ``demo`` settings (overrides included) when ``render_demo`` (a run that ingests)
     and missing, as ``idtprior demo`` does."""
+    if config and is_stored_config(config):  # a stage run a pipeline started: the config the pipeline resolved
+        return apply_overrides(with_inputs(load_stored_config(config), workspace, source, video_root), overrides)
     if config is None or config == "":
         if not workspace:
             raise ConfigError("config is empty and no workspace is given: name a preset "
@@ -164,6 +167,23 @@ def results_in_workspace(config: PipelineConfig) -> None:
             "result_storage": LocalFileSystem(basepath=str(results))})
 
 
+def same_config_on_retry(cfg: PipelineConfig) -> PipelineConfig:
+    """The config this pipeline flow run resolved the first time it ran (``configs/runs/<flow run id>`` names it):
+    a Retry resolves its parameters again, and an empty Config would read a ``config.yaml`` that runs in between
+    may have rewritten. The first run stores ``cfg`` and returns it."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return cfg
+    ws = Workspace(cfg.workspace)
+    pointer = ws.path(CONFIGS_DIR, "runs", str(ctx.flow_run.id))
+    first = ws.read_bytes(pointer)
+    if first is not None:
+        _log(f"a Retry: the config this run resolved first, {first.decode()}")
+        return load_stored_config(first.decode())
+    ws.write_bytes_atomic(pointer, store_config(cfg).encode())
+    return cfg
+
+
 def _from_deployment() -> bool:
     ctx = FlowRunContext.get()
     return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
@@ -174,21 +194,23 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
     its own Retry), one after the other; returns each stage's run name and state, or a Failed state naming the first
     stage that did not complete.
 
-    The stages read the config this run resolved (``<workspace>/config.yaml``). Each stage run's ``workspace``
-    parameter is linked to the previous stage's run, so the graph draws the chain ingest -> decode -> ..."""
+    Every stage run's ``config`` names the config this run resolved, stored by content (``runs.store_config``): a
+    Retry of a stage run, and the stages after a run on the workspace in between, read exactly it. Each stage run's
+    ``workspace`` parameter is linked to the previous stage's run, so the graph draws the chain ingest -> decode ->
+    ..."""
     from prefect.deployments import run_deployment
     from prefect.utilities.engine import link_state_to_flow_run_result
 
     remember_config(config)
+    stored = store_config(config)
     ws = Workspace(config.workspace)
     results: dict[str, dict] = {}
     previous = None
     for stage in stages:
         name = f"{flow_name(stage)}/{stage_pool(config, stage)}"
-        # config "": the stage reads the config this run stored in the workspace (config.yaml), local or not. The
-        # workspace string is a fresh object per stage: Prefect keys its links by id(), and only this stage's
-        # parameter may point back at the previous stage's run
-        parameters = {"config": "", "workspace": _fresh(ws.url), "dask_address": dask_address or ""}
+        # the config this run stored by content, local or not. The workspace string is a fresh object per stage:
+        # Prefect keys its links by id(), and only this stage's parameter may point back at the previous stage's run
+        parameters = {"config": _fresh(stored), "workspace": _fresh(ws.url), "dask_address": dask_address or ""}
         if previous is not None and previous.state is not None:
             link_state_to_flow_run_result(previous.state, parameters["workspace"])
         try:
@@ -216,8 +238,9 @@ def _param(default, title: str, description: str):
 
 CONFIG_HELP = (f"a preset ({', '.join(PRESETS)}) or the path of a YAML config on the worker; the demo preset renders "
                "its videos next to the workspace when they are missing")
-STAGE_CONFIG_HELP = ("empty: the config this workspace was last run with (its config.yaml), so a rerun never mixes "
-                     f"presets; or a preset ({', '.join(PRESETS)}) or the path of a YAML config")
+STAGE_CONFIG_HELP = ("empty: the config of the workspace's last pipeline run (its config.yaml), so a rerun never "
+                     f"mixes presets; or a preset ({', '.join(PRESETS)}), the path of a YAML config, or a config the "
+                     "workspace stored (configs/<hash>.yaml); this run's config and overrides apply to it only")
 WORKSPACE_HELP = "folder (or fsspec URL) of the workspace; empty: the config's"
 SOURCE_HELP = "folder of videos or a list file (Kinetics CSV, UCF101/HMDB51 split, paths); empty: the config's"
 VIDEO_ROOT_HELP = ("folder that relative paths in the list file resolve against; empty: the config's (with a new "
@@ -250,6 +273,8 @@ def pretrain_ui(
         selected = select_stages(cfg, chosen, start)
         if "ingest" in selected and config == "demo":  # renders the demo data where missing
             cfg = resolve_config(config, workspace, source, video_root, overrides, render_demo=True)
+        cfg = same_config_on_retry(cfg)
+        selected = select_stages(cfg, chosen, start)
     except ConfigError as e:
         return stage_failed("pretrain", e)
     results_in_workspace(cfg)

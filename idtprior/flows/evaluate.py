@@ -20,6 +20,7 @@ from idtprior.flows.common import artifact_key, provenance_lines, run_chunks, wi
 from idtprior.flows.runs import how_to_run, remembered_config, stage_flow
 from idtprior.flows.training import _decoded_rows, frames_key, read_label_sets
 from idtprior.storage import Workspace, hash_json
+from idtprior.storage.upstream import planned
 from idtprior.tasks import evaluate as evaluate_tasks
 from idtprior.keyscheme import upstream_train_key
 from idtprior.tasks.codeprint import code_key
@@ -140,8 +141,14 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
         "test_frames": [frames[v] for v in test_ids], "label_sets": label_sets, "label_column": column,
         "crop_size": crop_size, "frame_step": frame_step, "crop_scales": tuple(shared.crop_scales),
         "hflip": shared.hflip, "frozen_blocks": frozen, "config": cfg, "videos_key": videos}
+    decoded = planned(ws.records("decode"))
     plans = {}
     for network, net in networks.items():
+        # the records the tasks read, checked when each starts and before it commits (``storage.upstream``): the
+        # frames, and the network where it was trained in this workspace
+        upstream = {"decode": decoded}
+        if net["encoder_path"] is not None and pre_ws.url == ws.url:
+            upstream[network] = {ALL: pre_ws.read_record(network, ALL).fingerprint}
         for protocol in cfg.protocols:
             for length in cfg.clip_lengths:
                 chunk = evaluate_tasks.chunk_name(network, protocol, length)
@@ -149,7 +156,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
                 fp = chunk_fingerprint(STAGE, chunk, inputs, hash_json({"clip_length": length, **settings[protocol]}),
                                        code)
                 plans[chunk] = {"fingerprint": fp, "network": network, "protocol": protocol, "clip_length": length,
-                                **net, **common}
+                                **net, **common, "upstream": upstream}
     return with_legacy_keys(ws, STAGE, plans, lambda: plan_evaluate(config, ws, []))
 
 

@@ -4,18 +4,29 @@ and how it fails on a missing prerequisite.
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
+import re
+
 import yaml
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from idtprior.config import ConfigError, PipelineConfig, parse_config
-from idtprior.storage import Workspace
+from idtprior.sources import StaleCode, check_process
+from idtprior.storage import Workspace, hash_json
 from idtprior.storage.lock import StageBusy, stage_lock
 
 FLOW_PREFIX = "idtprior"
 CONFIG_FILE = "config.yaml"
-"""The config a workspace was last run with, written by every stage run (``<workspace>/config.yaml``)."""
+"""The config of the last pipeline run on a workspace (``<workspace>/config.yaml``): written by every pipeline run
+(``idtprior run``, ``idtprior demo``, the ``idtprior-pretrain`` deployment) and by the first stage run on a workspace
+that has none; what a stage run with an empty Config starts from. A single stage run's own config and overrides apply
+to that run only."""
+CONFIGS_DIR = "configs"
+"""``<workspace>/configs/<hash>.yaml``: every config a stage run of the workspace ran with, stored by content
+(``store_config``); a pipeline names its file in every stage run it starts, so a Retry reads what the pipeline read.
+``configs/runs/<flow run id>``: the stored config a pipeline run resolved first, which its Retry uses again."""
+_STORED = re.compile(r"/" + CONFIGS_DIR + r"/([0-9a-f]{16})\.yaml$")
 
 
 def flow_name(stage: str) -> str:
@@ -59,14 +70,62 @@ def run_name(stage: str):
     return name
 
 
-def remember_config(config: PipelineConfig) -> None:
-    """Write ``config`` to ``<workspace>/config.yaml`` (atomically), so a later stage run on the workspace from the UI
-    defaults to it instead of a preset: a stage rerun never mixes a demo setting into a Kinetics workspace."""
-    ws = Workspace(config.workspace)
+def _config_data(config: PipelineConfig) -> dict:
     data = config.model_dump(mode="json")
-    data["workspace"] = ws.url
-    header = "# the config this workspace was last run with (written by idtprior at every stage run)\n"
-    ws.write_bytes_atomic(ws.path(CONFIG_FILE), (header + yaml.safe_dump(data, sort_keys=False)).encode())
+    data["workspace"] = Workspace(config.workspace).url
+    return data
+
+
+def remember_config(config: PipelineConfig, if_missing: bool = False) -> None:
+    """Write ``config`` to ``<workspace>/config.yaml`` (atomically), so a later stage run on the workspace from the UI
+    defaults to it instead of a preset: a stage rerun never mixes a demo setting into a Kinetics workspace. Pipeline
+    runs write it; a stage run only where the workspace has none yet (``if_missing``)."""
+    ws = Workspace(config.workspace)
+    if if_missing and ws.fs.exists(ws.path(CONFIG_FILE)):
+        return
+    header = "# the config of the last pipeline run on this workspace (written by idtprior; see README: Configs)\n"
+    ws.write_bytes_atomic(ws.path(CONFIG_FILE),
+                          (header + yaml.safe_dump(_config_data(config), sort_keys=False)).encode())
+
+
+def store_config(config: PipelineConfig) -> str:
+    """``config`` stored by content in ``<workspace>/configs/<hash>.yaml`` (written once, never changed); returns
+    the file's path (its URL on an object store), which ``load_stored_config`` and a run's ``config`` parameter
+    take."""
+    ws = Workspace(config.workspace)
+    data = _config_data(config)
+    name = f"{hash_json(data)[:16]}.yaml"
+    path = ws.path(CONFIGS_DIR, name)
+    if not ws.fs.exists(path):
+        header = "# a config a run of this workspace used, stored by content (its name is its hash): never edit\n"
+        ws.write_bytes_atomic(path, (header + yaml.safe_dump(data, sort_keys=False)).encode())
+    return path if ws.is_local else f"{ws.url}/{CONFIGS_DIR}/{name}"
+
+
+def is_stored_config(ref: str) -> bool:
+    """True for the path or URL of a config ``store_config`` wrote."""
+    return bool(_STORED.search(str(ref)))
+
+
+def load_stored_config(ref: str) -> PipelineConfig:
+    """The config stored at ``ref`` (``store_config``), checked against its name: a ConfigError naming the file
+    when it is missing or was edited since."""
+    import fsspec
+
+    try:
+        with fsspec.open(ref, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise ConfigError(f"stored config {ref}: no such file (the workspace's configs/ folder was removed?)") from e
+    try:
+        config = parse_config(yaml.safe_load(raw) or {}, origin=ref)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"stored config {ref}: not valid YAML: {e}") from e
+    digest = hash_json(_config_data(config))[:16]
+    if digest != _STORED.search(str(ref)).group(1):
+        raise ConfigError(f"stored config {ref}: its content hashes to {digest}, not to its name: it was edited "
+                          f"after it was stored; give the run a preset or a YAML file instead")
+    return config
 
 
 def remembered_config(workspace: str) -> PipelineConfig | None:
@@ -121,7 +180,8 @@ def stage_failed(stage: str, exc: Exception):
 def stage_flow(stage: str):
     """Make a stage's body ``(config, dask_address, progress) -> counts`` its flow ``idtprior-<stage>``: runs named
     ``<workspace folder>: <stage>``, the stage's lock held for the run (``storage.lock.stage_lock``: a second run of
-    the stage on the workspace fails at once naming the holder), the config remembered in the workspace, records made
+    the stage on the workspace fails at once naming the holder), the config stored by content and logged (and remembered
+    as ``config.yaml`` where the workspace has none), records made
     before behaviour versions re-keyed (``stages.upgrade_keys``, once per workspace), fresh return
     values (graph edges) and a one-message Failed state for a stage that cannot start. The Python signature stays
     ``(config, dask_address=None, progress=True)`` for the CLI and the tests."""
@@ -129,14 +189,16 @@ def stage_flow(stage: str):
     def decorate(body):
         def run(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
             try:
+                check_process(f"stage {stage}")  # this process runs the files on disk (``idtprior.sources``)
                 # the stage's lock for the whole run (a second run of the stage fails at once naming this one)
                 with stage_lock(Workspace(config.workspace), stage):
-                    remember_config(config)
+                    remember_config(config, if_missing=True)
+                    get_run_logger().info(f"{stage}: config {store_config(config)}")
                     from idtprior.flows.stages import upgrade_keys  # the stages import this module
 
                     upgrade_keys(config, Workspace(config.workspace), stage)
                     return unshared(body(config, dask_address, progress))
-            except (ConfigError, StageBusy) as e:
+            except (ConfigError, StageBusy, StaleCode) as e:
                 return stage_failed(stage, e)
 
         run.__name__, run.__qualname__, run.__module__, run.__doc__ = (

@@ -19,6 +19,7 @@ from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_record
 from idtprior.flows.runs import missing_stage, stage_flow
 from idtprior.keyscheme import UPGRADED, legacy, upstream_key
 from idtprior.storage import StatCache, Workspace, chunk_of, file_fingerprint, hash_json, read_manifest
+from idtprior.storage.upstream import planned
 from idtprior.tasks import decode as decode_tasks
 from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks import encode as encode_tasks
@@ -173,13 +174,15 @@ def detect_flow(config: PipelineConfig, dask_address: str | None = None, progres
 
 
 def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
-    """Point each chunk's plan at the chunk's person boxes where the detect stage has run, and make the boxes part
-    of the chunk's fingerprint (new boxes rerun IDT; without a detect stage nothing changes)."""
+    """Point each chunk's plan at the chunk's person boxes where the detect stage has run (``boxes_key``: the key of
+    the detect record the task reads, and checks), and make the boxes part of the chunk's fingerprint (new boxes rerun
+    IDT; without a detect stage nothing changes)."""
     for chunk, plan in plans.items():
         rec = ws.read_record("detect", chunk)
         if rec is not None:
             plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", upstream_key(rec)])
-            plan["boxes_version"] = rec.version
+            plan["boxes_key"] = rec.fingerprint
+            plan.setdefault("upstream", {})["detect"] = {chunk: rec.fingerprint}
     return plans
 
 
@@ -323,13 +326,14 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
 
 def plan_fit_codebook(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """The codebook's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
-    inputs = {c: upstream_key(r) for c, r in ws.records("idt").items()}
+    sample = ws.records("idt")
+    inputs = {c: upstream_key(r) for c, r in sample.items()}
     if not inputs:
         raise missing_stage(ws, "no IDT sample", "idt")
     fp = chunk_fingerprint("fit_codebook", encode_tasks.ALL, inputs, config.codebook.config_hash(),
                            code_key("fit_codebook"))
-    return with_legacy_keys(ws, "fit_codebook", {encode_tasks.ALL: {"fingerprint": fp, "config": config.codebook}},
-                            lambda: plan_fit_codebook(config, ws))
+    plan = {"fingerprint": fp, "config": config.codebook, "upstream": {"idt": planned(sample)}}
+    return with_legacy_keys(ws, "fit_codebook", {encode_tasks.ALL: plan}, lambda: plan_fit_codebook(config, ws))
 
 
 @stage_flow("fit_codebook")
@@ -361,6 +365,8 @@ def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
                           upstream_key(book)])
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, code_key(idt_code("encode", config)),
                          {"idt": config.idt, "config": config.encode})
+    for plan in plans.values():  # the codebook the keys hold, which each task checks it reads
+        plan["upstream"] = {"fit_codebook": {encode_tasks.ALL: book.fingerprint}}
     if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
         plans = _with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
     else:
@@ -388,7 +394,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     counts = report_stage(ws, "encode", records, invalid)
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
-    encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids))
+    encode_tasks.assemble_sketches(ws, ids, sketches_fingerprint(records, ids), expected=planned(records))
     publish_pictures(ws, "encode", "encode_markdown")
     return counts
 
@@ -396,13 +402,15 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
 def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Clustering's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
     ids = [r.video_id for r in _ok_rows(ws)]
-    inputs = {c: upstream_key(r) for c, r in ws.records("encode").items()}
+    records = ws.records("encode")
+    inputs = {c: upstream_key(r) for c, r in records.items()}
     if not inputs:
         raise missing_stage(ws, "no sketches", "encode")
     fp = chunk_fingerprint("cluster", encode_tasks.ALL, {"encode": hash_json(inputs), "ids": hash_json(ids)},
                            config.cluster.config_hash(), code_key("cluster"))
     return with_legacy_keys(ws, "cluster", {encode_tasks.ALL: {"fingerprint": fp, "video_ids": ids,
-                                                               "config": config.cluster}},
+                                                               "config": config.cluster,
+                                                               "upstream": {"encode": planned(records)}}},
                             lambda: plan_cluster(config, ws))
 
 

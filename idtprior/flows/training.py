@@ -20,6 +20,7 @@ from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
 from idtprior.flows.stages import decode_code, plan_decode
 from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
+from idtprior.storage.upstream import planned
 from idtprior.tasks import pretrain as pretrain_tasks
 from idtprior.tasks import train_job
 from idtprior.tasks.codeprint import code_key
@@ -99,16 +100,21 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
     if not train_ids:
         raise ConfigError(f"pretrain.train_split {shared.train_split!r}: no decoded video of the manifest is in it")
     inputs = {"frames": frames_key(config, ws, rows, train_ids, frames, decode_fps), "train_ids": hash_json(train_ids)}
+    # the records the task reads, as planned here: it checks them when it starts and before it commits
+    upstream = {"decode": planned(ws.records("decode"))}
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "idt":
         rec = ws.read_record("cluster", ALL)
         if rec is None:
             raise missing_stage(ws, f"{stage} uses the IDT clusters, and there are none", "cluster")
         inputs["clusters"] = upstream_key(rec)
+        upstream["cluster"] = {ALL: rec.fingerprint}
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "joint":
-        encoded = {c: upstream_key(r) for c, r in ws.records("encode").items()}
+        records = ws.records("encode")
+        encoded = {c: upstream_key(r) for c, r in records.items()}
         if not encoded:
             raise missing_stage(ws, f"{stage} clusters [bank | IDT sketch], and there are no sketches", "encode")
         inputs["sketches"] = hash_json(encoded)
+        upstream["encode"] = planned(records)
     init_checkpoint = None
     if stage_cfg.init_from:
         rec = ws.read_record(stage_cfg.init_from, ALL)
@@ -116,6 +122,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
             raise ConfigError(f"{stage} starts from {stage_cfg.init_from} (init_from), which has not run in "
                               f"{ws.url}; run it first ({how_to_run(stage_cfg.init_from)}) or set {stage}.init_from: null")
         init_checkpoint = rec.videos["model"]["checkpoint"]
+        upstream[stage_cfg.init_from] = {ALL: rec.fingerprint}
         # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
         # (records written before the train fingerprint was stored fall back to the whole fingerprint)
         inputs["init"] = upstream_train_key(rec.videos["model"], rec.fingerprint)
@@ -140,7 +147,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         "fingerprint": fingerprint, "train_fingerprint": train_fp, "resume_key": resume_key, "train_ids": train_ids,
         "train_frames": [frames[v] for v in train_ids], "eval_ids": eval_ids,
         "eval_frames": [frames[v] for v in eval_ids], "splits": splits, "label_sets": label_sets, "shared": shared,
-        "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress}
+        "stage_config": stage_cfg, "init_checkpoint": init_checkpoint, "progress": progress, "upstream": upstream}
     return with_legacy_keys(ws, stage, {ALL: plan}, lambda: {ALL: plan_train_stage(stage, config, progress)})[ALL]
 
 

@@ -25,8 +25,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from idtprior.sources import check_worker, snapshot
 from idtprior.storage import ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import IntegrityError
+from idtprior.storage.upstream import Upstream, UpstreamChanged, check_upstream
 
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
@@ -232,7 +234,8 @@ def _failed(e: Exception) -> dict:
     """A video's failure as its result row; raised instead where it is the chunk's fault."""
     # a damaged input (IntegrityError) is the chunk's fault too: as a video's failure it would be cached under an
     # unchanged key; failing the chunk leaves it to recompute once the input is repaired (idtprior verify --repair)
-    if disk_full(e) is not None or isinstance(e, IntegrityError) or (
+    # an upstream record that changed since planning: the chunk's too (nothing is committed; the next run replans)
+    if disk_full(e) is not None or isinstance(e, (IntegrityError, UpstreamChanged)) or (
             is_transient(e) and not isinstance(e, FileNotFoundError)):
         raise e
     return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -289,14 +292,18 @@ def _heap_for_arrays(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 <
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
-def _guard_on_worker(fn: Callable, video_id: str, *args) -> dict:
-    """:func:`_guard` on a Dask worker set up by :func:`tune_worker_process` (one native thread per video)."""
+def _guard_on_worker(sources: str, fn: Callable, video_id: str, *args) -> dict:
+    """:func:`_guard` on a Dask worker set up by :func:`tune_worker_process` (one native thread per video), once the
+    worker has shown that it runs the flow's ``sources`` (``idtprior.sources.check_worker``: a worker that imported
+    older code fails the chunk, not the video)."""
+    check_worker(sources, f"{args[1]} {args[2]} video {video_id}")
     tune_worker_process(1)
     return _guard(fn, video_id, *args)
 
 
-def _guard_batch_on_worker(fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
-    """:func:`_guard_batch` on a Dask worker set up by :func:`tune_worker_process`."""
+def _guard_batch_on_worker(sources: str, fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
+    """:func:`_guard_batch` on a Dask worker set up by :func:`tune_worker_process`, its sources checked first."""
+    check_worker(sources, f"{args[1]} {args[2]} videos {video_ids[0]}+{len(video_ids)}")
     tune_worker_process(1)
     return _guard_batch(fn, video_ids, *args)
 
@@ -315,6 +322,7 @@ def run_chunk(
     finish: Callable | None = None,
     batch_size: int = 0,
     variant: str | None = None,
+    upstream: Upstream | None = None,
 ) -> ChunkRecord:
     """Process one chunk: skip it if its record matches ``fingerprint``, else run ``per_video`` and commit.
 
@@ -328,7 +336,9 @@ def run_chunk(
     ``per_video(video_ids, workspace_url, stage, chunk, version, args_list)``, and returns id -> result dict, or the
     exception that video failed with (the batched IDT extractor: a batch is one call on the device). The fault
     injection of the drills (``IDTPRIOR_FAULT``) wraps per-video work only. ``variant``: the code the record says
-    computed it, where not the stage's own (``decode@jpeg``, ``idt@torch``, ``encode@torch``).
+    computed it, where not the stage's own (``decode@jpeg``, ``idt@torch``, ``encode@torch``). ``upstream``: the
+    upstream records the key was planned from, checked before any work and again before the commit
+    (``storage.upstream``: ``UpstreamChanged`` fails the chunk, nothing committed).
     """
     ws = Workspace(workspace)
     logger = _logger()
@@ -337,6 +347,7 @@ def run_chunk(
         logger.info(f"{stage} {chunk}: up to date ({len(done.videos)} videos), skipped")
         ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed after its record rename left
         return done
+    check_upstream(ws, upstream, f"{stage} {chunk}")
     t0 = time.time()
     ids = sorted(videos)
     kind = fault_kind(stage, chunk)
@@ -351,10 +362,10 @@ def run_chunk(
 
         def submit(client, unit: list[str]):
             if batch_size:
-                return client.submit(_guard_batch_on_worker, per_video, unit, ws.url, stage, chunk, version,
-                                     [videos[v] for v in unit], key=f"{stage}-{chunk}-{version}-{unit[0]}+{len(unit)}",
-                                     pure=False)
-            return client.submit(_guard_on_worker, per_video, unit[0], ws.url, stage, chunk, version,
+                return client.submit(_guard_batch_on_worker, sources, per_video, unit, ws.url, stage, chunk,
+                                     version, [videos[v] for v in unit],
+                                     key=f"{stage}-{chunk}-{version}-{unit[0]}+{len(unit)}", pure=False)
+            return client.submit(_guard_on_worker, sources, per_video, unit[0], ws.url, stage, chunk, version,
                                  *videos[unit[0]], key=f"{stage}-{chunk}-{version}-{unit[0]}", pure=False)
 
         def run_here(unit: list[str]) -> dict[str, dict]:
@@ -364,6 +375,7 @@ def run_chunk(
 
         if dask_address:
             client = get_client(dask_address)
+            sources = snapshot()[0]  # what this process runs, which every worker must run too
             futures = {submit(client, unit): unit for unit in units}
             from distributed import as_completed
 
@@ -391,6 +403,7 @@ def run_chunk(
         record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
                              videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids},
                              seconds=round(time.time() - t0, 3))
+        check_upstream(ws, upstream, f"{stage} {chunk}")  # unchanged while the videos ran
         ws.commit(stamp(record, variant or stage))
     except Exception as e:
         full = disk_full(e)

@@ -14,6 +14,7 @@ from prefect import task
 from idtprior.config import DetectConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
+from idtprior.storage.upstream import checked_record
 from idtprior.tasks.common import run_chunk
 from idtprior.video import io as video_io
 from idtprior.video import detect as detect_core
@@ -129,20 +130,18 @@ def detect_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, video
 
 # --- reading and exporting ---------------------------------------------------------------------------------------
 
-def read_chunk_boxes(workspace: str, chunk: str, version: str | None, video_id: str) -> list[np.ndarray] | None:
-    """A video's per-frame boxes from a detect chunk version (None when the chunk or the video has none)."""
-    if not version:
+def read_chunk_boxes(workspace: str, chunk: str, key: str | None, video_id: str, reader: str = ""
+                     ) -> list[np.ndarray] | None:
+    """A video's per-frame boxes from the chunk's detect record keyed ``key``, the key the reader's was planned from
+    (None: no boxes; ``UpstreamChanged`` naming ``reader`` when the record is keyed otherwise now). None too where
+    the video has none."""
+    if not key:
         return None
     ws = Workspace(workspace)
-    rec = ws.read_record(STAGE, chunk)
-    if rec is not None and rec.version == version:  # the committed chunk: its files checked against the record
-        if rec.videos.get(video_id, {}).get("status") != "ok":
-            return None
-        group = ws.open_verified(STAGE, rec, video=video_id)
-    else:
-        group = ws.chunk_group(STAGE, chunk, version)
-        if video_id not in group:
-            return None
+    rec = checked_record(ws, STAGE, chunk, key, reader or f"a reader of {STAGE} {chunk}")
+    if rec.videos.get(video_id, {}).get("status") != "ok":
+        return None
+    group = ws.open_verified(STAGE, rec, video=video_id)  # its files checked against the record
     with reading(STAGE, chunk, video_id):
         return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...])
 
@@ -159,7 +158,7 @@ def read_video_boxes(ws: Workspace, video_id: str) -> list[np.ndarray]:
     for chunk, rec in ws.records(STAGE).items():
         info = rec.videos.get(video_id)
         if info is not None and info.get("status") == "ok":
-            return read_chunk_boxes(ws.url, chunk, rec.version, video_id)
+            return read_chunk_boxes(ws.url, chunk, rec.fingerprint, video_id)
     raise KeyError(f"video {video_id!r} has no boxes in {ws.url}: run the detect stage")
 
 
@@ -175,7 +174,7 @@ def export_boxes(ws: Workspace, folder: str | Path, video_ids: list[str] | None 
             if info.get("status") != "ok" or (wanted is not None and vid not in wanted):
                 continue
             path = folder / f"{vid}.bb"
-            write_boxes(path, read_chunk_boxes(ws.url, chunk, rec.version, vid))
+            write_boxes(path, read_chunk_boxes(ws.url, chunk, rec.fingerprint, vid))
             out.append(path)
     if wanted is not None and len(out) < len(wanted):
         missing = sorted(wanted - {p.name[:-3] for p in out})

@@ -12,6 +12,7 @@ from idtprior.encoding.backend import to_device, to_numpy
 from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
+from idtprior.storage.upstream import Upstream, check_upstream, checked_record, checked_records
 from idtprior.tasks.common import run_chunk, stamp
 from idtprior.tasks.detect import read_chunk_boxes
 from idtprior.tasks.idt import batch_idt, read_sample, video_rows
@@ -24,8 +25,9 @@ def codebook_params(cfg: CodebookConfig) -> CodebookParams:
                           gmm_iters=cfg.gmm_iters, seed=cfg.seed, sketch_dim=cfg.sketch_dim, sketch_seed=cfg.seed)
 
 
-def read_codebook(ws: Workspace) -> Codebook:
-    rec = ws.read_record("fit_codebook", ALL)
+def read_codebook(ws: Workspace, key: str | None = None, reader: str = "encode") -> Codebook:
+    """The codebook; ``key``: the key of its record the reader's key was planned from (checked when given)."""
+    rec = checked_record(ws, "fit_codebook", ALL, key, reader)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no codebook: run the fit_codebook stage first")
     group = ws.open_verified("fit_codebook", rec)
@@ -34,14 +36,16 @@ def read_codebook(ws: Workspace) -> Codebook:
 
 
 @task(name="fit-codebook", task_run_name="fit codebook")
-def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, config: CodebookConfig) -> ChunkRecord:
-    """PCA + diagonal GMM on the stored IDT sample; the codebook's arrays go to ``fit_codebook.zarr``."""
+def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, config: CodebookConfig,
+                      upstream: Upstream | None = None) -> ChunkRecord:
+    """PCA + diagonal GMM on the stored IDT sample; the codebook's arrays go to ``fit_codebook.zarr``. ``upstream``:
+    the sample's records its key was planned from (``storage.upstream``)."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
         return done
-    sample = read_sample(ws)
+    sample = read_sample(ws, (upstream or {}).get("idt"), stage)
     if len(sample) < config.gmm_components:
         raise ValueError(f"codebook: {len(sample)} sample descriptors, need at least gmm_components="
                          f"{config.gmm_components}; run the idt stage on more videos")
@@ -60,14 +64,16 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
     if small:  # kept in the record: the stage's summary and a rerun that skips the fit still say it
         info["warning"] = small[0]
     record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": info})
+    check_upstream(ws, upstream, stage)  # unchanged while it fitted
     ws.commit(stamp(record, "fit_codebook"))
     return record
 
 
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
-               enc: EncodeConfig, codebook: Codebook, boxes_version: str | None = None) -> dict:
+               enc: EncodeConfig, codebook: Codebook, boxes_key: str | None = None) -> dict:
     """One video's IDT rows (extracted, or read from its text file) encoded: ``encode_rows``."""
-    boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
+    boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_key, video_id,
+                                                              f"{stage} {chunk}")
     return encode_rows(video_rows(video_id, path, idt, enc.idt_text_folder, boxes), codebook, enc.keep_descriptors)
 
 
@@ -102,10 +108,10 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
 def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
                  args: list[tuple]) -> dict[str, dict | Exception]:
     """``encode_one`` for a batch of videos with the torch backend (``args``: each video's path, IDT and encode
-    configs, codebook, boxes version): the batch's IDT in one call of the batched extractor, then each video's Fisher
+    configs, codebook, boxes key): the batch's IDT in one call of the batched extractor, then each video's Fisher
     vector and sketch, on the GPU through CuPy where the extractor ran on CUDA and CuPy is installed."""
-    idt, enc, book, boxes_version = args[0][1:]
-    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_version, v) for v in video_ids}
+    idt, enc, book, boxes_key = args[0][1:]
+    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
     xp = _device_arrays(idt)
     out: dict[str, dict | Exception] = {}
     for vid, rows in batch_idt({v: a[0] for v, a in zip(video_ids, args)}, idt, boxes).items():
@@ -140,34 +146,45 @@ BEHAVIOUR = {"fit_codebook": 1, "encode": 1, "encode@torch": 1, "cluster": 1}
 @task(name="encode-chunk", task_run_name="encode {chunk}")
 def encode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str], idt: IDTConfig,
                  config: EncodeConfig, dask_address: str | None = None,
-                 boxes_version: str | None = None) -> ChunkRecord:
+                 boxes_key: str | None = None, upstream: Upstream | None = None) -> ChunkRecord:
     """IDT -> Fisher vector -> sketch for each video of a chunk; writes the chunk's (n, sketch_dim) rows + mask.
-    ``boxes_version``: the chunk's detect output to read person boxes from (None: no boxes)."""
-    ws = Workspace(workspace)
-    book = read_codebook(ws)
+    ``boxes_key``: the key of the chunk's detect record to read person boxes from (None: no boxes); ``upstream``:
+    the records the key was planned from, the codebook's among them (``storage.upstream``)."""
+    book = _planned_codebook(workspace, stage, chunk, fingerprint, upstream)
     return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_one, dask_address,
-                     finish=_write_sketches)
+                     {v: (p, idt, config, book, boxes_key) for v, p in videos.items()}, encode_one, dask_address,
+                     finish=_write_sketches, upstream=upstream)
+
+
+def _planned_codebook(workspace: str, stage: str, chunk: str, fingerprint: str, upstream: Upstream | None):
+    """The codebook an encode chunk's key was planned from; None when the chunk is done (``run_chunk`` skips it)."""
+    ws = Workspace(workspace)
+    done = ws.read_record(stage, chunk)
+    if done is not None and done.fingerprint == fingerprint:
+        return None
+    return read_codebook(ws, (upstream or {}).get("fit_codebook", {}).get(ALL), f"{stage} {chunk}")
 
 
 @task(name="encode-chunk-torch", task_run_name="encode {chunk}")
 def encode_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
                        idt: IDTConfig, config: EncodeConfig, dask_address: str | None = None,
-                       boxes_version: str | None = None) -> ChunkRecord:
+                       boxes_key: str | None = None, upstream: Upstream | None = None) -> ChunkRecord:
     """``encode_chunk`` with the torch backend: the chunk's videos ``idt.batch_videos`` at a time, each batch one call
     of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
     (``encode.idt_text_folder``) go through ``encode_chunk`` whatever the backend."""
-    book = read_codebook(Workspace(workspace))
+    book = _planned_codebook(workspace, stage, chunk, fingerprint, upstream)
     return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, idt, config, book, boxes_version) for v, p in videos.items()}, encode_batch, dask_address,
-                     finish=_write_sketches, batch_size=idt.batch_videos, variant="encode@torch")
+                     {v: (p, idt, config, book, boxes_key) for v, p in videos.items()}, encode_batch, dask_address,
+                     finish=_write_sketches, batch_size=idt.batch_videos, variant="encode@torch", upstream=upstream)
 
 
-def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, sketch_dim) float32 rows aligned with ``video_ids`` and the (N,) valid mask (False where not encoded)."""
+def read_sketches(ws: Workspace, video_ids: list[str], expected: dict[str, str] | None = None,
+                  reader: str = "cluster") -> tuple[np.ndarray, np.ndarray]:
+    """(N, sketch_dim) float32 rows aligned with ``video_ids`` and the (N,) valid mask (False where not encoded);
+    ``expected``: the encode records (chunk -> key) the reader's key was planned from (checked when given)."""
     index = {v: i for i, v in enumerate(video_ids)}
     x, valid = None, np.zeros(len(video_ids), bool)
-    for chunk, rec in ws.records("encode").items():
+    for chunk, rec in checked_records(ws, "encode", expected, reader).items():
         group = ws.open_verified("encode", rec)
         with reading("encode", chunk):
             arr = group["sketches"]
@@ -185,18 +202,19 @@ def read_sketches(ws: Workspace, video_ids: list[str]) -> tuple[np.ndarray, np.n
 SKETCHES = "sketches"  # the whole-dataset (N, S) array assembled from the encode chunks
 
 
-def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, rows_per_chunk: int = 1024
-                      ) -> ChunkRecord:
+def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, rows_per_chunk: int = 1024,
+                      expected: dict[str, str] | None = None) -> ChunkRecord:
     """Write ``sketches.zarr/all/<version>/``: ``sketches`` (N, S) float32 rows aligned with ``video_ids`` (the
     manifest's ok videos), ``valid`` (N,) and the ids as an attribute; committed by its record like a chunk, skipped
-    when the record matches ``fingerprint``. The encode chunks are read once (as the cluster stage reads them)."""
+    when the record matches ``fingerprint``. The encode chunks are read once (as the cluster stage reads them);
+    ``expected``: the encode records (chunk -> key) ``fingerprint`` was computed from (checked when given)."""
     done = ws.read_record(SKETCHES, ALL)
     if done is not None and done.fingerprint == fingerprint:
         ws.remove_orphans(SKETCHES, ALL, keep=done.version)  # what a commit killed part-way left
         return done
     if not video_ids:
         raise KeyError(f"workspace {ws.url}: no video to assemble sketches for")
-    x, valid = read_sketches(ws, video_ids)
+    x, valid = read_sketches(ws, video_ids, expected, SKETCHES)
     version, group = ws.new_version(SKETCHES, ALL)
     arr = group.create_array("sketches", data=x, chunks=(min(rows_per_chunk, len(video_ids)), x.shape[1]),
                              overwrite=True, **array_options())
@@ -221,14 +239,15 @@ def read_assembled_sketches(ws: Workspace) -> tuple[np.ndarray, np.ndarray, list
 
 @task(name="cluster", task_run_name="cluster k={config.k}")
 def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video_ids: list[str],
-                 config: ClusterConfig) -> ChunkRecord:
-    """K-means (m runs) on the valid sketches; labels (m, N) aligned with ``video_ids`` (-1: not encoded)."""
+                 config: ClusterConfig, upstream: Upstream | None = None) -> ChunkRecord:
+    """K-means (m runs) on the valid sketches; labels (m, N) aligned with ``video_ids`` (-1: not encoded).
+    ``upstream``: the encode records its key was planned from (``storage.upstream``)."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
         return done
-    x, valid = read_sketches(ws, video_ids)
+    x, valid = read_sketches(ws, video_ids, (upstream or {}).get("encode"), stage)
     n_valid = int(valid.sum())
     if n_valid < config.k:
         raise ValueError(f"cluster: k={config.k} but only {n_valid} videos have a valid sketch")
@@ -244,13 +263,15 @@ def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video
              "empty_clusters": [int((s == 0).sum()) for s in sizes], "largest_cluster": [int(s.max()) for s in sizes],
              "median_cluster": [float(np.median(s)) for s in sizes]}
     record = ChunkRecord(stage, chunk, fingerprint, version, {"clusters": stats})
+    check_upstream(ws, upstream, stage)  # unchanged while it clustered
     ws.commit(stamp(record, "cluster"))
     return record
 
 
-def read_cluster_labels(ws: Workspace) -> tuple[np.ndarray, list[str]]:
-    """(m, N) int labels (-1: no valid sketch) and the video ids they align with."""
-    rec = ws.read_record("cluster", ALL)
+def read_cluster_labels(ws: Workspace, key: str | None = None, reader: str = "") -> tuple[np.ndarray, list[str]]:
+    """(m, N) int labels (-1: no valid sketch) and the video ids they align with; ``key``: the key of the cluster
+    record the reader's key was planned from (checked when given)."""
+    rec = checked_record(ws, "cluster", ALL, key, reader)
     if rec is None:
         raise KeyError(f"workspace {ws.url} has no clusters: run the cluster stage first")
     with reading("cluster", ALL):

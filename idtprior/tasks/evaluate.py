@@ -38,6 +38,7 @@ from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore, check_clip
+from idtprior.storage.upstream import Upstream, check_upstream
 from idtprior.tasks.common import maybe_inject_fault, stamp
 from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
 
@@ -288,13 +289,16 @@ def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, netw
                   train_ids: list[str], train_frames: list[int], test_ids: list[str], test_frames: list[int],
                   label_sets: dict[str, dict[str, str]], label_column: str, crop_size: int, frame_step: int,
                   crop_scales: tuple[float, ...], hflip: bool, frozen_blocks: int,
-                  config: EvaluateConfig, videos_key: str | None = None) -> ChunkRecord:
+                  config: EvaluateConfig, videos_key: str | None = None,
+                  upstream: Upstream | None = None) -> ChunkRecord:
     """Evaluate one (network, protocol, clip length) and commit its record; a record with ``fingerprint`` already
-    committed is returned as it is."""
+    committed is returned as it is. ``upstream``: the records its key was planned from, checked before it reads any
+    and again before it commits (``storage.upstream``)."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         return done
+    check_upstream(ws, upstream, f"{stage} {chunk}")
     t0 = time.time()
     result = evaluate_network(ws.url, network, protocol, clip_length, train_fingerprint, encoder_path, scratch,
                               train_ids, train_frames, test_ids, test_frames, label_sets, label_column, crop_size,
@@ -302,5 +306,6 @@ def evaluate_task(workspace: str, stage: str, chunk: str, fingerprint: str, netw
     maybe_inject_fault(ws, stage, chunk)  # after the work, before the commit (tests and drills only)
     record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version="", videos={"result": result},
                          seconds=round(time.time() - t0, 3))
+    check_upstream(ws, upstream, f"{stage} {chunk}")  # unchanged while it evaluated
     ws.commit(stamp(record, STAGE))
     return record

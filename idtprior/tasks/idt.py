@@ -13,6 +13,7 @@ from prefect import task
 from idtprior.config import IDTConfig
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
+from idtprior.storage.upstream import Upstream, checked_records
 from idtprior.tasks.common import TransientError, run_chunk
 from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
 from idtprior.video import io as video_io
@@ -126,9 +127,9 @@ def choose_sample(video_ids: list[str], count: int, seed: int) -> set[str]:
 
 
 def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, cfg: IDTConfig,
-               boxes_version: str | None = None, text_folder: str | None = None) -> dict:
+               boxes_key: str | None = None, text_folder: str | None = None) -> dict:
     """One video's IDT rows (extracted, or read from its text file), its seeded R rows stored."""
-    boxes = None if text_folder else read_chunk_boxes(workspace, chunk, boxes_version, video_id)
+    boxes = None if text_folder else read_chunk_boxes(workspace, chunk, boxes_key, video_id, f"{stage} {chunk}")
     return keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, cfg, text_folder, boxes),
                        cfg)
 
@@ -149,10 +150,10 @@ def keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: 
 def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
                  args: list[tuple]) -> dict[str, dict | Exception]:
     """``sample_one`` for a batch of videos with the torch backend (``args``: each video's path, config, boxes
-    version)."""
+    key)."""
     paths = {v: a[0] for v, a in zip(video_ids, args)}
-    cfg, boxes_version = args[0][1], args[0][2]
-    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_version, v) for v in video_ids}
+    cfg, boxes_key = args[0][1], args[0][2]
+    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
     out: dict[str, dict | Exception] = {}
     for vid, rows in batch_idt(paths, cfg, boxes).items():
         out[vid] = rows if isinstance(rows, Exception) else keep_sample(vid, workspace, stage, chunk, version, rows,
@@ -168,29 +169,34 @@ BEHAVIOUR = {"idt": 1, "idt@torch": 1}
 @task(name="idt-sample-chunk", task_run_name="idt {chunk}")
 def idt_sample_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
                      config: IDTConfig, dask_address: str | None = None,
-                     boxes_version: str | None = None, text_folder: str | None = None) -> ChunkRecord:
+                     boxes_key: str | None = None, text_folder: str | None = None,
+                     upstream: Upstream | None = None) -> ChunkRecord:
     """IDT of the sampled videos of one chunk (``videos``: id -> path); R seeded rows each to the workspace.
-    ``boxes_version``: the chunk's detect output to read person boxes from (None: no boxes). ``text_folder``
-    (``encode.idt_text_folder``): read the rows from the imported files instead, as the encode stage does."""
+    ``boxes_key``: the key of the chunk's detect record to read person boxes from (None: no boxes). ``text_folder``
+    (``encode.idt_text_folder``): read the rows from the imported files instead, as the encode stage does.
+    ``upstream``: the records the key was planned from (``storage.upstream``)."""
     return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, config, boxes_version, text_folder) for v, p in videos.items()}, sample_one, dask_address)
+                     {v: (p, config, boxes_key, text_folder) for v, p in videos.items()}, sample_one, dask_address,
+                     upstream=upstream)
 
 
 @task(name="idt-sample-chunk-torch", task_run_name="idt {chunk}")
 def idt_sample_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
                            config: IDTConfig, dask_address: str | None = None,
-                           boxes_version: str | None = None) -> ChunkRecord:
+                           boxes_key: str | None = None, upstream: Upstream | None = None) -> ChunkRecord:
     """``idt_sample_chunk`` with the torch backend: the chunk's videos ``config.batch_videos`` at a time, each batch
     one call of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
     (``encode.idt_text_folder``) go through ``idt_sample_chunk`` whatever the backend."""
-    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_version) for v, p in videos.items()},
-                     sample_batch, dask_address, batch_size=config.batch_videos, variant="idt@torch")
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_key) for v, p in videos.items()},
+                     sample_batch, dask_address, batch_size=config.batch_videos, variant="idt@torch",
+                     upstream=upstream)
 
 
-def read_sample(ws: Workspace) -> np.ndarray:
-    """All stored sample rows, (n, 436) float32, in video-id order."""
+def read_sample(ws: Workspace, expected: dict[str, str] | None = None, reader: str = "fit_codebook") -> np.ndarray:
+    """All stored sample rows, (n, 436) float32, in video-id order; ``expected``: the sample's records (chunk -> key)
+    the reader's key was planned from (``storage.upstream.checked_records``)."""
     parts = []
-    for chunk, rec in sorted(ws.records(STAGE).items()):
+    for chunk, rec in sorted(checked_records(ws, STAGE, expected, reader).items()):
         group = ws.open_verified(STAGE, rec)
         for vid in sorted(v for v, info in rec.videos.items() if info.get("status") == "ok"):
             with reading(STAGE, chunk, vid):

@@ -30,6 +30,7 @@ from idtprior.models.resnet3d import ResNet3d
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
 from idtprior.storage.integrity import array_options, reading
+from idtprior.storage.upstream import Upstream, check_upstream
 from idtprior.tasks.common import epoch_done_callback, stamp
 from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
 
@@ -98,10 +99,11 @@ def train_config_fields(shared: PretrainConfig) -> dict:
                                                    "launcher", "slurm"})
 
 
-def idt_labels_for(ws: Workspace, train_ids: list[str]) -> np.ndarray:
+def idt_labels_for(ws: Workspace, train_ids: list[str], key: str | None = None, reader: str = "") -> np.ndarray:
     """The cluster stage's (m, N) labels, columns in ``train_ids`` order; a video without a cluster (no valid
-    sketch) gets a cluster of its own, so it has no close neighbour but itself."""
-    labels, ids = read_cluster_labels(ws)
+    sketch) gets a cluster of its own, so it has no close neighbour but itself. ``key``: the cluster record's key the
+    reader's was planned from (checked when given)."""
+    labels, ids = read_cluster_labels(ws, key, reader)
     where = {v: i for i, v in enumerate(ids)}
     missing = [v for v in train_ids if v not in where]
     if missing:
@@ -262,10 +264,11 @@ def train_stage_task(workspace: str, stage: str, chunk: str, fingerprint: str, t
                      resume_key: str, train_ids: list[str], train_frames: list[int], eval_ids: list[str],
                      eval_frames: list[int], splits: dict[str, str], label_sets: dict[str, dict[str, str]],
                      shared: PretrainConfig, stage_config: TrainStageConfig, init_checkpoint: str | None = None,
-                     progress: bool = True) -> ChunkRecord:
+                     progress: bool = True, upstream: Upstream | None = None) -> ChunkRecord:
     """``train_stage`` in the task's own process (several devices: ``ddp_spawn``)."""
     return train_stage(workspace, stage, chunk, fingerprint, train_fingerprint, resume_key, train_ids, train_frames,
-                       eval_ids, eval_frames, splits, label_sets, shared, stage_config, init_checkpoint, progress)
+                       eval_ids, eval_frames, splits, label_sets, shared, stage_config, init_checkpoint, progress,
+                       upstream=upstream)
 
 
 def launched_rank(devices: int) -> int:
@@ -284,7 +287,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
                 train_ids: list[str], train_frames: list[int], eval_ids: list[str], eval_frames: list[int],
                 splits: dict[str, str], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
                 stage_config: TrainStageConfig, init_checkpoint: str | None = None, progress: bool = True,
-                launched: bool = False) -> ChunkRecord | None:
+                launched: bool = False, upstream: Upstream | None = None) -> ChunkRecord | None:
     """Train (or resume, or continue a shorter run) one stage, export the encoder and the embeddings of every
     decoded video, evaluate kNN, commit the record. When only the evaluation changed (``fingerprint`` differs,
     ``train_fingerprint`` is the earlier record's), the trained run is exported and evaluated again without training.
@@ -292,11 +295,15 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     The Prefect task runs it; so does ``idtprior train-stage`` with ``launched`` True: this process is one of a DDP
     job's, started from outside it (by srun on every node, or by Lightning running the command again per device), so
     it trains with ``ddp`` instead of spawning, and only global rank 0 readies the run folder, exports, evaluates and
-    commits; the other ranks return None when training ends."""
+    commits; the other ranks return None when training ends.
+
+    ``upstream``: the records its key was planned from (decoded frames, clusters, sketches, the network it starts
+    from), checked before it reads any and again before it commits (``storage.upstream``)."""
     ws = Workspace(workspace)
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         return done
+    check_upstream(ws, upstream, stage)
     rank = launched_rank(shared.devices) if launched else 0
     runs = Path(ws.path("runs", stage))
     n_train = len(train_ids)
@@ -314,7 +321,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
         on_epoch = epoch_done_callback(ws.url, stage) if shared.devices * shared.num_nodes == 1 else None
         trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
                          label_sets, shared, stage_config, init_checkpoint, progress and on_epoch is None,
-                         strategy=strategy, prepare=rank == 0, on_epoch=on_epoch)
+                         strategy=strategy, prepare=rank == 0, on_epoch=on_epoch, upstream=upstream or {})
     if rank != 0:
         return None
     run_dir = Path(trained["run_dir"])
@@ -339,6 +346,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
     arr = group.create_array("embeddings", data=emb.astype(np.float32), overwrite=True, **array_options())
     arr.attrs["video_ids"] = list(eval_ids)
     record = ChunkRecord(stage, chunk, fingerprint, version, {"model": info})
+    check_upstream(ws, upstream, stage)  # unchanged while it trained
     ws.commit(stamp(record, "pretrain"))
     for old in runs.iterdir():  # earlier settings' runs: their record is gone, nothing points at them
         if old.is_dir() and old != run_dir:
@@ -372,7 +380,7 @@ def prepare_stage_run(workspace: str, stage: str, chunk: str, fingerprint: str, 
 def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str, train_ids: list[str],
            train_frames: list[int], label_sets: dict[str, dict[str, str]], shared: PretrainConfig,
            stage_config: TrainStageConfig, init_checkpoint: str | None, progress: bool, strategy: str | None = None,
-           prepare: bool = True, on_epoch=None) -> dict:
+           prepare: bool = True, on_epoch=None, upstream: Upstream | None = None) -> dict:
     """Train the stage in ``run_dir`` (resuming its last checkpoint, or continuing a shorter run's); the training
     part of the record. ``prepare`` False: another process readied ``run_dir`` (a DDP job's rank other than 0).
     ``on_epoch(row)``: called after each epoch (``EpochReporter``)."""
@@ -381,10 +389,12 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
     if stage_config.objective == "supervised":
         # train_ids are the labelled ones (train_stage kept them); the folder runs/<stage>/ names the stage
         class_labels = supervised_labels(run_dir.parent.name, label_sets, stage_config.label_column, train_ids)[1]
+    upstream = upstream or {}
     if stage_config.objective == "la" and stage_config.cluster_source == "idt":
-        cluster_labels = idt_labels_for(ws, train_ids)
+        cluster_labels = idt_labels_for(ws, train_ids, upstream.get("cluster", {}).get(ALL), run_dir.parent.name)
     if stage_config.objective == "la" and stage_config.cluster_source == "joint":
-        idt_sketch, idt_valid = read_sketches(ws, train_ids)  # zero rows (valid False) where a video has no sketch
+        # zero rows (valid False) where a video has no sketch
+        idt_sketch, idt_valid = read_sketches(ws, train_ids, upstream.get("encode"), run_dir.parent.name)
     monitor = None
     if "label" in label_sets:
         monitor, _ = encode_labels([label_sets["label"].get(v) for v in train_ids])

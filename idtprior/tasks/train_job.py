@@ -64,8 +64,11 @@ def train_job_script(config: PipelineConfig, stage: str, config_file: str | Path
         directives.append(f"--account={slurm.account}")
     directives += [f"--chdir={Path(workdir or os.getcwd()).resolve()}",
                    f"--output={Path(job_dir).resolve() / 'slurm-%j.out'}", *slurm.job_extra_directives]
+    import idtprior  # the job's processes must run the sources this flow runs (``idtprior.sources``)
+
     cmd = " ".join(shlex.quote(a) for a in [train_command(config), "train-stage", ws.url, stage, "--config",
-                                            str(Path(config_file).resolve()), "--fingerprint", fingerprint])
+                                            str(Path(config_file).resolve()), "--fingerprint", fingerprint,
+                                            "--sources", idtprior.SOURCES])
     lines = [
         "#!/usr/bin/env bash",
         f"# idtprior: the {stage} stage of {ws.url} on {shared.num_nodes} node(s) x {shared.devices} device(s),",

@@ -222,7 +222,28 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
                                       "accelerator": "cpu"},
                             pretrain_ir={"epochs": 1}, pretrain_la={"epochs": 1}, tune_joint={"epochs": 1,
                                                                                               "n_clusters": 3})
-    trained = pretrain_pipeline(tiny, stages=["pretrain_ir", "pretrain_la", "tune_joint"], progress=False)
+    # read-time checks (storage.upstream): clusters committed between a training stage's plan and its task fail the
+    # task before it reads them (nothing trained or committed); the rerun plans from the clusters there then
+    from idtprior.flows.stages import plan_cluster
+    from idtprior.flows.training import plan_train_stage
+    from idtprior.storage.upstream import UpstreamChanged
+    from idtprior.tasks.encode import cluster_task
+    from idtprior.tasks.pretrain import train_stage
+
+    plan = plan_train_stage("pretrain_la", tiny.with_updates(pretrain_la={"init_from": None}), progress=False)
+    plan.pop("legacy", None)
+    other = cfg.with_updates(cluster={"k": 2})  # a cluster run from the UI with another k, in between
+    cplan = plan_cluster(other, ws)["all"]
+    cluster_task.fn(ws.url, "cluster", "all", cplan["fingerprint"], cplan["video_ids"], other.cluster,
+                    upstream=cplan["upstream"])
+    assert read_cluster_labels(ws)[0].max() == 1
+    with pytest.raises(UpstreamChanged, match=r"pretrain_la: upstream changed since planning: cluster all is keyed"):
+        train_stage(ws.url, "pretrain_la", "all", **plan)
+    assert ws.read_record("pretrain_la", "all") is None and not Path(ws.path("runs", "pretrain_la")).exists()
+    trained = pretrain_pipeline(tiny, stages=["cluster", "pretrain_ir", "pretrain_la", "tune_joint"], progress=False)
+    # cluster recomputed under the config's key (k=6 again), and LA trained from the clusters there then
+    assert read_cluster_labels(ws)[0].max() == 5
+    assert ws.read_record("pretrain_la", "all").fingerprint == plan_train_stage("pretrain_la", tiny)["fingerprint"]
     assert [trained[s]["epochs"] for s in ("pretrain_ir", "pretrain_la", "tune_joint")] == [1, 1, 1]
     from idtprior.tasks.pretrain import idt_labels_for
 

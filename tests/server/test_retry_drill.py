@@ -248,3 +248,39 @@ def test_ui_shows_the_run_form_and_a_finished_runs_graph(prefect_server, drill, 
     run = shared.get("clean_run", shared["finished_run"])
     html = screenshot(f"{prefect_server.url}/v2/runs/flow-run/{run['id']}", out / "ui-run-graph.png")
     assert run["name"] in html and "Completed" in html
+
+
+def test_a_pipeline_keeps_its_config_and_a_stage_runs_overrides_apply_to_that_run_only(prefect_server, drill):
+    """Every stage run the pipeline started names the config the pipeline resolved, stored by content in the
+    workspace; a stage run from its own deployment with overrides changes nothing of it (nor ``config.yaml``); a
+    Retry of the pipeline's stage run afterwards reads the pipeline's config, not what ran in between."""
+    from idtprior.flows.runs import load_stored_config, remembered_config
+
+    root, workers, _, shared = drill
+    if "finished_run" not in shared:
+        pytest.skip("needs the finished run of test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk")
+    server = prefect_server
+    ws = Workspace(str(root / "ws"))
+    runs = server.subflow_runs(shared["finished_run"]["id"])  # both attempts' stage runs
+    assert len(runs) == 4
+    (stored,) = {r["parameters"]["config"] for r in runs}
+    assert stored.startswith(ws.path("configs") + "/") and stored.endswith(".yaml")
+    assert load_stored_config(stored) == remembered_config(ws.url)
+    assert load_stored_config(stored).decode.short_side == OVERRIDES["decode.short_side"]
+
+    # a decode run of its own, with an override: its frames, and nothing else
+    single = server.run_deployment_like_the_ui(server.deployment("idtprior-decode", "cpu"), {
+        "config": "", "workspace": str(root / "ws"), "overrides": {"decode.short_side": 24}})
+    single = server.wait_flow_run(single["id"], RUN_TIMEOUT_S, workers)
+    assert single["state_type"] == "COMPLETED", (single["state_name"], single["state"]["message"])
+    assert FrameStore(ws).array("clip000").shape[1] == 24
+    assert remembered_config(ws.url).decode.short_side == OVERRIDES["decode.short_side"]  # config.yaml unchanged
+
+    # Retry of the pipeline's decode run: the pipeline's config, whatever ran in between
+    flows = {f["id"]: f["name"] for f in server.post("/flows/filter", {})}
+    decode_run = max((r for r in runs if flows[r["flow_id"]] == "idtprior-decode"), key=lambda r: r["created"])
+    before = server.flow_run(decode_run["id"])["run_count"]
+    server.retry_like_the_ui(decode_run["id"])
+    again = server.wait_flow_run(decode_run["id"], RUN_TIMEOUT_S, workers, after_states=before)
+    assert again["state_type"] == "COMPLETED", (again["state_name"], again["state"]["message"])
+    assert FrameStore(ws).array("clip000").shape[1] == OVERRIDES["decode.short_side"]

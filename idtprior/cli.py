@@ -194,9 +194,15 @@ def cmd_recompute(args) -> int:
     from idtprior.storage import Workspace
     from idtprior.tasks.pins import invalidate_repinned
 
+    from idtprior.storage.lock import StageBusy
+
     ws = Workspace(args.workspace)
     stages = _split(args.stages) or [*STAGES, "sketches"]
-    done = invalidate_repinned(ws, stages)
+    try:  # it rewrites records under each stage's lock: never beside a run that commits them
+        done = invalidate_repinned(ws, stages)
+    except StageBusy as e:
+        print(f"error: {e}; run it again when that run has ended (it goes on where it stopped)", file=sys.stderr)
+        return 2
     for stage, chunks in done.items():
         print(f"{stage}: {len(chunks)} records computed by code re-pinned since will be recomputed by the next run "
               f"({', '.join(sorted(chunks)[:5])}{', ...' if len(chunks) > 5 else ''})")
@@ -474,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         use_terminal_logging()  # before Prefect is imported: it reads its logging settings once, at import
     from idtprior.config import ConfigError
     from idtprior.datasets.lists import ListFormatError
+    from idtprior.sources import StaleCode
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ListFormatError, OSError, KeyError) as e:
+    except (ConfigError, ListFormatError, OSError, KeyError, StaleCode) as e:
         # one line, no traceback: a bad config or list, a workspace path that is a file, a file that cannot be read
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"idtprior {args.command}: error: {text}", file=sys.stderr)

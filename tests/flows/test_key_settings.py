@@ -11,6 +11,7 @@ from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.stages import plan_detect
 from idtprior.flows.training import plan_train_stage
 from idtprior.storage import Workspace
+from idtprior.storage.lock import WorkspaceLock
 from idtprior.tasks import detect as detect_tasks
 from idtprior.tasks.environment import environment
 
@@ -98,6 +99,9 @@ def test_a_bad_repin_is_undone_for_exactly_the_records_computed_before_it(decode
     try:
         assert main(["status", ws.url]) == 0
         assert "1 of 2 records computed by code re-pinned since: 'a rename (it was not)'" in capsys.readouterr().out
+        with WorkspaceLock(ws, "decode", heartbeat_s=0):  # a run of decode: recompute rewrites no record beside it
+            assert main(["recompute", ws.url, "--repinned"]) == 2
+        assert "error: stage decode of workspace" in capsys.readouterr().err
         assert main(["recompute", ws.url, "--repinned"]) == 0
         assert "decode: 1 records computed by code re-pinned since" in capsys.readouterr().out
         before = {c: r.created for c, r in ws.records("decode").items()}

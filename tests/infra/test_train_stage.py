@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from fake_slurm import install_fake_slurm
+
+import idtprior
 from idtprior.cli import build_parser
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
@@ -51,12 +53,13 @@ def test_the_training_job_script_asks_for_nodes_x_gpus_and_runs_one_entry_point_
     assert body[:2] == ["set -euo pipefail", "module load cuda/12.8"]
     prepare, launch = shlex.split(body[2]), shlex.split(body[3])
     expected = [IDTPRIOR, "train-stage", str(tmp_path / "ws"), "pretrain_la", "--config", str(tmp_path / "cfg.yaml"),
-                "--fingerprint", "f" * 64]
+                "--fingerprint", "f" * 64, "--sources", idtprior.SOURCES]  # the job runs what the flow runs
     assert prepare == [*expected, "--prepare-only"]  # one process readies the run folder before the ranks start
     assert launch == ["srun", "--kill-on-bad-exit=1", *expected]
     args = build_parser().parse_args(launch[3:])  # idtprior's own command line takes it
-    assert (args.command, args.workspace, args.stage, args.config, args.fingerprint, args.prepare_only) == (
-        "train-stage", str(tmp_path / "ws"), "pretrain_la", str(tmp_path / "cfg.yaml"), "f" * 64, False)
+    assert (args.command, args.workspace, args.stage, args.config, args.fingerprint, args.prepare_only,
+            args.sources) == ("train-stage", str(tmp_path / "ws"), "pretrain_la", str(tmp_path / "cfg.yaml"),
+                              "f" * 64, False, idtprior.SOURCES)
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
     cpu = cfg.with_updates(pretrain={"accelerator": "cpu", "slurm": {"gres": None}})
@@ -122,6 +125,9 @@ def test_the_entry_point_commits_the_record_the_flow_expects_and_refuses_a_stale
     plan = plan_train_stage("pretrain_ir", cfg)
     argv = ["train-stage", cfg.workspace, "pretrain_ir", "--config", str(cfg_file)]
 
+    # written by a flow that ran other idtprior sources (a pull in between): trains nothing
+    assert main([*argv, "--fingerprint", plan["fingerprint"], "--sources", "0123456789abcdef"]) == 2
+    assert f"runs idtprior sources {idtprior.SOURCES}" in capsys.readouterr().err
     assert main([*argv, "--fingerprint", "0" * 64]) == 2  # submitted for another plan: trains nothing
     assert f"plans the record key {plan['fingerprint'][:12]}, not 000000000000 as submitted" in capsys.readouterr().err
     assert ws.read_record("pretrain_ir", "all") is None and not Path(ws.path("runs", "pretrain_ir")).exists()

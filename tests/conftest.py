@@ -14,13 +14,20 @@ SHARED_DATA = Path(os.environ.get("IDTPRIOR_SHARED_DATA", Path(__file__).resolve
 
 @pytest.fixture(scope="session")
 def prefect_engine(tmp_path_factory):
-    """A real Prefect engine against a temporary server, results in a temporary folder."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+    """A real Prefect engine against a temporary server, results in a temporary folder.
+
+    Flow-run heartbeats are off in this process: Prefect's heartbeat thread sleeps in 1 s steps and every flow run's
+    end joins it, so each flow run (a pipeline, each of its stages) ended up to a second late, 2.2 s of a 3.1 s rerun
+    of a two-stage pipeline (0.9 s without). They are the server's liveness signal of a run, which no test here reads;
+    runs in other processes (the CLI and worker drills, the server tests) keep Prefect's default."""
+    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_STORAGE_PATH,
+                                  PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings)
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
     with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results), PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results), PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+                                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
 
 

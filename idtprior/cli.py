@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
     cfg = _load(args.config, args.workspace, args.source, args.video_root)
     select_stages(cfg, _split(args.stages), args.from_stage)  # a bad --stages / --from: one line, before any run
     result = _run_pipeline("run", cfg, stages=_split(args.stages), from_stage=args.from_stage,
-                           dask_address=args.dask_address)
+                           dask_address=args.dask_address, retry_failed=args.retry_failed)
     if result is None:
         return 1
     _print_counts(result)
@@ -154,6 +154,10 @@ def cmd_status(args) -> int:
         else:
             line = (f"chunks {st.chunks_done}/{st.chunks_expected}  videos ok {st.videos_ok}  "
                     f"failed {st.videos_failed}")
+            if st.videos_retryable:
+                line += f" ({st.videos_retryable} retryable: --retry-failed)"
+            if st.videos_without_boxes:
+                line += f"  without boxes {st.videos_without_boxes} (their detection failed)"
         if st.stage == "sketches" and not st.done and expected is None:
             continue
         print(f"  {st.stage:<16} {line}" + (f"  [{st.check}]" if st.check else ""))
@@ -334,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", default=None, help="override ingest.video_root, the folder that relative paths in "
                    "a list file resolve against (with --source: default the list file's folder)")
     p.add_argument("--dask-address", default=None, help="an existing Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--retry-failed", nargs="?", const="retryable", default=None, choices=("retryable", "all"),
+                   help="try recorded failures of the selected stages again: those of a fault of the environment "
+                   "(memory, a device, storage; the default), or all of them; the chunks holding them are computed "
+                   "again, and what read them downstream")
     p.add_argument("--verify-checksums", action="store_true", help=VERIFY_HELP)
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)

@@ -46,7 +46,7 @@ def upstream_key(record) -> str:
     had before it was re-keyed (``rekeyed_from``)."""
     if legacy():
         return getattr(record, "rekeyed_from", "") or record.fingerprint
-    return record.fingerprint
+    return record.content_key  # its key, and what retries of its failed videos changed (``--retry-failed``)
 
 
 def upstream_train_key(info: dict, fallback: str) -> str:

@@ -21,7 +21,8 @@ from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkR
                               chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
 from idtprior.storage.workspace import gc_paused
-from idtprior.tasks.common import _logger, close_clients, needs_refresh, showing_progress, task_options
+from idtprior.tasks.common import (STATUS_RETRYABLE, EnvironmentFault, _logger, close_clients, environment_fault,
+                                   needs_refresh, showing_progress, task_options)
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
 ARTIFACT_PREFIX = "idtprior"
@@ -230,6 +231,7 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
             else:
                 rec = records[chunk]
                 outcome = f"{rec.n_ok} ok, {rec.n_failed} failed" if display.unit == "video" else "done"
+                outcome += f", {rec.n_retryable} retryable" if display.unit == "video" and rec.n_retryable else ""
             display.finish(chunk, outcome, cached=getattr(fut.state, "name", "") == "Cached",
                            say=chunk in records)  # a failed chunk: its error line above says it
             if artifact is not None:
@@ -238,7 +240,9 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
         display.close(_stage_counts(records, errors, display.unit))
     if errors:
         chunk, exc = errors[0]
-        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {exc}") from exc
+        env = environment_fault(exc)
+        why = f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)
+        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {why}") from exc
     return records
 
 
@@ -354,6 +358,36 @@ class EpochProgress:
         self.terminal.close(", ".join(parts + ([summary] if summary else [])))
 
 
+RETRY_CHOICES = ("retryable", "all")
+"""``idtprior run --retry-failed [retryable|all]``: the videos a run tries again."""
+
+
+def reopen_failures(ws: Workspace, stage: str, which: str) -> dict[str, int]:
+    """Make the next run of ``stage`` compute again every chunk that holds a video recorded ``retryable`` (a fault of
+    the environment), or also ``failed`` with ``which="all"``: each such record is marked (``Workspace.invalidate``),
+    so its chunk no longer matches its plan, and Prefect's cached result of the chunk is refreshed. The chunk is
+    recomputed under the same key; what the retry changes goes into its ``retried``, which downstream keys hold
+    (``ChunkRecord.content_key``), so the stages after it recompute what read the old outcomes. Takes the stage's
+    lock. Returns chunk -> videos reopened."""
+    if which not in RETRY_CHOICES:
+        raise ConfigError(f"--retry-failed {which!r}: expected one of {list(RETRY_CHOICES)}")
+    statuses = {STATUS_RETRYABLE} | ({STATUS_FAILED} if which == "all" else set())
+    from idtprior.storage.lock import stage_lock
+    from idtprior.tasks.common import RETRY_REASON
+
+    out: dict[str, int] = {}
+    with stage_lock(ws, stage):
+        for chunk, rec in ws.records(stage).items():
+            n = sum(1 for info in rec.videos.values() if info.get("status") in statuses)
+            if n and chunk_count(chunk) is not None and ws.invalidate(
+                    stage, chunk, rec.fingerprint, f"{RETRY_REASON}: {n} videos ({which})"):
+                out[chunk] = n
+    if out:
+        _logger().info(f"{stage}: {sum(out.values())} recorded failures ({which}) in {len(out)} chunks will be "
+                       f"tried again: {', '.join(sorted(out))}")
+    return out
+
+
 def drop_stale_records(ws: Workspace, stage: str, keep: set[str], num_chunks: int | None = None) -> None:
     """Remove records (and data) of chunks of the current chunking that no longer hold any video.
 
@@ -409,7 +443,8 @@ def _rebuild_manifest(ws: Workspace) -> list[ManifestRow]:
         for chunk, rec in ws.records(stage).items():
             if chunk_count(chunk) is None:  # whole-dataset records (``all``) hold no per-video outcome
                 continue
-            for vid, info in [(v, i) for v, i in rec.videos.items() if i.get("status") == STATUS_FAILED]:
+            for vid, info in [(v, i) for v, i in rec.videos.items()
+                              if i.get("status") in (STATUS_FAILED, STATUS_RETRYABLE)]:
                 row = rows.get(vid)
                 if row is not None and row.status == STATUS_OK:
                     row.failed_in = ",".join(filter(None, [row.failed_in, stage]))
@@ -437,19 +472,34 @@ def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], ext
     ok = sum(r.n_ok for r in records.values())
     failed = {vid: info.get("error", "") for r in records.values() for vid, info in r.videos.items()
               if info.get("status") == STATUS_FAILED}
+    retryable = {vid: info.get("error", "") for r in records.values() for vid, info in r.videos.items()
+                 if info.get("status") == STATUS_RETRYABLE}
+    no_boxes = sum(1 for r in records.values() for info in r.videos.values() if info.get("no_boxes"))
     counts = {"stage": stage, "chunks": len(records), "videos_ok": ok, "videos_failed": len(failed)}
-    table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + (extra or [])
+    if retryable:
+        counts["videos_retryable"] = len(retryable)
+    if no_boxes:
+        counts["videos_without_boxes"] = no_boxes
+    table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + [
+        {"video_id": vid, "error": f"retryable (`idtprior run --retry-failed`): {err}"}
+        for vid, err in sorted(retryable.items())] + (extra or [])
     notes = "".join(f"\n- {line}" for line in provenance_lines(ws, stage, records))
+    if no_boxes:
+        notes += (f"\n- {no_boxes} videos ran without person boxes: their detection failed (the failures table of "
+                  f"detect says why)")
+    more = f", {len(retryable)} retryable" if retryable else ""
     create_markdown_artifact(
         key=artifact_key(ws, stage, "summary"),
-        markdown=f"## {stage}\n\n| chunks | videos ok | videos failed |\n|---|---|---|\n"
-                 f"| {len(records)} | {ok} | {len(failed)} |\n" + (f"\n**How it was computed:**\n{notes}\n"
-                                                                    if notes else ""),
-        description=f"{stage}: {ok} ok, {len(failed)} failed")
+        markdown=f"## {stage}\n\n| chunks | videos ok | videos failed | retryable (environment) |\n|---|---|---|---|\n"
+                 f"| {len(records)} | {ok} | {len(failed)} | {len(retryable)} |\n" + (
+                     f"\n**How it was computed:**\n{notes}\n" if notes else ""),
+        description=f"{stage}: {ok} ok, {len(failed)} failed{more}")
     if table:
         create_table_artifact(key=artifact_key(ws, stage, "failures"), table=table,
                               description=f"{stage}: videos that failed")
-    get_run_logger().info(f"{stage}: {len(records)} chunks, {ok} videos ok, {len(failed)} failed")
+    hint = (f" ({len(retryable)} for a fault of the environment: `idtprior run CONFIG --retry-failed` tries them "
+            f"again)" if retryable else "")
+    get_run_logger().info(f"{stage}: {len(records)} chunks, {ok} videos ok, {len(failed)} failed{more}{hint}")
     return counts
 
 

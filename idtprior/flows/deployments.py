@@ -24,6 +24,7 @@ from prefect.logging import get_run_logger
 from pydantic import Field
 
 from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config, parse_config
+from idtprior.flows.common import reopen_failures
 from idtprior.flows.pipeline import FLOWS, pipeline_failed, run_stages, select_stages
 from idtprior.flows.runs import (CONFIG_FILE, CONFIGS_DIR, _fresh, flow_name, is_stored_config, load_stored_config,
                                  remember_config, remembered_config, run_name, stage_failed, store_config,
@@ -34,6 +35,9 @@ from idtprior.storage import Workspace
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 """The bundled configs a run can name instead of a YAML path (``demo``, ``kinetics400``)."""
+
+RetryFailed = Enum("RetryFailed", {"no": "no", "retryable": "retryable", "all": "all"}, type=str, module=__name__)
+"""The run form's choice of recorded failures to try again (``idtprior run --retry-failed``)."""
 
 POOLS = ("cpu", "gpu")
 """Work pools, ``idtprior-<pool>``; every stage has one deployment per pool."""
@@ -49,15 +53,20 @@ def pool_name(pool: str) -> str:
 
 def stage_pool(config: PipelineConfig, stage: str) -> str:
     """The work pool (``cpu`` or ``gpu``) a stage's run goes to: ``pools.<stage>`` when it says cpu or gpu; on
-    ``auto``, the training stages go to the GPU, detect goes there with the Mask R-CNN backend, every other stage to
-    the CPU (IDT has no GPU backend yet; fit_codebook and cluster use CuPy only where it is installed, which the config
-    cannot tell: set ``pools.fit_codebook: gpu`` to send them there)."""
+    ``auto``, the training stages and evaluate go to the GPU, detect goes there with the Mask R-CNN backend, idt and
+    encode with the torch IDT backend (``idt.backend: torch``, rows not imported from text files), every other stage
+    to the CPU (fit_codebook and cluster use CuPy only where it is installed, which the config cannot tell: set
+    ``pools.fit_codebook: gpu`` to send them there)."""
+    from idtprior.flows.stages import torch_backend
+
     choice = getattr(config.pools, stage, "auto")
     if choice != "auto":
         return choice
     if stage in TRAIN_STAGES or stage == "evaluate":
         return "gpu"
     if stage == "detect" and config.detect.backend == "maskrcnn":
+        return "gpu"
+    if stage in ("idt", "encode") and torch_backend(config):
         return "gpu"
     return "cpu"
 
@@ -189,7 +198,8 @@ def _from_deployment() -> bool:
     return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
 
 
-def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_address: str | None = None) -> dict:
+def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_address: str | None = None,
+                              retry_failed: str | None = None) -> dict:
     """Start each stage as a run of its deployment ``idtprior-<stage>/<pool>`` (a subflow of this run in the UI, with
     its own Retry), one after the other; returns each stage's run name and state, or a Failed state naming the first
     stage that did not complete.
@@ -211,6 +221,8 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
         # the config this run stored by content, local or not. The workspace string is a fresh object per stage:
         # Prefect keys its links by id(), and only this stage's parameter may point back at the previous stage's run
         parameters = {"config": _fresh(stored), "workspace": _fresh(ws.url), "dask_address": dask_address or ""}
+        if retry_failed:  # the stage's recorded failures, reopened just before it runs
+            reopen_failures(ws, stage, retry_failed)
         if previous is not None and previous.state is not None:
             link_state_to_flow_run_result(previous.state, parameters["workspace"])
         try:
@@ -249,6 +261,8 @@ STAGES_HELP = "the stages to run (in pipeline order whatever the order chosen); 
 FROM_STAGE_HELP = "run the selected stages from this one on"
 OVERRIDES_HELP = ('dotted config keys to values, e.g. {"pretrain_la.epochs": 5, "ingest.num_chunks": 16}; checked '
                   "against the config before any stage runs")
+RETRY_HELP = ("videos whose failure is recorded, tried again in the selected stages: retryable (a fault of the "
+              "environment: memory, a device, storage) or all (every recorded failure); no: none")
 DASK_HELP = ("address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; empty: the config's (a local cluster "
              "per stage run by default)")
 
@@ -264,8 +278,11 @@ def pretrain_ui(
         stages: list[StageName] = _param([], "Stages", STAGES_HELP),
         from_stage: StageName | None = _param(None, "From stage", FROM_STAGE_HELP),
         overrides: dict[str, Any] = _param({}, "Overrides", OVERRIDES_HELP),
-        dask_address: str = _param("", "Dask scheduler", DASK_HELP)) -> dict:
+        dask_address: str = _param("", "Dask scheduler", DASK_HELP),
+        retry_failed: RetryFailed = _param(RetryFailed.no, "Retry failed videos", RETRY_HELP)) -> dict:
     """Run the pipeline on a workspace from a preset or a YAML config."""
+    retry = getattr(retry_failed, "value", retry_failed)
+    retry = None if retry in (None, "", "no") else retry
     chosen = [getattr(s, "value", s) for s in stages] if stages else None
     start = getattr(from_stage, "value", from_stage)
     try:
@@ -279,8 +296,8 @@ def pretrain_ui(
         return stage_failed("pretrain", e)
     results_in_workspace(cfg)
     if _from_deployment():
-        return run_stages_as_deployments(cfg, selected, dask_address)
-    return run_stages(cfg, selected, dask_address, progress=False)
+        return run_stages_as_deployments(cfg, selected, dask_address, retry)
+    return run_stages(cfg, selected, dask_address, progress=False, retry_failed=retry)
 
 
 def _stage_ui_flow(stage: str):

@@ -148,7 +148,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
         # frames, and the network where it was trained in this workspace
         upstream = {"decode": decoded}
         if net["encoder_path"] is not None and pre_ws.url == ws.url:
-            upstream[network] = {ALL: pre_ws.read_record(network, ALL).fingerprint}
+            upstream[network] = {ALL: pre_ws.read_record(network, ALL).content_key}
         for protocol in cfg.protocols:
             for length in cfg.clip_lengths:
                 chunk = evaluate_tasks.chunk_name(network, protocol, length)

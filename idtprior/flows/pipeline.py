@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig
-from idtprior.flows.common import dask_cluster
+from idtprior.flows.common import dask_cluster, reopen_failures
 from idtprior.flows.runs import flow_name, remember_config, run_name
 from idtprior.flows.stages import STAGE_FLOWS
 from idtprior.storage import Workspace
@@ -79,14 +79,15 @@ def pipeline_failed(stage: str, exc: BaseException):
 
 
 def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, retry_failed: str | None = None) -> dict:
     """Run ``stages`` in this process, each a subflow of the current flow run, sharing one Dask cluster; returns their
     counts (each with the stage's wall ``seconds``), or a Failed state naming the first stage that failed (its
     exception in the state's data).
 
     Each stage waits for the previous one's result (``wait_for``), so the run graph draws the chain
     ingest -> decode -> ...; the results' strings are unshared (``runs.unshared``), so no stage is drawn as a child
-    of an earlier one through a config value that happens to be the same object."""
+    of an earlier one through a config value that happens to be the same object. ``retry_failed`` ("retryable" or
+    "all"): each stage's recorded failures are reopened just before it runs (``common.reopen_failures``)."""
     remember_config(config)
     results: dict[str, dict] = {}
     previous = None
@@ -94,6 +95,8 @@ def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | No
         for stage in stages:
             start = time.monotonic()
             try:
+                if retry_failed:
+                    reopen_failures(Workspace(config.workspace), stage, retry_failed)
                 results[stage] = in_workspace(FLOWS[stage], config)(
                     config, dask_address=address, progress=progress,
                     wait_for=[previous] if previous is not None else None)
@@ -107,14 +110,16 @@ def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | No
 
 @flow(name=flow_name("pretrain"), flow_run_name=run_name("pretrain"))
 def pretrain_pipeline(config: PipelineConfig, stages: list[str] | None = None, from_stage: str | None = None,
-                      dask_address: str | None = None, progress: bool = True) -> dict:
+                      dask_address: str | None = None, progress: bool = True,
+                      retry_failed: str | None = None) -> dict:
     """Run the selected stages (each a subflow, so each is visible and rerunnable on its own); returns their counts.
 
     A stage that fails ends the run Failed with one message naming the stage (a Python caller gets the stage's
-    exception raised: a ``ConfigError`` for a missing prerequisite)."""
+    exception raised: a ``ConfigError`` for a missing prerequisite). ``retry_failed``: "retryable" (videos that failed
+    for a fault of the environment) or "all" (every recorded failure): tried again (``common.reopen_failures``)."""
     try:
         selected = select_stages(config, stages, from_stage)
     except ConfigError as e:
         get_run_logger().error(str(e))
         return Failed(message=str(e), data=e)
-    return run_stages(config, selected, dask_address, progress)
+    return run_stages(config, selected, dask_address, progress, retry_failed)

@@ -181,8 +181,8 @@ def _with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
         rec = ws.read_record("detect", chunk)
         if rec is not None:
             plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", upstream_key(rec)])
-            plan["boxes_key"] = rec.fingerprint
-            plan.setdefault("upstream", {})["detect"] = {chunk: rec.fingerprint}
+            plan["boxes_key"] = rec.content_key
+            plan.setdefault("upstream", {})["detect"] = {chunk: rec.content_key}
     return plans
 
 
@@ -366,7 +366,7 @@ def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     plans = _chunk_plans("encode", rows, lambda r: r.path, cfg_hash, code_key(idt_code("encode", config)),
                          {"idt": config.idt, "config": config.encode})
     for plan in plans.values():  # the codebook the keys hold, which each task checks it reads
-        plan["upstream"] = {"fit_codebook": {encode_tasks.ALL: book.fingerprint}}
+        plan["upstream"] = {"fit_codebook": {encode_tasks.ALL: book.content_key}}
     if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
         plans = _with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
     else:

@@ -107,7 +107,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
         if rec is None:
             raise missing_stage(ws, f"{stage} uses the IDT clusters, and there are none", "cluster")
         inputs["clusters"] = upstream_key(rec)
-        upstream["cluster"] = {ALL: rec.fingerprint}
+        upstream["cluster"] = {ALL: rec.content_key}
     if stage_cfg.objective == "la" and stage_cfg.cluster_source == "joint":
         records = ws.records("encode")
         encoded = {c: upstream_key(r) for c, r in records.items()}
@@ -122,7 +122,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
             raise ConfigError(f"{stage} starts from {stage_cfg.init_from} (init_from), which has not run in "
                               f"{ws.url}; run it first ({how_to_run(stage_cfg.init_from)}) or set {stage}.init_from: null")
         init_checkpoint = rec.videos["model"]["checkpoint"]
-        upstream[stage_cfg.init_from] = {ALL: rec.fingerprint}
+        upstream[stage_cfg.init_from] = {ALL: rec.content_key}
         # what the stage trained, not how it was evaluated: a new label file or knn_k must not retrain this stage
         # (records written before the train fingerprint was stored fall back to the whole fingerprint)
         inputs["init"] = upstream_train_key(rec.videos["model"], rec.fingerprint)

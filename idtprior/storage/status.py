@@ -33,6 +33,8 @@ class StageStatus:
     chunks_expected: int = 0
     videos_ok: int = 0
     videos_failed: int = 0
+    videos_retryable: int = 0  # of videos_failed: a fault of the environment (``idtprior run --retry-failed``)
+    videos_without_boxes: int = 0  # ok, but ran without person boxes: their detection failed
     errors: dict[str, str] = field(default_factory=dict)  # video_id -> message
     whole: bool = False  # one record for the whole dataset (chunk "all")
     created: float = 0.0  # whole-dataset stages: when the record was committed (0: not run)
@@ -86,8 +88,10 @@ def workspace_status(ws: Workspace, stages: tuple[str, ...],
                 for vid, info in rec.videos.items():
                     if info.get("status") == "ok":
                         st.videos_ok += 1
+                        st.videos_without_boxes += bool(info.get("no_boxes"))
                     else:
                         st.videos_failed += 1
+                        st.videos_retryable += info.get("status") == "retryable"
                         st.errors[vid] = info.get("error", "")
         st.records = records
         if expected is not None and stage not in expected:

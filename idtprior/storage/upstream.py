@@ -20,7 +20,7 @@ artifacts, ``idtprior export``) read the current records, unchecked.
 from idtprior.storage.workspace import ChunkRecord, Workspace
 
 Upstream = dict[str, dict[str, str]]
-"""stage -> chunk -> the key (``ChunkRecord.fingerprint``) a task's key was planned from."""
+"""stage -> chunk -> the key (``ChunkRecord.content_key``) a task's key was planned from."""
 
 
 class UpstreamChanged(RuntimeError):
@@ -28,8 +28,9 @@ class UpstreamChanged(RuntimeError):
 
 
 def planned(records: dict[str, ChunkRecord]) -> dict[str, str]:
-    """chunk -> key of ``records`` (a stage's records, or some of them), as a task's ``upstream`` holds them."""
-    return {chunk: rec.fingerprint for chunk, rec in records.items()}
+    """chunk -> key of ``records`` (a stage's records, or some of them), as a task's ``upstream`` holds them: the
+    record's ``content_key`` (its key, and what retries of its failed videos changed)."""
+    return {chunk: rec.content_key for chunk, rec in records.items()}
 
 
 def _changed(reader: str, what: str, found: str, expected: str) -> UpstreamChanged:
@@ -45,8 +46,8 @@ def checked_record(ws: Workspace, stage: str, chunk: str, expected: str | None, 
     """The record of ``stage``/``chunk`` (None when there is none), checked to be keyed ``expected`` when given:
     ``UpstreamChanged`` naming ``reader``, the record and both keys otherwise."""
     rec = ws.read_record(stage, chunk)
-    if expected is not None and (rec is None or rec.fingerprint != expected):
-        raise _changed(reader, f"{stage} {chunk}", _short(rec.fingerprint if rec else None), _short(expected))
+    if expected is not None and (rec is None or rec.content_key != expected):
+        raise _changed(reader, f"{stage} {chunk}", _short(rec.content_key if rec else None), _short(expected))
     return rec
 
 

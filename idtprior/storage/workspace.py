@@ -40,6 +40,7 @@ import fsspec
 import zarr
 import zarr.errors
 
+from idtprior.storage.fingerprint import hash_json
 from idtprior.storage.integrity import IntegrityError, check_files, chunk_label, describe_files, full_check_asked
 
 RECORD_FORMAT = 2
@@ -63,7 +64,8 @@ class ChunkRecord:
     chunk: str
     fingerprint: str  # hash of the inputs' fingerprints + stage config + code version
     version: str  # the group under <stage>.zarr/<chunk>/ holding this chunk's arrays ("" when none)
-    videos: dict[str, dict] = field(default_factory=dict)  # video_id -> {"status": "ok"|"failed", "error": ..., ...}
+    # video_id -> {"status": "ok"|"failed"|"retryable", "error": ..., ...}
+    videos: dict[str, dict] = field(default_factory=dict)
     created: float = 0.0
     seconds: float = 0.0
     format: int = RECORD_FORMAT
@@ -79,6 +81,15 @@ class ChunkRecord:
     env: dict[str, str] = field(default_factory=dict)
     rekeyed_from: str = ""  # the legacy key of a record re-keyed in place at the upgrade (``idtprior.keyscheme``)
     invalidated: str = ""  # why the record matches no plan any more (``idtprior recompute``): the next run redoes it
+    # what retries of its failed videos changed (``idtprior run --retry-failed``): a hash over every outcome a retry
+    # changed, "" when none did. The record keeps its plan's key (a run without the flag finds it up to date), and
+    # downstream keys hold ``content_key``, so what read its old outcomes is recomputed
+    retried: str = ""
+
+    @property
+    def content_key(self) -> str:
+        """What a downstream key holds of this record: its key, and what retries of its videos changed."""
+        return self.fingerprint if not self.retried else hash_json([self.fingerprint, "retried", self.retried])
 
     def file_table(self) -> dict[str, list] | None:
         """``files`` as ``relpath -> [size, crc32c hex]`` (None: not listed), decoded on first use. Raises
@@ -98,6 +109,11 @@ class ChunkRecord:
     @property
     def n_failed(self) -> int:
         return sum(1 for v in self.videos.values() if v.get("status") == "failed")
+
+    @property
+    def n_retryable(self) -> int:
+        """Videos that failed for a fault of the environment (``tasks.common.STATUS_RETRYABLE``)."""
+        return sum(1 for v in self.videos.values() if v.get("status") == "retryable")
 
 
 @contextlib.contextmanager

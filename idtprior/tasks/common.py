@@ -144,9 +144,48 @@ def _video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace:
     return out
 
 
+STATUS_RETRYABLE = "retryable"
+"""A video's outcome when it failed alone with a fault of the environment after the chunk's retries: not its own
+fault, so ``idtprior run --retry-failed`` tries it again (``status``: ok, failed, retryable)."""
+_UNAVAILABLE_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                                 errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                                 errno.EAGAIN, errno.EBUSY, errno.ENOLCK})
+_DEVICE_WORDS = ("not compiled with cuda", "no cuda gpus", "cuda error", "cuda driver", "cudnn", "nccl",
+                 "device-side assert", "out of memory", "cublas", "hip error", "mps backend out of memory")
+
+
+def environment_fault(exc: BaseException | None) -> str | None:
+    """What fault of the environment ``exc`` (or an exception it was raised from) is: memory, a device or its
+    driver, storage that is briefly unavailable, or an upstream store deleted while it was read (a concurrent rerun);
+    None when it is none of these. Such a fault is never a video's own: ``_failed``, ``is_transient``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or name == "OutOfMemoryError":  # torch's, CuPy's (cupy.cuda.memory)
+            return "out of memory"
+        if isinstance(exc, (RuntimeError, AssertionError)) and any(w in text for w in _DEVICE_WORDS):
+            return "a device or its driver"
+        if name in ("GroupNotFoundError", "ArrayNotFoundError", "NodeNotFoundError"):
+            return "an upstream store deleted while it was read"
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in _UNAVAILABLE_ERRNOS:
+            return "storage unavailable"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class EnvironmentFault(TransientError):
+    """A chunk that failed for a fault of the environment (``environment_fault``); ``str()`` names the cause."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Retry only faults that a second try can fix; bad videos, bad settings and a full disk never are."""
-    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault, IntegrityError)) or disk_full(exc) is not None:
+    if disk_full(exc) is not None:
+        return False
+    if environment_fault(exc) is not None:
+        return True
+    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault, IntegrityError)):
         return False  # IntegrityError: stored data is damaged; reading it again gives the same answer
     if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
         return True
@@ -221,32 +260,72 @@ def close_clients() -> None:
         _clients.clear()
 
 
-def _guard(fn: Callable, video_id: str, *args) -> dict:
-    """Run one video's work; turn its failure into a result row unless it is a transient I/O fault or a full disk
-    (the chunk's fault, not the video's: ``run_chunk`` fails the chunk)."""
-    try:
-        return {"status": "ok", **(fn(video_id, *args) or {})}
-    except Exception as e:  # noqa: BLE001 - a bad video must not fail its chunk
-        return _failed(e)
+MISSING_RETRY_S = (1.0, 3.0)
+"""After a video's input file is found missing in a stage after ingest (it was there when ingest probed it: a network
+file system's file briefly gone), its work is tried again after these pauses before the video is failed."""
 
 
-def _failed(e: Exception) -> dict:
-    """A video's failure as its result row; raised instead where it is the chunk's fault."""
-    # a damaged input (IntegrityError) is the chunk's fault too: as a video's failure it would be cached under an
-    # unchanged key; failing the chunk leaves it to recompute once the input is repaired (idtprior verify --repair)
-    # an upstream record that changed since planning: the chunk's too (nothing is committed; the next run replans)
-    if disk_full(e) is not None or isinstance(e, (IntegrityError, UpstreamChanged)) or (
-            is_transient(e) and not isinstance(e, FileNotFoundError)):
+def missing_file(exc: BaseException | None) -> bool:
+    """True when ``exc`` or an exception it was raised from is a missing file (``VideoError`` wraps the decoder's)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, FileNotFoundError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _guard(fn: Callable, video_id: str, *args, final: bool = True) -> dict:
+    """Run one video's work; turn its failure into a result row unless it is the chunk's (``_failed``). A missing
+    input file is tried again after ``MISSING_RETRY_S`` in every stage but ingest (which is where a listed file that
+    does not exist is first seen)."""
+    pauses = list(MISSING_RETRY_S) if args[1] != "ingest" else []
+    while True:
+        try:
+            return {"status": "ok", **(fn(video_id, *args) or {})}
+        except Exception as e:  # noqa: BLE001 - a bad video must not fail its chunk
+            if pauses and missing_file(e) and not isinstance(e, (IntegrityError, UpstreamChanged)):
+                time.sleep(pauses.pop(0))
+                continue
+            return _failed(e, final)
+
+
+def _failed(e: Exception, final: bool = True) -> dict:
+    """A video's failure as its result row; raised instead where it is the chunk's fault.
+
+    - a full disk, damaged stored data (``IntegrityError``: as a video's failure it would be cached under an unchanged
+      key), an upstream record changed since planning: the chunk's, always;
+    - a fault of the environment (``environment_fault``: memory, device, driver, unavailable storage, a store deleted
+      while read) or another transient I/O fault: the chunk's while the task has retries left; on its last attempt, a
+      ``retryable`` row (``run_chunk`` still fails the chunk when no video of it got through);
+    - anything else, a file that stayed missing (``_guard`` tried it again) among them: the video's failure."""
+    from idtprior.sources import StaleCode
+
+    if disk_full(e) is not None or isinstance(e, (IntegrityError, UpstreamChanged, StaleCode)):
         raise e
+    env = environment_fault(e)
+    if env is not None or (is_transient(e) and not missing_file(e)):
+        if not final:
+            raise e
+        return {"status": STATUS_RETRYABLE, "error": f"{env or 'a transient fault'}: {type(e).__name__}: {e}"[:2000]}
     return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
-def _guard_batch(fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
+def _guard_batch(fn: Callable, video_ids: list[str], *args, final: bool = True) -> dict[str, dict]:
     """Run a batch of videos' work: ``fn(video_ids, *args)`` returns each video's result dict, or the exception that
     video failed with (a failure of the batch as a whole propagates: it is the chunk's)."""
     out = fn(video_ids, *args)
-    return {v: _failed(out[v]) if isinstance(out[v], Exception) else {"status": "ok", **(out[v] or {})}
+    return {v: _failed(out[v], final) if isinstance(out[v], Exception) else {"status": "ok", **(out[v] or {})}
             for v in video_ids}
+
+
+def last_attempt() -> bool:
+    """True on the chunk task's last attempt (its retries used up), and outside a task run (no retry to come)."""
+    ctx = TaskRunContext.get()
+    if ctx is None or ctx.task_run is None:
+        return True
+    return ctx.task_run.run_count > (ctx.task.retries or 0)
 
 
 _TUNED_THREADS: int | None = None
@@ -292,20 +371,20 @@ def _heap_for_arrays(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 <
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
-def _guard_on_worker(sources: str, fn: Callable, video_id: str, *args) -> dict:
+def _guard_on_worker(sources: str, final: bool, fn: Callable, video_id: str, *args) -> dict:
     """:func:`_guard` on a Dask worker set up by :func:`tune_worker_process` (one native thread per video), once the
     worker has shown that it runs the flow's ``sources`` (``idtprior.sources.check_worker``: a worker that imported
     older code fails the chunk, not the video)."""
     check_worker(sources, f"{args[1]} {args[2]} video {video_id}")
     tune_worker_process(1)
-    return _guard(fn, video_id, *args)
+    return _guard(fn, video_id, *args, final=final)
 
 
-def _guard_batch_on_worker(sources: str, fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
+def _guard_batch_on_worker(sources: str, final: bool, fn: Callable, video_ids: list[str], *args) -> dict[str, dict]:
     """:func:`_guard_batch` on a Dask worker set up by :func:`tune_worker_process`, its sources checked first."""
     check_worker(sources, f"{args[1]} {args[2]} videos {video_ids[0]}+{len(video_ids)}")
     tune_worker_process(1)
-    return _guard_batch(fn, video_ids, *args)
+    return _guard_batch(fn, video_ids, *args, final=final)
 
 
 def run_chunk(
@@ -348,6 +427,7 @@ def run_chunk(
         ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed after its record rename left
         return done
     check_upstream(ws, upstream, f"{stage} {chunk}")
+    final = last_attempt()  # environment faults: the chunk's while retries are left, then the lone video's
     t0 = time.time()
     ids = sorted(videos)
     kind = fault_kind(stage, chunk)
@@ -362,16 +442,18 @@ def run_chunk(
 
         def submit(client, unit: list[str]):
             if batch_size:
-                return client.submit(_guard_batch_on_worker, sources, per_video, unit, ws.url, stage, chunk,
+                return client.submit(_guard_batch_on_worker, sources, final, per_video, unit, ws.url, stage, chunk,
                                      version, [videos[v] for v in unit],
                                      key=f"{stage}-{chunk}-{version}-{unit[0]}+{len(unit)}", pure=False)
-            return client.submit(_guard_on_worker, sources, per_video, unit[0], ws.url, stage, chunk, version,
+            return client.submit(_guard_on_worker, sources, final, per_video, unit[0], ws.url, stage, chunk, version,
                                  *videos[unit[0]], key=f"{stage}-{chunk}-{version}-{unit[0]}", pure=False)
 
         def run_here(unit: list[str]) -> dict[str, dict]:
             if batch_size:
-                return _guard_batch(per_video, unit, ws.url, stage, chunk, version, [videos[v] for v in unit])
-            return {unit[0]: _guard(per_video, unit[0], ws.url, stage, chunk, version, *videos[unit[0]])}
+                return _guard_batch(per_video, unit, ws.url, stage, chunk, version, [videos[v] for v in unit],
+                                    final=final)
+            return {unit[0]: _guard(per_video, unit[0], ws.url, stage, chunk, version, *videos[unit[0]],
+                                    final=final)}
 
         if dask_address:
             client = get_client(dask_address)
@@ -395,6 +477,12 @@ def run_chunk(
                 for _ in unit:
                     tick()
         writing = None
+        env_failed = [v for v in ids if results[v].get("status") == STATUS_RETRYABLE]
+        if env_failed and len(env_failed) == len(ids):  # no video got through: the environment's fault, not theirs
+            raise EnvironmentFault(f"{stage} {chunk}: every video failed with a fault of the environment, not of the "
+                                   f"videos, on the task's last attempt; first: {env_failed[0]}: "
+                                   f"{results[env_failed[0]]['error']}; nothing committed: fix it and run the stage "
+                                   f"again")
         if finish is not None:
             finish(ws.chunk_group(stage, chunk, version, mode="a"), results)
         results = {vid: {k: v for k, v in res.items() if not k.startswith("_")} for vid, res in results.items()}
@@ -402,7 +490,7 @@ def run_chunk(
         maybe_inject_fault(ws, stage, chunk)
         record = ChunkRecord(stage=stage, chunk=chunk, fingerprint=fingerprint, version=version,
                              videos={vid: {**(annotations or {}).get(vid, {}), **results[vid]} for vid in ids},
-                             seconds=round(time.time() - t0, 3))
+                             seconds=round(time.time() - t0, 3), retried=retried_outcomes(done, fingerprint, results))
         check_upstream(ws, upstream, f"{stage} {chunk}")  # unchanged while the videos ran
         ws.commit(stamp(record, variant or stage))
     except Exception as e:
@@ -415,6 +503,22 @@ def run_chunk(
                                    f"failed: free space and run the stage again") from e
     logger.info(f"{stage} {chunk}: {record.n_ok} ok, {record.n_failed} failed in {record.seconds:.1f}s")
     return record
+
+
+RETRY_REASON = "retry-failed"
+"""How ``flows.common.reopen_failures`` marks a record whose failed videos a run tries again."""
+
+
+def retried_outcomes(done: ChunkRecord | None, fingerprint: str, results: dict[str, dict]) -> str:
+    """The ``retried`` of a chunk computed again because its failed videos were reopened (``done``: its record then,
+    keyed ``invalidated-<fingerprint>``): a hash over the outcomes that changed and the record's earlier ``retried``;
+    the earlier one where nothing changed; "" for a chunk computed for any other reason."""
+    if done is None or not done.invalidated.startswith(RETRY_REASON) or done.fingerprint != \
+            f"invalidated-{fingerprint}":
+        return ""
+    changed = {v: r.get("status") for v, r in sorted(results.items())
+               if done.videos.get(v, {}).get("status") != r.get("status")}
+    return hash_json([done.retried, changed]) if changed else done.retried
 
 
 def _logger():
@@ -467,9 +571,26 @@ def _no_display() -> None:
     pass
 
 
+RETRY_DELAYS_ENV = "IDTPRIOR_RETRY_DELAYS"
+
+
+def retry_delays() -> list[float]:
+    """Seconds before a chunk task's two retries: 2 and 10, or ``IDTPRIOR_RETRY_DELAYS="0,0"`` (tests and drills)."""
+    spec = os.environ.get(RETRY_DELAYS_ENV, "").strip()
+    if not spec:
+        return [2, 10]
+    try:
+        delays = [float(x) for x in spec.split(",")]
+    except ValueError as e:
+        raise ValueError(f"{RETRY_DELAYS_ENV}={spec!r}: expected two numbers of seconds, e.g. '2,10'") from e
+    if len(delays) != 2 or min(delays) < 0:
+        raise ValueError(f"{RETRY_DELAYS_ENV}={spec!r}: expected two numbers of seconds, e.g. '2,10'")
+    return delays
+
+
 def task_options(workspace: Workspace) -> dict:
     """Prefect options every chunk task gets: results persisted in the workspace, cache keyed by the record."""
-    opts = dict(cache_key_fn=cache_key_from_record, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
+    opts = dict(cache_key_fn=cache_key_from_record, persist_result=True, retries=2, retry_delay_seconds=retry_delays(),
                 retry_condition_fn=retry_transient)
     if workspace.results_dir is not None:
         opts["result_storage"] = Path(workspace.results_dir)

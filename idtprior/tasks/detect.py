@@ -134,16 +134,25 @@ def read_chunk_boxes(workspace: str, chunk: str, key: str | None, video_id: str,
                      ) -> list[np.ndarray] | None:
     """A video's per-frame boxes from the chunk's detect record keyed ``key``, the key the reader's was planned from
     (None: no boxes; ``UpstreamChanged`` naming ``reader`` when the record is keyed otherwise now). None too where
-    the video has none."""
+    the video has none (``chunk_boxes`` says why)."""
+    return chunk_boxes(workspace, chunk, key, video_id, reader)[0]
+
+
+def chunk_boxes(workspace: str, chunk: str, key: str | None, video_id: str, reader: str = ""
+                ) -> tuple[list[np.ndarray] | None, str]:
+    """``read_chunk_boxes`` and, where the video has no boxes because its detection failed, why ("" otherwise): a
+    reader runs without boxes then, and says so in its record (``no_boxes``), never silently."""
     if not key:
-        return None
+        return None, ""
     ws = Workspace(workspace)
     rec = checked_record(ws, STAGE, chunk, key, reader or f"a reader of {STAGE} {chunk}")
-    if rec.videos.get(video_id, {}).get("status") != "ok":
-        return None
+    info = rec.videos.get(video_id, {})
+    if info.get("status") != "ok":
+        why = f"{STAGE} {info.get('status', 'did not run')}: {info.get('error', 'no outcome recorded')}"[:500]
+        return None, why
     group = ws.open_verified(STAGE, rec, video=video_id)  # its files checked against the record
     with reading(STAGE, chunk, video_id):
-        return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...])
+        return unpack_boxes(group[video_id]["offsets"][...], group[video_id]["rows"][...]), ""
 
 
 def boxes_for_frames(boxes: list[np.ndarray] | None, height: int, width: int, max_side: int | None):
@@ -158,7 +167,7 @@ def read_video_boxes(ws: Workspace, video_id: str) -> list[np.ndarray]:
     for chunk, rec in ws.records(STAGE).items():
         info = rec.videos.get(video_id)
         if info is not None and info.get("status") == "ok":
-            return read_chunk_boxes(ws.url, chunk, rec.fingerprint, video_id)
+            return read_chunk_boxes(ws.url, chunk, rec.content_key, video_id)
     raise KeyError(f"video {video_id!r} has no boxes in {ws.url}: run the detect stage")
 
 
@@ -174,7 +183,7 @@ def export_boxes(ws: Workspace, folder: str | Path, video_ids: list[str] | None 
             if info.get("status") != "ok" or (wanted is not None and vid not in wanted):
                 continue
             path = folder / f"{vid}.bb"
-            write_boxes(path, read_chunk_boxes(ws.url, chunk, rec.fingerprint, vid))
+            write_boxes(path, read_chunk_boxes(ws.url, chunk, rec.content_key, vid))
             out.append(path)
     if wanted is not None and len(out) < len(wanted):
         missing = sorted(wanted - {p.name[:-3] for p in out})

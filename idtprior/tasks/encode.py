@@ -14,7 +14,7 @@ from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, check_upstream, checked_record, checked_records
 from idtprior.tasks.common import run_chunk, stamp
-from idtprior.tasks.detect import read_chunk_boxes
+from idtprior.tasks.detect import chunk_boxes
 from idtprior.tasks.idt import batch_idt, read_sample, video_rows
 
 ALL = "all"  # the chunk name of whole-dataset stages (codebook, cluster)
@@ -71,10 +71,12 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
 
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
                enc: EncodeConfig, codebook: Codebook, boxes_key: str | None = None) -> dict:
-    """One video's IDT rows (extracted, or read from its text file) encoded: ``encode_rows``."""
-    boxes = None if enc.idt_text_folder else read_chunk_boxes(workspace, chunk, boxes_key, video_id,
-                                                              f"{stage} {chunk}")
-    return encode_rows(video_rows(video_id, path, idt, enc.idt_text_folder, boxes), codebook, enc.keep_descriptors)
+    """One video's IDT rows (extracted, or read from its text file) encoded: ``encode_rows``. A video whose detection
+    failed runs without boxes, and its record says so (``no_boxes``)."""
+    boxes, why = (None, "") if enc.idt_text_folder else chunk_boxes(workspace, chunk, boxes_key, video_id,
+                                                                    f"{stage} {chunk}")
+    out = encode_rows(video_rows(video_id, path, idt, enc.idt_text_folder, boxes), codebook, enc.keep_descriptors)
+    return {**out, "no_boxes": why} if why else out
 
 
 def encode_rows(rows: np.ndarray, codebook: Codebook, keep_descriptors: bool, xp=np) -> dict:
@@ -111,7 +113,8 @@ def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
     configs, codebook, boxes key): the batch's IDT in one call of the batched extractor, then each video's Fisher
     vector and sketch, on the GPU through CuPy where the extractor ran on CUDA and CuPy is installed."""
     idt, enc, book, boxes_key = args[0][1:]
-    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    found = {v: chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    boxes = {v: b for v, (b, _) in found.items()}
     xp = _device_arrays(idt)
     out: dict[str, dict | Exception] = {}
     for vid, rows in batch_idt({v: a[0] for v, a in zip(video_ids, args)}, idt, boxes).items():
@@ -122,6 +125,9 @@ def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
             out[vid] = encode_rows(rows, book, enc.keep_descriptors, xp)
         except Exception as e:  # noqa: BLE001 - the video's failure
             out[vid] = e
+            continue
+        if found[vid][1]:
+            out[vid]["no_boxes"] = found[vid][1]
     return out
 
 

@@ -15,7 +15,7 @@ from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, checked_records
 from idtprior.tasks.common import TransientError, run_chunk
-from idtprior.tasks.detect import boxes_for_frames, imported_file, read_chunk_boxes
+from idtprior.tasks.detect import boxes_for_frames, chunk_boxes, imported_file
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
 from idtprior.video.idt.textformat import read_idt_text
@@ -128,10 +128,12 @@ def choose_sample(video_ids: list[str], count: int, seed: int) -> set[str]:
 
 def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, cfg: IDTConfig,
                boxes_key: str | None = None, text_folder: str | None = None) -> dict:
-    """One video's IDT rows (extracted, or read from its text file), its seeded R rows stored."""
-    boxes = None if text_folder else read_chunk_boxes(workspace, chunk, boxes_key, video_id, f"{stage} {chunk}")
-    return keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, cfg, text_folder, boxes),
-                       cfg)
+    """One video's IDT rows (extracted, or read from its text file), its seeded R rows stored. A video whose
+    detection failed runs without boxes, and its record says so (``no_boxes``)."""
+    boxes, why = (None, "") if text_folder else chunk_boxes(workspace, chunk, boxes_key, video_id, f"{stage} {chunk}")
+    out = keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, cfg, text_folder, boxes),
+                      cfg)
+    return {**out, "no_boxes": why} if why else out
 
 
 def keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: str, rows: np.ndarray,
@@ -153,11 +155,14 @@ def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
     key)."""
     paths = {v: a[0] for v, a in zip(video_ids, args)}
     cfg, boxes_key = args[0][1], args[0][2]
-    boxes = {v: read_chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    found = {v: chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    boxes = {v: b for v, (b, _) in found.items()}
     out: dict[str, dict | Exception] = {}
     for vid, rows in batch_idt(paths, cfg, boxes).items():
         out[vid] = rows if isinstance(rows, Exception) else keep_sample(vid, workspace, stage, chunk, version, rows,
                                                                         cfg)
+        if found[vid][1] and isinstance(out[vid], dict):
+            out[vid]["no_boxes"] = found[vid][1]
     return out
 
 

@@ -161,6 +161,11 @@ def test_stage_pool_auto_rule_and_per_stage_choice():
                     "encode": "cpu", "cluster": "cpu", "pretrain_ir": "gpu", "pretrain_la": "gpu",
                     "tune_joint": "gpu", "pretrain_la_bank": "gpu", "supervised": "gpu", "evaluate": "gpu"}
     assert stage_pool(cfg.with_updates(detect={"backend": "maskrcnn"}), "detect") == "gpu"
+    torch_idt = cfg.with_updates(idt={"backend": "torch"})  # the batched extractor, for a GPU: idt and encode there
+    assert {s: stage_pool(torch_idt, s) for s in ("idt", "encode", "fit_codebook")} == {
+        "idt": "gpu", "encode": "gpu", "fit_codebook": "cpu"}
+    imported = torch_idt.with_updates(encode={"idt_text_folder": "/rows"})  # rows read from text files: CPU tasks
+    assert (stage_pool(imported, "idt"), stage_pool(imported, "encode")) == ("cpu", "cpu")
     chosen = apply_overrides(cfg, {"pools.fit_codebook": "gpu", "pools.pretrain_ir": "cpu"})
     assert (stage_pool(chosen, "fit_codebook"), stage_pool(chosen, "pretrain_ir")) == ("gpu", "cpu")
     with pytest.raises(ConfigError, match=r"pools\.encode.*\(value 'tpu'\)"):

@@ -64,7 +64,9 @@ def test_the_pipeline_form_is_small_typed_and_runs_with_its_defaults():
     schema = _schema(pretrain_ui)
     props = schema["properties"]
     assert list(props) == ["config", "workspace", "source", "video_root", "stages", "from_stage", "overrides",
-                           "dask_address"]
+                           "dask_address", "retry_failed"]
+    assert schema["definitions"]["RetryFailed"]["enum"] == ["no", "retryable", "all"]
+    assert props["retry_failed"]["default"] == "no"  # recorded failures are tried again only when asked
     assert schema.get("required", []) == []  # Quick run: every field has a default
     assert props["config"]["default"] == "demo" and "demo" in PRESETS and "kinetics400" in PRESETS
     assert props["overrides"]["default"] == {} and props["overrides"]["type"] == "object"

@@ -73,7 +73,7 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.tasks.idt", "sample_one", {"idt"}),
     ("idtprior.tasks.idt", "video_rows", {"idt", "encode"}),
     ("idtprior.tasks.idt", "idt_params", IDT),
-    ("idtprior.tasks.detect", "read_chunk_boxes", IDT),
+    ("idtprior.tasks.detect", "chunk_boxes", IDT),
     # evaluate loads encoders through models.lightning, which imports the losses
     ("idtprior.models.losses", "la_loss", {"pretrain", "evaluate"}),
     # the evaluation core is evaluate's alone

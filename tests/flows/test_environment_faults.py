@@ -13,12 +13,13 @@ import pytest
 from idtprior.cli import main
 from idtprior.config import PipelineConfig, load_config
 from idtprior.datasets.synthetic import make_demo_data
+from idtprior.flows.deployments import pretrain_ui
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import Workspace, read_manifest
 from idtprior.storage.integrity import IntegrityError
 from idtprior.tasks import common, decode, encode, idt
 from idtprior.tasks import detect as detect_tasks
-from idtprior.tasks.common import EnvironmentFault
+from idtprior.tasks.common import EnvironmentFault, environment_fault, is_transient
 from idtprior.video.io import VideoError
 from idtprior_testutils import write_moving_square_videos
 
@@ -95,14 +96,15 @@ def test_a_missing_file_is_tried_again_and_one_that_stays_missing_is_the_videos_
     assert rec["clip002"]["status"] == "failed" and seen["clip002"] == 3  # the video's own failure, after 2 retries
     assert "No such file" in rec["clip002"]["error"]
 
-    # --retry-failed (retryable ones): clip002's failure is its own, nothing recomputed
+    # the run form's "Retry failed videos: retryable": clip002's failure is its own, nothing recomputed
     monkeypatch.setattr(decode.video_io, "iter_frames", real)
     before = _created(ws, "decode")
-    pretrain_pipeline(cfg, stages=["decode"], progress=False, retry_failed="retryable")
-    assert _created(ws, "decode") == before
-    # --retry-failed all: exactly clip002's chunk again
     config_file = tmp_path / "config.yaml"
     config_file.write_text(Path(ws.path("config.yaml")).read_text())
+    assert pretrain_ui(config=str(config_file), stages=["decode"], retry_failed="retryable",
+                       return_state=True).is_completed()
+    assert _created(ws, "decode") == before
+    # --retry-failed all: exactly clip002's chunk again
     assert main(["run", str(config_file), "--stages", "decode", "--retry-failed", "all"]) == 0
     after = _created(ws, "decode")
     assert {c for c in after if after[c] != before[c]} == {rows["clip002"].chunk}
@@ -210,3 +212,32 @@ def test_a_failed_detection_is_never_silent_and_a_boxes_group_deleted_during_a_r
     assert f"detect chunk {chunk} video {pair[1]}: stored data does not match its record" in str(failed.value)
     assert _created(ws, "idt")[chunk] == before[chunk]  # nothing committed for it: the earlier record stands
     assert all(i["status"] == "ok" for r in ws.records("idt").values() for i in r.videos.values())  # none failed
+
+
+class CudaOutOfMemory(RuntimeError):
+    pass
+
+
+CudaOutOfMemory.__name__ = CudaOutOfMemory.__qualname__ = "OutOfMemoryError"  # torch.OutOfMemoryError's name
+
+
+@pytest.mark.parametrize("exc, cause", [
+    (MemoryError(), "out of memory"),
+    (CudaOutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    (OutOfMemoryError("Out of memory allocating 512 bytes"), "out of memory"),
+    (AssertionError("Torch not compiled with CUDA enabled"), "a device or its driver"),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), "a device or its driver"),
+    (OSError(116, "Stale file handle"), "storage unavailable"),
+    (OSError(5, "Input/output error"), "storage unavailable"),
+    (VideoError("video x: cannot decode"), None),
+    (ValueError("bad setting"), None),
+    (FileNotFoundError(2, "No such file"), None),
+    (RuntimeError("the detector refused the frames"), None),
+])
+def test_faults_of_the_environment_are_told_from_the_videos(exc, cause):
+    assert environment_fault(exc) == cause
+    wrapped = VideoError("video x: cannot decode")  # found through the exceptions it was raised from, too
+    wrapped.__cause__ = exc
+    assert environment_fault(wrapped) == cause
+    if cause is not None:
+        assert is_transient(exc)

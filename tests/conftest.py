@@ -55,3 +55,31 @@ def write_video(tmp_path):
         return path
 
     return make
+
+
+_LEAK_CHECKED_ENV = ("IDTPRIOR_VERIFY", "IDTPRIOR_FAULT", "IDTPRIOR_RETRY_DELAYS")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_environment():
+    """A test leaves the process as it found it: the variables that change how idtprior reads and retries (a test
+    that sets one for good would change what every later test checks), checked after each test."""
+    before = {name: os.environ.get(name) for name in _LEAK_CHECKED_ENV}
+    yield
+    after = {name: os.environ.get(name) for name in _LEAK_CHECKED_ENV}
+    assert after == before, f"the test left the environment changed: {before} -> {after}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaked_torch_threads():
+    """A module leaves torch's thread count as it found it (a fixture that sets one thread for good would make every
+    later module's CPU training slower and its timings meaningless); checked when the module ends."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if before is not None and torch is not None:
+        assert torch.get_num_threads() == before, f"the module left torch on {torch.get_num_threads()} threads, " \
+                                                  f"not {before}"

@@ -41,3 +41,31 @@ def write_moving_square_videos(folder, n: int, frames: int = 12) -> list:
         paths.append(folder / f"clip{i:03d}.mp4")
         write_video(paths[-1], moving_square_frames(frames, seed=i), fps=25, options={"preset": "ultrafast"})
     return paths
+
+
+def knn_reference(train_x, train_y, test_x=None, test_y=None, k: int = 20, tau: float = 0.07) -> float:
+    """Weighted kNN accuracy by brute force in float64, one query at a time (Wu et al. 2018): each labelled query
+    takes its k most similar labelled train rows (``test_x=None``: the train rows themselves, each leaving itself
+    out), each voting ``exp(sim / tau)`` for its label; rows labelled < 0 neither vote nor count. Rows are used as
+    given (L2-normalise them first where the code under test does)."""
+    import numpy as np
+
+    train_x, train_y = np.asarray(train_x, np.float64), np.asarray(train_y)
+    leave_one_out = test_x is None
+    if leave_one_out:
+        test_x, test_y = train_x, train_y
+    test_x, test_y = np.asarray(test_x, np.float64), np.asarray(test_y)
+    voters = [j for j in range(len(train_y)) if train_y[j] >= 0]
+    correct = total = 0
+    for i in range(len(test_y)):
+        if test_y[i] < 0:
+            continue
+        pool = [j for j in voters if not (leave_one_out and j == i)]
+        sims = sorted(((float(test_x[i] @ train_x[j]), j) for j in pool), reverse=True)[:min(k, len(pool))]
+        votes: dict[int, float] = {}
+        for sim, j in sims:
+            votes[int(train_y[j])] = votes.get(int(train_y[j]), 0.0) + float(np.exp(sim / tau))
+        best = max(votes.values())
+        correct += min(c for c, v in votes.items() if v == best) == int(test_y[i])  # ties: the lowest class
+        total += 1
+    return correct / total

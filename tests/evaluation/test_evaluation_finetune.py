@@ -31,7 +31,9 @@ class RecordingSource(ArrayClipSource):
 
 @pytest.fixture(scope="module")
 def motion_run():
-    """A tiny ResNet3d finetuned on 64 moving-square videos (4 directions), tested on 32 others (~1.5 s)."""
+    """A tiny ResNet3d finetuned on 64 moving-square videos (4 directions), tested on 32 others (~1.5 s); torch on
+    one thread for the module's tests, as it was again after them."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     videos, labels = moving_squares(96, frames=10, size=32, seed=1)
     train, test = ArrayClipSource(videos[:64]), RecordingSource(videos[64:])
@@ -40,8 +42,9 @@ def motion_run():
     before = _state(encoder)
     reported = []
     result = finetune(encoder, train, labels[:64], test, labels[64:], _tiny(frozen_blocks=1), on_epoch=reported.append)
-    return {"result": result, "encoder": encoder, "before": before, "labels": labels, "test": test,
-            "reported": reported}
+    yield {"result": result, "encoder": encoder, "before": before, "labels": labels, "test": test,
+           "reported": reported}
+    torch.set_num_threads(threads)
 
 
 def test_finetuning_learns_a_planted_motion_task(motion_run):

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from idtprior_testutils import moving_square_frames, write_moving_square_videos
+from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.metrics import mcnemar_exact
-from idtprior.evaluation.probe import extract_features, few_shot_table, knn_probe
+from idtprior.evaluation.probe import extract_features, few_shot_table
 from idtprior.evaluation.report import evaluation_tables, paired_tests
 from idtprior.flows.common import artifact_key
 from idtprior.flows.evaluate import plan_evaluate
@@ -144,7 +144,9 @@ def test_evaluate_records_match_the_cores_and_rerun_cached(tmp_path, one_thread)
         assert set(knn["knn"]) == {"label"} and set(knn["correct"]["label"]) == set(test_ids)
         assert knn["knn"]["label"] == np.mean(list(knn["correct"]["label"].values()))
         emb = [extract_features(encoder, s, None, 8, 32, 2, 0, 1, 4, "embedding", "cpu") for s in (train, test)]
-        assert knn["knn"]["label"] == knn_probe(emb[0], y_train, emb[1], y_test, k=3, tau=cfg.evaluate.knn_tau)
+        unit = [e / np.linalg.norm(e, axis=1, keepdims=True) for e in emb]  # as the protocol normalises them
+        assert knn["knn"]["label"] == pytest.approx(
+            knn_reference(unit[0], y_train, unit[1], y_test, k=3, tau=cfg.evaluate.knn_tau), abs=1e-12)
         assert 0 <= knn["nmi"]["label"] <= 1 and 0.5 <= knn["purity"]["label"] <= 1
 
     # the stage read its videos' frames into memory once and freed them when it ended

@@ -120,6 +120,12 @@ def test_allowed_roots_refuse_a_source_or_labels_file_outside(tmp_path):
     with pytest.raises(ConfigError, match=r"ingest.labels_file '.*outside/labels.csv' is outside"):
         plan(source=str(inside / "list.txt"), labels_file=str(outside / "labels.csv"))
     assert Path(ws.url).is_dir()
+    # a list inside whose lines point outside: each such video refused by the stage's own plan, the rest kept
+    (inside / "mixed.txt").write_text(f"a.mp4\n../outside/b.mp4\n{outside / 'c.mp4'}\n")
+    refused = {v: x.get("refused", "") for chunk in plan(source=str(inside / "mixed.txt")).values()
+               for v, x in chunk["videos"].items()}
+    assert refused["a"] == "" and all("outside ingest.allowed_roots" in refused[v] for v in refused if v != "a")
+    assert len(refused) == 3
 
 
 @pytest.mark.slow  # a fresh interpreter importing Prefect: ~4 s

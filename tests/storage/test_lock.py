@@ -155,17 +155,31 @@ def test_ingest_runs_alone(tmp_path, holder_process):
     assert not os.path.exists(lock_path(ws, "idt"))
 
 
-def test_the_manifest_lock_is_waited_for(tmp_path):
+def test_the_manifest_lock_is_waited_for(tmp_path, monkeypatch):
     ws = Workspace(tmp_path / "ws")
-    order = []
+    order, refused = [], threading.Event()
     first = WorkspaceLock(ws, "manifest", heartbeat_s=0).acquire()
+    real = WorkspaceLock.try_acquire
+
+    def try_acquire(self):  # the second taker's attempts, seen: the first is released only once it was refused
+        holder = real(self)
+        if holder is not None:
+            refused.set()
+        return holder
+
+    monkeypatch.setattr(WorkspaceLock, "try_acquire", try_acquire)
 
     def second():
-        with manifest_lock(ws, wait_s=60):
-            order.append("second")
+        try:
+            with manifest_lock(ws, wait_s=60):
+                order.append("second")
+        except StageBusy:
+            order.append("second refused")
+            refused.set()
 
     t = threading.Thread(target=second)
     t.start()
+    assert refused.wait(timeout=60)  # the second taker found the lock held (and waits, or gave up)
     order.append("first")
     first.release()
     t.join(timeout=60)

@@ -77,7 +77,6 @@ def test_prefetched_frames_come_in_order_and_equal_the_decoded_ones(write_video)
 
 def test_prefetched_raises_the_readers_error_at_its_item_and_stops_when_closed():
     import threading
-    import time
 
     from idtprior.video.io import prefetched
 

@@ -17,12 +17,12 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from idtprior.config import STAGES, ConfigError, DaskConfig, SlurmConfig
-from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, ChunkRecord, ManifestRow, Workspace,
-                              chunk_count, write_manifest)
+from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_RETRYABLE, ChunkRecord, ManifestRow,
+                              Workspace, chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
 from idtprior.storage.workspace import gc_paused
-from idtprior.tasks.common import (STATUS_RETRYABLE, EnvironmentFault, _logger, close_clients, environment_fault,
-                                   needs_refresh, showing_progress, task_options)
+from idtprior.tasks.common import (EnvironmentFault, _logger, close_clients, environment_fault, needs_refresh,
+                                   showing_progress, task_options)
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
 ARTIFACT_PREFIX = "idtprior"

@@ -4,7 +4,7 @@ config would key each chunk on) which stages a run with that config would redo."
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from idtprior.storage.manifest import read_manifest
+from idtprior.storage.manifest import STATUS_RETRYABLE, read_manifest
 from idtprior.storage.workspace import Workspace, chunk_count
 
 ALL = "all"
@@ -91,7 +91,7 @@ def workspace_status(ws: Workspace, stages: tuple[str, ...],
                         st.videos_without_boxes += bool(info.get("no_boxes"))
                     else:
                         st.videos_failed += 1
-                        st.videos_retryable += info.get("status") == "retryable"
+                        st.videos_retryable += info.get("status") == STATUS_RETRYABLE
                         st.errors[vid] = info.get("error", "")
         st.records = records
         if expected is not None and stage not in expected:

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from idtprior.sources import check_worker, snapshot
-from idtprior.storage import ChunkRecord, Workspace, hash_json
+from idtprior.sources import StaleCode, check_worker, snapshot
+from idtprior.storage import STATUS_RETRYABLE, ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import IntegrityError
 from idtprior.storage.upstream import Upstream, UpstreamChanged, check_upstream
 
@@ -58,15 +58,18 @@ class DiskFull(OSError):
         return self.message
 
 
-def disk_full(exc: BaseException | None) -> OSError | None:
-    """The ``ENOSPC`` / ``EDQUOT`` error in ``exc`` or its causes (a store may wrap it), or None."""
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return exc
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return None
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` / ``EDQUOT`` error in ``exc`` or its causes (a store may wrap it), or None."""
+    return next((e for e in causes(exc) if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS), None)
 
 
 FAULT_ENV = "IDTPRIOR_FAULT"
@@ -144,9 +147,6 @@ def _video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace:
     return out
 
 
-STATUS_RETRYABLE = "retryable"
-"""A video's outcome when it failed alone with a fault of the environment after the chunk's retries: not its own
-fault, so ``idtprior run --retry-failed`` tries it again (``status``: ok, failed, retryable)."""
 _UNAVAILABLE_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
                                  errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
                                  errno.EAGAIN, errno.EBUSY, errno.ENOLCK})
@@ -158,20 +158,16 @@ def environment_fault(exc: BaseException | None) -> str | None:
     """What fault of the environment ``exc`` (or an exception it was raised from) is: memory, a device or its
     driver, storage that is briefly unavailable, or an upstream store deleted while it was read (a concurrent rerun);
     None when it is none of these. Such a fault is never a video's own: ``_failed``, ``is_transient``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        name = type(exc).__name__
-        text = str(exc).lower()
-        if isinstance(exc, MemoryError) or name == "OutOfMemoryError":  # torch's, CuPy's (cupy.cuda.memory)
+    for e in causes(exc):
+        name = type(e).__name__
+        if isinstance(e, MemoryError) or name == "OutOfMemoryError":  # torch's, CuPy's (cupy.cuda.memory)
             return "out of memory"
-        if isinstance(exc, (RuntimeError, AssertionError)) and any(w in text for w in _DEVICE_WORDS):
+        if isinstance(e, (RuntimeError, AssertionError)) and any(w in str(e).lower() for w in _DEVICE_WORDS):
             return "a device or its driver"
         if name in ("GroupNotFoundError", "ArrayNotFoundError", "NodeNotFoundError"):
             return "an upstream store deleted while it was read"
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in _UNAVAILABLE_ERRNOS:
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno in _UNAVAILABLE_ERRNOS:
             return "storage unavailable"
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
@@ -267,13 +263,7 @@ file system's file briefly gone), its work is tried again after these pauses bef
 
 def missing_file(exc: BaseException | None) -> bool:
     """True when ``exc`` or an exception it was raised from is a missing file (``VideoError`` wraps the decoder's)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, FileNotFoundError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(e, FileNotFoundError) for e in causes(exc))
 
 
 def _guard(fn: Callable, video_id: str, *args, final: bool = True) -> dict:
@@ -300,8 +290,6 @@ def _failed(e: Exception, final: bool = True) -> dict:
       while read) or another transient I/O fault: the chunk's while the task has retries left; on its last attempt, a
       ``retryable`` row (``run_chunk`` still fails the chunk when no video of it got through);
     - anything else, a file that stayed missing (``_guard`` tried it again) among them: the video's failure."""
-    from idtprior.sources import StaleCode
-
     if disk_full(e) is not None or isinstance(e, (IntegrityError, UpstreamChanged, StaleCode)):
         raise e
     env = environment_fault(e)

@@ -321,7 +321,7 @@ def train_stage(workspace: str, stage: str, chunk: str, fingerprint: str, train_
         on_epoch = epoch_done_callback(ws.url, stage) if shared.devices * shared.num_nodes == 1 else None
         trained = _train(ws, runs / train_fingerprint[:16], train_fingerprint, resume_key, train_ids, train_frames,
                          label_sets, shared, stage_config, init_checkpoint, progress and on_epoch is None,
-                         strategy=strategy, prepare=rank == 0, on_epoch=on_epoch, upstream=upstream or {})
+                         strategy=strategy, prepare=rank == 0, on_epoch=on_epoch, upstream=upstream)
     if rank != 0:
         return None
     run_dir = Path(trained["run_dir"])

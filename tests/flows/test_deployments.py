@@ -294,3 +294,23 @@ def test_cli_missing_prerequisite_prints_one_line_and_no_traceback(tmp_path, cap
                        "fit_codebook stage first (`idtprior run CONFIG --stages fit_codebook`, or the "
                        "idtprior-fit-codebook deployment in the Prefect UI)")]
     assert "Traceback" not in out + err
+
+
+def test_a_stored_config_is_read_back_and_an_edited_one_is_refused_naming_it(tmp_path):
+    import re
+
+    from idtprior.flows.deployments import resolve_config
+    from idtprior.flows.runs import load_stored_config, store_config
+
+    cfg = PipelineConfig().with_updates(workspace=str(tmp_path / "ws"), cluster={"k": 7})
+    ref = store_config(cfg)
+    assert Path(ref).parent == tmp_path / "ws" / "configs" and store_config(cfg) == ref  # by content: written once
+    assert load_stored_config(ref) == cfg.with_updates(workspace=Workspace(cfg.workspace).url)
+    assert resolve_config(ref).cluster.k == 7
+    Path(ref).write_text(Path(ref).read_text().replace("k: 7", "k: 8"))
+    with pytest.raises(ConfigError, match=rf"stored config {re.escape(ref)}: its content hashes to [0-9a-f]{{16}}, "
+                                          r"not to its name: it was edited after it was stored"):
+        resolve_config(ref)
+    Path(ref).unlink()
+    with pytest.raises(ConfigError, match=r"no such file"):
+        load_stored_config(ref)

@@ -240,3 +240,17 @@ def test_faults_of_the_environment_are_told_from_the_videos(exc, cause):
     assert environment_fault(wrapped) == cause
     if cause is not None:
         assert is_transient(exc)
+
+
+def test_bad_retry_settings_name_the_value(tmp_path, monkeypatch):
+    from idtprior.config import ConfigError
+    from idtprior.flows.common import reopen_failures
+
+    for spec in ("2", "a,b", "-1,2"):
+        monkeypatch.setenv(common.RETRY_DELAYS_ENV, spec)
+        with pytest.raises(ValueError, match=rf"IDTPRIOR_RETRY_DELAYS='{re.escape(spec)}': expected two numbers"):
+            common.retry_delays()
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(ConfigError, match=r"--retry-failed 'some': expected one of \['retryable', 'all'\]"):
+        reopen_failures(ws, "decode", "some")
+    assert not (tmp_path / "ws" / "locks").exists() or not list((tmp_path / "ws" / "locks").iterdir())

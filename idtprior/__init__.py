@@ -1,9 +1,7 @@
-"""idtprior: unsupervised video representations from dense trajectory clusters (Tokmakov, Hebert, Schmid 2020)."""
+"""idtprior: unsupervised video representations from dense trajectory clusters (Tokmakov, Hebert, Schmid 2020).
 
-import time as _time
+The map of the package, its layers and what each module does: ``docs/architecture.md``."""
 
-from idtprior.sources import source_hash as _source_hash
+from idtprior.sources import SOURCES, SOURCES_AT
 
-SOURCES = _source_hash()
-"""The package's files as this process first imported them (``idtprior.sources``)."""
-SOURCES_AT = _time.time()
+__all__ = ["SOURCES", "SOURCES_AT"]

@@ -42,11 +42,14 @@ class StaleCode(RuntimeError):
     """A process runs other idtprior sources than the flow that sent it work (or than its own files now)."""
 
 
+SOURCES = source_hash()
+"""The package's files as this process first imported them (``import idtprior`` imports this module first)."""
+SOURCES_AT = time.time()
+
+
 def snapshot() -> tuple[str, float]:
     """This process's sources hash and when it was taken (its first ``import idtprior``)."""
-    import idtprior
-
-    return idtprior.SOURCES, idtprior.SOURCES_AT
+    return SOURCES, SOURCES_AT
 
 
 def _when(at: float) -> str:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import google_crc32c  # a dependency of zarr (its crc32c codec)
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from idtprior.storage.lock import every_stage_lock
+
 VERIFY_ENV = "IDTPRIOR_VERIFY"
 """``full``: readers check the checksum of every file of a chunk they open (one read of it more); ``quick`` (the
 default): sizes only. ``idtprior verify`` checks checksums unless ``--quick``."""
@@ -158,8 +160,6 @@ def verify_workspace(ws, stages: list[str] | None = None, full: bool = True, rep
     whole run: it refuses with ``StageBusy`` naming the holder while a run holds one (that run's uncommitted version
     would look like an orphan), and stages started meanwhile refuse naming it."""
     if repair:
-        from idtprior.storage.lock import every_stage_lock  # the lock module imports the workspace, which imports this
-
         with every_stage_lock(ws, [*lock_stages, *(stages or ws.stages())], "idtprior verify --repair"):
             return _verify(ws, stages, full, repair)
     return _verify(ws, stages, full, repair)

@@ -36,6 +36,8 @@ On an object store (an fsspec URL) the exclusive create is a check then a write,
 same instant can both pass: best effort there.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -45,8 +47,10 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from idtprior.storage.workspace import Workspace
+if TYPE_CHECKING:  # annotations only: the workspace imports this module (a commit checks the lock's holder)
+    from idtprior.storage.workspace import Workspace
 
 LOCKS_DIR = "locks"
 HEARTBEAT_S = 30.0
@@ -58,7 +62,7 @@ logger = logging.getLogger("idtprior.lock")
 LOCK_OF = {"sketches": "encode"}
 """The lock that covers the records of a stage written by another stage's run (encode assembles the sketches)."""
 
-_held: dict[tuple[str, str], "WorkspaceLock"] = {}  # (workspace URL, lock name) -> the lock this process holds
+_held: dict[tuple[str, str], WorkspaceLock] = {}  # (workspace URL, lock name) -> the lock this process holds
 _held_lock = threading.Lock()
 
 
@@ -284,7 +288,7 @@ class WorkspaceLock:
             except FileNotFoundError:
                 pass
 
-    def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2) -> "WorkspaceLock":
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2) -> WorkspaceLock:
         """Take the lock, waiting up to ``wait_s`` for a live holder to release it; ``StageBusy`` naming the holder
         otherwise. Starts the heartbeat."""
         deadline = time.monotonic() + wait_s
@@ -350,7 +354,7 @@ class WorkspaceLock:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "WorkspaceLock":
+    def __enter__(self) -> WorkspaceLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -42,6 +42,7 @@ import zarr.errors
 
 from idtprior.storage.fingerprint import hash_json
 from idtprior.storage.integrity import IntegrityError, check_files, chunk_label, describe_files, full_check_asked
+from idtprior.storage.lock import check_holder
 
 RECORD_FORMAT = 2
 """2: the record's ``files`` are stored as one JSON string (:func:`pack_files`), which a reader decodes only when it
@@ -417,8 +418,6 @@ class Workspace:
             raise IntegrityError(f"{chunk_label(record.stage, record.chunk)}: version {record.version} has no file on "
                                  f"storage (removed while it was written?): nothing committed; run the "
                                  f"{record.stage} stage again")
-        from idtprior.storage.lock import check_holder  # the lock module imports this one
-
         check_holder(self, record.stage)
         stored = {f.name: getattr(record, f.name) for f in fields(record)}
         stored["files"] = pack_files(record.files)

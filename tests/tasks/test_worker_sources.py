@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+from idtprior_testutils import write_moving_square_videos
 
 import idtprior
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.sources import StaleCode, check_process, source_hash
 from idtprior.storage import FrameStore, Workspace
-from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 PACKAGE = Path(idtprior.__file__).resolve().parent
@@ -61,7 +61,7 @@ def test_a_worker_that_imported_older_sources_refuses_the_flows_work_until_resta
 
 def test_a_stage_refuses_to_start_in_a_process_whose_sources_changed_on_disk(monkeypatch):
     check_process("stage decode")  # as imported
-    monkeypatch.setattr(idtprior, "SOURCES", "0123456789abcdef")  # as if the files changed since the import
+    monkeypatch.setattr(idtprior.sources, "SOURCES", "0123456789abcdef")  # as if the files changed since the import
     with pytest.raises(StaleCode, match=r"stage decode: this process \(pid \d+\) imported idtprior sources "
                                         r"0123456789abcdef at .*restart this process"):
         check_process("stage decode")

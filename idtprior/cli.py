@@ -27,11 +27,15 @@ def cmd_make_demo_data(args) -> int:
     return 0
 
 
-def _load(config: str, workspace: str | None, source: str | None, video_root: str | None = None):
+def _load(config: str, workspace: str | None, source: str | None, video_root: str | None = None,
+          assignments: list[str] | None = None):
+    """The run's config: the YAML file, another workspace/source/video root where given, then the ``--set``
+    overrides, checked as the UI form's are (a bad key or value fails here, before anything is created)."""
     from idtprior.config import load_config
-    from idtprior.flows.deployments import with_inputs
+    from idtprior.presets import apply_overrides, parse_assignments, with_inputs
 
-    return with_inputs(load_config(config), workspace, source, video_root)
+    return apply_overrides(with_inputs(load_config(config), workspace, source, video_root),
+                           parse_assignments(assignments))
 
 
 def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:
@@ -54,7 +58,7 @@ def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:
 def cmd_run(args) -> int:
     from idtprior.flows.pipeline import select_stages
 
-    cfg = _load(args.config, args.workspace, args.source, args.video_root)
+    cfg = _load(args.config, args.workspace, args.source, args.video_root, args.set)
     select_stages(cfg, _split(args.stages), args.from_stage)  # a bad --stages / --from: one line, before any run
     result = _run_pipeline("run", cfg, stages=_split(args.stages), from_stage=args.from_stage,
                            dask_address=args.dask_address, retry_failed=args.retry_failed)
@@ -66,10 +70,10 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from idtprior.config import bundled_config, load_config
-    from idtprior.demo import demo_inputs, ensure_demo_data
     from idtprior.flows.pipeline import select_stages
+    from idtprior.presets import apply_overrides, demo_inputs, ensure_demo_data, parse_assignments
 
-    cfg = load_config(args.config or bundled_config("demo"))
+    cfg = apply_overrides(load_config(args.config or bundled_config("demo")), parse_assignments(args.set))
     select_stages(cfg, _split(args.stages))  # a bad --stages: one line, before the videos are rendered
     ensure_demo_data(cfg, Path(args.data), progress=True)
     cfg = demo_inputs(cfg, args.data, args.workspace)
@@ -135,7 +139,7 @@ def cmd_status(args) -> int:
           + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) + f"), {ws.num_chunks()} chunks")
     expected = None
     if args.config:
-        from idtprior.flows.stages import expected_fingerprints
+        from idtprior.flows.registry import expected_fingerprints
 
         # the config's own workspace is not the one asked about: plan against WORKSPACE
         cfg = _load(args.config, ws.url, None)
@@ -175,10 +179,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from idtprior.config import STAGES
     from idtprior.storage import Workspace
     from idtprior.storage.integrity import report_lines, verify_workspace
-
-    from idtprior.config import STAGES
     from idtprior.storage.lock import StageBusy
 
     ws = Workspace(args.workspace)
@@ -196,9 +199,8 @@ def cmd_verify(args) -> int:
 def cmd_recompute(args) -> int:
     from idtprior.config import STAGES
     from idtprior.storage import Workspace
-    from idtprior.tasks.pins import invalidate_repinned
-
     from idtprior.storage.lock import StageBusy
+    from idtprior.tasks.pins import invalidate_repinned
 
     ws = Workspace(args.workspace)
     stages = _split(args.stages) or [*STAGES, "sketches"]
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a config to use instead of the bundled configs/demo.yaml")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: the config's)")
     p.add_argument("--dask-address", default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--verify-checksums", action="store_true", help=VERIFY_HELP)
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_demo)
@@ -342,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="try recorded failures of the selected stages again: those of a fault of the environment "
                    "(memory, a device, storage; the default), or all of them; the chunks holding them are computed "
                    "again, and what read them downstream")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--verify-checksums", action="store_true", help=VERIFY_HELP)
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=cmd_run)
@@ -458,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SET_HELP = ("set a config value by its dotted key, e.g. --set pretrain_la.epochs=5 --set ingest.num_chunks=16 (repeat "
+            "for more; the value is read as YAML: 5, true, [a, b]); the same overrides as the UI form's, checked the "
+            "same way")
 VERIFY_HELP = ("check the crc32c of every stored file a stage opens as its input, not only that the files are there "
                "with their sizes (one more read of each; sets IDTPRIOR_VERIFY=full for this process and the local Dask "
                "workers; set it on the workers of an existing scheduler yourself)")

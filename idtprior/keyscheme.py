@@ -6,7 +6,7 @@ weights' path, now keyed by content) and keyed training and evaluation on ``deco
 ``legacy_keys()`` computes the key its chunks had then, from the source fingerprints pinned at the switch
 (``behaviour_pins.json``: ``legacy_code``) and the upstream records' keys of then (``upstream_key``); a record whose
 key is that legacy key was computed by the code at the switch, and the flow re-keys it in place instead of recomputing
-it (``flows.common.rekey_legacy``, ``flows.stages.upgrade_keys``).
+it (``flows.common.rekey_legacy``, ``flows.registry.upgrade_keys``).
 
 No import of the package here: the config module and the flows both read it.
 """

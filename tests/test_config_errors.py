@@ -5,6 +5,7 @@ every one of them is refused before."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from idtprior.cli import main
 from idtprior.config import ConfigError, PipelineConfig
@@ -95,6 +96,66 @@ def test_the_run_form_overrides_are_refused_naming_key_and_value(tmp_path):
         with pytest.raises(ConfigError) as e:
             resolve_config(str(config), str(tmp_path / "ws"), overrides={key: value})
         assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_command_lines_set_is_refused_as_the_run_form_is(tmp_path, capsys):
+    """``idtprior run CONFIG --set KEY=VALUE``: the run form's overrides on the command line, refused with the same one
+    line (the key and the value), before anything is created; a ``--set`` that is not KEY=VALUE is named too."""
+    config = tmp_path / "c.yaml"
+    config.write_text("stages: [ingest]\n")
+    ws = tmp_path / "ws"
+    cases = [("stages=[ingest, nope]", "key 'stages': unknown stage(s) ['nope']"),
+             ("decode.short_side=-5", "key 'decode.short_side'"),
+             ("ingest.num_chunks=lots", "(value 'lots')"),
+             ("ingest.nope=1", "unknown key 'ingest.nope' (value 1)"),
+             ("pretrain_la.epoch=5", "unknown key 'pretrain_la.epoch' (value 5)"),
+             ("decode.short_side.x=1", "key 'decode.short_side.x' (value 1): decode.short_side is a setting"),
+             ("pretrain_la.epochs", "--set 'pretrain_la.epochs': expected KEY=VALUE"),
+             ("=5", "--set '=5': expected KEY=VALUE")]
+    for assignment, said in cases:
+        line = _one_line(capsys, ["run", str(config), "--workspace", str(ws), "--set", assignment])
+        assert said in line, (assignment, line)
+        with pytest.raises(ConfigError) as e:  # the UI's path says the same where the form can express it
+            if "=" in assignment.strip("="):
+                key, value = assignment.split("=", 1)
+                resolve_config(str(config), str(ws), overrides={key: yaml.safe_load(value)})
+                raise AssertionError(f"the run form took {assignment}")
+            raise ConfigError(said)
+        assert said in str(e.value)
+    line = _one_line(capsys, ["demo", "--workspace", str(ws), "--data", str(tmp_path / "data"),
+                              "--set", "demo.frames=few"])
+    assert "key 'demo.frames'" in line and "(value 'few')" in line
+    assert not ws.exists() and not (tmp_path / "data").exists()  # nothing was created
+
+
+def test_set_values_are_read_as_yaml_and_the_last_one_wins():
+    from idtprior.presets import apply_overrides, parse_assignments
+
+    got = parse_assignments(["pretrain_la.epochs=5", "ingest.num_chunks=16", "stages=[ingest, decode]",
+                             "evaluate.device=cpu", "ingest.labels_file=null", "pretrain_la.epochs=7", "a.b="])
+    assert got == {"pretrain_la.epochs": 7, "ingest.num_chunks": 16, "stages": ["ingest", "decode"],
+                   "evaluate.device": "cpu", "ingest.labels_file": None, "a.b": ""}
+    cfg = PipelineConfig(workspace="/tmp/ws")
+    cli = apply_overrides(cfg, parse_assignments(["pretrain_la.epochs=5", "ingest.num_chunks=16"]))
+    form = apply_overrides(cfg, {"pretrain_la.epochs": 5, "ingest.num_chunks": 16})  # the UI form's JSON
+    assert cli == form and (cli.pretrain_la.epochs, cli.ingest.num_chunks) == (5, 16)
+    assert cli.model_dump() != cfg.model_dump()
+
+
+@pytest.mark.usefixtures("prefect_engine")
+def test_a_run_with_set_uses_the_values_set(tmp_path):
+    from idtprior.flows.runs import CONFIG_FILE, remembered_config
+    from idtprior_testutils import write_moving_square_videos
+
+    write_moving_square_videos(tmp_path / "videos", 4, frames=8)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"stages: [ingest]\ningest: {{source: {tmp_path / 'videos'}, num_chunks: 2}}\n")
+    ws = tmp_path / "ws"
+    assert main(["run", str(config), "--workspace", str(ws), "--set", "ingest.num_chunks=3",
+                 "--set", "pretrain_la.epochs=5"]) == 0
+    assert Workspace(str(ws)).num_chunks() == 3
+    remembered = remembered_config(str(ws))  # the run's config, as the workspace's config.yaml keeps it
+    assert (remembered.ingest.num_chunks, remembered.pretrain_la.epochs) == (3, 5), (ws / CONFIG_FILE).read_text()
 
 
 def test_allowed_roots_refuse_a_source_or_labels_file_outside(tmp_path):

@@ -21,7 +21,7 @@ from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS
                               Workspace, chunk_count, write_manifest)
 from idtprior.storage.lock import manifest_lock
 from idtprior.storage.workspace import gc_paused
-from idtprior.tasks.common import (EnvironmentFault, _logger, close_clients, environment_fault, needs_refresh,
+from idtprior.tasks.common import (EnvironmentFault, close_clients, environment_fault, needs_refresh, run_logger,
                                    showing_progress, task_options)
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
@@ -167,8 +167,8 @@ def with_legacy_keys(ws: Workspace, stage: str, plans: dict[str, dict], replan) 
 def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str) -> int:
     """Re-key in place the records of ``stage`` whose key is their chunk's legacy key (``with_legacy_keys``): computed
     by the code at the switch to behaviour versions, from the same inputs and settings, so they are this plan's
-    results; ``variant``: the code they are stamped with (``stages.stage_variant``). Drops the ``legacy`` entries from
-    ``plans``; returns how many records were re-keyed."""
+    results; ``variant``: the code they are stamped with (``flows.stages.stage_variant``). Drops the ``legacy``
+    entries from ``plans``; returns how many records were re-keyed."""
     from idtprior.tasks.codeprint import code_key, pins, variant_of
 
     done = 0
@@ -184,7 +184,7 @@ def rekey_legacy(ws: Workspace, stage: str, plans: dict[str, dict], variant: str
         train = (old["train_fingerprint"], plan["train_fingerprint"]) if "train_fingerprint" in old else None
         done += ws.rekey(stage, chunk, old["fingerprint"], plan["fingerprint"], stamp, train)
     if done:
-        _logger().info(f"{stage}: {done} records made before behaviour versions re-keyed in place (same code, "
+        run_logger().info(f"{stage}: {done} records made before behaviour versions re-keyed in place (same code, "
                        f"inputs and settings: nothing recomputed)")
     return done
 
@@ -383,7 +383,7 @@ def reopen_failures(ws: Workspace, stage: str, which: str) -> dict[str, int]:
                     stage, chunk, rec.fingerprint, f"{RETRY_REASON}: {n} videos ({which})"):
                 out[chunk] = n
     if out:
-        _logger().info(f"{stage}: {sum(out.values())} recorded failures ({which}) in {len(out)} chunks will be "
+        run_logger().info(f"{stage}: {sum(out.values())} recorded failures ({which}) in {len(out)} chunks will be "
                        f"tried again: {', '.join(sorted(out))}")
     return out
 
@@ -462,7 +462,7 @@ def provenance_lines(ws: Workspace, stage: str, chunks) -> list[str]:
 
     lines = provenance(stage, [ws.read_record(stage, chunk) for chunk in chunks])
     for line in lines:
-        _logger().warning(f"{stage}: {line}")
+        run_logger().warning(f"{stage}: {line}")
     return lines
 
 

@@ -23,18 +23,16 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config, parse_config
+from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config
 from idtprior.flows.common import reopen_failures
-from idtprior.flows.pipeline import FLOWS, pipeline_failed, run_stages, select_stages
-from idtprior.flows.runs import (CONFIG_FILE, CONFIGS_DIR, _fresh, flow_name, is_stored_config, load_stored_config,
+from idtprior.flows.pipeline import pipeline_failed, run_stages, select_stages
+from idtprior.flows.registry import FLOWS, describe, upgrade_keys
+from idtprior.flows.runs import (CONFIG_FILE, CONFIGS_DIR, flow_name, fresh_copy, is_stored_config, load_stored_config,
                                  remember_config, remembered_config, run_name, stage_failed, store_config,
                                  workspace_name)
-from idtprior.flows.stages import STAGE_FLOWS
+from idtprior.presets import PRESETS, apply_overrides, config_path, demo_inputs, ensure_demo_data, with_inputs
+from idtprior.sources import StaleCode
 from idtprior.storage import Workspace
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
-"""The bundled configs a run can name instead of a YAML path (``demo``, ``kinetics400``)."""
 
 RetryFailed = Enum("RetryFailed", {"no": "no", "retryable": "retryable", "all": "all"}, type=str, module=__name__)
 """The run form's choice of recorded failures to try again (``idtprior run --retry-failed``)."""
@@ -71,42 +69,6 @@ def stage_pool(config: PipelineConfig, stage: str) -> str:
     return "cpu"
 
 
-def config_path(config: str) -> Path:
-    """The YAML file a ``config`` parameter names: a preset (``demo``, ``kinetics400``) or a path."""
-    if config in PRESETS:
-        return CONFIGS / f"{config}.yaml"
-    path = Path(config).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config {config!r}: neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-    return path
-
-
-def apply_overrides(config: PipelineConfig, overrides: dict[str, Any] | None) -> PipelineConfig:
-    """``config`` with dotted keys set (``{"pretrain_la.epochs": 5}``), validated as a whole: an unknown key or a
-    refused value is a ConfigError naming the key and the value."""
-    if not overrides:
-        return config
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"overrides: expected a mapping of dotted keys to values, got {overrides!r}")
-    data = config.model_dump(mode="json")
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = data
-        for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[:i]) or "the config"
-                known = sorted(node) if isinstance(node, dict) else []
-                if not isinstance(node, dict):
-                    raise ConfigError(f"overrides: key '{key}' (value {value!r}): {where} is a setting, not a section")
-                raise ConfigError(f"overrides: unknown key '{key}' (value {value!r}): {where} has no {part!r}; it has "
-                                  f"{', '.join(known)}")
-            if i == len(parts) - 1:
-                node[part] = value
-            else:
-                node = node[part]
-    return parse_config(data, origin="overrides")
-
-
 def resolve_config(config: str | None, workspace: str | None = None, source: str | None = None,
                    video_root: str | None = None, overrides: dict[str, Any] | None = None,
                    render_demo: bool = False) -> PipelineConfig:
@@ -131,28 +93,12 @@ def resolve_config(config: str | None, workspace: str | None = None, source: str
     preset_source = cfg.ingest.source
     cfg = apply_overrides(with_inputs(cfg, workspace, source, video_root), overrides)
     if config == "demo" and cfg.ingest.source == preset_source:
-        from idtprior.demo import demo_inputs, ensure_demo_data
-
         ws = Path(cfg.workspace).resolve()
         data = ws.parent / "demo-data"
         if render_demo:
             ensure_demo_data(cfg, data, progress=False, say=_log)
         cfg = demo_inputs(cfg, data, ws)
     return cfg
-
-
-def with_inputs(cfg: PipelineConfig, workspace: str | None = None, source: str | None = None,
-                video_root: str | None = None) -> PipelineConfig:
-    """``cfg`` with another workspace, source or video root where given."""
-    updates: dict[str, Any] = {}
-    if workspace:
-        updates["workspace"] = workspace
-    if source:
-        # the config's video_root belongs to its own source: a new source resolves against video_root, else its folder
-        updates["ingest"] = {"source": source, "source_format": "auto", "video_root": video_root}
-    elif video_root:
-        updates["ingest"] = {"video_root": video_root}
-    return cfg.with_updates(**updates) if updates else cfg
 
 
 def _log(message: str) -> None:
@@ -220,7 +166,7 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
         name = f"{flow_name(stage)}/{stage_pool(config, stage)}"
         # the config this run stored by content, local or not. The workspace string is a fresh object per stage:
         # Prefect keys its links by id(), and only this stage's parameter may point back at the previous stage's run
-        parameters = {"config": _fresh(stored), "workspace": _fresh(ws.url), "dask_address": dask_address or ""}
+        parameters = {"config": fresh_copy(stored), "workspace": fresh_copy(ws.url), "dask_address": dask_address or ""}
         if retry_failed:  # the stage's recorded failures, reopened just before it runs
             reopen_failures(ws, stage, retry_failed)
         if previous is not None and previous.state is not None:
@@ -315,14 +261,16 @@ def _stage_ui_flow(stage: str):
         except ConfigError as e:
             return stage_failed(stage, e)
         results_in_workspace(cfg)
+        try:
+            upgrade_keys(cfg, Workspace(cfg.workspace))  # records made before behaviour versions, once
+        except StaleCode as e:
+            return stage_failed(stage, e)
         return FLOWS[stage].fn(cfg, dask_address, False)
 
     # a module-level name: the entrypoint a worker or `serve` loads (idtprior.flows.deployments.<stage>_ui)
     run.__name__ = run.__qualname__ = f"{stage}_ui"
     # the stage flow's own description, except for the training flows, which are imported only when one runs
-    stage_flow_obj = STAGE_FLOWS.get(stage)
-    run.__doc__ = f"Run the {stage} stage on a workspace." + (
-        f" {stage_flow_obj.description}" if stage_flow_obj and stage_flow_obj.description else "")
+    run.__doc__ = f"Run the {stage} stage on a workspace." + (f" {describe(stage)}" if describe(stage) else "")
     return flow(name=flow_name(stage), flow_run_name=run_name(stage), description=run.__doc__)(run)
 
 

@@ -18,11 +18,11 @@ from idtprior.datasets.lists import detect_format
 from idtprior.evaluation.report import evaluation_tables
 from idtprior.flows.common import artifact_key, provenance_lines, run_chunks, with_legacy_keys
 from idtprior.flows.runs import how_to_run, remembered_config, stage_flow
-from idtprior.flows.training import _decoded_rows, frames_key, read_label_sets
+from idtprior.flows.training import decoded_rows, frames_key, read_label_sets
+from idtprior.keyscheme import upstream_train_key
 from idtprior.storage import Workspace, hash_json
 from idtprior.storage.upstream import planned
 from idtprior.tasks import evaluate as evaluate_tasks
-from idtprior.keyscheme import upstream_train_key
 from idtprior.tasks.codeprint import code_key
 from idtprior.tasks.common import chunk_fingerprint
 from idtprior.tasks.encode import ALL
@@ -95,7 +95,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
     architecture and seed), the evaluation videos' frames, labels and splits, the settings of its protocol, and the
     stage's code. ``skipped``: extended with the default networks not trained in the pretraining workspace."""
     cfg = config.evaluate
-    rows, frames, decode_fps = _decoded_rows(ws)
+    rows, frames, decode_fps = decoded_rows(ws)
     train_ids = sorted(r.video_id for r in rows if r.split == cfg.train_split)
     test_ids = sorted(r.video_id for r in rows if r.split == cfg.test_split)
     for name, ids in (("train_split", train_ids), ("test_split", test_ids)):

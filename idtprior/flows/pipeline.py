@@ -4,45 +4,16 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import time
-from collections.abc import Iterator, Mapping
 
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 
-from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig
+from idtprior.config import STAGES, ConfigError, PipelineConfig
 from idtprior.flows.common import dask_cluster, reopen_failures
+from idtprior.flows.registry import FLOWS, upgrade_keys
 from idtprior.flows.runs import flow_name, remember_config, run_name
-from idtprior.flows.stages import STAGE_FLOWS
 from idtprior.storage import Workspace
-
-
-class StageFlows(Mapping):
-    """Every stage's flow by name. The training flows are imported on first use: they pull in torch and Lightning
-    (seconds per process), which a run of the other stages (a new process per deployment run) never needs."""
-
-    def __getitem__(self, stage: str):
-        if stage in STAGE_FLOWS:
-            return STAGE_FLOWS[stage]
-        if stage in TRAIN_STAGES:
-            from idtprior.flows.training import TRAIN_FLOWS
-
-            return TRAIN_FLOWS[stage]
-        if stage == "evaluate":
-            from idtprior.flows.evaluate import evaluate_flow
-
-            return evaluate_flow
-        raise KeyError(stage)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([s for s in STAGES if s in STAGE_FLOWS or s in TRAIN_STAGES or s == "evaluate"])
-
-    def __len__(self) -> int:
-        return len(list(iter(self)))
-
-
-FLOWS = StageFlows()
-"""Every stage's flow by name."""
 
 
 def select_stages(config: PipelineConfig, stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
@@ -95,6 +66,7 @@ def run_stages(config: PipelineConfig, stages: list[str], dask_address: str | No
         for stage in stages:
             start = time.monotonic()
             try:
+                upgrade_keys(config, Workspace(config.workspace))  # once per workspace; a file check after
                 if retry_failed:
                     reopen_failures(Workspace(config.workspace), stage, retry_failed)
                 results[stage] = in_workspace(FLOWS[stage], config)(

@@ -12,6 +12,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from idtprior.config import ConfigError, PipelineConfig, parse_config
+from idtprior.presets import config_path
 from idtprior.sources import StaleCode, check_process
 from idtprior.storage import Workspace, hash_json
 from idtprior.storage.lock import StageBusy, stage_lock
@@ -48,8 +49,6 @@ def _workspace_of(parameters: dict) -> str:
     if parameters.get("workspace"):
         return parameters["workspace"]
     if isinstance(config, str) and config:
-        from idtprior.flows.deployments import config_path  # the UI module resolves presets
-
         try:
             path = config_path(config)
             return (yaml.safe_load(path.read_text()) or {}).get("workspace") or "workspace"
@@ -151,7 +150,7 @@ def missing_stage(ws: Workspace, what: str, stage: str) -> ConfigError:
     return ConfigError(f"workspace {ws.url}: {what}; run the {stage} stage first ({how_to_run(stage)})")
 
 
-def _fresh(value):
+def fresh_copy(value):
     # a new str object with the same text (a one-character str is a shared singleton and cannot be copied)
     return "".join(list(value)) if type(value) is str and len(value) > 1 else value
 
@@ -164,7 +163,7 @@ def unshared(counts: dict) -> dict:
     literals ("idt", "stage", ...) that the config holds too (the stage list, ``cluster_source: idt``, ``init_from:
     pretrain_la``), so every later stage was drawn as a child of the idt run. Fresh copies are held by nothing else;
     the numbers are computed in the run, so they are fresh objects already (or small ints, which Prefect skips)."""
-    return {_fresh(k): _fresh(v) for k, v in counts.items()}
+    return {fresh_copy(k): fresh_copy(v) for k, v in counts.items()}
 
 
 def stage_failed(stage: str, exc: Exception):
@@ -181,8 +180,7 @@ def stage_flow(stage: str):
     """Make a stage's body ``(config, dask_address, progress) -> counts`` its flow ``idtprior-<stage>``: runs named
     ``<workspace folder>: <stage>``, the stage's lock held for the run (``storage.lock.stage_lock``: a second run of
     the stage on the workspace fails at once naming the holder), the config stored by content and logged (and remembered
-    as ``config.yaml`` where the workspace has none), records made
-    before behaviour versions re-keyed (``stages.upgrade_keys``, once per workspace), fresh return
+    as ``config.yaml`` where the workspace has none), fresh return
     values (graph edges) and a one-message Failed state for a stage that cannot start. The Python signature stays
     ``(config, dask_address=None, progress=True)`` for the CLI and the tests."""
 
@@ -194,9 +192,6 @@ def stage_flow(stage: str):
                 with stage_lock(Workspace(config.workspace), stage):
                     remember_config(config, if_missing=True)
                     get_run_logger().info(f"{stage}: config {store_config(config)}")
-                    from idtprior.flows.stages import upgrade_keys  # the stages import this module
-
-                    upgrade_keys(config, Workspace(config.workspace), stage)
                     return unshared(body(config, dask_address, progress))
             except (ConfigError, StageBusy, StaleCode) as e:
                 return stage_failed(stage, e)

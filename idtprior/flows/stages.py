@@ -4,20 +4,18 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import TRAIN_STAGES, ConfigError, PipelineConfig
+from idtprior.config import ConfigError, PipelineConfig
 from idtprior.datasets.lists import list_source, printable, read_labels, within_roots
-from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk,
-                                   provenance_lines, rebuild_manifest, rekey_legacy, report_stage, run_chunks,
-                                   with_legacy_keys)
+from idtprior.flows.common import (artifact_key, dask_cluster, drop_stale_records, group_by_chunk, provenance_lines,
+                                   rebuild_manifest, report_stage, run_chunks, with_legacy_keys)
 from idtprior.flows.runs import missing_stage, stage_flow
-from idtprior.keyscheme import UPGRADED, legacy, upstream_key
+from idtprior.keyscheme import legacy, upstream_key
 from idtprior.storage import StatCache, Workspace, chunk_of, file_fingerprint, hash_json, read_manifest
 from idtprior.storage.upstream import planned
 from idtprior.tasks import decode as decode_tasks
@@ -26,7 +24,7 @@ from idtprior.tasks import encode as encode_tasks
 from idtprior.tasks import idt as idt_tasks
 from idtprior.tasks import ingest as ingest_tasks
 from idtprior.tasks.codeprint import code_key
-from idtprior.tasks.common import _logger, chunk_fingerprint
+from idtprior.tasks.common import chunk_fingerprint, run_logger
 from idtprior.tasks.idt import choose_sample
 
 
@@ -112,7 +110,7 @@ def decode_code(config: PipelineConfig) -> str:
 
 def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Decode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
-    plans = _chunk_plans("decode", _ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
+    plans = _chunk_plans("decode", ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
                          decode_code(config), {"config": config.decode})
     return with_legacy_keys(ws, "decode", plans, lambda: plan_decode(config, ws))
 
@@ -136,7 +134,7 @@ def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) ->
     cfg_hash = cfg.config_hash()
     if not legacy():  # the detector's model files by content (legacy keys held the weights' path, in the config)
         cfg_hash = hash_json([cfg_hash, [model_fingerprint(p) for p in detect_tasks.model_files(cfg)]])
-    plans = _chunk_plans("detect", _ok_rows(ws), lambda r: r.path, cfg_hash, code_key("detect"), {"config": cfg})
+    plans = _chunk_plans("detect", ok_rows(ws), lambda r: r.path, cfg_hash, code_key("detect"), {"config": cfg})
     if cfg.bb_folder:  # the imported files are inputs too
         plans = _with_imported_files(ws, plans, lambda v, p: detect_tasks.bb_file(cfg.bb_folder, v, p), "detect-bb",
                                      remember)
@@ -161,7 +159,7 @@ def _model_fingerprint(path: str, size: int, mtime_ns: int) -> str:
 def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
     ws = Workspace(config.workspace)
-    _ok_rows(ws)  # no manifest: say so before checking the backend
+    ok_rows(ws)  # no manifest: say so before checking the backend
     detect_tasks.check_backend(config.detect)
     plans = plan_detect(config, ws)
     records = _run_stage(detect_tasks.detect_chunk, ws, "detect", plans, config, dask_address, progress)
@@ -246,7 +244,7 @@ def check_settings(stage: str, build, *sections) -> None:
         raise ConfigError(f"{stage}: the settings are refused before any video runs: {e}") from e
 
 
-def _ok_rows(ws: Workspace) -> list:
+def ok_rows(ws: Workspace) -> list:
     rows = [r for r in read_manifest(ws) if r.ok]
     if not rows:
         raise missing_stage(ws, "the manifest has no usable video", "ingest")
@@ -292,13 +290,13 @@ def check_idt_backend(stage: str, config: PipelineConfig) -> None:
         raise ConfigError(f"{stage}: idt.device {config.idt.device!r}: this machine has "
                           f"{torch.cuda.device_count()} CUDA devices")
     if device.type == "cpu":
-        _logger().warning(f"{stage}: idt.backend 'torch' runs on the CPU here: it is for a GPU; on a CPU the 'cpu' "
+        run_logger().warning(f"{stage}: idt.backend 'torch' runs on the CPU here: it is for a GPU; on a CPU the 'cpu' "
                           f"backend is far faster (README: The IDT extractor)")
 
 
 def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
     """The IDT sample's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
-    rows = _ok_rows(ws)
+    rows = ok_rows(ws)
     chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
     rows = [r for r in rows if r.video_id in chosen]
     text_folder = config.encode.idt_text_folder  # imported rows: the sample is drawn from the files encode reads
@@ -357,7 +355,7 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
 
 def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
     """Encode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
-    rows = _ok_rows(ws)
+    rows = ok_rows(ws)
     book = ws.read_record("fit_codebook", encode_tasks.ALL)
     if book is None:
         raise missing_stage(ws, "no codebook", "fit_codebook")
@@ -386,7 +384,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     check_idt_backend("encode", config)
     ws = Workspace(config.workspace)
     plans = plan_encode(config, ws)
-    rows = _ok_rows(ws)
+    rows = ok_rows(ws)
     task = encode_tasks.encode_chunk_torch if torch_backend(config) else encode_tasks.encode_chunk
     records = _run_stage(task, ws, "encode", plans, config, dask_address, progress)
     invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
@@ -401,7 +399,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
 
 def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
     """Clustering's one chunk (``all``) -> the task's arguments, with its "fingerprint". Runs nothing."""
-    ids = [r.video_id for r in _ok_rows(ws)]
+    ids = [r.video_id for r in ok_rows(ws)]
     records = ws.records("encode")
     inputs = {c: upstream_key(r) for c, r in records.items()}
     if not inputs:
@@ -418,7 +416,7 @@ def plan_cluster(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
 def cluster_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
     """K-means on the sketches; cluster-size statistics, and NMI / purity where the manifest has labels."""
     ws = Workspace(config.workspace)
-    rows = _ok_rows(ws)
+    rows = ok_rows(ws)
     records = run_chunks(encode_tasks.cluster_task, ws, "cluster", plan_cluster(config, ws), progress)
     stats = dict(records[encode_tasks.ALL].videos["clusters"])
     labels, label_ids = encode_tasks.read_cluster_labels(ws)
@@ -498,36 +496,6 @@ def close_neighbour_agreement(labels: np.ndarray, truth: list[str]) -> dict:
             "same_label_pairs": round(_pairs_sharing(y) / total, 4)}
 
 
-STAGE_PLANS = {"ingest": lambda config, ws: plan_ingest(config, ws, remember=False), "decode": plan_decode,
-               "detect": lambda config, ws: plan_detect(config, ws, remember=False),
-               "idt": lambda config, ws: plan_idt(config, ws, remember=False), "fit_codebook": plan_fit_codebook,
-               "encode": lambda config, ws: plan_encode(config, ws, remember=False), "cluster": plan_cluster}
-"""Stages whose plans (chunk -> task arguments with the "fingerprint") can be built without running anything."""
-
-
-def stage_plan(stage: str, config: PipelineConfig, ws: Workspace) -> dict[str, dict] | None:
-    """Stage (a stage of the pipeline, or ``sketches``, encode's assembly) -> its plans, chunk -> task arguments with
-    the "fingerprint" (and "legacy" where records made before behaviour versions remain), built without running or
-    writing anything; None for a stage planned only inside its flow."""
-    if stage in STAGE_PLANS:
-        return STAGE_PLANS[stage](config, ws)
-    if stage == encode_tasks.SKETCHES:
-        ids = [r.video_id for r in _ok_rows(ws)]
-
-        def assembly():
-            return {encode_tasks.ALL: {"fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}
-        return with_legacy_keys(ws, stage, assembly(), assembly)
-    if stage in TRAIN_STAGES:  # the record key: training + evaluation (an eval change re-evaluates)
-        from idtprior.flows.training import plan_train_stage  # training imports this module
-
-        return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
-    if stage == "evaluate":
-        from idtprior.flows.evaluate import plan_evaluate  # it imports torch: only when asked
-
-        return plan_evaluate(config, ws)
-    return None
-
-
 def stage_variant(stage: str, config: PipelineConfig) -> str:
     """The code variant a stage runs with ``config`` (``codeprint.STAGE_ROOTS``)."""
     if stage == "decode":
@@ -535,76 +503,6 @@ def stage_variant(stage: str, config: PipelineConfig) -> str:
     if stage in ("idt", "encode"):
         return idt_code(stage, config)
     return "encode" if stage == encode_tasks.SKETCHES else stage
-
-
-def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, dict[str, str] | str]:
-    """Per stage of ``config.stages``: chunk -> the fingerprint a run with ``config`` would key the chunk on, computed
-    from the workspace's current records without running or writing anything; or, as a string, why it cannot be told.
-    ``idtprior status --config`` compares these with the records."""
-    out: dict[str, dict[str, str] | str] = {}
-    stages = [*config.stages, *([encode_tasks.SKETCHES] if "encode" in config.stages else [])]
-    for stage in stages:  # encode's assembly keyed on the encode records as they are now
-        try:
-            plans = stage_plan(stage, config, ws)
-        except (ConfigError, KeyError, FileNotFoundError) as e:  # an earlier stage has not run, a source is gone
-            out[stage] = f"cannot plan it: {e}"
-            continue
-        if plans is None:
-            out[stage] = "its fingerprint is computed inside its flow (no plan-only path yet)"
-            continue
-        out[stage] = {chunk: _expected(ws, stage, chunk, p) for chunk, p in plans.items()}
-    return out
-
-
-UPGRADE_ORDER = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", encode_tasks.SKETCHES, "cluster",
-                 *TRAIN_STAGES, "evaluate")
-"""Stages in the order their keys feed each other: an upstream record is re-keyed before the records keyed on it."""
-
-
-def upgrade_keys(config: PipelineConfig, ws: Workspace, running: str) -> dict[str, int]:
-    """The switch to behaviour versions, once per workspace, at the start of any stage's run: every record made before
-    it whose legacy key the config plans is re-keyed in place (``rekey_legacy``), upstream first, so that a stage run
-    alone after an upgrade keys on its upstream's new keys and nothing reruns when those stages run later. Each
-    stage's records under its lock (held by this run for ``running``; ingest cannot start while it is held; a stage
-    busy elsewhere is left for its own run). When no such record is left, ``cache/keys-upgraded.json`` says so and
-    later runs skip the pass. Returns stage -> records re-keyed; never fails the run."""
-    from contextlib import nullcontext
-
-    from idtprior.storage.lock import StageBusy, stage_lock
-
-    if ws.fs.exists(ws.path(*UPGRADED)):
-        return {}
-    done, left = {}, []
-    for stage in UPGRADE_ORDER:
-        try:
-            if all(r.behaviour for r in ws.records(stage).values()):
-                continue
-            owner = "encode" if stage == encode_tasks.SKETCHES else stage
-            held = owner == running or owner == "ingest"  # ingest cannot start while this run holds its lock
-            with nullcontext() if held else stage_lock(ws, owner):
-                plans = stage_plan(stage, config, ws)
-                if plans:
-                    done[stage] = rekey_legacy(ws, stage, plans, stage_variant(stage, config))
-        except (ConfigError, KeyError, FileNotFoundError, ValueError, StageBusy):
-            pass  # not plannable with this config, or busy: its records are left as they are
-        except Exception as e:  # noqa: BLE001 - the upgrade never fails the stage that runs
-            _logger().warning(f"{running}: re-keying {stage}'s records made before behaviour versions: {e}")
-        if any(not r.behaviour for r in ws.records(stage).values()):
-            left.append(stage)
-    if not left:
-        ws.write_bytes_atomic(ws.path(*UPGRADED), json.dumps({"keys": "behaviour versions"}).encode())
-    return {s: n for s, n in done.items() if n}
-
-
-def _expected(ws: Workspace, stage: str, chunk: str, plan: dict) -> str:
-    """The key a run would find the chunk's record current under: the plan's, or the record's own where the run would
-    re-key it in place (a record made before behaviour versions, keyed with the plan's legacy key)."""
-    old = plan.get("legacy", {}).get("fingerprint")
-    if old is not None:
-        rec = ws.read_record(stage, chunk)
-        if rec is not None and not rec.behaviour and rec.fingerprint == old:
-            return old
-    return plan["fingerprint"]
 
 
 STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,

@@ -46,7 +46,7 @@ def read_label_sets(path: str) -> dict[str, dict[str, str]]:
     return sets
 
 
-def _decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
+def decoded_rows(ws: Workspace) -> tuple[list, dict[str, int], dict[str, str]]:
     """The manifest's ok rows that have decoded frames, their frame counts, and the decode chunk fingerprints."""
     frames, fps = {}, {}
     for chunk, rec in ws.records("decode").items():
@@ -94,7 +94,7 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
     if not ws.is_local:
         raise ConfigError(f"training stages write checkpoints to a local folder; workspace {ws.url} is not local")
     shared, stage_cfg = config.pretrain, getattr(config, stage)
-    rows, frames, decode_fps = _decoded_rows(ws)
+    rows, frames, decode_fps = decoded_rows(ws)
     eval_ids = sorted(r.video_id for r in rows)
     train_ids = sorted(r.video_id for r in rows if shared.train_split is None or r.split == shared.train_split)
     if not train_ids:
@@ -159,7 +159,7 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
     workspace or the settings changed since) trains nothing. ``prepare_only``: ready the run folder and stop (the
     batch script does it in one process before srun starts the ranks)."""
     plan = plan_train_stage(stage, config, progress)
-    plan.pop("legacy", None)  # what status reads; the stage's run re-keyed the record (``stages.upgrade_keys``)
+    plan.pop("legacy", None)  # what status reads; the stage's launcher re-keyed the record (``registry.upgrade_keys``)
     if fingerprint is not None and plan["fingerprint"] != fingerprint:
         raise ConfigError(f"{stage}: workspace {config.workspace} now plans the record key {plan['fingerprint'][:12]}, "
                           f"not {fingerprint[:12]} as submitted: its inputs or settings changed since; run the stage "

@@ -408,7 +408,7 @@ def run_chunk(
     (``storage.upstream``: ``UpstreamChanged`` fails the chunk, nothing committed).
     """
     ws = Workspace(workspace)
-    logger = _logger()
+    logger = run_logger()
     done = ws.read_record(stage, chunk)
     if done is not None and done.fingerprint == fingerprint:
         logger.info(f"{stage} {chunk}: up to date ({len(done.videos)} videos), skipped")
@@ -509,7 +509,7 @@ def retried_outcomes(done: ChunkRecord | None, fingerprint: str, results: dict[s
     return hash_json([done.retried, changed]) if changed else done.retried
 
 
-def _logger():
+def run_logger():
     try:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a run (task.fn() in tests): plain logging

@@ -25,8 +25,9 @@ import yaml
 from prefect import task
 
 from idtprior.config import PipelineConfig
+from idtprior.sources import SOURCES
 from idtprior.storage import ChunkRecord, Workspace
-from idtprior.tasks.common import TransientError, _logger
+from idtprior.tasks.common import TransientError, run_logger
 
 JOBS_DIR = "jobs"
 """In the workspace, ``jobs/<stage>/<record key>/``: one folder per submitted plan (the config snapshot, the batch
@@ -64,11 +65,9 @@ def train_job_script(config: PipelineConfig, stage: str, config_file: str | Path
         directives.append(f"--account={slurm.account}")
     directives += [f"--chdir={Path(workdir or os.getcwd()).resolve()}",
                    f"--output={Path(job_dir).resolve() / 'slurm-%j.out'}", *slurm.job_extra_directives]
-    import idtprior  # the job's processes must run the sources this flow runs (``idtprior.sources``)
-
     cmd = " ".join(shlex.quote(a) for a in [train_command(config), "train-stage", ws.url, stage, "--config",
                                             str(Path(config_file).resolve()), "--fingerprint", fingerprint,
-                                            "--sources", idtprior.SOURCES])
+                                            "--sources", SOURCES])  # the job runs the sources this flow runs
     lines = [
         "#!/usr/bin/env bash",
         f"# idtprior: the {stage} stage of {ws.url} on {shared.num_nodes} node(s) x {shared.devices} device(s),",
@@ -135,7 +134,7 @@ def final_state(job_id: str) -> str:
 def wait_for_job(job_id: str, poll_seconds: float, max_query_failures: int = 10) -> str:
     """Poll until the job has left the queue; returns its final state ('' where accounting is off)."""
     failures, last = 0, None
-    logger = _logger()
+    logger = run_logger()
     while True:
         try:
             state = job_state(job_id)
@@ -170,7 +169,7 @@ def train_stage_job_task(workspace: str, stage: str, chunk: str, fingerprint: st
         return done
     job_dir = Path(ws.path(JOBS_DIR, stage, fingerprint[:16]))
     job_dir.mkdir(parents=True, exist_ok=True)
-    logger = _logger()
+    logger = run_logger()
     script, job_file = job_dir / "train.sbatch", job_dir / "job_id"
     job_id = job_file.read_text().strip() if job_file.is_file() else ""
     if job_id and job_state(job_id) is not None:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from idtprior_testutils import moving_square_frames
+
 from idtprior.config import STAGES, ConfigError, PipelineConfig, load_config
 from idtprior.flows.common import artifact_key
-from idtprior.flows.deployments import (PRESETS, STAGE_UI_FLOWS, apply_overrides, deployments, pretrain_ui,
-                                        stage_pool)
+from idtprior.flows.deployments import STAGE_UI_FLOWS, deployments, pretrain_ui, stage_pool
 from idtprior.flows.runs import CONFIG_FILE, remembered_config
+from idtprior.presets import PRESETS, apply_overrides
 from idtprior.storage import FrameStore, Workspace
 from idtprior.video.idt.textformat import write_idt_text
 from idtprior.video.io import write_video

@@ -235,7 +235,7 @@ def test_evaluation_frames_are_read_once_into_memory_and_give_the_stores_clips(t
 
 @pytest.mark.slow
 def test_new_clip_lengths_and_a_retrained_network_recompute_only_their_records(tmp_path, one_thread, monkeypatch):
-    from idtprior.flows.stages import expected_fingerprints
+    from idtprior.flows.registry import expected_fingerprints
 
     pre = pretraining_workspace(tmp_path)
     cfg = evaluation_workspace(tmp_path, pre, protocols=["finetune", "knn"], networks=None)

@@ -14,7 +14,7 @@ import yaml
 from idtprior.cli import main
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.stages import expected_fingerprints
+from idtprior.flows.registry import expected_fingerprints
 from idtprior.storage import Workspace
 from idtprior.storage.status import workspace_status
 

@@ -7,11 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from idtprior_testutils import moving_square_frames
+
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.stages import expected_fingerprints
+from idtprior.flows.registry import expected_fingerprints
 from idtprior.storage import Workspace, chunk_of
 from idtprior.storage.status import workspace_status
 from idtprior.tasks import codeprint

@@ -111,8 +111,8 @@ def check_fisher(cp, args, rng, sync) -> dict:
         diff_sk = max(float(np.abs(to_numpy(sk_d) - sk_h).max()), float(np.abs(to_numpy(sk1) - sk_h[0]).max()))
         check(f"count_sketch {mode}", diff_sk < 1e-5, f"max abs diff {diff_sk:.1e}")
         v_h, v_d = videos[0], cp.asarray(videos[0])
-        t_h = best_time(lambda: count_sketch(fisher_vector(v_h, book)[0], book), args.repeats)
-        t_d = best_time(lambda: count_sketch(fisher_vector(v_d, book)[0], book), args.repeats, sync)
+        t_h = best_time(lambda v_h=v_h, book=book: count_sketch(fisher_vector(v_h, book)[0], book), args.repeats)
+        t_d = best_time(lambda v_d=v_d, book=book: count_sketch(fisher_vector(v_d, book)[0], book), args.repeats, sync)
         print(f"  FV+sketch {mode:8s}: numpy {1e3 * t_h:8.1f} ms/video, cupy {1e3 * t_d:7.2f} ms/video "
               f"(data already on the device) -> {t_h / t_d:6.1f}x")
         out[f"fv_{mode}"] = (t_h, t_d)

@@ -133,8 +133,8 @@ def main() -> int:
             print(f"records of format {record_format}: {args.videos:,} videos in {args.chunks:,} chunks, "
                   f"{args.frames} frames a video: {size / 2**20:.0f} MB (written in {time.perf_counter() - t0:.0f} s)")
             ws = Workspace(str(root))
-            rebuild, rows = best(lambda: rebuild_manifest(ws), args.repeat)
-            status, proc = best(lambda: subprocess.run([IDTPRIOR, "status", str(root)], capture_output=True,
+            rebuild, rows = best(lambda ws=ws: rebuild_manifest(ws), args.repeat)
+            status, proc = best(lambda root=root: subprocess.run([IDTPRIOR, "status", str(root)], capture_output=True,
                                                        text=True), args.repeat)
             if proc.returncode not in (0, 1):
                 print(proc.stdout[-2000:], proc.stderr[-2000:])

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from idtprior.config import TRAIN_STAGES as TRAINING_STAGES, PipelineConfig
+from idtprior.config import TRAIN_STAGES as TRAINING_STAGES
+from idtprior.config import PipelineConfig
 
 UNITS_PATH = Path(__file__).with_name("plan_units.json")
 DESCRIPTOR_COLUMNS = 426  # HOG 96 + HOF 108 + MBHx 96 + MBHy 96 + trajectory shape 30
@@ -151,7 +152,7 @@ def _idt_units(out: dict[str, Any], videos: dict[tuple[int, int], list[np.ndarra
     idt, rows, per_frame = {}, {}, []
     for (h, w), frames in videos.items():
         got: list = []
-        idt[h * w / 1e6] = _best(lambda: got.append(extract_idt(iter(frames), IDTParams())), repeats) / len(frames)
+        idt[h * w / 1e6] = _best(lambda got=got, frames=frames: got.append(extract_idt(iter(frames), IDTParams())), repeats) / len(frames)
         rows[h * w / 1e6] = got[-1]
         per_frame.append(len(got[-1]) / len(frames) / (h * w / 1e6))
     out["idt_s_per_frame"], out["idt_s_per_mpix"] = _line(idt)
@@ -179,7 +180,7 @@ def _decode_seconds(paths: dict[float, str], frames: int, repeats: int, start=No
         store(paths[min(paths)], "warm-up")
         if start is not None:
             start.wait(timeout=300)
-        return {mpix: _best(lambda: store(path), repeats) / frames for mpix, path in sorted(paths.items())}
+        return {mpix: _best(lambda path=path: store(path), repeats) / frames for mpix, path in sorted(paths.items())}
 
 
 _DECODE_START = None
@@ -300,7 +301,7 @@ def measure_units(quick: bool = True) -> Units:
             out["fisher_s_per_row_component"] = {}
             for mode in ("concat", "per_type"):
                 book = fit_codebook(descriptors, CodebookParams(n_components=16, pca_mode=mode, gmm_iters=2))
-                t = _best(lambda: count_sketch(fisher_vector(descriptors, book)[0], book), repeats + 1)
+                t = _best(lambda book=book: count_sketch(fisher_vector(descriptors, book)[0], book), repeats + 1)
                 out["fisher_s_per_row_component"][mode] = t / (len(descriptors) * 16)
             # how far EM goes before it stops on its tolerance (a fraction of gmm_iters)
             _, reports = fit_codebook_with_report(descriptors, CodebookParams(n_components=16, pca_mode="per_type",
@@ -346,7 +347,7 @@ def measure_units(quick: bool = True) -> Units:
         cv2.setNumThreads(threads[0])
         torch.set_num_threads(threads[1])
         blas.restore_original_limits()
-    return Units(machine=machine_name(), measured=str(date.today()), how="measure_units(quick=%s)" % quick, **out)
+    return Units(machine=machine_name(), measured=str(date.today()), how=f"measure_units(quick={quick})", **out)
 
 
 def kmeans_units(rng: np.random.Generator, repeats: int = 3) -> dict[str, float]:
@@ -460,13 +461,13 @@ def kmeans_seconds(units: Units, rows: int, k: int, dim: int, iters: int, calls:
     to a subsample) and its final assignment, one more iteration. The products are BLAS's, which spreads them over
     the cores of the process; the rest runs on one. At small K (the demo's 12) the fixed and per-value parts are
     most of it: the distances alone counted a fifth of the demo's k-means."""
-    from idtprior.encoding.kmeans import _KPP_AUTO_FLOPS
+    from idtprior.encoding.kmeans import KPP_AUTO_FLOPS
 
     products = (iters + 1) * rows * k * dim * units.kmeans_s_per_row_centroid_dim
     rest = (iters + 1) * (units.kmeans_s_per_iteration + rows * dim * units.kmeans_s_per_row_dim)
     sub = min(rows, max(8 * k, 4096))
     if init == "auto":
-        init = "k-means++" if k * sub * dim * (2 + math.log(k)) <= _KPP_AUTO_FLOPS else "random"
+        init = "k-means++" if k * sub * dim * (2 + math.log(k)) <= KPP_AUTO_FLOPS else "random"
     if init == "k-means++":
         products += (k - 1) * (2 + int(math.log(k))) * sub * dim * units.kmeans_s_per_seed_distance
         rest += (k - 1) * units.kmeans_s_per_seed_step

@@ -13,6 +13,7 @@ from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import Workspace, read_manifest
 from idtprior.video.io import write_video
+from datetime import UTC
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -102,9 +103,9 @@ def _tree(ws: Workspace) -> dict[str, int]:
 
 
 def _iso(t: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def test_status_of_the_baseline_stages_and_of_evaluates_named_records(tmp_path):

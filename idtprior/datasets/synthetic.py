@@ -204,7 +204,7 @@ def plan_videos(videos_per_class: int, test_fraction: float, camera_motion_fract
     n_groups = max(1, math.ceil(videos_per_class / _CLIPS_PER_GROUP))
     n_test_groups = min(n_groups - 1, max(1, round(n_groups * test_fraction))) if n_groups > 1 else 0
     plan = []
-    for ci, motion in enumerate(MOTIONS):
+    for _ci, motion in enumerate(MOTIONS):
         for i in range(videos_per_class):
             group, clip = i // _CLIPS_PER_GROUP + 1, i % _CLIPS_PER_GROUP + 1
             camera = "static"
@@ -303,7 +303,7 @@ def textured_pan_video(n: int, h: int = 240, w: int = 320, seed: int = 0) -> lis
     out = []
     for t in range(n):
         img = big[:, int(t * 0.8) : int(t * 0.8) + w].copy()
-        for k, (x0, y0, vx, vy) in enumerate(((20, 40, 2.5, 0.5), (200, 150, -1.5, -1.0))):
+        for _k, (x0, y0, vx, vy) in enumerate(((20, 40, 2.5, 0.5), (200, 150, -1.5, -1.0))):
             x, y = int(x0 + vx * t) % (w - 60), int(y0 + vy * t) % (h - 60)
             img[y : y + 60, x : x + 60] = obj.astype(np.uint8)
         out.append(np.repeat(img[..., None], 3, 2))

@@ -10,27 +10,27 @@ from typing import Any
 import numpy as np
 
 try:  # optional: only on machines with a CUDA device and `pip install cupy-cuda12x`
-    import cupy as _cupy  # type: ignore[import-not-found]
+    import cupy  # type: ignore[import-not-found]
 except Exception:  # ImportError, or a CuPy without a usable CUDA runtime
-    _cupy = None
+    cupy = None
 
 
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
-    if _cupy is None:
+    if cupy is None:
         return False
     try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
+        return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
     """The module (``numpy`` or ``cupy``) that owns the given arrays; ``numpy`` when none is a CuPy array."""
-    if _cupy is not None:
+    if cupy is not None:
         for a in arrays:
-            if isinstance(a, _cupy.ndarray):
-                return _cupy
+            if isinstance(a, cupy.ndarray):
+                return cupy
     return np
 
 
@@ -47,8 +47,8 @@ def sparse_module(xp: ModuleType) -> ModuleType:
 
 def to_numpy(a: Any) -> np.ndarray:
     """A host NumPy copy of ``a`` (a no-op view for NumPy input)."""
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        return _cupy.asnumpy(a)
+    if cupy is not None and isinstance(a, cupy.ndarray):
+        return cupy.asnumpy(a)
     return np.asarray(a)
 
 

@@ -309,8 +309,8 @@ def project(x: Any, block: CodebookBlock) -> Any:
     return out
 
 
-def _check_descriptors(x: Any, name: str, input_dim: int) -> None:
-    shape = getattr(x, "shape", None)
+def check_descriptors(x: Any, name: str, input_dim: int) -> None:
+    shape: Any = getattr(x, "shape", None)
     if getattr(x, "ndim", None) != 2:
         raise ValueError(f"{name}: expected a 2-D array (n, {input_dim}), got shape {shape or type(x).__name__}")
     if shape[1] != input_dim:
@@ -368,7 +368,7 @@ def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
     """
     if not isinstance(cfg, CodebookParams):
         raise TypeError(f"cfg: expected CodebookParams, got {type(cfg).__name__}")
-    _check_descriptors(sample, "sample", DESCRIPTOR_DIM)
+    check_descriptors(sample, "sample", DESCRIPTOR_DIM)
     xp = get_array_module(sample)
     n = sample.shape[0]
     if n < cfg.n_components:
@@ -378,7 +378,7 @@ def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
     if not bool(finite.all()):
         raise ValueError(f"sample: {int((~finite).sum())} of {n} rows have non-finite values")
     if cfg.pca_mode == "concat":
-        groups = [((0, DESCRIPTOR_DIM), None)]
+        groups: list[tuple[tuple[int, int], int | None]] = [((0, DESCRIPTOR_DIM), None)]
     else:
         groups = [((a, b), (b - a) // 2) for a, b in _type_columns()]
     blocks, reports = [], []

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from idtprior.encoding.backend import get_array_module
-from idtprior.encoding.codebook import Codebook, CodebookBlock, _check_descriptors, project
-from idtprior.encoding.gmm import DiagGMM, _chunk_stats, _estep_params, _uncentre
+from idtprior.encoding.codebook import Codebook, CodebookBlock, check_descriptors, project
+from idtprior.encoding.gmm import DiagGMM, chunk_stats, estep_params, uncentre
 
 
 def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 8192) -> tuple[Any, Any]:
@@ -35,15 +35,15 @@ def fisher_statistics(z: Any, gmm: DiagGMM, chunk_rows: int = 8192) -> tuple[Any
     """
     xp = get_array_module(z)
     n, d = z.shape
-    est = _estep_params(gmm, xp)
+    est = estep_params(gmm, xp)
     k = gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     for start in range(0, n, chunk_rows):
-        a, b, _ = _chunk_stats(xp.asarray(z[start:start + chunk_rows], dtype=xp.float32), est, xp)
+        a, b, _ = chunk_stats(xp.asarray(z[start:start + chunk_rows], dtype=xp.float32), est, xp)
         s0 += a
         s12 += b
-    return _gradients(s0, *_uncentre(s0, s12, est, xp), n, gmm, xp)
+    return _gradients(s0, *uncentre(s0, s12, est, xp), n, gmm, xp)
 
 
 def _gradients(s0: Any, s1: Any, s2: Any, n: int, gmm: DiagGMM, xp: Any) -> tuple[Any, Any]:
@@ -78,7 +78,7 @@ def fisher_vector(descriptors: Any, codebook: Codebook, *, alpha: float = 0.5,
         (fv, valid): fv (codebook.fv_dim,) float32 = sum over blocks of 2 K D_b, unit L2 norm; valid is False (and fv all
         zeros) when there are no descriptors.
     """
-    _check_descriptors(descriptors, "descriptors", codebook.input_dim)
+    check_descriptors(descriptors, "descriptors", codebook.input_dim)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha: must be in (0, 1], got {alpha!r}")
     xp = get_array_module(descriptors)
@@ -102,13 +102,13 @@ def _block_statistics(descriptors: Any, block: CodebookBlock, chunk_rows: int, x
     """Project chunk by chunk (no (N, D) copy of the whole video) and accumulate the FV statistics of one block."""
     n = descriptors.shape[0]
     d = block.dim
-    est = _estep_params(block.gmm, xp)
+    est = estep_params(block.gmm, xp)
     k = block.gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     for start in range(0, n, chunk_rows):
         z = project(descriptors[start:start + chunk_rows], block)  # (b, D) float32
-        a, b, _ = _chunk_stats(z, est, xp)
+        a, b, _ = chunk_stats(z, est, xp)
         s0 += a
         s12 += b
-    return _gradients(s0, *_uncentre(s0, s12, est, xp), n, block.gmm, xp)
+    return _gradients(s0, *uncentre(s0, s12, est, xp), n, block.gmm, xp)

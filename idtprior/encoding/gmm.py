@@ -144,7 +144,7 @@ class EStep:
         return int(self.W1.shape[1])
 
 
-def _estep_params(gmm: DiagGMM, xp: ModuleType) -> EStep:
+def estep_params(gmm: DiagGMM, xp: ModuleType) -> EStep:
     """The centred linear form of the log joint densities of ``gmm`` (float64 arithmetic, float32 where safe)."""
     w = np.asarray(to_numpy(gmm.weights), dtype=np.float64)
     mu = np.asarray(to_numpy(gmm.means), dtype=np.float64)
@@ -220,16 +220,16 @@ def _posteriors(xx: Any, est: EStep, xp: ModuleType, x64: Any = None, x64sq: Any
 PRECISIONS = ("float32", "float64")
 
 
-def _chunk_stats(x: Any, est: EStep, xp: ModuleType, precision: str = "float64") -> tuple[Any, Any, Any]:
+def chunk_stats(x: Any, est: EStep, xp: ModuleType, precision: str = "float64") -> tuple[Any, Any, Any]:
     """Sufficient statistics of one chunk.
 
     Args:
         x: (n, D) float32.
-        est: the mixture's E-step (:func:`_estep_params`).
+        est: the mixture's E-step (:func:`estep_params`).
         precision: dtype of the ``gamma^T [x', x'^2]`` product (see the module docstring).
     Returns:
         s0 (K,) float64 = sum_i gamma_ik; s12 (K, 2D) float64 = [sum_i gamma_ik x'_i, sum_i gamma_ik x'_i^2] of the
-        CENTRED rows x' = x - est.ref (:func:`_uncentre` gives the plain sums); loglik (n,) float32 = log p(x_i).
+        CENTRED rows x' = x - est.ref (:func:`uncentre` gives the plain sums); loglik (n,) float32 = log p(x_i).
     """
     xc = x - est.ref  # (n, D) float32
     xx = xp.concatenate([xc, xc * xc], axis=1)  # (n, 2D)
@@ -241,7 +241,7 @@ def _chunk_stats(x: Any, est: EStep, xp: ModuleType, precision: str = "float64")
     s0 = gamma.sum(axis=0, dtype=xp.float64)  # (K,)
     if precision == "float32":
         # float32 product of the plain rows, float64 across chunks: from the centred rows it would be ~3x less precise
-        # in S1 and S2 (x' itself is rounded); re-centred in float64 here, un-centred exactly by _uncentre
+        # in S1 and S2 (x' itself is rounded); re-centred in float64 here, un-centred exactly by uncentre
         s12 = (gamma.T @ xp.concatenate([x, x * x], axis=1)).astype(xp.float64)  # (K, 2D)
         s12 = _recentre(s0, s12, est, xp)
     else:
@@ -256,7 +256,7 @@ def _chunk_stats(x: Any, est: EStep, xp: ModuleType, precision: str = "float64")
 
 
 def _recentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> Any:
-    """Centred sums (K, 2D) float64 [sum gamma x', sum gamma x'^2] from the plain ones (the inverse of _uncentre)."""
+    """Centred sums (K, 2D) float64 [sum gamma x', sum gamma x'^2] from the plain ones (the inverse of uncentre)."""
     d = s12.shape[1] // 2
     r = xp.asarray(est.ref, dtype=xp.float64)[None, :]  # (1, D)
     s1, s2 = s12[:, :d], s12[:, d:]
@@ -264,8 +264,8 @@ def _recentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> Any:
     return xp.concatenate([s1c, s2 - 2.0 * r * s1c - r * r * s0[:, None]], axis=1)
 
 
-def _uncentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> tuple[Any, Any]:
-    """Plain sums (K, D) float64 [sum gamma x, sum gamma x^2] from the centred ones of :func:`_chunk_stats`."""
+def uncentre(s0: Any, s12: Any, est: EStep, xp: ModuleType) -> tuple[Any, Any]:
+    """Plain sums (K, D) float64 [sum gamma x, sum gamma x^2] from the centred ones of :func:`chunk_stats`."""
     d = s12.shape[1] // 2
     r = xp.asarray(est.ref, dtype=xp.float64)[None, :]  # (1, D)
     s1c, s2c = s12[:, :d], s12[:, d:]
@@ -290,18 +290,18 @@ def sufficient_statistics(x: Any, gmm: DiagGMM, chunk_rows: int = 4096,
         raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     xp = get_array_module(x)
     n, d = x.shape
-    est = _estep_params(gmm, xp)
+    est = estep_params(gmm, xp)
     k = gmm.n_components
     s0 = xp.zeros(k, dtype=xp.float64)
     s12 = xp.zeros((k, 2 * d), dtype=xp.float64)
     loglik = xp.empty(n, dtype=xp.float32)
     for start in range(0, n, chunk_rows):
         xc = xp.asarray(x[start:start + chunk_rows], dtype=xp.float32)
-        a, b, ll = _chunk_stats(xc, est, xp, precision)
+        a, b, ll = chunk_stats(xc, est, xp, precision)
         s0 += a
         s12 += b
         loglik[start:start + chunk_rows] = ll
-    s1, s2 = _uncentre(s0, s12, est, xp)
+    s1, s2 = uncentre(s0, s12, est, xp)
     return s0, s1, s2, loglik
 
 
@@ -403,9 +403,9 @@ def fit_gmm(
                           backend="numpy" if xp is np else "cupy")
         means = cents[0]
     # Initial variances and weights from the hard assignment of the sample to the initial means.
-    from idtprior.encoding.kmeans import _assign
+    from idtprior.encoding.kmeans import assign_nearest
 
-    lab, _ = _assign(xs, means.astype(xp.float32), xp, chunk_rows=chunk_rows)
+    lab, _ = assign_nearest(xs, means.astype(xp.float32), xp, chunk_rows=chunk_rows)
     cnt = xp.bincount(lab, minlength=k).astype(xp.float64)
     sp_sum = xp.zeros((k, d), dtype=xp.float64)
     sp_sq = xp.zeros((k, d), dtype=xp.float64)

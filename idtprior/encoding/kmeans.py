@@ -16,7 +16,7 @@ BACKENDS = ("auto", "faiss", "numpy", "cupy")
 INITS = ("auto", "k-means++", "random")
 
 # k-means++ is sequential over k; above this many flops of seeding, "auto" init falls back to random rows (as faiss does).
-_KPP_AUTO_FLOPS = 2e10
+KPP_AUTO_FLOPS = 2e10
 
 
 def faiss_available() -> bool:
@@ -33,7 +33,7 @@ def _chunk_rows(k: int, memory_budget_bytes: int) -> int:
     return max(1, int(memory_budget_bytes) // (8 * max(k, 1)))
 
 
-def _assign(x: Any, centroids: Any, xp: ModuleType, chunk_rows: int) -> tuple[Any, Any]:
+def assign_nearest(x: Any, centroids: Any, xp: ModuleType, chunk_rows: int) -> tuple[Any, Any]:
     """Nearest centroid of every row.
 
     Args:
@@ -115,9 +115,9 @@ def kpp_sample_rows(n: int, k: int) -> int:
 
 def auto_init(n: int, k: int, d: int) -> str:
     """The seeding ``init="auto"`` picks for ``n`` rows of ``d`` dimensions and ``k`` clusters: ``"k-means++"`` while
-    its sequential cost, k * kpp_sample_rows(n, k) * d * (2 + ln k) flops, is at most ``_KPP_AUTO_FLOPS``, else
+    its sequential cost, k * kpp_sample_rows(n, k) * d * (2 + ln k) flops, is at most ``KPP_AUTO_FLOPS``, else
     ``"random"``."""
-    return "k-means++" if k * kpp_sample_rows(n, k) * d * (2 + np.log(k)) <= _KPP_AUTO_FLOPS else "random"
+    return "k-means++" if k * kpp_sample_rows(n, k) * d * (2 + np.log(k)) <= KPP_AUTO_FLOPS else "random"
 
 
 def _init_centroids(x: Any, k: int, init: str, rng: np.random.Generator, xp: ModuleType) -> Any:
@@ -135,7 +135,7 @@ def _lloyd(x: Any, k: int, iters: int, init: str, rng: np.random.Generator, chun
     """One seeded k-means: labels (N,), centroids (K, d) and the inertia (sum of squared distances) of the labels."""
     cent = _init_centroids(x, k, init, rng, xp)  # (K, d)
     for _ in range(iters):
-        labels, dmin = _assign(x, cent, xp, chunk)
+        labels, dmin = assign_nearest(x, cent, xp, chunk)
         sums, counts = _segment_sum(x, labels, k, xp)
         empty = to_numpy(counts == 0).nonzero()[0]
         new = sums / xp.maximum(counts, 1)[:, None].astype(xp.float32)
@@ -144,7 +144,7 @@ def _lloyd(x: Any, k: int, iters: int, init: str, rng: np.random.Generator, chun
             far = to_numpy(xp.argsort(-dmin)[: empty.size])
             new[to_device(empty, xp)] = x[to_device(far, xp)]
         cent = new
-    labels, dmin = _assign(x, cent, xp, chunk)
+    labels, dmin = assign_nearest(x, cent, xp, chunk)
     return labels, cent, float(dmin.sum(dtype=xp.float64))
 
 
@@ -238,11 +238,11 @@ def kmeans(
             raise ValueError(f"x: {int((~np.isfinite(xh)).any(axis=1).sum())} rows have non-finite values")
         return _kmeans_faiss(xh, int(k), int(runs), int(seed), int(iters), init, int(n_init))
     if backend == "cupy":
-        from idtprior.encoding.backend import _cupy, cupy_available
+        from idtprior.encoding.backend import cupy, cupy_available
 
         if not cupy_available():
             raise ValueError("backend: 'cupy' requested but CuPy or a CUDA device is not available")
-        xp = _cupy
+        xp = cupy
     else:
         xp = np
     xd = xp.asarray(to_numpy(x) if xp is np else x, dtype=xp.float32)

@@ -1,6 +1,6 @@
 """Evaluation clips: several seeded random temporal windows of one video, each the centre square, as a batch.
 
-The training code's temporal sampling (``_temporal_indices``: a window of ``(length - 1) * step + 1`` frames, looped
+The training code's temporal sampling (``temporal_indices``: a window of ``(length - 1) * step + 1`` frames, looped
 over a shorter video) and its evaluation transform (``transform_clip`` with ``rng=None``: the centre square, resized,
 mean-subtracted) are reused as they are, so an evaluation clip of a video is a training clip without augmentation.
 Clip ``c`` of video ``index`` draws its start from ``numpy.random.default_rng([seed, index, c])``: the same clips
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from idtprior.models.data import ClipSource, _temporal_indices, collate_clips, transform_clip
+from idtprior.models.data import ClipSource, temporal_indices, collate_clips, transform_clip
 
 
 def eval_clips(
@@ -29,7 +29,7 @@ def eval_clips(
         raise ValueError(f"video {index}: {n} frames, need at least 1")
     out = []
     for c in range(clips):
-        start, want, positions = _temporal_indices(n, clip_length, np.random.default_rng([seed, index, c]), frame_step)
+        start, want, positions = temporal_indices(n, clip_length, np.random.default_rng([seed, index, c]), frame_step)
         frames = np.asarray(source.read_clip(index, start, want))
         if frames.ndim != 4 or frames.shape[0] != want or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"video {index}: read_clip(start={start}, length={want}) returned shape {frames.shape} "
@@ -41,8 +41,8 @@ def eval_clips(
 class EvalClipDataset(Dataset):
     """``(index, clips (clips, 3, T, crop, crop))`` for each of ``ids`` (indices into ``source``), in that order."""
 
-    def __init__(self, source: ClipSource, ids: Sequence[int], clip_length: int, crop_size: int, clips: int,
-                 seed: int, frame_step: int = 1) -> None:
+    def __init__(self, source: ClipSource, ids: Sequence[int] | np.ndarray, clip_length: int, crop_size: int,
+                 clips: int, seed: int, frame_step: int = 1) -> None:
         n = len(source)
         bad = [int(i) for i in ids if not 0 <= int(i) < n]
         if bad:
@@ -60,8 +60,8 @@ class EvalClipDataset(Dataset):
                                  self.frame_step)
 
 
-def eval_loader(source: ClipSource, ids: Sequence[int], clip_length: int, crop_size: int, clips: int, seed: int,
-                batch_videos: int, frame_step: int = 1, num_workers: int = 0) -> DataLoader:
+def eval_loader(source: ClipSource, ids: Sequence[int] | np.ndarray, clip_length: int, crop_size: int, clips: int,
+                seed: int, batch_videos: int, frame_step: int = 1, num_workers: int = 0) -> DataLoader:
     """Batches ``(indices (B,), clips (B, clips, 3, T, crop, crop))`` of ``ids`` in order."""
     return DataLoader(EvalClipDataset(source, ids, clip_length, crop_size, clips, seed, frame_step),
                       batch_size=max(1, batch_videos), num_workers=num_workers, collate_fn=collate_clips)

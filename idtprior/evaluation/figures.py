@@ -232,7 +232,7 @@ def line_plot(series: Mapping[str, Sequence[float]], title: str = "", size: tupl
     if len(xs) < n:
         raise ValueError(f"{len(xs)} x values for series of {n} points")
 
-    def transform(v: Sequence[float]) -> np.ndarray:
+    def transform(v: Sequence[float] | np.ndarray) -> np.ndarray:
         v = np.asarray(v, np.float64)
         if log_y:
             with np.errstate(divide="ignore", invalid="ignore"):

@@ -174,8 +174,8 @@ def _set_train_mode(model: FinetuneNet, frozen: tuple[str, ...]) -> None:
 
 
 @torch.no_grad()
-def predict_clips(model: nn.Module, source: ClipSource, ids: Sequence[int], clip_length: int, crop_size: int,
-                  clips: int, seed: int, batch_size: int, device: torch.device, frame_step: int = 1,
+def predict_clips(model: nn.Module, source: ClipSource, ids: Sequence[int] | np.ndarray, clip_length: int,
+                  crop_size: int, clips: int, seed: int, batch_size: int, device: torch.device, frame_step: int = 1,
                   num_workers: int = 0) -> np.ndarray:
     """Mean softmax ``(len(ids), C)`` float32 of ``model`` over ``clips`` seeded random centre-crop clips per video."""
     was_training = model.training
@@ -248,7 +248,8 @@ def finetune(
         for name in frozen:
             for q in getattr(model.encoder, name).parameters():
                 q.requires_grad_(False)
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for q in model.parameters():
             if q.requires_grad:
                 (no_decay if q.ndim <= 1 else decay).append(q)

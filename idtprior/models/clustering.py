@@ -5,6 +5,9 @@ torch for CUDA tensors (and when the encoding package is missing). ``cluster_ban
 Video LA) and ``joint`` (K-means on the concatenation of the bank and the IDT sketch: the paper's final tuning step).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -101,6 +104,7 @@ def kmeans(x: torch.Tensor, k: int, runs: int = 1, seed: int = 0, iters: int = 2
     faiss because it happens to be installed: its labels differ), else to :func:`lloyd_kmeans`.
     """
     if not x.is_cuda:
+        pipeline_kmeans: Callable[..., tuple[Any, Any]] | None
         try:
             from idtprior.encoding import kmeans as pipeline_kmeans
         except ImportError:  # the encoding package is optional for the model cores

@@ -98,7 +98,7 @@ def moving_squares(
     return videos, labels.astype(np.int64)
 
 
-def _temporal_indices(n_frames: int, length: int, rng: np.random.Generator | None, step: int = 1
+def temporal_indices(n_frames: int, length: int, rng: np.random.Generator | None, step: int = 1
                       ) -> tuple[int, int, np.ndarray]:
     """Start frame, number of frames to read, and the ``(length,)`` positions into them: every ``step``-th frame of a
     span of ``(length - 1) * step + 1`` frames, looped over the whole video when it is shorter than the span."""
@@ -318,7 +318,7 @@ class ClipDataset(Dataset):
         n = self.source.num_frames(index)
         if n < 1:
             raise ValueError(f"video {index}: {n} frames, need at least 1")
-        start, want, positions = _temporal_indices(n, self.clip_length, rng, self.frame_step)
+        start, want, positions = temporal_indices(n, self.clip_length, rng, self.frame_step)
         frames = np.asarray(self.source.read_clip(index, start, want))
         if frames.ndim != 4 or frames.shape[0] != want or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -326,7 +326,8 @@ class PretrainModule(pl.LightningModule):
             features = self.encoder.features(clips)  # (B, C_feat)
             with torch.no_grad():  # the embedding, for the bank only (what the encoder's forward gives)
                 v = torch.nn.functional.normalize(self.encoder.fc(features), dim=1)  # (B, D)
-            loss = supervised_loss(self.classifier(features), self.class_labels[indices])
+            classifier = cast(torch.nn.Linear, self.classifier)  # set in __init__ for the supervised objective
+            loss = supervised_loss(classifier(features), self.class_labels[indices])
         elif p.objective == "ir" and p.ir_exact:
             v = self.encoder(clips)  # (B, D)
             loss = ir_softmax_loss(v, bank, indices, p.tau)
@@ -345,7 +346,8 @@ class PretrainModule(pl.LightningModule):
         return {"loss": loss, "embeddings": v.detach().float(), "indices": indices}
 
     def _injected_fault(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        epoch, batch, value, rank = self.fault_loss
+        # called only when fault_loss is set
+        epoch, batch, value, rank = cast(tuple[int, int, float, int | None], self.fault_loss)
         if (self.current_epoch + 1, batch_idx + 1) == (epoch, batch) and rank in (None, self.global_rank):
             return loss + value  # stays in the graph, as a real overflow would
         return loss
@@ -391,7 +393,8 @@ class PretrainModule(pl.LightningModule):
             if p.cluster_source == "bank":
                 labels = cluster_bank(self.bank.bank, p.n_clusters, p.kmeans_runs, seed, p.kmeans_iters)
             else:
-                labels = cluster_joint(self.bank.bank, self.idt_sketch, p.n_clusters, p.kmeans_runs, seed,
+                sketch = cast(torch.Tensor, self.idt_sketch)  # 'la' with 'joint': __init__ refused a missing one
+                labels = cluster_joint(self.bank.bank, sketch, p.n_clusters, p.kmeans_runs, seed,
                                        p.kmeans_iters, valid=self.idt_valid)
             self.cluster_labels.copy_(labels.to(self.cluster_labels.device))
         if _is_dist():  # GPU K-means may differ in the last bit between ranks: rank 0's labels rule
@@ -405,8 +408,9 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         p = self.params
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for _name, param in self.named_parameters():
             # BatchNorm scales/shifts and biases are 1-d: weight decay would only fight their scale
             (no_decay if param.ndim <= 1 else decay).append(param)
         optimizer = torch.optim.SGD(
@@ -422,7 +426,8 @@ class PretrainModule(pl.LightningModule):
         checkpoint["idtprior_rng"] = {  # no NCE noise state: it is reseeded per (seed, epoch, rank), see noise_seed
             "torch": torch.get_rng_state(),
             # plain tensors and ints only: Lightning loads checkpoints with torch.load(weights_only=True)
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            # NumPy's stubs pick the dict overload; get_state() (legacy=True, the default) returns the tuple
+            "numpy": _numpy_state_to_plain(np.random.get_state()),  # type: ignore[arg-type]
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -588,7 +593,7 @@ class EpochReporter(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.report is None or "loss_epoch" not in metrics:  # a step's metrics, not an epoch's
             return
-        row = {"epoch": int(metrics.get("epoch", 0)) + 1}
+        row: dict[str, float] = {"epoch": int(metrics.get("epoch", 0)) + 1}
         for key, name in EPOCH_METRICS.items():
             if key in metrics:
                 row[name] = round(float(metrics[key]), 5 if key == "loss_epoch" else 6)
@@ -662,7 +667,7 @@ def resume_checkpoint(checkpoints: str | Path) -> Path | None:
     epochs = _epoch_checkpoints(checkpoints) if checkpoints.is_dir() else []
     if not last.exists() and not epochs:
         return None
-    bad = []
+    bad: list[str] = []
     for path in ([last] if last.exists() else []) + epochs:
         problem = checkpoint_problem(path)
         if problem is None:
@@ -790,7 +795,8 @@ def train(
     logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
-        strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,
+        # precision: any str Lightning accepts (it checks the value); its stubs want one of its Literals
+        strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,  # type: ignore[arg-type]
         logger=[logger, *_tensorboard(out_dir), *loggers], callbacks=[checkpoint, *callbacks],
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],

@@ -2,7 +2,7 @@
 config would key each chunk on) which stages a run with that config would redo."""
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from idtprior.storage.manifest import STATUS_RETRYABLE, read_manifest
 from idtprior.storage.workspace import Workspace, chunk_count
@@ -50,7 +50,7 @@ class StageStatus:
 
     @property
     def created_iso(self) -> str:
-        return datetime.fromtimestamp(self.created, timezone.utc).isoformat(timespec="seconds") if self.created else ""
+        return datetime.fromtimestamp(self.created, UTC).isoformat(timespec="seconds") if self.created else ""
 
 
 def workspace_status(ws: Workspace, stages: tuple[str, ...],

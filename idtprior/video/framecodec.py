@@ -42,7 +42,8 @@ def decode_frames(data: bytes | memoryview | np.ndarray, shape: tuple[int, ...])
     raw = np.frombuffer(data, np.uint8)
     if raw[:4].tobytes() != MAGIC:
         raise ValueError(f"jpeg frames: a chunk of {raw.size} bytes does not start with {MAGIC!r}")
-    (count,) = struct.unpack_from("<I", raw, 4)
+    # ndarray has the buffer protocol; NumPy's stubs declare __buffer__ only for Python >= 3.12
+    (count,) = struct.unpack_from("<I", raw, 4)  # type: ignore[arg-type]
     if count != shape[0]:
         raise ValueError(f"jpeg frames: the chunk holds {count} frames, its array's chunks {shape[0]}")
     lengths = np.frombuffer(raw, "<u4", count, 8)

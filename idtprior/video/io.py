@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import cv2
@@ -141,7 +142,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
                 raise VideoError(f"video {path}: no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
             ctx = stream.codec_context
@@ -248,7 +249,8 @@ def write_video(
         for img in frames:
             img = np.ascontiguousarray(img, dtype=np.uint8)
             if stream is None:
-                stream = container.add_stream(codec, rate=rate)
+                # a video codec's name gives a VideoStream; PyAV's stubs type a plain str as any stream
+                stream = cast("av.VideoStream", container.add_stream(codec, rate=rate))
                 stream.width, stream.height = img.shape[1], img.shape[0]
                 stream.pix_fmt = pix_fmt
                 if options:

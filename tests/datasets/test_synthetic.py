@@ -14,8 +14,9 @@ def test_rendering_is_deterministic_and_the_files_are_real_h264(tmp_path):
     a = make_demo_data(tmp_path / "a", videos_per_class=5, frames=12, seed=3)
     b = make_demo_data(tmp_path / "b", videos_per_class=5, frames=12, seed=3)
     assert a == b
-    digest = lambda root: {v.video_id: hashlib.sha256((root / "videos" / v.relpath).read_bytes()).hexdigest()
-                           for v in a}
+    def digest(root):
+        return {v.video_id: hashlib.sha256((root / "videos" / v.relpath).read_bytes()).hexdigest()
+                               for v in a}
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     info = probe_video(tmp_path / "a" / "videos" / a[0].relpath)
     assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 160, 120, 12)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from idtprior.encoding import DiagGMM, fit_gmm, gmm_log_likelihood, sufficient_statistics
-from idtprior.encoding.gmm import _estep_params, em_step
+from idtprior.encoding.gmm import estep_params, em_step
 
 
 def mixture_sample(n: int, k: int, d: int, sep: float, seed: int):
@@ -109,7 +109,7 @@ def test_tight_components_far_from_the_bulk_match_float64(precision):
     lab = rng.choice(3, size=n, p=w)
     x = (mu[lab] + rng.standard_normal((n, d)) * np.sqrt(var[lab])).astype(np.float32)
     g = DiagGMM(w.astype(np.float32), mu.astype(np.float32), var.astype(np.float32))
-    est = _estep_params(g, np)
+    est = estep_params(g, np)
     assert est.n_ill == 2 and est.order.tolist() == [0, 1, 2]  # the pair is the ill-conditioned block
     s0, s1, s2, loglik = sufficient_statistics(x, g, chunk_rows=1000, precision=precision)
     x64, mu64, var64 = x.astype(np.float64), g.means.astype(np.float64), g.variances.astype(np.float64)

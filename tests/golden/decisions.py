@@ -100,12 +100,12 @@ def encode_choices(cfg) -> dict:
     """The Fisher vector's length, block size and statistics precision, and the sketch it is projected to."""
     from idtprior.encoding.codebook import DESCRIPTOR_TYPES
     from idtprior.encoding.fisher import fisher_vector
-    from idtprior.encoding.gmm import _chunk_stats
+    from idtprior.encoding.gmm import chunk_stats
 
     k = cfg.gmm_components
     fv_dim = 2 * k * sum(d // 2 for _, d in DESCRIPTOR_TYPES) if cfg.pca_mode == "per_type" else None
     return {"fv_dim": fv_dim, "fv_dim_per_pca_dim": 2 * k, "fisher_block_rows": default(fisher_vector, "chunk_rows"),
-            "statistics_precision": default(_chunk_stats, "precision"), "sketch_dim": cfg.sketch_dim}
+            "statistics_precision": default(chunk_stats, "precision"), "sketch_dim": cfg.sketch_dim}
 
 
 def training_choices(n: int, shared, stage, sketch_dim: int) -> dict:

@@ -25,6 +25,6 @@ def test_the_trace_sees_a_moved_seeding_threshold(monkeypatch):
     raised past its k-means++ cost must show in the trace, where the cluster golden (200 rows) cannot see it."""
     kmeans_module = importlib.import_module("idtprior.encoding.kmeans")
     before = decisions.trace("kinetics400")
-    monkeypatch.setattr(kmeans_module, "_KPP_AUTO_FLOPS", 1e13)
+    monkeypatch.setattr(kmeans_module, "KPP_AUTO_FLOPS", 1e13)
     changed = decisions.differences({"kinetics400": before}, {"kinetics400": decisions.trace("kinetics400")})
     assert "kinetics400.cluster.seeding: pinned random, now k-means++ (stage cluster)" in changed

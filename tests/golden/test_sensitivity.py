@@ -136,7 +136,7 @@ def edit_cluster(monkeypatch) -> set[str]:
     """K-means' "auto" seeding threshold at 0 flops: random rows instead of k-means++."""
     kmeans_module = importlib.import_module("idtprior.encoding.kmeans")  # the package re-exports the function
 
-    monkeypatch.setattr(kmeans_module, "_KPP_AUTO_FLOPS", 0.0)
+    monkeypatch.setattr(kmeans_module, "KPP_AUTO_FLOPS", 0.0)
     return {"labels", "centroids"}
 
 

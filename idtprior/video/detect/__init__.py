@@ -17,7 +17,7 @@ Backends (``params.backend``):
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class Detector:
                 yield last
 
     def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[np.ndarray | None]:
-        detected = [f for g, f in pending if g >= 0]
+        detected = cast(list[np.ndarray], [f for g, f in pending if g >= 0])  # g >= 0: a frame, never None
         results = iter(self._filter(b) for b in self.raw(np.stack(detected)))
         for g, _ in pending:
             yield next(results) if g >= 0 else None
@@ -142,12 +142,12 @@ def check_available(params: DetectParams) -> None:
     elif params.backend == "maskrcnn":
         from pathlib import Path
 
-        from .maskrcnn import _torchvision
+        from .maskrcnn import torchvision_module
 
         if not params.maskrcnn_weights or not Path(params.maskrcnn_weights).expanduser().is_file():
             raise ModelMissingError(f"maskrcnn weights file {params.maskrcnn_weights} does not exist "
                                     "(detect.maskrcnn_weights; nothing is downloaded)")
-        _torchvision()
+        torchvision_module()
 
 
 def detect(frames: np.ndarray | Iterable[np.ndarray], params: DetectParams = DetectParams()) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from .ssdlite import ModelMissingError
 PERSON = 1  # COCO category id of "person" in torchvision's 91-class heads
 
 
-def _torchvision():
+def torchvision_module():
     try:
         import torch
         import torchvision.models.detection as detection
@@ -35,7 +35,7 @@ class MaskRCNNDetector:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ModelMissingError(f"maskrcnn weights file {path} does not exist (detect.maskrcnn_weights)")
-        torch, detection = _torchvision()
+        torch, detection = torchvision_module()
         builder = getattr(detection, arch, None)
         if builder is None or not callable(builder):
             raise ValueError(f"maskrcnn_arch {arch!r} is not a torchvision.models.detection builder")

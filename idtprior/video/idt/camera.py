@@ -7,6 +7,7 @@ textured video against ~14 ms for ORB, and on KTH both give the same fidelity (m
 """
 
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -26,9 +27,9 @@ class Keypoints:
 def make_detector(params: IDTParams):
     """The OpenCV feature detector for ``params.feature_detector``, or None for flow matches only."""
     if params.feature_detector == "sift":
-        return cv2.SIFT_create(nfeatures=params.max_features)
+        return cv2.SIFT_create(nfeatures=params.max_features)  # type: ignore[attr-defined]  # stubs lack the alias
     if params.feature_detector == "orb":
-        return cv2.ORB_create(nfeatures=params.max_features)
+        return cv2.ORB_create(nfeatures=params.max_features)  # type: ignore[attr-defined]  # stubs lack the alias
     return None
 
 
@@ -81,7 +82,9 @@ def lk_matches(prev_gray: np.ndarray, gray: np.ndarray, params: IDTParams) -> tu
     )
     if corners is None:
         return empty, empty
-    nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, corners, None, winSize=(15, 15), maxLevel=2)
+    # cv2 takes None for the output nextPts (it allocates one); its stubs do not allow it
+    nxt, status, _ = cv2.calcOpticalFlowPyrLK(  # type: ignore[call-overload]
+        prev_gray, gray, corners, None, winSize=(15, 15), maxLevel=2)
     ok = status.ravel() == 1
     return corners.reshape(-1, 2)[ok].astype(np.float32), nxt.reshape(-1, 2)[ok].astype(np.float32)
 
@@ -94,7 +97,7 @@ def outside_boxes(points: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
     b = np.asarray(boxes, np.float32)[:, :4]
     x, y = points[:, 0:1], points[:, 1:2]
     inside = (x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])  # (m, K)
-    return ~inside.any(1)
+    return cast(np.ndarray, ~inside.any(1))
 
 
 def estimate_homography(

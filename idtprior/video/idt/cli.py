@@ -7,8 +7,11 @@ for the main parameters (-L track length, -W sampling stride, -N patch size, -s 
 import argparse
 import dataclasses
 import sys
+from collections.abc import Iterator
+from typing import cast
 
 import cv2
+import numpy as np
 
 from .extract import iter_idt
 from .params import IDTParams
@@ -70,7 +73,8 @@ def run_idt(args: argparse.Namespace) -> int:
     num_frames = info.frame_count or None
     try:
         # frames decoded in a thread of their own, a few ahead: the decoder's wake-ups stay off the extraction's path
-        blocks = iter_idt(prefetched(iter_frames(args.video)), params, boxes, num_frames=num_frames)
+        blocks = cast(Iterator[np.ndarray],  # return_points=False: row blocks
+                      iter_idt(prefetched(iter_frames(args.video)), params, boxes, num_frames=num_frames))
         if args.output:  # streamed block by block: memory stays at one block of rows, not the whole video's
             write_idt_text(args.output, blocks, info_columns, compresslevel=args.gzip_level)
         else:

@@ -20,12 +20,14 @@ def match_rows(ours: np.ndarray, ref: np.ndarray, tolerance: float = 2.0) -> np.
     """One-to-one matches (m, 2) [index in ref, index in ours]: same end frame and scale, mean positions within
     ``tolerance`` pixels, closest pairs first."""
     pairs = []
-    key_o = {}
+    key_o: dict[tuple, list[int]] = {}
     for j, (t, s) in enumerate(zip(ours[:, 0].astype(np.int64), np.round(ours[:, 6].astype(np.float64), 3))):
         key_o.setdefault((t, s), []).append(j)
-    key_r = {}
+    key_r: dict[tuple, list[int]] = {}
     for i, (t, s) in enumerate(zip(ref[:, 0].astype(np.int64), np.round(ref[:, 6].astype(np.float64), 3))):
         key_r.setdefault((t, s), []).append(i)
+    ri: list[int] | np.ndarray
+    oj: list[int] | np.ndarray | None
     for key, ri in key_r.items():
         oj = key_o.get(key)
         if not oj:
@@ -71,7 +73,7 @@ def fidelity_report(ours: np.ndarray, ref: np.ndarray, params: IDTParams = IDTPa
         kr = np.round(ref[:, 6].astype(np.float64), 3) == s
         ko = np.round(ours[:, 6].astype(np.float64), 3) == s
         kp = np.round(ref[pairs[:, 0], 6].astype(np.float64), 3) == s if len(pairs) else np.zeros(0, bool)
-        entry = {
+        entry: dict = {
             "n_ours": int(ko.sum()),
             "n_ref": int(kr.sum()),
             "count_ratio": float(ko.sum() / max(kr.sum(), 1)),

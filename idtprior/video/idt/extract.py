@@ -18,6 +18,7 @@ steps and nt_cell descriptor sums), not by the video length.
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import cv2
 import numpy as np
@@ -32,7 +33,7 @@ PARTS = ("decode", "flow", "camera", "descriptors", "tracking", "sampling")
 
 
 @dataclass
-class _Cohort:
+class Cohort:
     """Trajectories of one scale started at the same frame: they advance in lock step."""
 
     start: int
@@ -50,8 +51,8 @@ class _Cohort:
 class _Scale:
     factor: float  # full-resolution pixels per pixel of this scale
     size: tuple[int, int]  # (h, w)
-    cohorts: list[_Cohort] = field(default_factory=list)
-    finished: list[_Cohort] = field(default_factory=list)  # ended at the current frame
+    cohorts: list[Cohort] = field(default_factory=list)
+    finished: list[Cohort] = field(default_factory=list)  # ended at the current frame
     # the descriptors' per-frame buffers (h, w, 33), reused: a fresh multi-MB array each frame costs page faults
     channels: np.ndarray = field(init=False)
     sums: np.ndarray = field(init=False)
@@ -109,12 +110,13 @@ def farneback(prev: np.ndarray, cur: np.ndarray, params: IDTParams) -> np.ndarra
 
     The speed baseline of the benchmarks; the extractor's flows come from ``flow.PyramidFlow`` (one pass for all
     scales), which reproduces the reference release's tracks where this per-scale call does not."""
-    return cv2.calcOpticalFlowFarneback(
+    # cv2 takes None for the output flow (it allocates one); its stubs do not allow it
+    return cv2.calcOpticalFlowFarneback(  # type: ignore[call-overload]
         prev,
         cur,
         None,
         params.flow_pyr_scale,
-        _flow_levels(*prev.shape, params),
+        _flow_levels(*cast(tuple[int, int], prev.shape), params),
         params.flow_winsize,
         params.flow_iterations,
         params.flow_poly_n,
@@ -135,7 +137,8 @@ def sample_points(gray: np.ndarray, occupied: np.ndarray, params: IDTParams) -> 
     nx, ny = w // W, h // W
     if nx == 0 or ny == 0:
         return np.zeros((0, 2), np.float32)
-    eig = cv2.cornerMinEigenVal(gray, 3, 3)
+    # the 3rd positional is cv2's dst (a number is accepted there, and replaced): ksize stays at its default, 3
+    eig = cv2.cornerMinEigenVal(gray, 3, 3)  # type: ignore[call-overload]
     threshold = params.quality * float(eig.max())
     gx = np.arange(nx) * W + W // 2
     gy = np.arange(ny) * W + W // 2
@@ -149,7 +152,7 @@ def sample_points(gray: np.ndarray, occupied: np.ndarray, params: IDTParams) -> 
     return np.stack([gx[ix], gy[iy]], 1).astype(np.float32)
 
 
-def _boxes_at(boxes, t: int, resize: float) -> np.ndarray | None:
+def boxes_at(boxes, t: int, resize: float) -> np.ndarray | None:
     if boxes is None:
         return None
     if isinstance(boxes, Mapping):
@@ -166,7 +169,7 @@ def _boxes_at(boxes, t: int, resize: float) -> np.ndarray | None:
     return b[:, :4] * resize
 
 
-def _to_gray(frame: np.ndarray, t: int) -> np.ndarray:
+def to_gray(frame: np.ndarray, t: int) -> np.ndarray:
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:
         raise ValueError(f"frame {t}: expected uint8, got {frame.dtype}")
@@ -215,7 +218,7 @@ def _keep(dmag: np.ndarray, cmag: np.ndarray, std: np.ndarray, params: IDTParams
     return valid
 
 
-def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int], params: IDTParams, to_full: float):
+def finalize_cohort(cohort: Cohort, factor: float, end: int, frame_hw: tuple[int, int], params: IDTParams, to_full: float):
     """Prune the finished trajectories of ``cohort`` and build their rows (n, D) float32 and points (n, L+1, 2)."""
     # measured in full-resolution pixels: the reference's static threshold (std > sqrt(3)) binds at every scale alike
     alive = np.flatnonzero(cohort.alive)
@@ -248,7 +251,7 @@ def _finalize(cohort: _Cohort, factor: float, end: int, frame_hw: tuple[int, int
     return rows, (P * to_full).astype(np.float32)
 
 
-def _cohort_table(cohorts: list[_Cohort]) -> np.ndarray:
+def _cohort_table(cohorts: list[Cohort]) -> np.ndarray:
     """The compiled tracking step's table of ``cohorts`` (k, 6) int64: each one's array addresses, n and age."""
     return np.array([c.row + (len(c.pos), c.age) for c in cohorts], np.int64).reshape(len(cohorts), 6)
 
@@ -296,7 +299,7 @@ def iter_idt(
         except StopIteration:
             break
         t += 1
-        gray = _to_gray(frame, t)
+        gray = to_gray(frame, t)
         tm["decode"] += time.perf_counter() - t0
         if frame_hw is None:
             frame_hw = gray.shape
@@ -340,8 +343,8 @@ def iter_idt(
                     np.concatenate([src, fs]),
                     np.concatenate([dst, fd]),
                     params,
-                    _boxes_at(boxes, t - 1, 1.0 / to_full),
-                    _boxes_at(boxes, t, 1.0 / to_full),
+                    boxes_at(boxes, t - 1, 1.0 / to_full),
+                    boxes_at(boxes, t, 1.0 / to_full),
                 )
                 prev_kp = kp
                 t3 = time.perf_counter()
@@ -383,7 +386,7 @@ def iter_idt(
                     c.age += 1
                     if c.age == L:
                         sc.finished.append(c)
-                        res = _finalize(c, sc.factor, t, frame_hw, params, to_full)
+                        res = finalize_cohort(c, sc.factor, t, frame_hw, params, to_full)
                         if res is not None:
                             out_rows.append(res[0])
                             out_pts.append(res[1])
@@ -409,7 +412,7 @@ def iter_idt(
                     n = len(new)
                     pos = np.zeros((n, L + 1, 2), np.float32)
                     pos[:, 0] = new
-                    c = _Cohort(
+                    c = Cohort(
                         start=t,
                         pos=pos,
                         comp=np.zeros((n, L, 2), np.float32),
@@ -440,7 +443,8 @@ def extract_idt(
     of frames actually read.
     """
     counter = _Counter(frames)
-    blocks = list(iter_idt(counter, params, boxes, num_frames=None, return_points=True, timings=timings))
+    blocks = cast(list[tuple[np.ndarray, np.ndarray]],  # return_points=True: (rows, points) blocks
+                  list(iter_idt(counter, params, boxes, num_frames=None, return_points=True, timings=timings)))
     L = params.track_length
     if blocks:
         rows = np.concatenate([b[0] for b in blocks])

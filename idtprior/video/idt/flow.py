@@ -26,7 +26,7 @@ from .params import IDTParams
 
 
 @lru_cache(maxsize=8)
-def _poly_kernels(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, float]:
+def poly_kernels(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, float]:
     """1-D kernels g, x g, x^2 g (2n+1,) float32 of the polynomial fit and the entries of the inverse Gram matrix
     (cached: the same few (n, sigma) for every frame; the arrays are read only)."""
     if sigma < 1e-7:
@@ -54,7 +54,7 @@ def _poly_kernels(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def poly_expansion(img: np.ndarray, n: int, sigma: float) -> np.ndarray:
     """Quadratic expansion of ``img`` (h, w) float32 -> (h, w, 5) float32: [b_y, b_x, a_yy, a_xx, a_xy]."""
-    g, xg, xxg, ig11, ig03, ig33, ig55 = _poly_kernels(n, sigma)
+    g, xg, xxg, ig11, ig03, ig33, ig55 = poly_kernels(n, sigma)
 
     def sep(kx, ky):
         return cv2.sepFilter2D(img, cv2.CV_32F, kx, ky, borderType=cv2.BORDER_REPLICATE)
@@ -72,7 +72,7 @@ def poly_expansion(img: np.ndarray, n: int, sigma: float) -> np.ndarray:
 _EDGE = np.array([0.14, 0.14, 0.4472, 0.4472, 0.4472], np.float32)  # down-weights the last 5 rows/cols (OpenCV's)
 
 
-class _Grid:
+class Grid:
     """Edge weights of one level size, computed once."""
 
     def __init__(self, h: int, w: int):
@@ -84,14 +84,14 @@ class _Grid:
         self.edge = ey[:, None] * ex[None, :]  # (h, w)
 
 
-def _update_matrices(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, grid: _Grid) -> np.ndarray:
+def _update_matrices(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, grid: Grid) -> np.ndarray:
     """Per-pixel terms (h, w, 5) [G11, G12, G22, h1, h2] of the displacement equations at the current ``flow``: the
     second frame's expansion sampled bilinearly at the displaced position (outside the frame: no linear terms, the first
     frame's quadratic terms alone), averaged with the first frame's (a compiled loop: ``kernels.farneback_update``)."""
     return kernels.farneback_update(R0, R1, flow, grid.edge)
 
 
-def _window(winsize: int, gaussian: bool) -> np.ndarray | None:
+def smoothing_window(winsize: int, gaussian: bool) -> np.ndarray | None:
     m = winsize // 2
     if not gaussian:
         return None
@@ -110,11 +110,11 @@ def _solve(M: np.ndarray, winsize: int, kernel: np.ndarray | None) -> np.ndarray
     return kernels.farneback_solve(A)
 
 
-def farneback_level(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, params: IDTParams, grid: _Grid | None = None):
+def farneback_level(R0: np.ndarray, R1: np.ndarray, flow: np.ndarray, params: IDTParams, grid: Grid | None = None):
     """Farneback iterations at one level from the expansions ``R0``, ``R1`` (h, w, 5) and an initial ``flow`` (h, w, 2)
     -> flow (h, w, 2) float32."""
-    grid = grid or _Grid(*flow.shape[:2])
-    kernel = _window(params.flow_winsize, params.flow_gaussian_window)
+    grid = grid or Grid(*flow.shape[:2])
+    kernel = smoothing_window(params.flow_winsize, params.flow_gaussian_window)
     M = _update_matrices(R0, R1, flow, grid)
     for i in range(params.flow_iterations):
         flow = _solve(M, params.flow_winsize, kernel)
@@ -137,8 +137,8 @@ class PyramidFlow:
         self.sizes = sizes
         self.factors = factors
         self.params = params
-        self.grids = [_Grid(h, w) for h, w in sizes]
-        self.kernel = _window(params.flow_winsize, params.flow_gaussian_window)
+        self.grids = [Grid(h, w) for h, w in sizes]
+        self.kernel = smoothing_window(params.flow_winsize, params.flow_gaussian_window)
 
     def expand(self, gray: np.ndarray) -> list[np.ndarray]:
         """Polynomial expansion (h, w, 5) float32 of each level of ``gray`` (H, W) uint8 (the finest level's size)."""
@@ -147,7 +147,8 @@ class PyramidFlow:
         for (h, w), s in zip(self.sizes, self.factors):
             sigma = (s - 1.0) * 0.5
             ksize = max(int(round(sigma * 5)) | 1, 3)  # at s = 1: a 3x3 blur (sigma 0.8), as OpenCV's finest level
-            level = cv2.GaussianBlur(f, (ksize, ksize), sigma, sigma)
+            # the 4th positional is cv2's dst (a number is accepted there, and replaced): sigmaY stays 0 = sigmaX
+            level = cv2.GaussianBlur(f, (ksize, ksize), sigma, sigma)  # type: ignore[call-overload]
             if level.shape != (h, w):
                 level = cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
             out.append(poly_expansion(level, self.params.flow_poly_n, self.params.flow_poly_sigma))

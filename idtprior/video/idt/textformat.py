@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 
@@ -36,7 +36,7 @@ GZIP_LEVEL = 6
 def _open(path: str | Path, mode: str) -> IO[str]:
     path = Path(path)
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="ascii", newline="")
+        return cast(IO[str], gzip.open(path, mode + "t", encoding="ascii", newline=""))  # text mode: a TextIOWrapper
     return open(path, mode, encoding="ascii", newline="")
 
 

@@ -9,7 +9,7 @@ video beside the device (``homography="cpu"``, the default) or the batched RANSA
 
 What stays on the host, per frame and video: the gray conversion and the uint8 pyramid (OpenCV's fixed-point resizes,
 which the sampling and the descriptors read), the camera's keypoints (ORB) and good features to track (whose matches
-feed the homography), and the rows of finished trajectories (``extract._finalize``, the CPU code itself). Only
+feed the homography), and the rows of finished trajectories (``extract.finalize_cohort``, the CPU code itself). Only
 ``warp_flow="subtract"`` (the default) is supported.
 
 Videos of one size run as one batch; a video that ends leaves the batch (the batch is ordered by length). The rows
@@ -30,7 +30,7 @@ from . import torch_flow as tf
 from . import torch_sampling as ts
 from . import torch_tracks as tt
 from .descriptors import N_CHANNELS
-from .extract import _boxes_at, _Cohort, _finalize, _to_gray, build_pyramid, pyramid_scales
+from .extract import boxes_at, Cohort, finalize_cohort, to_gray, build_pyramid, pyramid_scales
 from .params import IDTParams
 
 HOMOGRAPHY = ("device", "cpu")
@@ -63,7 +63,7 @@ def extract_idt_batch(
         raise ValueError(f"boxes: {len(boxes)} entries for {len(videos)} videos")
     grays: list[list[np.ndarray]] = []
     for i, frames in enumerate(videos):
-        g = [_to_gray(f, t) for t, f in enumerate(frames)]
+        g = [to_gray(f, t) for t, f in enumerate(frames)]
         if any(x.shape != g[0].shape for x in g):
             bad = next(t for t, x in enumerate(g) if x.shape != g[0].shape)
             raise ValueError(f"video {i}, frame {bad}: size {g[bad].shape} differs from the first frame's {g[0].shape}")
@@ -146,6 +146,8 @@ def _extract_group(grays: list[list[np.ndarray]], boxes: list, shape: tuple[int,
     detector = cam.make_detector(params) if params.use_camera_compensation else None
     tracks = [_Tracks(params, dev) for _ in scales]
     cell = params.patch_size // params.nxy_cell
+    prev_pyr: list[torch.Tensor] | None
+    prev_exp: list[torch.Tensor] | None
     prev_host = prev_pyr = prev_exp = None
     prev_kp: list = [None] * B
     for t in range(lengths[0]):
@@ -157,6 +159,7 @@ def _extract_group(grays: list[list[np.ndarray]], boxes: list, shape: tuple[int,
         pyr = [torch.from_numpy(np.stack([p[k] for p in host])).to(dev) for k in range(len(scales))]
         cur_exp = flow.expand(pyr[0])
         if t > 0:
+            assert prev_exp is not None and prev_pyr is not None  # set at the end of frame t - 1
             flows, med = flow.flows([e[:n] for e in prev_exp], cur_exp)
             if params.use_camera_compensation:
                 med0 = med[0].permute(0, 2, 3, 1).cpu().numpy()  # (n, h, w, 2): the flow matches read it
@@ -225,7 +228,7 @@ def _cohort_alive(tr: _Tracks) -> torch.Tensor:
 def _finish(tr: _Tracks, done: torch.Tensor, factor: float, t: int, frame_hw, params: IDTParams,
             to_full: float, out: list) -> None:
     """Rows of the tracks of ``done`` (each video's cohort started at frame ``t - L``, which reached L steps at
-    ``t``): ``extract._finalize`` per video, on the host."""
+    ``t``): ``extract.finalize_cohort`` per video, on the host."""
     sel = torch.nonzero(done).ravel()
     video = tr.video[sel].cpu().numpy()
     pos, comp, desc = tr.pos[sel].cpu().numpy(), tr.comp[sel].cpu().numpy(), tr.desc[sel].cpu().numpy()
@@ -233,8 +236,8 @@ def _finish(tr: _Tracks, done: torch.Tensor, factor: float, t: int, frame_hw, pa
     L = params.track_length
     for b in np.unique(video):
         m = video == b
-        c = _Cohort(start=t - L, pos=pos[m], comp=comp[m], desc=desc[m], alive=alive[m], age=L)
-        res = _finalize(c, factor, t, frame_hw, params, to_full)
+        c = Cohort(start=t - L, pos=pos[m], comp=comp[m], desc=desc[m], alive=alive[m], age=L)
+        res = finalize_cohort(c, factor, t, frame_hw, params, to_full)
         if res is not None:
             out[int(b)].append(res)
 
@@ -260,10 +263,11 @@ def _homographies(detector, pyr_host, prev_pyr, prev_kp: list, med0: np.ndarray,
         prev_kp[b] = kp
         fs, fd = cam.flow_matches(prev_pyr[b][0], med0[b], params)
         src, dst = np.concatenate([src, fs]), np.concatenate([dst, fd])
-        keep = cam.outside_boxes(src, _boxes_at(boxes[b], t - 1, 1.0 / to_full)) & cam.outside_boxes(
-            dst, _boxes_at(boxes[b], t, 1.0 / to_full))
+        keep = cam.outside_boxes(src, boxes_at(boxes[b], t - 1, 1.0 / to_full)) & cam.outside_boxes(
+            dst, boxes_at(boxes[b], t, 1.0 / to_full))
         srcs.append(src[keep])
         dsts.append(dst[keep])
+    H: np.ndarray | torch.Tensor
     if homography == "cpu":
         H = np.stack([cam.estimate_homography(s, d, params)[0] for s, d in zip(srcs, dsts)])
         return torch.from_numpy(H).to(dev)

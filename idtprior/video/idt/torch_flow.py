@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import _Grid, _poly_kernels, _window
+from .flow import Grid, poly_kernels, smoothing_window
 from .params import IDTParams
 
 
@@ -50,17 +50,21 @@ def resize_linear(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def poly_expansion(img: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
     """``flow.poly_expansion`` of ``img (B, 1, h, w)`` float32 -> ``(B, 5, h, w)``: [b_y, b_x, a_yy, a_xx, a_xy]."""
-    g, xg, xxg, ig11, ig03, ig33, ig55 = _poly_kernels(n, sigma)
+    g: np.ndarray | torch.Tensor
+    xg: np.ndarray | torch.Tensor
+    xxg: np.ndarray | torch.Tensor
+    g, xg, xxg, ig11, ig03, ig33, ig55 = poly_kernels(n, sigma)
     dev = img.device
     g, xg, xxg = _row(g, dev), _row(xg, dev), _row(xxg, dev)
     b1 = sep_filter(img, g, g)
     f32 = np.float32
+    # torch's stubs take no NumPy scalar operands; float32 factors are deliberate (they round as the CPU path)
     return torch.cat([
-        sep_filter(img, g, xg) * f32(ig11),
-        sep_filter(img, xg, g) * f32(ig11),
-        b1 * f32(ig03) + sep_filter(img, g, xxg) * f32(ig33),
-        b1 * f32(ig03) + sep_filter(img, xxg, g) * f32(ig33),
-        sep_filter(img, xg, xg) * f32(ig55),
+        sep_filter(img, g, xg) * f32(ig11),  # type: ignore[operator]  # stubs: no NumPy scalars
+        sep_filter(img, xg, g) * f32(ig11),  # type: ignore[operator]  # stubs: no NumPy scalars
+        b1 * f32(ig03) + sep_filter(img, g, xxg) * f32(ig33),  # type: ignore[operator]  # stubs: no NumPy scalars
+        b1 * f32(ig03) + sep_filter(img, xxg, g) * f32(ig33),  # type: ignore[operator]  # stubs: no NumPy scalars
+        sep_filter(img, xg, xg) * f32(ig55),  # type: ignore[operator]  # stubs: no NumPy scalars
     ], dim=1)
 
 
@@ -136,8 +140,8 @@ class TorchPyramidFlow:
                  device: str | torch.device = "cpu"):
         self.sizes, self.factors, self.params = sizes, factors, params
         self.device = torch.device(device)
-        self.edges = [torch.as_tensor(_Grid(h, w).edge, device=self.device) for h, w in sizes]
-        k = _window(params.flow_winsize, params.flow_gaussian_window)
+        self.edges = [torch.as_tensor(Grid(h, w).edge, device=self.device) for h, w in sizes]
+        k = smoothing_window(params.flow_winsize, params.flow_gaussian_window)
         self.kernel = None if k is None else _row(k, self.device)
         self.blurs = []
         for s in factors:
@@ -176,7 +180,7 @@ class TorchPyramidFlow:
                 init = torch.zeros((R0[k].shape[0], 2, h, w), dtype=torch.float32, device=self.device)
             else:
                 ratio = np.float32(self.factors[k + 1] / self.factors[k])
-                init = resize_linear(prev, h, w) * ratio
+                init = resize_linear(prev, h, w) * ratio  # type: ignore[operator]  # stubs: no NumPy scalars
             raw[k] = self.level(R0[k], R1[k], init, k)
             med[k] = median5(raw[k], self.params.median_size)
             prev = med[k]

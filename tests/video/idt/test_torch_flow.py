@@ -8,7 +8,7 @@ import torch
 
 from idtprior.video.idt import IDTParams, pyramid_scales
 from idtprior.video.idt import torch_flow as tf
-from idtprior.video.idt.flow import PyramidFlow, _Grid, _window, farneback_level, poly_expansion
+from idtprior.video.idt.flow import PyramidFlow, Grid, smoothing_window, farneback_level, poly_expansion
 from idtprior.video.io import iter_frames
 
 from .conftest import shift_image, texture
@@ -35,14 +35,14 @@ def test_expansion_level_and_median_equal_the_cpu_steps():
     np.testing.assert_allclose(hwc(T1), R1, rtol=1e-5, atol=1e-4)
     # one level from the same expansions (Gaussian window, then a box)
     zero = np.zeros((60, 80, 2), np.float32)
-    edge = torch.from_numpy(_Grid(60, 80).edge)
+    edge = torch.from_numpy(Grid(60, 80).edge)
     for q in (p, IDTParams(flow_gaussian_window=False, flow_winsize=5)):
         ref = farneback_level(R0, R1, zero, q)
-        k = _window(q.flow_winsize, q.flow_gaussian_window)
+        k = smoothing_window(q.flow_winsize, q.flow_gaussian_window)
         kernel = None if k is None else torch.from_numpy(k)
         flow = nchw(zero)
         M = tf.update_matrices(nchw(R0), nchw(R1), flow, edge)
-        for i in range(q.flow_iterations):
+        for _i in range(q.flow_iterations):
             flow = tf.solve(M, q.flow_winsize, kernel)
             M = tf.update_matrices(nchw(R0), nchw(R1), flow, edge)
         np.testing.assert_allclose(hwc(flow), ref, atol=1e-4)
@@ -51,7 +51,7 @@ def test_expansion_level_and_median_equal_the_cpu_steps():
 
     flow0 = np.random.default_rng(0).normal(0, 2, (60, 80, 2)).astype(np.float32)
     flow0[0, 0] = np.nan  # NaN is outside the frame, as in C
-    want = kernels.farneback_update(R0, R1, flow0, _Grid(60, 80).edge)
+    want = kernels.farneback_update(R0, R1, flow0, Grid(60, 80).edge)
     got = hwc(tf.update_matrices(nchw(R0), nchw(R1), nchw(flow0), edge))
     assert np.array_equal(got, want, equal_nan=True) and np.isnan(got[0, 0]).any()
     # the 5x5 median, exactly

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test test-all install clean ui-browser
+.PHONY: demo test test-all lint install clean ui-browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ ui-browser:
 demo: $(STAMP)
 	$(VENV)/bin/idtprior demo --workspace demo-workspace --data demo-data
 
-test: $(STAMP) ui-browser
+# The architecture as code (docs/architecture.md): the import contracts, ruff on everything, mypy on the cores.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check idtprior tests benchmarks infra
+	$(VENV)/bin/mypy
+
+test: lint ui-browser
 	$(PY) -m pytest -q
 
-test-all: $(STAMP) ui-browser
+test-all: lint ui-browser
 	$(PY) -m pytest -q -m ""
 
 clean:

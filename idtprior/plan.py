@@ -343,10 +343,10 @@ def measure_units(quick: bool = True) -> Units:
             out["loader_raw_s_per_mpix"] = _best(lambda: [raw[(0, e)] for e in range(8)], repeats) / 8 / read_mpix
             out["epoch_overhead_s"], out["train_setup_s"] = _training_overheads(Path(tmp))
             out["detect_s_per_frame"] = _detect_seconds(sizes[(240, 320)][1][:4 if quick else 16])
-    finally:
+    finally:  # threadpoolctl's restore first: it sets OpenMP (torch's pool) back to what it was at its start, 1
+        blas.restore_original_limits()
         cv2.setNumThreads(threads[0])
         torch.set_num_threads(threads[1])
-        blas.restore_original_limits()
     return Units(machine=machine_name(), measured=str(date.today()), how=f"measure_units(quick={quick})", **out)
 
 

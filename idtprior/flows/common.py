@@ -22,7 +22,7 @@ from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS
 from idtprior.storage.lock import manifest_lock
 from idtprior.storage.workspace import gc_paused
 from idtprior.tasks.common import (EnvironmentFault, close_clients, environment_fault, needs_refresh, run_logger,
-                                   showing_progress, task_options)
+                                   showing_progress, task_options, warm_stamps)
 from idtprior.terminal import EpochDisplay, StageProgress, epoch_text
 
 ARTIFACT_PREFIX = "idtprior"
@@ -203,6 +203,7 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     A plan's ``legacy`` key (``with_legacy_keys``: what status reads, and the upgrade re-keys by) is no task argument.
     """
     logger = get_run_logger()
+    warm_stamps(stage)  # the task threads then parse no source (CPython 3.11's parser is not thread-safe)
     plans = {c: {k: v for k, v in p.items() if k != "legacy"} for c, p in plans.items()}
     configured = task.with_options(**task_options(ws))
     refreshing = configured.with_options(refresh_cache=True)

@@ -220,6 +220,25 @@ def stamp(record: ChunkRecord, variant: str) -> ChunkRecord:
     return record
 
 
+def warm_stamps(stage: str) -> None:
+    """Compute, in the calling thread, what ``stamp`` computes for every code variant of ``stage`` (once per process,
+    tens of milliseconds each), so the chunk tasks' threads never parse sources. CPython 3.11's ``ast.parse`` is not
+    safe in threads ("AST constructor recursion depth mismatch": a chunk's first commit, parsing its stage's code in
+    a task thread while another thread parsed, failed the chunk in the SLURM drill), and ``codeprint``'s lock
+    covers only its own parsing."""
+    from idtprior.tasks.codeprint import STAGE_ROOTS, loaded_code, variant_of
+    from idtprior.tasks.environment import environment
+
+    try:
+        base = variant_of(stage)
+    except KeyError:  # a stage without code roots (no record of its own is stamped here)
+        return
+    for variant in STAGE_ROOTS:
+        if variant.split("@")[0] == base:
+            loaded_code(variant)
+    environment()
+
+
 def cache_key_from_record(context: TaskRunContext, parameters: dict) -> str:
     """Prefect cache key of a chunk task: its stage, chunk and fingerprint.
 

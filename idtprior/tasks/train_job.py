@@ -88,10 +88,15 @@ def train_job_script(config: PipelineConfig, stage: str, config_file: str | Path
     return "\n".join(lines)
 
 
+SLURM_CLIENT_ENV = ("SLURM_CONF",)
+"""SLURM variables a submitted job keeps: the commands' configuration, not the submitting job's settings."""
+
+
 def _slurm_free_env() -> dict[str, str]:
     # submitted from inside another job (a GPU-pool worker started by infra/slurm/gpu-worker.sbatch), the SLURM_*
-    # variables of that job would act as defaults of this one (its memory, its task count) and override the script's
-    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    # variables of that job would act as defaults of this one (its memory, its task count) and override the script's;
+    # SLURM_CONF is no job's setting but where the commands find the cluster (a site's, or infra/slurm/local-slurm.sh's)
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k in SLURM_CLIENT_ENV}
 
 
 def submit(script: Path) -> str:

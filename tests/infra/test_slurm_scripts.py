@@ -85,3 +85,30 @@ def test_lightning_reads_a_batch_job_as_srun_launched_unless_its_name_is_interac
     assert SLURMEnvironment.detect()  # why gpu-worker.sbatch renames its job for the worker's children
     monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
     assert not SLURMEnvironment.detect()
+
+
+LOCAL_SLURM = ROOT / "infra" / "slurm" / "local-slurm.sh"
+
+
+def test_the_local_slurm_script_parses_and_asks_for_a_one_node_cluster_of_its_own(tmp_path):
+    """The structure of infra/slurm/local-slurm.sh, in seconds (the drills that start it are slow:
+    tests/infra/test_slurm_drills.py, tests/server/test_slurm_gpu_worker.py)."""
+    assert subprocess.run(["bash", "-n", str(LOCAL_SLURM)]).returncode == 0
+    text = LOCAL_SLURM.read_text()
+    for line in ("ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
+                 "StateSaveLocation=$dir/state", "SlurmdSpoolDir=$dir/spool", "SlurmctldPidFile=$dir/slurmctld.pid",
+                 "SlurmdPidFile=$dir/slurmd.pid", "AuthInfo=socket=$dir/munge-socket/munge.socket",
+                 "NodeName=$host CPUs=$cpus RealMemory=$mem_mb"):
+        assert line in text, line
+    out = subprocess.run(["bash", str(LOCAL_SLURM)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "usage:" in out.stderr
+    # without SLURM on PATH it says what to install and starts nothing
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # the daemons are in /usr/sbin
+    out = subprocess.run(["/bin/bash", str(LOCAL_SLURM), "up", str(tmp_path / "c")], env=bare, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 3 and "munged not found (apt-get install -y slurm-wlm munge)" in out.stderr
+    assert not (tmp_path / "c" / "slurm.conf").exists()
+    # down with nothing running stops nothing and succeeds
+    out = subprocess.run(["/bin/bash", str(LOCAL_SLURM), "down", str(tmp_path / "c")], env=bare,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr

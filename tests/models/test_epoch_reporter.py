@@ -2,7 +2,9 @@
 
 import pickle
 
+import numpy as np
 import pytest
+from idtprior_testutils import knn_reference
 
 from idtprior.models import train
 from idtprior.models.lightning import EpochReporter
@@ -16,14 +18,17 @@ def test_reporter_hands_over_each_epoch_as_the_logs_keep_it_across_a_continued_r
     train(tiny_params(epochs=1), source, out_dir=tmp_path, labels_for_eval=labels, export_embeddings=False,
           loggers=[EpochReporter(rows.append)])
     assert [r["epoch"] for r in rows] == [1]
-    train(tiny_params(epochs=2), source, out_dir=tmp_path, labels_for_eval=labels, export_embeddings=False,
-          loggers=[EpochReporter(rows.append)])
+    result = train(tiny_params(epochs=2), source, out_dir=tmp_path, labels_for_eval=labels, export_embeddings=False,
+                   loggers=[EpochReporter(rows.append)])
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows == epoch_rows(tmp_path)  # the live rows are the logs' rows
     assert [r["loss"] for r in rows] == _loss_history(tmp_path)  # and their loss is the record's loss_per_epoch
     # the module logs lr at the epoch's end, after the epoch's scheduler step: milestone (1,) halves it from there
     assert [r["lr"] for r in rows] == pytest.approx([0.015, 0.015])
-    assert all(0.0 <= r["knn_acc"] <= 1.0 for r in rows)
+    # the last epoch's kNN, against a brute-force float64 reference on the bank the run saved
+    params = tiny_params(epochs=2)
+    want = knn_reference(np.load(result.bank), np.asarray(labels), k=params.knn_k, tau=params.tau)
+    assert rows[-1]["knn_acc"] == pytest.approx(want, abs=1e-6)
 
 
 def test_a_copy_sent_to_other_processes_reports_nothing():

@@ -100,12 +100,19 @@ def test_the_idt_sample_in_batches_keeps_the_cpu_extractors_seeded_rows(tmp_path
     cpu_ws, torch_ws = Workspace(str(tmp_path / "cpu")), Workspace(str(tmp_path / "torch"))
     cpu = run(cpu_ws, "idt", sample_one, {v: (p, IDTConfig(sample_rows=40), None, None) for v, p in good.items()})
     ours = run(torch_ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=2)
+    compared = []
     for v in good:
         assert ours.videos[v]["kept"] == cpu.videos[v]["kept"] == 40
         mine = np.asarray(torch_ws.chunk_group("idt", "0000-of-0001", ours.version)[v][:])
         ref = np.asarray(cpu_ws.chunk_group("idt", "0000-of-0001", cpu.version)[v][:])
-        if ours.videos[v]["trajectories"] == cpu.videos[v]["trajectories"]:  # the same seeded draw of the same rows
+        n_cpu, n_ours = cpu.videos[v]["trajectories"], ours.videos[v]["trajectories"]
+        if n_ours == n_cpu:  # the same seeded draw of the same rows
             np.testing.assert_allclose(mine, ref, atol=0.02)
+            compared.append(v)
+        else:  # float32 rounding kept a trajectory more or less: the seeded draw picks other rows, of the same video
+            assert abs(n_ours / n_cpu - 1) <= 0.02, (v, n_ours, n_cpu)
+            assert mine.shape == ref.shape
+    assert compared, "no video had the CPU extractor's trajectory count: the seeded rows were never compared"
 
 
 def test_a_video_that_fails_the_batched_call_fails_alone_and_running_out_of_memory_fails_the_chunk(

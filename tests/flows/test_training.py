@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from idtprior_testutils import moving_square_frames, write_moving_square_videos
+from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
@@ -162,6 +162,20 @@ def test_knn_evaluation_uses_the_test_split_and_every_label_column(tmp_path):
     for acc in [*info["knn"].values(), *info["knn_init"].values()]:
         assert 0.0 <= acc <= 1.0 and abs(acc * n_test - round(acc * n_test)) < 1e-3  # a fraction of the test videos
     assert result["knn_label"] == info["knn"]["label"]
+    # each label set's accuracy is the float64 reference's: the test split's videos voting among the train split's,
+    # on the stage's own (L2-normalised) embeddings
+    import csv
+
+    emb, ids = read_embeddings(ws, "pretrain_ir")
+    x = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    test = np.array([{r.video_id: r.split for r in rows}[v] == "test" for v in ids])
+    with open(tmp_path / "data" / "labels.csv", newline="") as f:
+        table = {row["video_id"]: row for row in csv.DictReader(f)}
+    for column, acc in info["knn"].items():
+        names = sorted({table[v][column] for v in ids if table[v][column]})
+        y = np.array([names.index(table[v][column]) if table[v][column] else -1 for v in ids])
+        want = knn_reference(x[~test], y[~test], x[test], y[test], k=3, tau=cfg.pretrain.tau)
+        assert acc == pytest.approx(round(want, 4), abs=1e-4), column
 
 
 _RUNNER = """

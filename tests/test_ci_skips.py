@@ -26,10 +26,11 @@ def test_runs():
 '''
 
 
-def run_probe(tmp_path: Path, ci: str | None) -> str:
+def run_probe(tmp_path: Path, ci: str | None, **extra: str) -> str:
     (tmp_path / "test_probe.py").write_text(PROBE)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "IDTPRIOR_TEST_EXTRAS")}
+    env.update(extra)
     if ci is not None:
         env["CI"] = ci
     env["PYTHONPATH"] = str(TESTS)
@@ -47,6 +48,12 @@ def test_under_ci_a_skip_for_what_the_project_installs_fails(tmp_path):
     assert "ERROR at setup of test_needs_chromium" in out and "no Chromium" in out
     assert "skipped under CI=true, where the project's install provides what it needs: reference data absent" in out
     assert "SKIPPED [1] test_probe.py" in out and "faiss not installed" in out
+
+
+def test_make_test_extras_fails_a_skip_for_the_extras_too(tmp_path):
+    out = run_probe(tmp_path, None, IDTPRIOR_TEST_EXTRAS="1")
+    assert "2 failed, 1 passed, 1 error" in out, out
+    assert "FAILED test_probe.py::test_needs_faiss" in out and "skipped in make test-extras" in out
 
 
 def test_without_ci_every_skip_stays_a_skip(tmp_path):

@@ -81,41 +81,62 @@ def pipeline_parameters(ws: Path, source: Path) -> dict:
             "overrides": OVERRIDES}
 
 
-def test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk(prefect_server, drill):
+@pytest.fixture(scope="module")
+def retried(prefect_server, drill) -> dict:
+    """The drill itself, once per module, whichever test asks first: a pipeline run created as the UI's Run button
+    creates it fails in one decode chunk (the workers' armed fault), then is retried as the UI's Retry button does;
+    what the server and the workspace showed after each attempt. Every test that continues the drill's workspace
+    takes this fixture (none skips when run alone)."""
     root, workers, pipeline, shared = drill
     server = prefect_server
     ws_path = root / "ws"
     ws = Workspace(str(ws_path))
+    seen: dict = {"root": root, "ws": ws}
 
     run = server.run_deployment_like_the_ui(pipeline, pipeline_parameters(ws_path, root / "videos"))
-    first = server.wait_flow_run(run["id"], RUN_TIMEOUT_S, workers)
-    assert first["state_type"] == "FAILED", (first["state_name"], first["state"]["message"])
-    assert first["name"] == "ws: pretrain"
-    # the stage's other chunk is committed; the failed one is not, and the fault is spent for this workspace
-    assert set(created(ws, "ingest")) == {FAULT_CHUNK, OTHER_CHUNK}
-    assert set(created(ws, "decode")) == {OTHER_CHUNK}
-    assert ws.fs.exists(ws.path("faults", f"{FAULT_STAGE}-{FAULT_CHUNK}"))
-    stages_1 = stage_runs(server, run["id"])
-    assert stages_1["idtprior-decode"]["state_type"] == "FAILED"
-    assert chunk_task_states(server, stages_1["idtprior-decode"]["id"], "decode")[FAULT_CHUNK] == "Failed"
-    # the run graph's edge: decode's node in the pipeline run (its parent task) takes ingest's run as input
-    decode_node = server.get(f"/task_runs/{stages_1['idtprior-decode']['parent_task_run_id']}")
-    assert decode_node["task_inputs"]["workspace"] == [{"input_type": "flow_run",
-                                                        "id": stages_1["idtprior-ingest"]["id"]}]
-    before = {s: created(ws, s) for s in ("ingest", "decode")}
+    seen["first"] = first = server.wait_flow_run(run["id"], RUN_TIMEOUT_S, workers)
+    seen["before"] = {s: created(ws, s) for s in ("ingest", "decode")}
+    seen["fault_spent"] = ws.fs.exists(ws.path("faults", f"{FAULT_STAGE}-{FAULT_CHUNK}"))
+    seen["stages_1"] = stages_1 = stage_runs(server, run["id"])
+    if "idtprior-decode" in stages_1:
+        seen["decode_states_1"] = chunk_task_states(server, stages_1["idtprior-decode"]["id"], "decode")
+        seen["decode_node"] = server.get(f"/task_runs/{stages_1['idtprior-decode']['parent_task_run_id']}")
     retried_at = server.flow_run(run["id"])["updated"]
 
     server.retry_like_the_ui(run["id"])
-    second = server.wait_flow_run(run["id"], RUN_TIMEOUT_S, workers, after_states=first["run_count"])
+    seen["second"] = second = server.wait_flow_run(run["id"], RUN_TIMEOUT_S, workers, after_states=first["run_count"])
+    seen["after"] = {s: created(ws, s) for s in ("ingest", "decode")}
+    seen["stages_2"] = stage_runs(server, run["id"], since=retried_at)
+    if second["state_type"] == "COMPLETED":
+        shared["finished_run"] = second
+    return seen
+
+
+def test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk(prefect_server, retried):
+    server = prefect_server
+    first, second, ws, root = retried["first"], retried["second"], retried["ws"], retried["root"]
+    assert first["state_type"] == "FAILED", (first["state_name"], first["state"]["message"])
+    assert first["name"] == "ws: pretrain"
+    # the stage's other chunk is committed; the failed one is not, and the fault is spent for this workspace
+    before = retried["before"]
+    assert set(before["ingest"]) == {FAULT_CHUNK, OTHER_CHUNK}
+    assert set(before["decode"]) == {OTHER_CHUNK}
+    assert retried["fault_spent"]
+    stages_1 = retried["stages_1"]
+    assert stages_1["idtprior-decode"]["state_type"] == "FAILED"
+    assert retried["decode_states_1"][FAULT_CHUNK] == "Failed"
+    # the run graph's edge: decode's node in the pipeline run (its parent task) takes ingest's run as input
+    assert retried["decode_node"]["task_inputs"]["workspace"] == [{"input_type": "flow_run",
+                                                                   "id": stages_1["idtprior-ingest"]["id"]}]
+
     assert second["state_type"] == "COMPLETED", (second["state_name"], second["state"]["message"])
-    assert second["id"] == run["id"] and second["run_count"] > first["run_count"]
-    shared["finished_run"] = second
-    after = {s: created(ws, s) for s in ("ingest", "decode")}
+    assert second["id"] == first["id"] and second["run_count"] > first["run_count"]
+    after = retried["after"]
     # only the failed chunk computed anything: every other record is the first run's
     assert after["ingest"] == before["ingest"]
     assert after["decode"][OTHER_CHUNK] == before["decode"][OTHER_CHUNK]
     assert set(after["decode"]) == {FAULT_CHUNK, OTHER_CHUNK}
-    stages_2 = stage_runs(server, run["id"], since=retried_at)
+    stages_2 = retried["stages_2"]
     assert set(stages_2) == {"idtprior-ingest", "idtprior-decode"}, sorted(stages_2)
     assert set(chunk_task_states(server, stages_2["idtprior-ingest"]["id"], "ingest").values()) == {"Cached"}
     assert chunk_task_states(server, stages_2["idtprior-decode"]["id"], "decode") == {OTHER_CHUNK: "Cached",
@@ -124,7 +145,7 @@ def test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk(prefect_serve
     for flow, pool in (("idtprior-ingest", "cpu"), ("idtprior-decode", "gpu")):
         assert stages_2[flow]["work_pool_name"] == f"idtprior-{pool}", flow
         assert server.workers_of(stages_2[flow]["id"]) == {f"idtprior-{pool}-worker"}, flow
-    assert server.workers_of(run["id"]) == {"idtprior-cpu-worker"}
+    assert server.workers_of(first["id"]) == {"idtprior-cpu-worker"}
 
     # the frames equal an uninterrupted computation's: each video decoded straight by the decode stage's reader
     store = FrameStore(ws)
@@ -135,14 +156,12 @@ def test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk(prefect_serve
 
 
 @pytest.mark.slow
-def test_an_uninterrupted_run_gives_the_retried_runs_frames(prefect_server, drill):
+def test_an_uninterrupted_run_gives_the_retried_runs_frames(prefect_server, drill, retried):
     """The same pipeline run on another workspace, never failing (its fault already spent: the marker the hook leaves
     in a workspace), gives the frames the retried run left."""
     root, workers, pipeline, shared = drill
     server = prefect_server
-    ws = Workspace(str(root / "ws"))
-    if not created(ws, "decode"):  # `-m slow` alone deselects the drill whose workspace this test continues
-        pytest.skip("continues the retry drill's workspace: run with the drill (make test-all, or -m '' tests/server)")
+    ws = retried["ws"]
     assert set(created(ws, "decode")) == {FAULT_CHUNK, OTHER_CHUNK}, "needs the retry drill's workspace"
     ref_path = root / "ws-reference"
     ref = Workspace(str(ref_path))
@@ -160,19 +179,26 @@ def test_an_uninterrupted_run_gives_the_retried_runs_frames(prefect_server, dril
 
 @pytest.mark.slow
 def test_stage_deployment_reruns_only_what_changed(prefect_server, drill):
-    root, workers, _, _ = drill
+    """A workspace and a source of its own (the drill's stay as they are for the other tests): the pipeline runs once
+    (its fault spent beforehand), one video changes, and each stage's own deployment, given only the workspace,
+    recomputes the changed video's chunk only."""
+    root, workers, pipeline, _ = drill
     server = prefect_server
-    ws_path = root / "ws"  # the workspace the retry drill left complete
+    source = root / "videos-rerun"
+    shutil.copytree(root / "videos", source)
+    ws_path = root / "ws-rerun"
     ws = Workspace(str(ws_path))
-    if not created(ws, "decode"):  # `-m slow` alone deselects the drill whose workspace this test continues
-        pytest.skip("continues the retry drill's workspace: run with the drill (make test-all, or -m '' tests/server)")
-    assert set(created(ws, "decode")) == {FAULT_CHUNK, OTHER_CHUNK}, "needs the retry drill's workspace"
+    ws.write_bytes_atomic(ws.path("faults", f"{FAULT_STAGE}-{FAULT_CHUNK}"), b"spent before the run\n")
+    first = server.run_deployment_like_the_ui(pipeline, pipeline_parameters(ws_path, source))
+    first = server.wait_flow_run(first["id"], RUN_TIMEOUT_S, workers)
+    assert first["state_type"] == "COMPLETED", first["state"]["message"]
+    assert set(created(ws, "decode")) == {FAULT_CHUNK, OTHER_CHUNK}
     before = {s: created(ws, s) for s in ("ingest", "decode")}
     frames_before = FrameStore(ws).array("clip002")[:]
     # one video of OTHER_CHUNK changes content
     changed = "clip001"
     assert chunk_of(changed, NUM_CHUNKS) == OTHER_CHUNK
-    write_video(root / "videos" / f"{changed}.mp4", moving_square_frames(24, seed=100), fps=25,
+    write_video(source / f"{changed}.mp4", moving_square_frames(24, seed=100), fps=25,
                 options={"preset": "ultrafast"})
 
     # the stage deployments, with only a workspace: the config it was last run with is the workspace's own
@@ -181,7 +207,7 @@ def test_stage_deployment_reruns_only_what_changed(prefect_server, drill):
         run = server.run_deployment_like_the_ui(dep, {"workspace": str(ws_path)})
         run = server.wait_flow_run(run["id"], RUN_TIMEOUT_S, workers)
         assert run["state_type"] == "COMPLETED", (stage, run["state"]["message"])
-        assert run["name"] == f"ws: {stage}"
+        assert run["name"] == f"ws-rerun: {stage}"
         assert chunk_task_states(server, run["id"], stage) == {FAULT_CHUNK: "Cached", OTHER_CHUNK: "Completed"}
     after = {s: created(ws, s) for s in ("ingest", "decode")}
     for stage in ("ingest", "decode"):
@@ -230,13 +256,12 @@ def screenshot(url: str, out: Path) -> str:
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="no Chromium (Debian: apt-get install -y chromium; "
                     "`make install` does it where it runs as root)")
-def test_ui_shows_the_run_form_and_a_finished_runs_graph(prefect_server, drill, tmp_path):
+def test_ui_shows_the_run_form_and_a_finished_runs_graph(prefect_server, drill, retried, tmp_path):
     """scripts/ui_screenshot.sh in headless Chromium: the pipeline's custom run form (with the stage multi-select) and
     the drill's finished run (its graph of stage runs). Written to docs/ with IDTPRIOR_WRITE_DOCS=1 (the README's
     pictures). The graph is drawn on a canvas: the DOM shows the page around it, a person checks the picture."""
     _, _, pipeline, shared = drill
-    if "finished_run" not in shared:
-        pytest.skip("needs the finished run of test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk")
+    assert "finished_run" in shared, retried["second"]["state"]["message"]
     out = DOCS if os.environ.get("IDTPRIOR_WRITE_DOCS") == "1" else tmp_path
     html = screenshot(f"{prefect_server.url}/v2/deployments/deployment/{pipeline['id']}/run", out / "ui-run-form.png")
     # the form the UI drew from the deployment's schema: every parameter's title, the stage multi-select's choices
@@ -250,15 +275,15 @@ def test_ui_shows_the_run_form_and_a_finished_runs_graph(prefect_server, drill, 
     assert run["name"] in html and "Completed" in html
 
 
-def test_a_pipeline_keeps_its_config_and_a_stage_runs_overrides_apply_to_that_run_only(prefect_server, drill):
+def test_a_pipeline_keeps_its_config_and_a_stage_runs_overrides_apply_to_that_run_only(prefect_server, drill,
+                                                                                         retried):
     """Every stage run the pipeline started names the config the pipeline resolved, stored by content in the
     workspace; a stage run from its own deployment with overrides changes nothing of it (nor ``config.yaml``); a
     Retry of the pipeline's stage run afterwards reads the pipeline's config, not what ran in between."""
     from idtprior.flows.runs import load_stored_config, remembered_config
 
     root, workers, _, shared = drill
-    if "finished_run" not in shared:
-        pytest.skip("needs the finished run of test_failed_chunk_retry_from_the_ui_recomputes_only_that_chunk")
+    assert "finished_run" in shared, retried["second"]["state"]["message"]
     server = prefect_server
     ws = Workspace(str(root / "ws"))
     runs = server.subflow_runs(shared["finished_run"]["id"])  # both attempts' stage runs

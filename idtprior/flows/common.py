@@ -236,7 +236,8 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
             display.finish(chunk, outcome, cached=getattr(fut.state, "name", "") == "Cached",
                            say=chunk in records)  # a failed chunk: its error line above says it
             if artifact is not None:
-                artifact.update(len(records) + len(errors), f"last: {chunk} {outcome}")
+                videos = _video_counts(records) if display.unit == "video" else ""
+                artifact.update(len(records), f"{videos}last: {chunk} {outcome}", failed=len(errors))
     if own_display:
         display.close(_stage_counts(records, errors, display.unit))
     if errors:
@@ -245,6 +246,14 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
         why = f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)
         raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {why}") from exc
     return records
+
+
+def _video_counts(records: dict[str, ChunkRecord]) -> str:
+    """``"N videos ok, M failed; "`` over the committed chunks (with the retryable ones where there are some)."""
+    ok = sum(r.n_ok for r in records.values())
+    bad = sum(r.n_failed for r in records.values())
+    retryable = sum(r.n_retryable for r in records.values())
+    return f"{ok} videos ok, {bad} failed" + (f" ({retryable} retryable)" if retryable else "") + "; "
 
 
 def _stage_counts(records: dict[str, ChunkRecord], errors: list, unit: str) -> str:
@@ -272,11 +281,16 @@ class ProgressArtifactUpdater:
         except Exception as e:  # noqa: BLE001 - progress only; the work goes on
             self._skip(e)
 
-    def update(self, done: int, note: str = "") -> None:
+    def update(self, done: int, note: str = "", failed: int = 0) -> None:
+        """``done`` steps finished well and ``failed`` failed (the bar counts both as ended); the description says
+        both, and how many are still to run: "decode: 2 of 4 chunks done, 2 failed; ...", never a failure as done."""
         if self.id is None:
             return
-        percent = 100.0 * done / self.total if self.total else 100.0
-        text = f"{self.stage}: {done} of {self.total} {self.what} done" + (f"; {note}" if note else "")
+        ended = done + failed
+        percent = 100.0 * ended / self.total if self.total else 100.0
+        left = self.total - ended
+        text = (f"{self.stage}: {done} of {self.total} {self.what} done" + (f", {failed} failed" if failed else "")
+                + (f", {left} to run" if left > 0 else "") + (f"; {note}" if note else ""))
         try:
             update_progress_artifact(self.id, percent, description=text)
         except Exception as e:  # noqa: BLE001 - progress only; the work goes on

@@ -65,6 +65,37 @@ def test_each_stage_run_leaves_a_progress_artifact_at_100_percent_with_every_chu
     assert runs[1].description.startswith(f"decode: {n_chunks} of {n_chunks} chunks done")
 
 
+def test_a_failed_chunk_is_counted_as_failed_not_done(tmp_path, monkeypatch):
+    """A decode chunk that fails (the drills' fault, once): the progress artifact says how many chunks finished, how
+    many failed, and the videos of the committed ones; a failure is never counted as done."""
+    from idtprior.tasks.common import FAULT_ENV
+
+    cfg = tiny_config(tmp_path, n=12)
+    ws = Workspace(cfg.workspace)
+    pretrain_pipeline(cfg, stages=["ingest"], progress=False)
+    chunks = sorted(ws.records("ingest"))
+    n = len(chunks)
+    assert n >= 2
+    monkeypatch.setenv(FAULT_ENV, f"decode:{chunks[0]}:once")
+    with pytest.raises(Exception, match=f"1 of {n} chunks failed"):
+        pretrain_pipeline(cfg, stages=["decode"], progress=False)
+    monkeypatch.delenv(FAULT_ENV)
+    done = ws.records("decode")
+    assert sorted(done) == chunks[1:]
+    ok = sum(r.n_ok for r in done.values())
+    assert 0 < ok < 12
+    (art,) = artifacts(artifact_key(ws, "decode", "progress"))
+    assert float(art.data) == 100.0  # every chunk ended
+    assert art.description.startswith(f"decode: {n - 1} of {n} chunks done, 1 failed; {ok} videos ok, 0 failed; "
+                                      "last: "), art.description
+
+    # the rerun computes the failed chunk: all done, nothing failed
+    pretrain_pipeline(cfg, stages=["decode"], progress=False)
+    last = artifacts(artifact_key(ws, "decode", "progress"))[-1]
+    assert last.description.startswith(f"decode: {n} of {n} chunks done; 12 videos ok, 0 failed; last: "), \
+        last.description
+
+
 def test_progress_artifact_keys_belong_to_their_workspace(tmp_path):
     """Two workspaces with one folder name do not share a progress history."""
     a = tiny_config(tmp_path / "a", n=2, stages=["ingest"])

@@ -2,10 +2,7 @@
 pipeline, packed in tests/fixtures by ``make_legacy_workspace.py``) is re-keyed in place by the next run, which
 recomputes no chunk, and is then as current as a workspace made today."""
 
-import json
-import shutil
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,37 +12,25 @@ from idtprior.cli import main
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.registry import expected_fingerprints
-from idtprior.storage import Workspace
 from idtprior.storage.status import workspace_status
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from make_legacy_workspace import ROOT, config  # noqa: E402
+from make_legacy_workspace import ROOT, STAGES, config, stage_records, unpacked  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 ARCHIVE = FIXTURES / "legacy-workspace-b073dad.tar.gz"
-STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "sketches", "cluster", "pretrain_ir",
-          "pretrain_la", "evaluate")
 
 
 @pytest.fixture
 def legacy_workspace():
-    """The fixture's workspace unpacked where it was made (its manifest names the videos by absolute path)."""
-    shutil.rmtree(ROOT, ignore_errors=True)
-    with tarfile.open(ARCHIVE) as tar:
-        tar.extractall(ROOT, filter="data")
-    yield Workspace(str(ROOT / "ws"))
-    shutil.rmtree(ROOT, ignore_errors=True)
-
-
-def records(ws: Workspace) -> dict[str, dict[str, dict]]:
-    return {s: {c: json.loads(Path(ws.record_path(s, c)).read_text()) for c in ws.records(s)} for s in STAGES}
+    yield from unpacked(ARCHIVE)
 
 
 def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy_workspace, capsys):
     ws = legacy_workspace
     cfg = PipelineConfig.model_validate(config())
-    before = records(ws)
+    before = stage_records(ws)
     assert all(before[s] for s in STAGES) and not any(r.get("behaviour") for s in STAGES for r in before[s].values())
 
     # what `idtprior status --config` says before the upgrade runs: every stage up to date, made before versions
@@ -60,7 +45,7 @@ def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy
     # the first run after the upgrade is of one stage only, the last one: every stage's records are re-keyed, upstream
     # first, so that no stage keys on an upstream key that changes when that stage runs later
     pretrain_pipeline(cfg, stages=["evaluate"], progress=False)
-    after = records(ws)
+    after = stage_records(ws)
     for stage in STAGES:
         assert set(after[stage]) == set(before[stage]), stage
         for chunk, rec in after[stage].items():
@@ -77,7 +62,7 @@ def test_a_workspace_of_the_previous_commit_is_rekeyed_and_reruns_nothing(legacy
 
     # re-keyed, the workspace is current under today's keys: the whole pipeline recomputes and rewrites nothing
     pretrain_pipeline(cfg, progress=False)
-    assert records(ws) == after
+    assert stage_records(ws) == after
     checks = {st.stage: st.check for st in workspace_status(ws, STAGES, expected_fingerprints(cfg, ws))}
     assert checks == {s: "up to date" for s in STAGES}, checks
     assert main(["status", ws.url]) == 0

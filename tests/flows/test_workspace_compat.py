@@ -6,9 +6,7 @@ and the renamed private helpers (issue 31), which moved code across modules and 
 fingerprints. A layout change that changes a key, a plan or a record fails here."""
 
 import json
-import shutil
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,38 +15,26 @@ from idtprior.cli import main
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.flows.registry import expected_fingerprints
-from idtprior.storage import Workspace
 from idtprior.storage.status import workspace_status
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from make_legacy_workspace import ROOT, config  # noqa: E402
+from make_legacy_workspace import ROOT, STAGES, config, stage_records, unpacked  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 ARCHIVE = FIXTURES / "workspace-fca3932.tar.gz"
-STAGES = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", "sketches", "cluster", "pretrain_ir",
-          "pretrain_la", "evaluate")
 
 
 @pytest.fixture
 def earlier_workspace():
-    """The fixture's workspace unpacked where it was made (its manifest names the videos by absolute path)."""
-    shutil.rmtree(ROOT, ignore_errors=True)
-    with tarfile.open(ARCHIVE) as tar:
-        tar.extractall(ROOT, filter="data")
-    yield Workspace(str(ROOT / "ws"))
-    shutil.rmtree(ROOT, ignore_errors=True)
-
-
-def records(ws: Workspace) -> dict[str, dict[str, dict]]:
-    return {s: {c: json.loads(Path(ws.record_path(s, c)).read_text()) for c in ws.records(s)} for s in STAGES}
+    yield from unpacked(ARCHIVE)
 
 
 def test_a_workspace_of_commit_fca3932_reruns_nothing(earlier_workspace, capsys):
     ws = earlier_workspace
     assert (ROOT / "COMMIT").read_text().strip() == "fca3932"
     cfg = PipelineConfig.model_validate(config())
-    before = records(ws)
+    before = stage_records(ws)
     assert all(before[s] for s in STAGES) and all(r.get("behaviour") for s in STAGES for r in before[s].values())
 
     # planned with today's code, every chunk's key is the one its record holds
@@ -61,4 +47,4 @@ def test_a_workspace_of_commit_fca3932_reruns_nothing(earlier_workspace, capsys)
 
     # and a run of the whole pipeline computes, re-keys and rewrites nothing
     pretrain_pipeline(cfg, progress=False)
-    assert records(ws) == before
+    assert stage_records(ws) == before

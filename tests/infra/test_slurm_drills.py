@@ -44,6 +44,20 @@ def _slurm_dask(jobs_dir: Path, jobs: int = 2, walltime: str = "00:20:00") -> di
                                           "python": sys.executable, "log_directory": str(jobs_dir)}}
 
 
+def _hold(ws: Workspace, monkeypatch, chunk: str) -> Path:
+    """Arm the drills' hold on decode's ``chunk`` (the worker that runs its last video waits, its frames written; the
+    jobs inherit the environment); returns the file the holder writes its pid to."""
+    monkeypatch.setenv(FAULT_ENV, f"decode:{chunk}:hold")
+    return Path(ws.path("faults", f"decode-{chunk}.held"))
+
+
+def _wait_for(path: Path, timeout_s: float = 300) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return path.exists()
+
+
 def _worker_logs(jobs_dir: Path) -> dict[str, str]:
     return {p.name: p.read_text(errors="replace") for p in sorted(jobs_dir.glob("*.err")) + sorted(
         jobs_dir.glob("*.out"))}
@@ -89,17 +103,11 @@ def test_a_worker_job_cancelled_mid_stage_loses_nothing_and_the_rerun_recomputes
     jobs_dir = tmp_path / "jobs"
     cfg = _pipeline(tmp_path / "ws", src, _slurm_dask(jobs_dir), ["ingest", "decode"])
     ws = Workspace(cfg.workspace)
-    held_chunk = "0000-of-0002"
-    # the worker that runs this chunk's last video holds it, its frames written (the jobs inherit the environment)
-    monkeypatch.setenv(FAULT_ENV, f"decode:{held_chunk}:hold")
-    held = Path(ws.path("faults", f"decode-{held_chunk}.held"))
+    held = _hold(ws, monkeypatch, "0000-of-0002")
     seen: dict = {}
 
     def cancel_the_holder():
-        deadline = time.monotonic() + 300
-        while not held.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not held.exists():
+        if not _wait_for(held):
             return
         pid = int(held.read_text())
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -185,14 +193,12 @@ def test_jobs_that_reach_their_walltime_mid_stage_leave_it_waiting_and_the_rerun
     cfg = _pipeline(tmp_path / "ws", src, _slurm_dask(jobs_dir, walltime="00:01:00"), ["ingest", "decode"])
     ws = Workspace(cfg.workspace)
     held_chunk, other_chunk = "0000-of-0002", "0001-of-0002"
-    monkeypatch.setenv(FAULT_ENV, f"decode:{held_chunk}:hold")
-    held = Path(ws.path("faults", f"decode-{held_chunk}.held"))
+    held = _hold(ws, monkeypatch, held_chunk)
     seen: dict = {}
 
     def watch_then_stop():
         deadline = time.monotonic() + 300
-        while not held.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_for(held)
         seen["held_at"] = time.monotonic()
         while any(j[1] == "idtprior-dask" for j in squeue()) and time.monotonic() < deadline:
             time.sleep(1)

@@ -1,4 +1,4 @@
-"""The stages' pictures at PNG level 6 (``flows.artifacts.PNG_LEVEL``) against level 9, in one run: the time to build
+"""The stages' pictures at PNG level 6 (``stages.pictures.PNG_LEVEL``) against level 9, in one run: the time to build
 each stage's picture markdown (montage, PNG, the size cap's re-encodes) and its characters.
 
     python benchmarks/artifact_pictures.py WORKSPACE      # a workspace the demo ran in (benchmarks/plan_check.py --keep)
@@ -13,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from idtprior.flows import artifacts
+from idtprior.stages import pictures
+from idtprior.stages.cluster import cluster_markdown
+from idtprior.stages.decode import decode_markdown
+from idtprior.stages.idt import idt_markdown
+from idtprior.stages.pictures import image_md
 
 
 def best(fn, repeats: int = 3) -> tuple[float, str]:
@@ -32,14 +36,14 @@ def builders(workspace: str | None) -> dict:
 
         rows = [list(textured_pan_video(6, 128, 170, seed=s)) for s in range(3)]
         image = montage(rows, cell=(128, 170), row_labels=["a", "b", "c"], label_width=120)
-        return {"frame montage (3 x 6 generated frames)": lambda: artifacts.image_md("frames", image)}
+        return {"frame montage (3 x 6 generated frames)": lambda: image_md("frames", image)}
     from idtprior.config import load_config
     from idtprior.storage import Workspace
 
     ws = Workspace(workspace)
     cfg = load_config(str(Path(workspace) / "config.yaml"))  # the config it last ran with
-    return {"decode": lambda: artifacts.decode_markdown(ws), "idt": lambda: artifacts.idt_markdown(ws, cfg.idt),
-            "cluster": lambda: artifacts.cluster_markdown(ws, cfg.idt)}
+    return {"decode": lambda: decode_markdown(ws), "idt": lambda: idt_markdown(ws, cfg.idt),
+            "cluster": lambda: cluster_markdown(ws, cfg.idt)}
 
 
 def main() -> int:
@@ -48,7 +52,7 @@ def main() -> int:
     for name, build in builders(workspace).items():
         got = {9: (math.inf, ""), 6: (math.inf, "")}  # level -> (seconds, markdown), best over the interleaved runs
         for level in (9, 6, 9, 6):
-            artifacts.PNG_LEVEL = level
+            pictures.PNG_LEVEL = level
             got[level] = min(got[level], best(build), key=lambda r: r[0])
         for level in (6, 9):
             total[level] += got[level][0]

@@ -16,9 +16,9 @@ import time
 import yaml
 
 from idtprior.config import PipelineConfig
-from idtprior.flows.evaluate import plan_evaluate
+from idtprior.stages.evaluate import task as evaluate_tasks
+from idtprior.stages.evaluate.flow import plan_evaluate
 from idtprior.storage import Workspace
-from idtprior.tasks import evaluate as evaluate_tasks
 
 WAYS = (("store, 2 loader workers (before)", 0, 2), ("store, in process", 0, 0),
         ("memory, 2 loader workers", 4096, 2), ("memory, in process (the demo now)", 4096, 0))

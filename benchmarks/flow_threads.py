@@ -1,6 +1,6 @@
 """The flow process's torch threads after the pipeline's Dask cluster has started: Dask's own LocalCluster (whose
 nanny writes OMP_NUM_THREADS=1 and the rest into the starting process's environment) against the pipeline's
-``flows.common.dask_cluster`` (which leaves it alone), with the demo's network trained for a few steps in each, in one
+``runtime.dask.dask_cluster`` (which leaves it alone), with the demo's network trained for a few steps in each, in one
 run. Each case is a fresh process: start a 1-worker cluster, then import torch (as the training stages do), then time
 SGD steps of ResNet-18 3D width 0.25, batch 16, 16x64x64 (the demo's settings).
 
@@ -19,7 +19,7 @@ if __name__ == "__main__":
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
     else:
         from idtprior.config import DaskConfig
-        from idtprior.flows.common import dask_cluster
+        from idtprior.runtime.dask import dask_cluster
         ctx = dask_cluster(DaskConfig(n_workers=1)); ctx.__enter__()
     import torch
     from idtprior.models.resnet3d import ResNet3d

@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--keep", help="write the workspaces here and keep them (default: a temporary folder)")
     args = ap.parse_args()
 
-    from idtprior.flows.common import rebuild_manifest
+    from idtprior.runtime.records import rebuild_manifest
     from idtprior.storage import Workspace
     from idtprior.storage.manifest import _FIELDS, write_manifest
 

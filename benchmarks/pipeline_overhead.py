@@ -269,7 +269,7 @@ def main() -> int:
           f"{decode * 1e3:.1f} ms")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from idtprior.flows.common import rebuild_manifest
+    from idtprior.runtime.records import rebuild_manifest
     from idtprior.storage import Workspace
 
     ws = Workspace(str(root / "ws-large"))

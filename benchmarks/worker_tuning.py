@@ -18,7 +18,7 @@ import numpy as np
 def idt_seconds(seed: int, frames: int, tune: bool) -> tuple[float, float]:
     """(wall seconds, system seconds) of IDT on one generated 160x120 video, in the calling process."""
     from idtprior.datasets.synthetic import textured_pan_video
-    from idtprior.tasks.common import tune_worker_process
+    from idtprior.runtime.worker import tune_worker_process
     from idtprior.video.idt import IDTParams, extract_idt
 
     if tune:

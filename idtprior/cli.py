@@ -125,7 +125,7 @@ def cmd_status(args) -> int:
     from idtprior.config import STAGES
     from idtprior.storage import Workspace, read_manifest
     from idtprior.storage.status import NAMED_RECORD_STAGES, workspace_status
-    from idtprior.tasks.pins import provenance
+    from idtprior.runtime.pins import provenance
 
     ws = Workspace(args.workspace)
     manifest = read_manifest(ws)
@@ -139,7 +139,7 @@ def cmd_status(args) -> int:
           + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) + f"), {ws.num_chunks()} chunks")
     expected = None
     if args.config:
-        from idtprior.flows.registry import expected_fingerprints
+        from idtprior.stages.registry import expected_fingerprints
 
         # the config's own workspace is not the one asked about: plan against WORKSPACE
         cfg = _load(args.config, ws.url, None)
@@ -200,7 +200,7 @@ def cmd_recompute(args) -> int:
     from idtprior.config import STAGES
     from idtprior.storage import Workspace
     from idtprior.storage.lock import StageBusy
-    from idtprior.tasks.pins import invalidate_repinned
+    from idtprior.runtime.pins import invalidate_repinned
 
     ws = Workspace(args.workspace)
     stages = _split(args.stages) or [*STAGES, "sketches"]
@@ -268,7 +268,7 @@ def cmd_plan(args) -> int:
 
 def cmd_export_boxes(args) -> int:
     from idtprior.storage import Workspace
-    from idtprior.tasks.detect import export_boxes
+    from idtprior.stages.detect import export_boxes
 
     files = export_boxes(Workspace(args.workspace), args.out, _split(args.videos))
     print(f"wrote {len(files)} bb-files to {args.out}")
@@ -281,7 +281,7 @@ def _train_stage_config(workspace: str, config: str | None):
     from idtprior.config import ConfigError, bundled_config, load_config
 
     if config is None:
-        from idtprior.flows.runs import CONFIG_FILE, remembered_config
+        from idtprior.runtime.runs import CONFIG_FILE, remembered_config
 
         cfg = remembered_config(workspace)
         if cfg is None:
@@ -293,7 +293,7 @@ def _train_stage_config(workspace: str, config: str | None):
 
 
 def cmd_train_stage(args) -> int:
-    from idtprior.flows.training import train_stage_command
+    from idtprior.stages.pretrain.flow import train_stage_command
     from idtprior.sources import check_worker
 
     if args.sources:  # a job's processes run what the flow that wrote the job runs

@@ -59,7 +59,7 @@ class _Section(BaseModel):
 
     def unkeyed(self) -> frozenset[str]:
         """The fields ``config_hash`` leaves out with these values, by their key rules; under the legacy key scheme
-        (``idtprior.keyscheme``) without the settings that legacy keys still hashed."""
+        (``idtprior.runtime.keys``) without the settings that legacy keys still hashed."""
         out = set()
         for name, info in type(self).model_fields.items():
             rule = self.key_rule(name)

@@ -59,7 +59,7 @@ def _inspect_decode(ws: Workspace, video: str, folder: Path) -> list[Path]:
 def _inspect_idt(ws: Workspace, video: str, folder: Path) -> list[Path]:
     """Trajectories (default IDT settings) drawn over the source video, as the reference visualiser does."""
     from idtprior.config import IDTConfig
-    from idtprior.tasks.idt import idt_params
+    from idtprior.stages.idt import idt_params
     from idtprior.video.idt import extract_idt
     from idtprior.video.io import iter_frames
 
@@ -79,7 +79,7 @@ def _inspect_detect(ws: Workspace, video: str, folder: Path) -> list[Path]:
     """The stored person boxes drawn (green, with their score) on 16 frames spread over the source video."""
     import cv2
 
-    from idtprior.tasks.detect import read_video_boxes
+    from idtprior.stages.detect import read_video_boxes
     from idtprior.video.io import iter_frames
 
     row = _manifest_row(ws, video)

@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from idtprior.config import TRAIN_STAGES as TRAINING_STAGES
-from idtprior.config import PipelineConfig
+from idtprior.config import TRAIN_STAGES as TRAINING_STAGES, PipelineConfig
 
 UNITS_PATH = Path(__file__).with_name("plan_units.json")
 DESCRIPTOR_COLUMNS = 426  # HOG 96 + HOF 108 + MBHx 96 + MBHy 96 + trajectory shape 30
@@ -435,7 +434,7 @@ class StagePlan:
     basis: str  # the work counted
 
 
-# The cluster stage's montage: the IDT tracks of 6 clusters x 4 member videos (flows.artifacts.cluster_markdown's
+# The cluster stage's montage: the IDT tracks of 6 clusters x 4 member videos (stages.cluster.cluster_markdown's
 # defaults; a test holds them equal)
 MONTAGE_CLUSTERS, MONTAGE_PER_CLUSTER = 6, 4
 MONTAGE_VIDEOS = MONTAGE_CLUSTERS * MONTAGE_PER_CLUSTER
@@ -444,7 +443,7 @@ MONTAGE_VIDEOS = MONTAGE_CLUSTERS * MONTAGE_PER_CLUSTER
 def one_scale_idt_s(units: Units, height: int, width: int, idt_config) -> float:
     """Seconds a frame of IDT at the finest scale alone (the pictures' ``drawing_params``) on ``height x width`` frames:
     the per-frame unit, and the per-megapixel unit over the scale pyramid's area (the units are the whole pyramid's)."""
-    from idtprior.tasks.idt import idt_params
+    from idtprior.stages.idt import idt_params
     from idtprior.video.idt.extract import pyramid_scales
 
     scales = pyramid_scales(height, width, idt_params(idt_config))

@@ -73,7 +73,7 @@ def bank_assignments(ws: Workspace, k: int, seed: int, joint: bool) -> tuple[np.
     k = max(1, min(k, len(ids)))
     if not joint:
         return cluster_bank(torch.from_numpy(bank), k, 1, seed)[0].numpy(), ids, stage
-    from idtprior.tasks.encode import read_assembled_sketches
+    from idtprior.stages.encode import read_assembled_sketches
 
     try:
         sketches, valid, sketch_ids = read_assembled_sketches(ws)
@@ -91,14 +91,14 @@ def bank_assignments(ws: Workspace, k: int, seed: int, joint: bool) -> tuple[np.
 
 def figures_section(ws: Workspace, out: Path, seed: int, idt_config) -> tuple[str, list[str]]:
     """Figures 2 and 3 (montages) and the missing parts."""
-    from idtprior.flows.artifacts import cluster_figure
+    from idtprior.stages.cluster import cluster_figure
 
     md, missing = ["## Figures 2 and 3: the largest clusters\n"], []
     truth = {r.video_id: r.label for r in read_manifest(ws)}
     rec = ws.read_record("cluster", "all")
     k = int(rec.videos["clusters"]["k"]) if rec is not None else 0
     if rec is not None:
-        from idtprior.tasks.encode import read_cluster_labels
+        from idtprior.stages.cluster import read_cluster_labels
 
         labels, ids = read_cluster_labels(ws)
         image = cluster_figure(ws, ids, labels[0], idt_config, seed, FIGURE_CLUSTERS, FIGURE_MEMBERS,
@@ -124,7 +124,7 @@ def figures_section(ws: Workspace, out: Path, seed: int, idt_config) -> tuple[st
 
 def training_section(ws: Workspace, out: Path) -> str:
     """kNN table per label column and curves of each training stage."""
-    from idtprior.flows.artifacts import knn_table, training_images
+    from idtprior.stages.pretrain.flow import knn_table, training_images
 
     md = ["## Training stages\n"]
     for stage in training_stages(ws):
@@ -142,7 +142,7 @@ def write_report(workspace: str, out: str | None = None, seed: int = 0, idt_conf
     """Write ``out/report.md`` (default ``WS/artifacts/report``) and its PNGs; returns the markdown's path."""
     from idtprior.config import IDTConfig
     from idtprior.evaluation.report import evaluation_tables
-    from idtprior.tasks.evaluate import read_evaluation
+    from idtprior.stages.evaluate.task import read_evaluation
 
     ws = Workspace(workspace)
     folder = Path(out) if out else Path(ws.artifacts_dir) / "report"

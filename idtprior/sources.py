@@ -3,7 +3,7 @@
 A process computes with the code it imported, not with what is on disk now. A Dask worker started before a ``git
 pull`` or an image rebuild (a long-lived ``dask worker``, the SLURM workers, the compose stack's) would compute with
 old code under the keys the flow's process plans from the new code, and one that imported ``idtprior.video.io``
-before the pull and ``idtprior.tasks.encode`` after it runs a mix that no per-module check would notice. So the
+before the pull and ``idtprior.stages.encode`` after it runs a mix that no per-module check would notice. So the
 snapshot covers every file of the package, once, at the first ``import idtprior`` (a few milliseconds): work sent to a
 worker carries the flow's snapshot, and the worker refuses it when its own differs (``check_worker``); a stage run
 refuses to start in a process whose snapshot no longer matches the files on disk (``check_process``).

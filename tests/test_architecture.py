@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from idtprior.config import STAGES
-from idtprior.flows.runs import flow_name
+from idtprior.runtime.runs import flow_name
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "idtprior"
@@ -62,7 +62,10 @@ def test_the_package_keeps_its_contracts(copy_root):
      "The cores import none of Prefect, Dask or the workspace"),
     # a lower layer that imports a higher one (storage reading the config), and a cycle made that way
     ("storage/manifest.py", "from idtprior.config import STAGES  # noqa", "Layers"),
-    ("flows/runs.py", "def f():\n    from idtprior.flows import deployments  # noqa", "No import cycle"),
+    ("runtime/runs.py", "def f():\n    from idtprior.flows import deployments  # noqa", "No import cycle"),
+    # a stage that reads a later stage (the stages are layered in pipeline order), and the runtime reaching a stage
+    ("stages/decode.py", "from idtprior.stages.encode import read_sketches  # noqa", "Layers"),
+    ("runtime/worker.py", "from idtprior.stages.common import ALL  # noqa", "Layers"),
 ])
 def test_a_planted_import_breaks_its_contract(copy_root, module, line, broken):
     with planted(copy_root, module, line):

@@ -68,7 +68,7 @@ def test_train_stage_config_is_checked():
 
 
 def test_augmentation_settings_are_checked_and_reach_the_trainer():
-    from idtprior.tasks.pretrain import pretrain_params, train_config_fields
+    from idtprior.stages.pretrain.task import pretrain_params, train_config_fields
 
     with pytest.raises(ConfigError, match=r"crop_scales \[1.0, 1.5\]"):
         parse_config({"pretrain": {"crop_scales": [1.0, 1.5]}})
@@ -104,7 +104,7 @@ def test_kinetics_config_trains_with_the_papers_global_batch():
 
 
 def test_nce_normaliser_momentum_is_a_setting_and_part_of_the_training_key():
-    from idtprior.tasks.pretrain import pretrain_params, train_config_fields
+    from idtprior.stages.pretrain.task import pretrain_params, train_config_fields
 
     paper, fixed = parse_config({}), parse_config({"pretrain": {"nce_z_momentum": 1.0}})
     assert paper.pretrain.nce_z_momentum == 0.99

@@ -10,7 +10,7 @@ import yaml
 from idtprior.cli import main
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.deployments import resolve_config
-from idtprior.flows.stages import plan_ingest
+from idtprior.stages.ingest import plan_ingest
 from idtprior.storage import Workspace
 
 BAD = {  # YAML text -> what the one line must say (the key and the value)
@@ -144,7 +144,7 @@ def test_set_values_are_read_as_yaml_and_the_last_one_wins():
 
 @pytest.mark.usefixtures("prefect_engine")
 def test_a_run_with_set_uses_the_values_set(tmp_path):
-    from idtprior.flows.runs import CONFIG_FILE, remembered_config
+    from idtprior.runtime.runs import CONFIG_FILE, remembered_config
     from idtprior_testutils import write_moving_square_videos
 
     write_moving_square_videos(tmp_path / "videos", 4, frames=8)

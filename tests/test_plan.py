@@ -139,8 +139,9 @@ def test_the_cluster_montage_is_modelled_as_the_stage_draws_it():
     of track_length + 1 frames at the finest scale (drawing_params), costed from IDT's units over the pyramid's area."""
     import inspect
 
-    from idtprior.flows.artifacts import cluster_markdown, drawing_params
-    from idtprior.tasks.idt import idt_params
+    from idtprior.stages.cluster import cluster_markdown
+    from idtprior.stages.idt import drawing_params
+    from idtprior.stages.idt import idt_params
     from idtprior.video.idt.extract import pyramid_scales
 
     defaults = inspect.signature(cluster_markdown).parameters

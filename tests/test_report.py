@@ -5,11 +5,11 @@ against the planted numbers and direct computations; a second report writes the 
 import numpy as np
 import pytest
 
-from idtprior_testutils import moving_square_frames
 from idtprior.cli import main
 from idtprior.evaluation.figures import decode_png
 from idtprior.storage import ChunkRecord, ManifestRow, Workspace, write_manifest
 from idtprior.storage.frames import write_frames
+from idtprior_testutils import moving_square_frames
 
 IDS = [f"v{i}" for i in range(8)]
 FRAMES = 12
@@ -74,7 +74,7 @@ def test_report_writes_the_planted_numbers_the_figures_and_the_missing_stages_an
         planted, tmp_path, capsys):
     import torch
 
-    from idtprior.flows.artifacts import cluster_figure
+    from idtprior.stages.cluster import cluster_figure
     from idtprior.models.clustering import cluster_bank
 
     out = tmp_path / "report"

@@ -2,7 +2,7 @@
 length, with % of the supervised network), Table 2 (few-shot linear probe, mean ± std), the kNN / NMI / purity table
 per label column, and paired exact McNemar tests between consecutive networks of the method's order.
 
-Pure functions of the RESULT dicts (``idtprior.tasks.evaluate.read_evaluation``): no Prefect, no workspace.
+Pure functions of the RESULT dicts (``idtprior.stages.evaluate.task.read_evaluation``): no Prefect, no workspace.
 """
 
 import math

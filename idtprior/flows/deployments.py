@@ -24,14 +24,14 @@ from prefect.logging import get_run_logger
 from pydantic import Field
 
 from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config
-from idtprior.flows.common import reopen_failures
 from idtprior.flows.pipeline import pipeline_failed, run_stages, select_stages
-from idtprior.flows.registry import FLOWS, describe, upgrade_keys
-from idtprior.flows.runs import (CONFIG_FILE, CONFIGS_DIR, flow_name, fresh_copy, is_stored_config, load_stored_config,
-                                 remember_config, remembered_config, run_name, stage_failed, store_config,
-                                 workspace_name)
 from idtprior.presets import PRESETS, apply_overrides, config_path, demo_inputs, ensure_demo_data, with_inputs
+from idtprior.runtime.records import reopen_failures
+from idtprior.runtime.runs import (CONFIGS_DIR, CONFIG_FILE, flow_name, fresh_copy, is_stored_config,
+                                   load_stored_config, remember_config, remembered_config, run_name, stage_failed,
+                                   store_config, workspace_name)
 from idtprior.sources import StaleCode
+from idtprior.stages.registry import FLOWS, describe, upgrade_keys
 from idtprior.storage import Workspace
 
 RetryFailed = Enum("RetryFailed", {"no": "no", "retryable": "retryable", "all": "all"}, type=str, module=__name__)
@@ -55,7 +55,7 @@ def stage_pool(config: PipelineConfig, stage: str) -> str:
     encode with the torch IDT backend (``idt.backend: torch``, rows not imported from text files), every other stage
     to the CPU (fit_codebook and cluster use CuPy only where it is installed, which the config cannot tell: set
     ``pools.fit_codebook: gpu`` to send them there)."""
-    from idtprior.flows.stages import torch_backend
+    from idtprior.stages.common import torch_backend
 
     choice = getattr(config.pools, stage, "auto")
     if choice != "auto":

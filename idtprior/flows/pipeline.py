@@ -10,9 +10,10 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from idtprior.config import STAGES, ConfigError, PipelineConfig
-from idtprior.flows.common import dask_cluster, reopen_failures
-from idtprior.flows.registry import FLOWS, upgrade_keys
-from idtprior.flows.runs import flow_name, remember_config, run_name
+from idtprior.runtime.dask import dask_cluster
+from idtprior.runtime.records import reopen_failures
+from idtprior.runtime.runs import flow_name, remember_config, run_name
+from idtprior.stages.registry import FLOWS, upgrade_keys
 from idtprior.storage import Workspace
 
 

@@ -3,7 +3,7 @@
 Two runs of one stage on one workspace would destroy each other's work: ``Workspace.commit`` removes every other
 version of a chunk (one that the other run is still writing, whose record then points at deleted arrays), and a
 training stage removes the other run folders of its stage. A stage run therefore holds its stage's lock from start to
-end (``idtprior.flows.runs.stage_flow`` takes it; a training stage run as a SLURM job is covered by the flow that
+end (``idtprior.runtime.runs.stage_flow`` takes it; a training stage run as a SLURM job is covered by the flow that
 submitted the job and waits for it, the launcher).
 
 The lock is a small JSON file created exclusively (``O_CREAT | O_EXCL``) that names its holder: host, pid, the

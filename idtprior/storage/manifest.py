@@ -21,7 +21,7 @@ STATUS_FAILED = "failed"
 STATUS_DUPLICATE = "duplicate"
 STATUS_RETRYABLE = "retryable"
 """A video's outcome in a later stage's record when it failed alone with a fault of the environment after the chunk's
-retries: not its own fault, so ``idtprior run --retry-failed`` tries it again (``tasks.common._failed``)."""
+retries: not its own fault, so ``idtprior run --retry-failed`` tries it again (``runtime.worker``)."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 config would key each chunk on) which stages a run with that config would redo."""
 
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 from idtprior.storage.manifest import STATUS_RETRYABLE, read_manifest
 from idtprior.storage.workspace import Workspace, chunk_count
@@ -59,7 +59,7 @@ def workspace_status(ws: Workspace, stages: tuple[str, ...],
     """Per stage: committed chunks of the current chunking (from the manifest), ok/failed videos and their errors;
     whole-dataset stages: their record's time, fingerprint and seconds.
 
-    ``expected`` (from ``flows.stages.expected_fingerprints``): per stage, chunk -> the fingerprint a run with some
+    ``expected`` (from ``stages.registry.expected_fingerprints``): per stage, chunk -> the fingerprint a run with some
     config would key the chunk on, or the reason it cannot be told. Then each stage's ``check`` says whether that run
     would redo it: a chunk missing, keyed differently, or no longer planned; or an upstream stage out of date.
     ``manifest``: the workspace's manifest rows where the caller has read them already (None: read here)."""

@@ -75,12 +75,12 @@ class ChunkRecord:
     # ``file_table`` decodes it: read it through ``file_table``
     files: dict[str, list] | str | None = None
     # How it was computed, out of its key: the key's behaviour version ("decode@jpeg/v1"), the normalised code
-    # fingerprint of the process that computed it (``tasks.codeprint``), the versions of the packages that shape results
+    # fingerprint of the process that computed it (``runtime.codeprint``), the versions of the packages that shape results
     # (``tasks.environment``); "" and {} in records made before behaviour versions
     behaviour: str = ""
     code: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    rekeyed_from: str = ""  # the legacy key of a record re-keyed in place at the upgrade (``idtprior.keyscheme``)
+    rekeyed_from: str = ""  # the legacy key of a record re-keyed in place at the upgrade (``idtprior.runtime.keys``)
     invalidated: str = ""  # why the record matches no plan any more (``idtprior recompute``): the next run redoes it
     # what retries of its failed videos changed (``idtprior run --retry-failed``): a hash over every outcome a retry
     # changed, "" when none did. The record keeps its plan's key (a run without the flag finds it up to date), and
@@ -113,7 +113,7 @@ class ChunkRecord:
 
     @property
     def n_retryable(self) -> int:
-        """Videos that failed for a fault of the environment (``tasks.common.STATUS_RETRYABLE``)."""
+        """Videos that failed for a fault of the environment (``storage.STATUS_RETRYABLE``)."""
         return sum(1 for v in self.videos.values() if v.get("status") == "retryable")
 
 

@@ -5,8 +5,8 @@ evaluation records. About 15 minutes on 2 CPU cores, so marked slow (``make test
 import pytest
 
 from idtprior.evaluation.report import paired_tests
+from idtprior.stages.evaluate.task import read_evaluation
 from idtprior.storage import Workspace
-from idtprior.tasks.evaluate import read_evaluation
 
 APPEARANCE = ("background", "actor_shape", "actor_colour")
 STEPS = (("scratch", "pretrain_ir"), ("pretrain_ir", "pretrain_la_bank"), ("pretrain_la_bank", "pretrain_la"))

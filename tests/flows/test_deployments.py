@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from idtprior_testutils import moving_square_frames
 
 from idtprior.config import STAGES, ConfigError, PipelineConfig, load_config
-from idtprior.flows.common import artifact_key
 from idtprior.flows.deployments import STAGE_UI_FLOWS, deployments, pretrain_ui, stage_pool
-from idtprior.flows.runs import CONFIG_FILE, remembered_config
 from idtprior.presets import PRESETS, apply_overrides
+from idtprior.runtime.artifacts import artifact_key
+from idtprior.runtime.runs import CONFIG_FILE, remembered_config
 from idtprior.storage import FrameStore, Workspace
 from idtprior.video.idt.textformat import write_idt_text
 from idtprior.video.io import write_video
+from idtprior_testutils import moving_square_frames
 
 CHAIN = ["ingest", "decode", "idt", "fit_codebook", "encode", "cluster"]
 
@@ -300,7 +300,7 @@ def test_a_stored_config_is_read_back_and_an_edited_one_is_refused_naming_it(tmp
     import re
 
     from idtprior.flows.deployments import resolve_config
-    from idtprior.flows.runs import load_stored_config, store_config
+    from idtprior.runtime.runs import load_stored_config, store_config
 
     cfg = PipelineConfig().with_updates(workspace=str(tmp_path / "ws"), cluster={"k": 7})
     ref = store_config(cfg)

@@ -7,8 +7,8 @@ import pytest
 
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.stages.detect import read_video_boxes
 from idtprior.storage import Workspace
-from idtprior.tasks.detect import read_video_boxes
 from idtprior.video.idt.textformat import read_boxes, write_boxes
 from idtprior.video.io import write_video
 

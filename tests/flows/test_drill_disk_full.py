@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from idtprior.runtime.errors import DiskFull, is_transient
+from idtprior.runtime.worker import run_chunk
 from idtprior.storage import FrameStore, Workspace, read_manifest
-from idtprior.tasks.common import FAULT_ENV, DiskFull, is_transient, run_chunk
+from idtprior.testing import FAULT_ENV
 from idtprior_testutils import write_moving_square_videos
 
 CHUNK = "0000-of-0001"

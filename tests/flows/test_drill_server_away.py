@@ -16,7 +16,7 @@ import yaml
 
 from idtprior.storage import Workspace
 from idtprior.storage.lock import lock_path
-from idtprior.tasks.common import FAULT_ENV
+from idtprior.testing import FAULT_ENV
 from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from idtprior_testutils import write_moving_square_videos
 
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import FrameStore, Workspace
 from idtprior.storage.lock import StageBusy, WorkspaceLock, lock_path
-from idtprior.tasks.common import FAULT_ENV
+from idtprior.testing import FAULT_ENV
+from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 

@@ -11,7 +11,7 @@ import pytest
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.storage import FrameStore, Workspace
-from idtprior.tasks.common import FAULT_ENV
+from idtprior.testing import FAULT_ENV
 from idtprior_testutils import write_moving_square_videos
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_engine")]

@@ -1,4 +1,4 @@
-"""Faults of the environment are not faults of the video (``tasks.common.environment_fault``), and recorded failures
+"""Faults of the environment are not faults of the video (``runtime.errors.environment_fault``), and recorded failures
 can be tried again (``idtprior run --retry-failed``). Each fault is injected into a real stage run on the real
 Prefect engine: a MemoryError in every video, a CuPy out-of-memory error in one video, a file briefly missing and one
 that stays missing, a boxes group deleted during a run, a video whose detection failed."""
@@ -14,11 +14,14 @@ from idtprior.config import PipelineConfig, load_config
 from idtprior.datasets.synthetic import make_demo_data
 from idtprior.flows.deployments import pretrain_ui
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.runtime import worker
+from idtprior.runtime.errors import EnvironmentFault, environment_fault, is_transient
+from idtprior.runtime.worker import RETRY_DELAYS_ENV, retry_delays
+from idtprior.stages import decode, detect as detect_tasks, encode as encode_stage, idt
+from idtprior.stages.cluster import read_cluster_labels
+from idtprior.stages.encode import encode_one
 from idtprior.storage import Workspace, read_manifest
 from idtprior.storage.integrity import IntegrityError
-from idtprior.tasks import common, decode, encode, idt
-from idtprior.tasks import detect as detect_tasks
-from idtprior.tasks.common import EnvironmentFault, environment_fault, is_transient
 from idtprior.video.io import VideoError
 from idtprior_testutils import write_moving_square_videos
 
@@ -28,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setenv(common.RETRY_DELAYS_ENV, "0,0")
-    monkeypatch.setattr(common, "MISSING_RETRY_S", (0.01, 0.01))
+    monkeypatch.setenv(RETRY_DELAYS_ENV, "0,0")
+    monkeypatch.setattr(worker, "MISSING_RETRY_S", (0.01, 0.01))
 
 
 def _created(ws: Workspace, stage: str) -> dict[str, float]:
@@ -130,14 +133,14 @@ def test_a_video_that_fails_alone_for_the_device_is_retryable_and_retry_failed_r
     ws = Workspace(cfg.workspace)
     pretrain_pipeline(cfg, stages=["ingest", "idt", "fit_codebook"], progress=False)
     victim = sorted(r.video_id for r in read_manifest(ws))[0]
-    real = encode.encode_one
+    real = encode_one
 
     def device_full(video_id, *args):  # the device is full while this video's Fisher vector is computed
         if video_id == victim:
             raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes)")
         return real(video_id, *args)
 
-    monkeypatch.setattr(encode, "encode_one", device_full)
+    monkeypatch.setattr(encode_stage, "encode_one", device_full)
     counts = pretrain_pipeline(cfg, stages=["encode", "cluster"], progress=False)
     assert counts["encode"]["videos_retryable"] == 1 and counts["encode"]["videos_ok"] == 5
     info = {v: i for r in ws.records("encode").values() for v, i in r.videos.items()}[victim]
@@ -145,11 +148,11 @@ def test_a_video_that_fails_alone_for_the_device_is_retryable_and_retry_failed_r
     assert info["error"].startswith("out of memory: OutOfMemoryError: Out of memory allocating")
     row = {r.video_id: r for r in read_manifest(ws)}[victim]
     assert row.failed_in == "encode"
-    labels, ids = encode.read_cluster_labels(ws)
+    labels, ids = read_cluster_labels(ws)
     assert labels[0][ids.index(victim)] == -1  # no sketch, no cluster
 
     monkeypatch.undo()  # the device has memory again
-    monkeypatch.setenv(common.RETRY_DELAYS_ENV, "0,0")
+    monkeypatch.setenv(RETRY_DELAYS_ENV, "0,0")
     before = {s: _created(ws, s) for s in ("encode", "sketches", "cluster")}
     pretrain_pipeline(cfg, stages=["encode", "cluster"], progress=False, retry_failed="retryable")
     after = {s: _created(ws, s) for s in before}
@@ -158,7 +161,7 @@ def test_a_video_that_fails_alone_for_the_device_is_retryable_and_retry_failed_r
     assert after["sketches"] != before["sketches"] and after["cluster"] != before["cluster"]
     rec = ws.read_record("encode", row.chunk)
     assert rec.videos[victim]["status"] == "ok" and rec.retried and rec.content_key != rec.fingerprint
-    labels, ids = encode.read_cluster_labels(ws)
+    labels, ids = read_cluster_labels(ws)
     assert labels[0][ids.index(victim)] >= 0
     assert not {r.video_id: r for r in read_manifest(ws)}[victim].failed_in
     again = {s: _created(ws, s) for s in before}
@@ -244,12 +247,12 @@ def test_faults_of_the_environment_are_told_from_the_videos(exc, cause):
 
 def test_bad_retry_settings_name_the_value(tmp_path, monkeypatch):
     from idtprior.config import ConfigError
-    from idtprior.flows.common import reopen_failures
+    from idtprior.runtime.records import reopen_failures
 
     for spec in ("2", "a,b", "-1,2"):
-        monkeypatch.setenv(common.RETRY_DELAYS_ENV, spec)
+        monkeypatch.setenv(RETRY_DELAYS_ENV, spec)
         with pytest.raises(ValueError, match=rf"IDTPRIOR_RETRY_DELAYS='{re.escape(spec)}': expected two numbers"):
-            common.retry_delays()
+            retry_delays()
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(ConfigError, match=r"--retry-failed 'some': expected one of \['retryable', 'all'\]"):
         reopen_failures(ws, "decode", "some")

@@ -8,23 +8,23 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.metrics import mcnemar_exact
 from idtprior.evaluation.probe import extract_features, few_shot_table
 from idtprior.evaluation.report import evaluation_tables, paired_tests
-from idtprior.flows.common import artifact_key
-from idtprior.flows.evaluate import plan_evaluate
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
+from idtprior.runtime.artifacts import artifact_key
+from idtprior.stages.evaluate import task as evaluate_tasks
+from idtprior.stages.evaluate.flow import plan_evaluate
+from idtprior.stages.evaluate.task import read_evaluation
+from idtprior.stages.pretrain.task import WorkspaceClipSource, initial_encoder
 from idtprior.storage import Workspace
 from idtprior.storage.frames import FrameStore
-from idtprior.tasks import evaluate as evaluate_tasks
-from idtprior.tasks.evaluate import read_evaluation
-from idtprior.tasks.pretrain import WorkspaceClipSource, initial_encoder
 from idtprior.video.io import write_video
+from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -235,7 +235,7 @@ def test_evaluation_frames_are_read_once_into_memory_and_give_the_stores_clips(t
 
 @pytest.mark.slow
 def test_new_clip_lengths_and_a_retrained_network_recompute_only_their_records(tmp_path, one_thread, monkeypatch):
-    from idtprior.flows.registry import expected_fingerprints
+    from idtprior.stages.registry import expected_fingerprints
 
     pre = pretraining_workspace(tmp_path)
     cfg = evaluation_workspace(tmp_path, pre, protocols=["finetune", "knn"], networks=None)

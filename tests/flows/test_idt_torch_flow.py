@@ -10,8 +10,8 @@ import pytest
 from idtprior.config import load_config
 from idtprior.datasets.synthetic import make_demo_data
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.stages.encode import read_sketches
 from idtprior.storage import Workspace, read_manifest
-from idtprior.tasks.encode import read_sketches
 
 pytestmark = [pytest.mark.usefixtures("prefect_engine"), pytest.mark.slow]
 

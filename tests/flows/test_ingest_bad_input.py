@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.cli import main
-from idtprior.flows.common import artifact_key
+from idtprior.runtime.artifacts import artifact_key
 from idtprior.storage import Workspace, read_manifest
 from idtprior.storage.fingerprint import MAX_ID_LENGTH
+from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 

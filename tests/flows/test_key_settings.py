@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.stages import plan_detect
-from idtprior.flows.training import plan_train_stage
+from idtprior.runtime.environment import environment
+from idtprior.stages import detect as detect_tasks
+from idtprior.stages.detect import plan_detect
+from idtprior.stages.pretrain.flow import plan_train_stage
 from idtprior.storage import Workspace
 from idtprior.storage.lock import WorkspaceLock
-from idtprior.tasks import detect as detect_tasks
-from idtprior.tasks.environment import environment
+from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -79,7 +79,7 @@ def test_a_bad_repin_is_undone_for_exactly_the_records_computed_before_it(decode
     import json
 
     from idtprior.cli import main
-    from idtprior.tasks import codeprint
+    from idtprior.runtime import codeprint
 
     ws = Workspace(decoded.workspace)
     pretrain_pipeline(decoded, stages=["decode"], progress=False)  # current with this module's config
@@ -130,7 +130,7 @@ def summary_markdown(ws: Workspace, stage: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from idtprior.flows.common import artifact_key
+    from idtprior.runtime.artifacts import artifact_key
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(

@@ -11,7 +11,7 @@ import yaml
 from idtprior.cli import main
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.registry import expected_fingerprints
+from idtprior.stages.registry import expected_fingerprints
 from idtprior.storage.status import workspace_status
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

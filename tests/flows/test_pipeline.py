@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior_testutils import moving_square_frames, write_audio_only
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.stages import ingest_flow
+from idtprior.stages.ingest import ingest_flow
 from idtprior.storage import FrameStore, Workspace, read_manifest
 from idtprior.video.io import write_video
+from idtprior_testutils import moving_square_frames, write_audio_only
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -183,7 +183,9 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     """The whole IDT prior on a tiny synthetic benchmark: every stage runs, reruns are cached, clusters follow motion."""
     from idtprior.config import load_config
     from idtprior.datasets.synthetic import make_demo_data
-    from idtprior.tasks.encode import read_cluster_labels, read_codebook, read_sketches
+    from idtprior.stages.cluster import read_cluster_labels
+    from idtprior.stages.fit_codebook import read_codebook
+    from idtprior.stages.encode import read_sketches
 
     make_demo_data(tmp_path / "data", videos_per_class=3, frames=32)
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").with_updates(
@@ -200,7 +202,7 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     ids = [r.video_id for r in read_manifest(ws)]
     sketches, valid = read_sketches(ws, ids)
     assert sketches.shape == (18, 256) and valid.all()
-    from idtprior.tasks.encode import read_assembled_sketches
+    from idtprior.stages.encode import read_assembled_sketches
 
     whole, whole_valid, whole_ids = read_assembled_sketches(ws)  # one (N, S) array aligned with the manifest
     assert whole_ids == ids and whole_valid.all()
@@ -230,11 +232,11 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
                                                                                               "n_clusters": 3})
     # read-time checks (storage.upstream): clusters committed between a training stage's plan and its task fail the
     # task before it reads them (nothing trained or committed); the rerun plans from the clusters there then
-    from idtprior.flows.stages import plan_cluster
-    from idtprior.flows.training import plan_train_stage
+    from idtprior.stages.cluster import plan_cluster
+    from idtprior.stages.pretrain.flow import plan_train_stage
     from idtprior.storage.upstream import UpstreamChanged
-    from idtprior.tasks.encode import cluster_task
-    from idtprior.tasks.pretrain import train_stage
+    from idtprior.stages.cluster import cluster_task
+    from idtprior.stages.pretrain.task import train_stage
 
     plan = plan_train_stage("pretrain_la", tiny.with_updates(pretrain_la={"init_from": None}), progress=False)
     plan.pop("legacy", None)
@@ -251,7 +253,7 @@ def test_idt_codebook_encode_cluster_stages_group_videos_by_motion(tmp_path):
     assert read_cluster_labels(ws)[0].max() == 5
     assert ws.read_record("pretrain_la", "all").fingerprint == plan_train_stage("pretrain_la", tiny)["fingerprint"]
     assert [trained[s]["epochs"] for s in ("pretrain_ir", "pretrain_la", "tune_joint")] == [1, 1, 1]
-    from idtprior.tasks.pretrain import idt_labels_for
+    from idtprior.stages.pretrain.task import idt_labels_for
 
     np.testing.assert_array_equal(idt_labels_for(ws, ids), labels)  # LA trained on the cluster stage's labels
     with pytest.raises(ConfigError, match=r"1 training videos have no cluster label \(e.g. nosuch\)"):
@@ -303,7 +305,7 @@ def test_cluster_agreement_equals_sklearn_nmi_and_contingency_purity():
     from sklearn.metrics import normalized_mutual_info_score
     from sklearn.metrics.cluster import contingency_matrix
 
-    from idtprior.flows.stages import cluster_agreement
+    from idtprior.stages.cluster import cluster_agreement
 
     rng = np.random.default_rng(0)
     ids = [f"v{i}" for i in range(200)]
@@ -325,7 +327,7 @@ def test_cluster_agreement_equals_sklearn_nmi_and_contingency_purity():
 
 @pytest.mark.parametrize("m", [1, 2, 3])
 def test_close_neighbour_agreement_equals_pairwise_count(m):
-    from idtprior.flows.stages import close_neighbour_agreement
+    from idtprior.stages.cluster import close_neighbour_agreement
 
     rng = np.random.default_rng(m)
     n = 90

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior_testutils import knn_reference, write_moving_square_videos
 from idtprior.config import PipelineConfig
-from idtprior.flows.common import artifact_key
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.runtime.artifacts import artifact_key
 from idtprior.storage import Workspace
+from idtprior_testutils import knn_reference, write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -68,7 +68,7 @@ def test_each_stage_run_leaves_a_progress_artifact_at_100_percent_with_every_chu
 def test_a_failed_chunk_is_counted_as_failed_not_done(tmp_path, monkeypatch):
     """A decode chunk that fails (the drills' fault, once): the progress artifact says how many chunks finished, how
     many failed, and the videos of the committed ones; a failure is never counted as done."""
-    from idtprior.tasks.common import FAULT_ENV
+    from idtprior.testing import FAULT_ENV
 
     cfg = tiny_config(tmp_path, n=12)
     ws = Workspace(cfg.workspace)

@@ -13,11 +13,12 @@ import pytest
 from idtprior.config import load_config
 from idtprior.datasets.synthetic import make_demo_data
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.stages import plan_encode, plan_fit_codebook
+from idtprior.stages.common import ALL
+from idtprior.stages.encode import encode_one, plan_encode, read_sketches
+from idtprior.stages.fit_codebook import fit_codebook_task, plan_fit_codebook, read_codebook
 from idtprior.storage import Workspace, read_manifest
 from idtprior.storage.upstream import UpstreamChanged
-from idtprior.tasks import encode as encode_tasks
-from idtprior.tasks.common import FAULT_ENV
+from idtprior.testing import FAULT_ENV
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +38,8 @@ def cfg(tmp_path):
 def _commit_codebook(ws: Workspace, cfg, seed: int) -> str:
     """A codebook fitted with another seed, committed as a run of fit_codebook would (its task, no flow)."""
     other = cfg.with_updates(codebook={"seed": seed})
-    plan = plan_fit_codebook(other, ws)[encode_tasks.ALL]
-    return encode_tasks.fit_codebook_task.fn(ws.url, "fit_codebook", encode_tasks.ALL, plan["fingerprint"],
+    plan = plan_fit_codebook(other, ws)[ALL]
+    return fit_codebook_task.fn(ws.url, "fit_codebook", ALL, plan["fingerprint"],
                                              other.codebook, upstream=plan["upstream"]).fingerprint
 
 
@@ -71,7 +72,7 @@ def test_a_codebook_committed_while_encode_runs_fails_the_chunks_that_would_read
     # no chunk committed: neither the later ones (the new codebook under the old key) nor the held one (its codebook
     # is no longer the workspace's: a rerun plans new keys for it anyway)
     assert ws.records("encode") == {}
-    assert ws.read_record("fit_codebook", encode_tasks.ALL).fingerprint == new_book[0]
+    assert ws.read_record("fit_codebook", ALL).fingerprint == new_book[0]
 
     monkeypatch.delenv(FAULT_ENV)
     pretrain_pipeline(cfg, stages=["encode"], progress=False)  # the rerun plans from the new codebook
@@ -81,8 +82,8 @@ def test_a_codebook_committed_while_encode_runs_fails_the_chunks_that_would_read
     assert all(replanned[c]["fingerprint"] != planned[c]["fingerprint"] for c in planned)
     # the sketches are the new codebook's: one video encoded again by hand
     row = read_manifest(ws)[0]
-    book = encode_tasks.read_codebook(ws)
-    want = encode_tasks.encode_one(row.video_id, ws.url, "encode", row.chunk, "", row.path, cfg.idt, cfg.encode,
+    book = read_codebook(ws)
+    want = encode_one(row.video_id, ws.url, "encode", row.chunk, "", row.path, cfg.idt, cfg.encode,
                                    book)["_sketch"]
-    sketches, valid = encode_tasks.read_sketches(ws, [row.video_id])
+    sketches, valid = read_sketches(ws, [row.video_id])
     np.testing.assert_array_equal(sketches[0], want)

@@ -7,20 +7,20 @@ import dataclasses
 
 import numpy as np
 import pytest
-from idtprior_testutils import moving_square_frames
 
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.flows.registry import expected_fingerprints
+from idtprior.runtime import codeprint
+from idtprior.stages import idt as idt_tasks
+from idtprior.stages.encode import read_sketches
+from idtprior.stages.fit_codebook import BEHAVIOUR, read_codebook
+from idtprior.stages.idt import choose_sample, read_sample
+from idtprior.stages.registry import expected_fingerprints
 from idtprior.storage import Workspace, chunk_of
 from idtprior.storage.status import workspace_status
-from idtprior.tasks import codeprint
-from idtprior.tasks import encode as encode_tasks
-from idtprior.tasks import idt as idt_tasks
-from idtprior.tasks.encode import read_codebook, read_sketches
-from idtprior.tasks.idt import choose_sample, read_sample
 from idtprior.video.idt.textformat import read_idt_text, write_idt_text
 from idtprior.video.io import write_video
+from idtprior_testutils import moving_square_frames
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -71,7 +71,7 @@ def test_a_version_bump_and_an_idt_params_field_rerun_the_stages_that_use_them_a
     # code moved, version did not (the pin test's business): a run would find every chunk current
     checks = {st.stage: st.check for st in workspace_status(ws, tuple(stages), expected_fingerprints(cfg, ws))}
     assert checks == {s: "up to date" for s in stages}
-    monkeypatch.setitem(encode_tasks.BEHAVIOUR, "fit_codebook", encode_tasks.BEHAVIOUR["fit_codebook"] + 1)
+    monkeypatch.setitem(BEHAVIOUR, "fit_codebook", BEHAVIOUR["fit_codebook"] + 1)
     pretrain_pipeline(cfg, stages=stages, progress=False)
     again = redone(before, ws)
     assert again == {s: all_chunks[s] if s in ("fit_codebook", "encode", "cluster") else set() for s in stages}

@@ -1,4 +1,4 @@
-"""Per-stage pictures in the Prefect artifacts (idtprior.flows.artifacts): a tiny pipeline (ingest .. cluster, boxes
+"""Per-stage pictures in the Prefect artifacts (each stage's ``*_markdown``, ``idtprior.stages.pictures``): a tiny pipeline (ingest .. cluster, boxes
 imported from bb-files) on the real Prefect engine, then each stage's newest artifact read back from the server; its
 data-URI PNG must decode to the image the drawing core makes from the same stored inputs, computed here directly."""
 
@@ -7,14 +7,18 @@ import re
 import numpy as np
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.config import PipelineConfig
 from idtprior.evaluation.figures import (cluster_montage, data_uri_bytes, decode_png, draw_tracks, encode_png,
                                          line_plot, markdown_image, montage, training_curves)
-from idtprior.flows import artifacts
-from idtprior.flows.common import artifact_key
+from idtprior.runtime.artifacts import artifact_key
+from idtprior.stages.cluster import cluster_figure
+from idtprior.stages.idt import drawing_params
+from idtprior.stages.pictures import (IMAGE_BYTES, PNG_LEVEL, VideoFrames, draw_boxes, histogram_plot, pick_videos,
+                                      size_histogram)
+from idtprior.stages.pretrain.flow import training_markdown
 from idtprior.storage import ChunkRecord, FrameStore, Workspace, read_manifest
 from idtprior.video.idt.textformat import write_boxes
+from idtprior_testutils import write_moving_square_videos
 
 # the pipeline of the module fixture takes ~20 s (seven stage flows on six videos): its tests are slow; the training
 # test needs no engine and runs by default
@@ -43,7 +47,7 @@ def images(markdown: str) -> dict[str, np.ndarray]:
 
 def published(image: np.ndarray) -> np.ndarray:
     """What the artifact shows of ``image``: its PNG through ``markdown_image``'s size cap (downsized when over)."""
-    md = markdown_image("x", encode_png(image, artifacts.PNG_LEVEL), artifacts.IMAGE_BYTES, artifacts.PNG_LEVEL)
+    md = markdown_image("x", encode_png(image, PNG_LEVEL), IMAGE_BYTES, PNG_LEVEL)
     return decode_png(data_uri_bytes(md[len("![x]("):-1]))
 
 
@@ -80,7 +84,7 @@ def test_decode_pictures_are_the_stored_frames_spread_over_each_picked_video(pip
     ws, cfg = pipeline_ws
     (image,) = images(newest_markdown(artifact_key(ws, "decode", "pictures"))).values()
     store = FrameStore(ws)
-    picked = artifacts.pick_videos(store.video_ids, 3, cfg.idt.seed, "decode")
+    picked = pick_videos(store.video_ids, 3, cfg.idt.seed, "decode")
     assert len(picked) == 3
     rows = [[store.read_clip(v, t, 1)[0] for t in np.linspace(0, FRAMES - 1, 6).round().astype(int)] for v in picked]
     assert rows[0][0].shape == (48, 64, 3)
@@ -94,13 +98,13 @@ def test_detect_pictures_draw_the_stored_boxes(pipeline_ws):
     ws, cfg = pipeline_ws
     md = newest_markdown(artifact_key(ws, "detect", "pictures"))
     (image,) = images(md).values()
-    picked = artifacts.pick_videos([r.video_id for r in read_manifest(ws) if r.ok], 3, cfg.idt.seed, "detect")
+    picked = pick_videos([r.video_id for r in read_manifest(ws) if r.ok], 3, cfg.idt.seed, "detect")
     paths = {r.video_id: r.path for r in read_manifest(ws)}
     rows = []
     for v in picked:
         planted = boxes_of(int(v[-3:]))
         frames = list(iter_frames(paths[v]))
-        rows.append([artifacts.draw_boxes(frames[t], planted[t], t) for t in np.linspace(0, FRAMES - 1, 4).round()
+        rows.append([draw_boxes(frames[t], planted[t], t) for t in np.linspace(0, FRAMES - 1, 4).round()
                      .astype(int)])
         assert f"| {v} | {FRAMES} | {FRAMES // 2} | {FRAMES // 2} |" in md
     np.testing.assert_array_equal(image, published(montage(rows, cell=(48, 64), row_labels=picked, label_width=120)))
@@ -109,7 +113,7 @@ def test_detect_pictures_draw_the_stored_boxes(pipeline_ws):
 
 @slow
 def test_idt_pictures_count_rows_per_scale_and_draw_a_window_of_tracks(pipeline_ws):
-    from idtprior.tasks.idt import read_sample
+    from idtprior.stages.idt import read_sample
     from idtprior.video.idt import extract_idt
 
     ws, cfg = pipeline_ws
@@ -120,8 +124,8 @@ def test_idt_pictures_count_rows_per_scale_and_draw_a_window_of_tracks(pipeline_
     for s, c in zip(scales, counts):
         assert f"| {float(np.round(s, 4)):g} | {c} |" in md
     (image,) = images(md).values()
-    params = artifacts.drawing_params(cfg.idt)
-    picked = artifacts.pick_videos([r.video_id for r in read_manifest(ws) if r.ok], 3, cfg.idt.seed, "idt")
+    params = drawing_params(cfg.idt)
+    picked = pick_videos([r.video_id for r in read_manifest(ws) if r.ok], 3, cfg.idt.seed, "idt")
     drawn, labels = [], []
     for v in picked:  # the window ending at the middle frame, from the stored frames
         clip = FrameStore(ws).read_clip(v, FRAMES // 2 - params.track_length, params.track_length + 1)
@@ -147,7 +151,7 @@ def test_fit_codebook_summary_shows_the_fit_report_of_the_record(pipeline_ws):
 
 @slow
 def test_encode_pictures_count_valid_sketches_and_their_norms(pipeline_ws):
-    from idtprior.tasks.encode import read_assembled_sketches
+    from idtprior.stages.encode import read_assembled_sketches
 
     ws, _ = pipeline_ws
     md = newest_markdown(artifact_key(ws, "encode", "pictures"))
@@ -155,12 +159,12 @@ def test_encode_pictures_count_valid_sketches_and_their_norms(pipeline_ws):
     norms = np.linalg.norm(x[valid].astype(np.float64), axis=1)
     assert f"| {N_VIDEOS} | {int(valid.sum())} | {int((~valid).sum())} | 32 | {norms.min():.4f} |" in md
     (image,) = images(md).values()
-    np.testing.assert_array_equal(image, artifacts.histogram_plot(norms, "sketch L2 norm"))
+    np.testing.assert_array_equal(image, histogram_plot(norms, "sketch L2 norm"))
 
 
 @slow
 def test_cluster_summary_montage_is_the_stored_middle_frames_with_their_window_tracks(pipeline_ws):
-    from idtprior.tasks.encode import read_cluster_labels
+    from idtprior.stages.cluster import read_cluster_labels
     from idtprior.video.idt import extract_idt
 
     ws, cfg = pipeline_ws
@@ -168,10 +172,10 @@ def test_cluster_summary_montage_is_the_stored_middle_frames_with_their_window_t
     assert re.search(r"\| nmi \| purity \|", md)
     pics = images(md)
     labels, ids = read_cluster_labels(ws)
-    np.testing.assert_array_equal(pics["cluster sizes"], artifacts.size_histogram(labels[0]))
+    np.testing.assert_array_equal(pics["cluster sizes"], size_histogram(labels[0]))
     store = FrameStore(ws)
-    source = artifacts.VideoFrames(ws, ids)
-    params = artifacts.drawing_params(cfg.idt)
+    source = VideoFrames(ws, ids)
+    params = drawing_params(cfg.idt)
     tracks = {}
     for i, v in enumerate(ids):  # reference: IDT over the 16 stored frames ending at the middle frame
         clip = store.read_clip(v, FRAMES // 2 - params.track_length, params.track_length + 1)
@@ -183,7 +187,7 @@ def test_cluster_summary_montage_is_the_stored_middle_frames_with_their_window_t
     np.testing.assert_array_equal(pics["cluster montage"], published(want))
 
     # without tracks, every cell is the stored middle frame, exactly (the layout of figures.montage)
-    plain = artifacts.cluster_figure(ws, ids, labels[0], None, cfg.cluster.seed)
+    plain = cluster_figure(ws, ids, labels[0], None, cfg.cluster.seed)
     from idtprior.evaluation.figures import largest_clusters
 
     for r, (_, members) in enumerate(largest_clusters(labels[0], 6, 4, cfg.cluster.seed)):
@@ -203,10 +207,10 @@ def test_training_markdown_draws_the_runs_curves_and_the_records_knn_table(tmp_p
     ws.commit(ChunkRecord("pretrain_la", "all", "fp", version, {"model": {
         "status": "ok", "run_dir": str(run), "knn": {"label": 0.625, "colour": 0.25},
         "knn_init": {"label": 0.5, "colour": 0.125}}}))
-    md = artifacts.training_markdown(ws, "pretrain_la")
+    md = training_markdown(ws, "pretrain_la")
     assert "| network | colour | label |" in md
     assert "| after training | 0.250 | 0.625 |" in md and "| random init | 0.125 | 0.500 |" in md
-    from idtprior.tasks.pretrain import epoch_rows
+    from idtprior.stages.pretrain.task import epoch_rows
 
     rows = epoch_rows(run)
     assert [r["loss"] for r in rows] == pytest.approx([2.0, 1.7, 1.4, 1.1])
@@ -215,4 +219,4 @@ def test_training_markdown_draws_the_runs_curves_and_the_records_knn_table(tmp_p
     assert set(want) == {"loss", "lr", "knn"}
     for name, image in want.items():
         np.testing.assert_array_equal(got[f"pretrain_la {name}"], image)
-    assert artifacts.training_markdown(ws, "tune_joint") == "_No record of tune_joint._\n"
+    assert training_markdown(ws, "tune_joint") == "_No record of tune_joint._\n"

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from idtprior_testutils import write_moving_square_videos
 
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import FLOWS, pretrain_pipeline
-from idtprior.flows.training import plan_train_stage
+from idtprior.stages.pretrain.flow import plan_train_stage
 from idtprior.storage import Workspace
+from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 

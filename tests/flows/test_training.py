@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 from idtprior.config import ConfigError, PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
+from idtprior.stages.pretrain.task import read_embeddings
 from idtprior.storage import FrameStore, Workspace, read_manifest
-from idtprior.tasks.pretrain import read_embeddings
 from idtprior.video.io import write_video
+from idtprior_testutils import knn_reference, moving_square_frames, write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -56,7 +56,7 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
         assert Path(info["checkpoint"]).exists() and Path(info["encoder"]).exists()
         # the exported encoder reproduces the exported embeddings (centre clips, eval mode)
         from idtprior.models import compute_embeddings
-        from idtprior.tasks.pretrain import WorkspaceClipSource
+        from idtprior.stages.pretrain.task import WorkspaceClipSource
 
         frames = [12] * len(ids)
         again = compute_embeddings(load_encoder(info["encoder"]), WorkspaceClipSource(ws.url, ids, frames), 4, 32,
@@ -71,7 +71,7 @@ def test_ir_then_plain_video_la_train_export_and_rerun_cached(tmp_path):
     la_enc = load_encoder(la_info["encoder"]).state_dict()
     w = "conv1.weight" if "conv1.weight" in ir_enc else next(k for k in ir_enc if k.endswith("weight"))
     dist_ir_la = float((ir_enc[w] - la_enc[w]).norm())
-    from idtprior.tasks.pretrain import initial_encoder
+    from idtprior.stages.pretrain.task import initial_encoder
 
     dist_init_la = float((initial_encoder(cfg.pretrain).state_dict()[w] - la_enc[w]).norm())
     assert dist_ir_la < dist_init_la
@@ -259,7 +259,7 @@ def test_more_epochs_continue_the_shorter_run_and_fewer_epochs_retrain(tmp_path,
 def test_a_longer_run_adopts_only_a_shorter_run_of_the_same_settings(tmp_path):
     import json
 
-    from idtprior.tasks.pretrain import RUN_META, adopt_shorter_run
+    from idtprior.stages.pretrain.task import RUN_META, adopt_shorter_run
 
     runs = tmp_path / "runs"
     for name, key, epochs in [("short", "k1", 1), ("shorter", "k1", 2), ("other", "k2", 2), ("longer", "k1", 9)]:

@@ -74,7 +74,7 @@ def codebook_choices(rows: int, cfg) -> dict:
     """PCA and GMM block sizes and the GMM's initialisation for a codebook sample of ``rows`` rows."""
     from idtprior.encoding.codebook import DESCRIPTOR_TYPES, fit_pca
     from idtprior.encoding.gmm import fit_gmm, init_sample_rows
-    from idtprior.tasks.encode import codebook_params
+    from idtprior.stages.fit_codebook import codebook_params
 
     params = codebook_params(cfg)  # what the fit_codebook stage fits with
     k = params.n_components
@@ -134,7 +134,7 @@ def trace(name: str) -> dict:
     """The size-dependent choices of every stage of bundled config ``name`` (see the module docstring)."""
     from idtprior.config import bundled_config, load_config
     from idtprior.datasets.synthetic import plan_videos
-    from idtprior.tasks.idt import idt_params
+    from idtprior.stages.idt import idt_params
     from idtprior.video.idt import pyramid_scales
     from idtprior.video.io import resized_shape
 

@@ -1,13 +1,13 @@
 """Golden outputs of every stage's algorithm core on tiny fixed inputs, and their declared behaviour version.
 
-A stage's cache key holds its behaviour version (``idtprior.tasks.codeprint.behaviour_version``), not its source text:
+A stage's cache key holds its behaviour version (``idtprior.runtime.codeprint.behaviour_version``), not its source text:
 an edit that changes what a stage computes must bump that version, and one that does not may keep it. The goldens are
 how that promise is checked: ``compute(stage)`` runs the stage's core (what its chunk task calls, never the Prefect
 flow) on a fixture small enough for a CPU test, and ``tests/golden/test_goldens.py`` compares it with
 ``data/<stage>.npz``, written by ``write(stage)`` together with the version it was computed under. A result that moves
 beyond ``TOLERANCES`` is a behaviour change: raise the stage's ``BEHAVIOUR`` version in its task module, then::
 
-    python -m idtprior.tasks.pins bump STAGE          # pins the version; runs `goldens.py write STAGE`
+    python -m idtprior.runtime.pins bump STAGE          # pins the version; runs `goldens.py write STAGE`
 
 Each ``compute`` returns ``{name: array}``; integer, boolean and string arrays must match exactly, float arrays within
 the stage's tolerance. Where a core's full output would make the file large (IDT rows, PCA components, clips), the
@@ -101,7 +101,7 @@ def _check_stage(stage: str) -> None:
 
 def stage_version(stage: str) -> int:
     """The behaviour version the stage declares now (``codeprint.behaviour_version``)."""
-    from idtprior.tasks.codeprint import behaviour_version
+    from idtprior.runtime.codeprint import behaviour_version
 
     return behaviour_version(stage)
 
@@ -126,7 +126,7 @@ def write(stage: str, force: bool = False) -> bool:
     (re)written.
 
     A golden that the computation still matches within tolerance, under the same version, is kept as it is (unless
-    ``force``): the pin file holds each golden's digest (``idtprior.tasks.pins``), and a rewrite on a machine whose
+    ``force``): the pin file holds each golden's digest (``idtprior.runtime.pins``), and a rewrite on a machine whose
     float rounding differs would move the digest without any change of behaviour."""
     arrays = compute(stage)
     if VERSION_KEY in arrays:
@@ -296,7 +296,7 @@ def ingest_golden() -> dict[str, np.ndarray]:
 
 
 def _decoded(path: Path, short_side: int, max_frames: int, serializer=None) -> np.ndarray:
-    """What ``tasks/decode.py``'s ``decode_one`` stores for ``path``: ``iter_frames`` resized to ``short_side``,
+    """What ``stages/decode.py``'s ``decode_one`` stores for ``path``: ``iter_frames`` resized to ``short_side``,
     streamed by ``write_frames`` into an in-memory Zarr group (time chunks of 3, so one chunk is partial), read back."""
     import zarr
 
@@ -350,12 +350,12 @@ def detect_golden() -> dict[str, np.ndarray]:
 
 
 def sample_selection(n_rows: int, video_id: str, sample_rows: int = 40) -> np.ndarray:
-    """The rows the IDT stage keeps of a video's ``n_rows`` (``tasks/idt.py``'s ``keep_sample``, shared by both
+    """The rows the IDT stage keeps of a video's ``n_rows`` (``stages/idt.py``'s ``keep_sample``, shared by both
     backends: ``sample_rows`` drawn with a seed of the config's and the video id's), as their indices: rows whose
     every value is their index go in, and what it stores comes back."""
     from idtprior.config import IDTConfig
     from idtprior.storage import Workspace
-    from idtprior.tasks.idt import keep_sample
+    from idtprior.stages.idt import keep_sample
 
     rows = np.repeat(np.arange(n_rows, dtype=np.float32)[:, None], 436, axis=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -407,7 +407,7 @@ def codebook_sample() -> np.ndarray:
 
 def fit_codebook_golden() -> dict[str, np.ndarray]:
     """``fit_codebook_with_report`` on ``codebook_sample()`` in both PCA modes (``concat``: Kinetics' config,
-    ``per_type``: the demo's), with what ``tasks/encode.py``'s ``codebook_params`` sets taken from a small config (8
+    ``per_type``: the demo's), with what ``stages/fit_codebook.py``'s ``codebook_params`` sets taken from a small config (8
     components, 15 EM iterations) and every other setting (tolerance, initialisation, variance floor, chunk rows) the
     core's default."""
     from idtprior.encoding.codebook import CodebookParams, SmallSampleWarning, fit_codebook_with_report
@@ -469,10 +469,10 @@ def synthetic_codebook(rows: np.ndarray, mode: str = "concat", sketch_dim: int =
 
 
 def _encode_videos(videos: dict[str, np.ndarray], books: dict[str, object]) -> dict[str, np.ndarray]:
-    """What the encode stage computes of each video's IDT rows (n, 436), per codebook: ``tasks/encode.py``'s
+    """What the encode stage computes of each video's IDT rows (n, 436), per codebook: ``stages/encode.py``'s
     ``encode_rows`` (the sketch and the valid flag it stores), and the Fisher vector it projects."""
     from idtprior.encoding import fisher_vector
-    from idtprior.tasks.encode import encode_rows
+    from idtprior.stages.encode import encode_rows
 
     out: dict[str, np.ndarray] = {}
     for mode, book in books.items():
@@ -519,7 +519,7 @@ def cluster_sketches(n: int = 200, dim: int = 64, centres: int = 12, seed: int =
 
 
 def cluster_golden() -> dict[str, np.ndarray]:
-    """``kmeans`` as ``tasks/encode.py``'s ``cluster_task`` calls it (k, runs, seed, iters, n_init from the config; init
+    """``kmeans`` as ``stages/cluster.py``'s ``cluster_task`` calls it (k, runs, seed, iters, n_init from the config; init
     and memory budget the core's defaults) on 200 seeded sketches, k = 8 (fewer than the 12 planted centres: the
     seeding decides which merge). The NumPy backend: faiss, where installed, is another implementation."""
     from idtprior.encoding import kmeans
@@ -629,7 +629,7 @@ def knn_sweep(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 def evaluate_golden() -> dict[str, np.ndarray]:
     """The evaluate stage's cores on tiny inputs: features of a seeded tiny network over 3 moving-square videos
     (``extract_feature_kinds``, 2 clips each); on seeded features the weighted kNN (overall and per test video, as
-    ``tasks/evaluate.py``'s ``knn_result`` calls it, with the core's default k and tau) and its decision boundary
+    ``stages/evaluate/task.py``'s ``knn_result`` calls it, with the core's default k and tau) and its decision boundary
     (``knn_sweep``), the linear probe's probabilities, the few-shot draws, and K-means' NMI and purity against the
     labels."""
     import torch

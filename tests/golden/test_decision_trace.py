@@ -3,9 +3,8 @@ choices, and why a golden on a tiny fixture cannot see them)."""
 
 import importlib
 
-import pytest
-
 import decisions
+import pytest
 
 
 @pytest.mark.parametrize("config", decisions.CONFIGS)
@@ -16,7 +15,7 @@ def test_the_cores_choose_as_pinned_at_the_config_sizes(config):
     assert not changed, (
         f"a size-dependent choice of the cores moved for the bundled config {config}:\n  " + "\n  ".join(changed)
         + "\nWhere the new choice changes what a stage computes at that size (a seeding, a sample size), raise its "
-          "BEHAVIOUR version and run `python -m idtprior.tasks.pins bump STAGE`: workspaces of that size recompute "
+          "BEHAVIOUR version and run `python -m idtprior.runtime.pins bump STAGE`: workspaces of that size recompute "
           "it. Either way pin the new trace: python tests/golden/decisions.py write")
 
 

@@ -27,7 +27,7 @@ def test_golden_was_written_under_the_declared_behaviour_version(stage):
     assert version == declared, (
         f"{stage}: its golden {goldens.golden_file(stage).name} was written under behaviour version {version}, the "
         f"stage now declares {declared}: a new version comes with the golden of the new behaviour. "
-        f"`python -m idtprior.tasks.pins bump {stage}` pins the version and writes it "
+        f"`python -m idtprior.runtime.pins bump {stage}` pins the version and writes it "
         f"(or: python tests/golden/goldens.py write {stage})")
 
 
@@ -38,7 +38,7 @@ def test_stage_computes_its_golden(stage):
     assert not problems, (
         f"{stage}: the core no longer computes its golden (behaviour version {version}):\n  " + "\n  ".join(problems)
         + f"\nResults that change need a new behaviour version, or workspaces keep serving those of the old one: raise "
-          f"BEHAVIOUR[{stage!r}] in its task module and run `python -m idtprior.tasks.pins bump {stage}` (it writes "
+          f"BEHAVIOUR[{stage!r}] in its task module and run `python -m idtprior.runtime.pins bump {stage}` (it writes "
           f"the new golden). A change meant to keep the results does not: find what moved.")
 
 

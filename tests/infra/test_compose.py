@@ -156,7 +156,7 @@ def test_the_dask_scheduler_and_workers_are_wired_and_the_workers_share_the_work
     assert worker[:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
     assert worker[worker.index("--nthreads") + 1] == "1"
     assert int(svc["dask-worker"]["deploy"]["replicas"]) == 2
-    from idtprior.flows.common import DASK_ADDRESS_ENV
+    from idtprior.runtime.dask import DASK_ADDRESS_ENV
 
     assert DASK_ADDRESS_ENV == "IDTPRIOR_DASK_ADDRESS"
     assert "workspace" in compose["volumes"] and "postgres" in compose["volumes"]

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from idtprior.config import ConfigError, DaskConfig, PipelineConfig, parse_config
-from idtprior.flows.common import DASK_ADDRESS_ENV, dask_cluster, slurm_cluster
+from idtprior.runtime.dask import DASK_ADDRESS_ENV, dask_cluster, slurm_cluster
 
 
 def test_the_local_cluster_and_its_workers_listen_on_the_loopback_only():
@@ -51,7 +51,7 @@ def test_the_worker_preload_stops_the_profiler_of_a_worker_dask_configured_with_
     profiler that Dask's config gives it."""
     from distributed import Client, LocalCluster
 
-    from idtprior.flows.common import WORKER_SETUP
+    from idtprior.runtime.dask import WORKER_SETUP
 
     def profiling(dask_worker) -> list[str]:
         return [name for name in ("profile", "profile-cycle") if name in dask_worker.periodic_callbacks]
@@ -100,7 +100,7 @@ def test_the_slurm_cluster_job_script_asks_for_the_configured_queue_cores_memory
     assert opts["--memory-limit"] == "7.45GiB", worker
     assert opts["--interface"] == "lo"
     assert opts["--dashboard-address"] == "127.0.0.1:0"  # a worker's HTTP endpoints stay on its node
-    assert opts["--preload"] == "idtprior.flows.dask_worker"  # its set-up: no profiler, the heartbeat filter
+    assert opts["--preload"] == "idtprior.runtime.dask_worker"  # its set-up: no profiler, the heartbeat filter
     assert "--no-dashboard" in worker
     # with an interface named, the scheduler listens on it (lo here: 127.0.0.1), not on every interface
     assert address.startswith("tcp://127.0.0.1:"), address

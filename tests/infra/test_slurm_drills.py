@@ -15,10 +15,11 @@ import pytest
 
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.stages.encode import read_assembled_sketches
 from idtprior.storage import FrameStore, Workspace
-from idtprior.tasks.common import FAULT_ENV
-from idtprior.tasks.encode import read_assembled_sketches
+from idtprior.testing import FAULT_ENV
 from idtprior_testutils import write_moving_square_videos
+
 from local_slurm import local_slurm, squeue
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_engine")]

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fake_slurm import install_fake_slurm
 
 import idtprior
 from idtprior.cli import build_parser
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
+from idtprior.stages.pretrain.job import train_job_script
+from idtprior.stages.pretrain.task import read_embeddings
 from idtprior.storage import Workspace, read_manifest
-from idtprior.tasks.pretrain import read_embeddings
-from idtprior.tasks.train_job import train_job_script
 from idtprior.video.io import write_video
 from idtprior_testutils import moving_square_frames
 
@@ -71,7 +70,7 @@ def test_the_training_job_script_asks_for_nodes_x_gpus_and_runs_one_entry_point_
 
 def test_a_retried_job_task_waits_for_its_earlier_job_and_a_job_without_a_record_fails_with_its_log(tmp_path,
                                                                                                       monkeypatch):
-    from idtprior.tasks.train_job import submit, train_stage_job_task
+    from idtprior.stages.pretrain.job import submit, train_stage_job_task
 
     state = tmp_path / "slurm-state"
     monkeypatch.setenv("PATH", f"{install_fake_slurm(tmp_path / 'bin', state)}{os.pathsep}{os.environ['PATH']}")
@@ -116,7 +115,7 @@ def _workspace(tmp_path: Path, **pretrain) -> PipelineConfig:
 @pytest.mark.usefixtures("prefect_engine")
 def test_the_entry_point_commits_the_record_the_flow_expects_and_refuses_a_stale_plan(tmp_path, capsys):
     from idtprior.cli import main
-    from idtprior.flows.training import plan_train_stage
+    from idtprior.stages.pretrain.flow import plan_train_stage
 
     cfg = _workspace(tmp_path)
     cfg_file = tmp_path / "config.yaml"

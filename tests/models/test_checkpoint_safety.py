@@ -168,7 +168,7 @@ def test_with_no_whole_checkpoint_the_run_starts_over_with_a_warning(squares, ti
 
 def test_a_corrupt_checkpoint_or_encoder_is_never_taken_as_finished_or_as_a_start(squares, tiny_params, tmp_path):
     from idtprior.storage import ChunkRecord
-    from idtprior.tasks.pretrain import finished_training
+    from idtprior.stages.pretrain.task import finished_training
 
     source, labels = squares
     run = train(tiny_params(epochs=1), source, out_dir=tmp_path / "run", export_embeddings=False)

@@ -4,11 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
-from idtprior_testutils import knn_reference
 
 from idtprior.models import train
 from idtprior.models.lightning import EpochReporter
-from idtprior.tasks.pretrain import _loss_history, epoch_rows
+from idtprior.stages.pretrain.task import _loss_history, epoch_rows
+from idtprior_testutils import knn_reference
 
 
 def test_reporter_hands_over_each_epoch_as_the_logs_keep_it_across_a_continued_run(squares, tiny_params, tmp_path):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from server_process import REPO
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.evaluation.figures import data_uri_bytes, decode_png
+from idtprior_testutils import write_moving_square_videos
 
 SCREENSHOT = REPO / "scripts" / "ui_screenshot.sh"
 SQUARE = np.array([250, 30, 30])  # moving_square_frames' square (RGB), H.264 moves it a little: a tolerance
@@ -34,7 +34,7 @@ def solid_blocks(image: np.ndarray, colour: np.ndarray, side: int = 6, tol: int 
                     "`make install` does it where it runs as root)")
 def test_the_cluster_montage_renders_in_the_ui_of_a_real_server(server_env, tmp_path):
     from idtprior.config import PipelineConfig
-    from idtprior.flows.common import artifact_key
+    from idtprior.runtime.artifacts import artifact_key
     from idtprior.flows.pipeline import pretrain_pipeline
 
     server = server_env

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from idtprior_testutils import moving_square_frames
 from server_process import FAULT, REPO, ServerProcess
 
 from idtprior.storage import FrameStore, Workspace
 from idtprior.storage.fingerprint import chunk_of
 from idtprior.video.io import iter_frames, write_video
+from idtprior_testutils import moving_square_frames
 
 NUM_CHUNKS = 2
 N_VIDEOS = 4  # clip000..clip003: two per chunk with 2 chunks
@@ -280,7 +280,7 @@ def test_a_pipeline_keeps_its_config_and_a_stage_runs_overrides_apply_to_that_ru
     """Every stage run the pipeline started names the config the pipeline resolved, stored by content in the
     workspace; a stage run from its own deployment with overrides changes nothing of it (nor ``config.yaml``); a
     Retry of the pipeline's stage run afterwards reads the pipeline's config, not what ran in between."""
-    from idtprior.flows.runs import load_stored_config, remembered_config
+    from idtprior.runtime.runs import load_stored_config, remembered_config
 
     root, workers, _, shared = drill
     assert "finished_run" in shared, retried["second"]["state"]["message"]

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.cli import main
 from idtprior.config import DecodeConfig
+from idtprior.stages.decode import decode_chunk
 from idtprior.storage import ChunkRecord, FrameStore, Workspace, write_frames
 from idtprior.storage.integrity import VERIFY_ENV, IntegrityError, array_options, verify_workspace
 from idtprior.storage.workspace import pack_files, unpack_files
-from idtprior.tasks.decode import decode_chunk
+from idtprior_testutils import write_moving_square_videos
 
 CHUNKS = [f"{i:04d}-of-0004" for i in range(4)]
 CONFIG = DecodeConfig(short_side=32, time_chunk=4)
@@ -173,9 +173,9 @@ def test_an_all_black_time_chunk_has_a_file_and_losing_it_is_an_error(tmp_path):
 
 
 def test_every_reader_of_a_record_refuses_a_missing_file(tmp_path):
-    from idtprior.tasks.detect import read_video_boxes
-    from idtprior.tasks.encode import read_cluster_labels
-    from idtprior.tasks.idt import read_sample
+    from idtprior.stages.detect import read_video_boxes
+    from idtprior.stages.cluster import read_cluster_labels
+    from idtprior.stages.idt import read_sample
 
     ws = Workspace(tmp_path)
     arrays = {"idt": ("v", "v", np.ones((5, 436), np.float32)),
@@ -283,7 +283,8 @@ def test_a_process_killed_after_the_record_rename_leaves_a_whole_chunk_and_the_o
 
 
 def test_a_damaged_input_fails_its_chunk_unretried_and_marks_no_video_failed(decoded, tmp_path):
-    from idtprior.tasks.common import is_transient, run_chunk
+    from idtprior.runtime.errors import is_transient
+    from idtprior.runtime.worker import run_chunk
 
     _, untouched, _ = decoded
     shutil.copytree(untouched.root, tmp_path / "ws")

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from idtprior.storage import ChunkRecord, FrameStore, ManifestRow, Workspace, chunk_count, chunk_of, write_frames
-from idtprior.storage import write_manifest
-from idtprior.tasks.encode import ALL, read_sketches
-from idtprior.tasks.idt import read_sample
+from idtprior.stages.common import ALL
+from idtprior.stages.encode import read_sketches
+from idtprior.stages.idt import read_sample
+from idtprior.storage import (ChunkRecord, FrameStore, ManifestRow, Workspace, chunk_count, chunk_of, write_frames,
+                              write_manifest)
 
 IDS = [f"v{i}" for i in range(8)]
 

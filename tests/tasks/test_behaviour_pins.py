@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from idtprior.tasks import codeprint, pins
-from idtprior.tasks import encode as encode_tasks
+from idtprior.runtime import codeprint, pins
+from idtprior.stages import cluster, encode
 
 
 @pytest.mark.parametrize("stage", sorted(codeprint.STAGE_ROOTS))
@@ -17,18 +17,18 @@ def test_the_code_of_every_stage_agrees_with_its_pin(stage):
     declared = codeprint.behaviour_version(stage)
     assert declared == pin["version"], (
         f"{stage} declares behaviour version {declared} and is pinned at {pin['version']}: after raising a version, "
-        f"run `python -m idtprior.tasks.pins bump {stage}` (it pins the code and regenerates the golden outputs)")
+        f"run `python -m idtprior.runtime.pins bump {stage}` (it pins the code and regenerates the golden outputs)")
     fingerprint = codeprint.code_fingerprint(stage)
     assert fingerprint == pin["fingerprint"], (
         f"the code {stage} runs changed (fingerprint {fingerprint}, pinned {pin['fingerprint']}) and its behaviour "
-        f"version did not. Two honest answers: results change -> raise BEHAVIOUR[{stage!r}] in its task module and "
-        f"run `python -m idtprior.tasks.pins bump {stage}` (workspaces recompute {stage} and what follows); results "
-        f"do not change -> `python -m idtprior.tasks.pins repin {stage} --reason '<why>'` (nothing reruns). "
-        f"`python -m idtprior.tasks.pins status` lists every stage that moved.")
+        f"version did not. Two honest answers: results change -> raise BEHAVIOUR[{stage!r}] in its stage module and "
+        f"run `python -m idtprior.runtime.pins bump {stage}` (workspaces recompute {stage} and what follows); results "
+        f"do not change -> `python -m idtprior.runtime.pins repin {stage} --reason '<why>'` (nothing reruns). "
+        f"`python -m idtprior.runtime.pins status` lists every stage that moved.")
     golden = pins.golden_digest(stage)
     assert golden is None or golden == pin["golden"], (
         f"the golden outputs of {stage} ({pins.golden_file(stage).name}) changed without a version bump: they may "
-        f"change only with `python -m idtprior.tasks.pins bump {stage}`")
+        f"change only with `python -m idtprior.runtime.pins bump {stage}`")
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_repin_keeps_the_reason_and_bump_wants_a_new_version(pin_copy, monkeypat
     assert pins.repinned_since(stage, old) == ["renamed a local variable"]
     assert pins.repinned_since(stage, "0123456789abcdef") == []
 
-    monkeypatch.setitem(encode_tasks.BEHAVIOUR, stage, 2)
+    monkeypatch.setitem(cluster.BEHAVIOUR, stage, 2)
     with pytest.raises(SystemExit, match="that is a bump"):
         pins.repin(stage, "not a re-pin")
     pins.bump(stage, regenerate=False)
@@ -70,14 +70,14 @@ def test_repin_keeps_the_reason_and_bump_wants_a_new_version(pin_copy, monkeypat
 
 def test_status_names_what_moved(pin_copy, monkeypatch, capsys):
     assert pins.main(["status"]) == 0 and "every stage agrees" in capsys.readouterr().out
-    monkeypatch.setitem(encode_tasks.BEHAVIOUR, "encode", 7)
+    monkeypatch.setitem(encode.BEHAVIOUR, "encode", 7)
     assert pins.main(["status"]) == 1
     assert "encode: declares v7, pinned v1" in capsys.readouterr().out
 
 
 def test_provenance_names_repinned_code_legacy_records_and_a_changed_environment(pin_copy, monkeypatch):
     from idtprior.storage import ChunkRecord
-    from idtprior.tasks.environment import environment
+    from idtprior.runtime.environment import environment
 
     stage = "cluster"
     old = codeprint.pins()[stage]["fingerprint"]

@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
-from idtprior.tasks import codeprint
-from idtprior.tasks.codeprint import STAGE_ROOTS, code_fingerprint, stage_sources
+from idtprior.runtime import codeprint
+from idtprior.runtime.codeprint import STAGE_ROOTS, code_fingerprint, stage_sources
 
 STAGES = sorted(STAGE_ROOTS)
 # the GMM's users: fitting the codebook, and the Fisher encoding's statistics (after either IDT backend)
@@ -57,23 +57,28 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.video.idt.flow", "median_flow", IDT),
     # the frames' JPEG codec is the JPEG decode's alone: zstd workspaces keep their decode and training keys
     ("idtprior.video.framecodec", "encode_frames", {"decode@jpeg"}),
-    ("idtprior.tasks.decode", "decode_one", {"decode"}),
+    ("idtprior.stages.decode", "decode_one", {"decode"}),
     ("idtprior.video.io", "iter_frames", {"ingest", "decode", "decode@jpeg", "detect", *IDT}),
     # the torch backend is its own stages' alone: an edit reruns no workspace that extracts on the CPU
     ("idtprior.video.idt.torch_extract", "extract_idt_batch", {"idt@torch", "encode@torch"}),
     ("idtprior.video.idt.torch_flow", "poly_expansion", {"idt@torch", "encode@torch"}),
-    ("idtprior.tasks.idt", "batch_idt", {"idt@torch", "encode@torch"}),
-    ("idtprior.tasks.idt", "sample_batch", {"idt@torch"}),
-    ("idtprior.tasks.encode", "encode_batch", {"encode@torch"}),
-    # one task module serves three stages: each gets only the definitions it runs
-    ("idtprior.tasks.encode", "cluster_task", {"cluster"}),
-    ("idtprior.tasks.encode", "encode_one", {"encode"}),
-    ("idtprior.tasks.encode", "codebook_params", {"fit_codebook"}),
-    ("idtprior.tasks.idt", "read_sample", {"fit_codebook"}),
-    ("idtprior.tasks.idt", "sample_one", {"idt"}),
-    ("idtprior.tasks.idt", "video_rows", {"idt", "encode"}),
-    ("idtprior.tasks.idt", "idt_params", IDT),
-    ("idtprior.tasks.detect", "chunk_boxes", IDT),
+    ("idtprior.stages.idt", "batch_idt", {"idt@torch", "encode@torch"}),
+    ("idtprior.stages.idt", "sample_batch", {"idt@torch"}),
+    ("idtprior.stages.encode", "encode_batch", {"encode@torch"}),
+    # a stage module's definitions are the code of the stages that run them, and nothing else's
+    ("idtprior.stages.cluster", "cluster_task", {"cluster"}),
+    ("idtprior.stages.encode", "encode_one", {"encode"}),
+    ("idtprior.stages.fit_codebook", "codebook_params", {"fit_codebook"}),
+    ("idtprior.stages.fit_codebook", "read_codebook", {"encode", "encode@torch"}),
+    # a stage's plan, flow and pictures live beside its task and are not part of its code
+    ("idtprior.stages.encode", "plan_encode", set()),
+    ("idtprior.stages.encode", "encode_flow", set()),
+    ("idtprior.stages.idt", "idt_markdown", set()),
+    ("idtprior.stages.idt", "read_sample", {"fit_codebook"}),
+    ("idtprior.stages.idt", "sample_one", {"idt"}),
+    ("idtprior.stages.idt", "video_rows", {"idt", "encode"}),
+    ("idtprior.stages.idt", "idt_params", IDT),
+    ("idtprior.stages.detect", "chunk_boxes", IDT),
     # evaluate loads encoders through models.lightning, which imports the losses
     ("idtprior.models.losses", "la_loss", {"pretrain", "evaluate"}),
     # the evaluation core is evaluate's alone
@@ -86,7 +91,9 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.config", "load_config", set()),
     ("idtprior.storage.workspace", "commit", set()),
     ("idtprior.storage.fingerprint", "hash_json", set()),
-    ("idtprior.tasks.common", "run_chunk", set()),
+    ("idtprior.runtime.worker", "run_chunk", set()),
+    ("idtprior.runtime.keys", "stamp", set()),
+    ("idtprior.stages.common", "run_stage", set()),
 ])
 def test_an_edit_changes_the_code_of_exactly_the_stages_that_use_it(monkeypatch, module, function, stages):
     assert changed_stages(monkeypatch, module, function) == stages
@@ -94,7 +101,7 @@ def test_an_edit_changes_the_code_of_exactly_the_stages_that_use_it(monkeypatch,
 
 def test_the_stage_code_sets():
     """Which modules each stage hashes whole (at least the ones it uses today, and none of another core's), and that a
-    stage of a shared task module leaves the others' code out."""
+    stage's definitions leave the other stages' out."""
     cores = {s: {k for k in stage_sources(s) if ":" not in k} for s in STAGES}
     idt_core = {f"idtprior.video.idt.{m}"
                 for m in ("extract", "camera", "flow", "descriptors", "params", "textformat", "kernels", "_kernels")}
@@ -123,12 +130,13 @@ def test_the_stage_code_sets():
     assert not cores["cluster"] & {"idtprior.encoding.gmm", "idtprior.encoding.codebook", "idtprior.encoding.fisher"}
     assert cores["pretrain"] >= models | {"idtprior.encoding.kmeans"}
     assert within("pretrain", "idtprior.models.", "idtprior.encoding.")
-    tasks = {s: {k for k in stage_sources(s) if k.startswith("idtprior.tasks.encode:")} for s in STAGES}
-    assert "idtprior.tasks.encode:cluster_task" in tasks["cluster"]
+    tasks = {s: {k for k in stage_sources(s) if k.startswith("idtprior.stages.") and ":" in k
+                 and not k.startswith("idtprior.stages.common:")} for s in STAGES}
+    assert "idtprior.stages.cluster:cluster_task" in tasks["cluster"]
     assert not tasks["cluster"] & (tasks["encode"] | tasks["fit_codebook"])
     # no stage hashes plumbing or a package's re-exports
-    assert not any(k.startswith(("idtprior.config", "idtprior.storage.workspace", "idtprior.tasks.common",
-                                 "idtprior.flows"))
+    assert not any(k.startswith(("idtprior.config", "idtprior.storage.workspace", "idtprior.runtime",
+                                 "idtprior.testing", "idtprior.flows", "idtprior.stages.registry"))
                    or k in ("idtprior.encoding", "idtprior.models", "idtprior.video.idt")
                    for s in STAGES for k in stage_sources(s))
 
@@ -147,7 +155,8 @@ def test_an_edit_of_the_compiled_kernels_c_source_changes_the_idt_stages(monkeyp
 
 def test_keys_hold_the_declared_behaviour_version_not_the_code():
     from idtprior.keyscheme import legacy_keys
-    from idtprior.tasks import decode, pretrain
+    from idtprior.stages import decode
+    from idtprior.stages.pretrain import task as pretrain
 
     assert codeprint.code_key("decode") == f"decode/v{decode.BEHAVIOUR['decode']}"
     assert codeprint.code_key("decode@jpeg") == f"decode@jpeg/v{decode.BEHAVIOUR['decode@jpeg']}"
@@ -194,7 +203,7 @@ def test_any_module_laid_out_anew_with_a_reworded_docstring_moves_no_fingerprint
 
 
 @pytest.mark.parametrize("module", ["idtprior.video.io", "idtprior.encoding.gmm", "idtprior.encoding.kmeans",
-                                    "idtprior.tasks.encode", "idtprior.video.idt._kernels"])
+                                    "idtprior.stages.encode", "idtprior.video.idt._kernels"])
 def test_comments_docstrings_and_formatting_move_no_fingerprint(monkeypatch, module):
     """The edits that reran every stage of a workspace before behaviour versions (two comments and a docstring word)
     and reformatting: the normalised fingerprints do not move, so no pin has to be touched for them."""
@@ -236,7 +245,7 @@ def test_a_function_moved_between_core_modules_moves_no_fingerprint(monkeypatch)
 
 def test_the_idt_keys_hold_every_idt_params_field():
     from idtprior.config import IDTConfig
-    from idtprior.tasks.idt import params_key
+    from idtprior.stages.idt import params_key
     from idtprior.video.idt import IDTParams
 
     key = params_key(IDTConfig(max_side=160, feature_detector="sift"))

@@ -3,8 +3,10 @@ workspace, before its commit, and is never taken for a transient fault."""
 
 import pytest
 
+from idtprior.runtime.errors import is_transient
+from idtprior.runtime.worker import run_chunk
 from idtprior.storage import Workspace
-from idtprior.tasks.common import FAULT_ENV, InjectedFault, is_transient, run_chunk
+from idtprior.testing import FAULT_ENV, InjectedFault
 
 
 def _square(video_id: str, workspace: str, stage: str, chunk: str, version: str, x: int) -> dict:

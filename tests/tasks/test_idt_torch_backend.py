@@ -10,11 +10,13 @@ import torch
 from idtprior.config import CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.datasets.synthetic import textured_pan_video
 from idtprior.encoding import fit_codebook
+from idtprior.runtime.errors import TransientError
+from idtprior.runtime.worker import run_chunk
+from idtprior.stages import idt as idt_tasks
+from idtprior.stages.encode import _write_sketches, encode_batch, encode_one
+from idtprior.stages.fit_codebook import codebook_params
+from idtprior.stages.idt import sample_batch, sample_one, video_idt
 from idtprior.storage import Workspace
-from idtprior.tasks import idt as idt_tasks
-from idtprior.tasks.common import TransientError, run_chunk
-from idtprior.tasks.encode import _write_sketches, codebook_params, encode_batch, encode_one
-from idtprior.tasks.idt import sample_batch, sample_one, video_idt
 from idtprior.video.io import write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +36,7 @@ def test_the_cache_keys_hold_what_changes_the_rows_and_nothing_else():
 
 def test_the_stage_refuses_a_device_the_machine_lacks_before_any_video_runs(caplog):
     from idtprior.config import ConfigError, PipelineConfig
-    from idtprior.flows.stages import check_idt_backend
+    from idtprior.stages.common import check_idt_backend
 
     cfg = PipelineConfig.model_validate({"idt": {"backend": "torch", "device": f"cuda:{torch.cuda.device_count()}"}})
     with pytest.raises(ConfigError, match=r"encode: idt.device 'cuda:\d+': this machine has \d+ CUDA devices"):

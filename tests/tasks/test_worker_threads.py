@@ -6,8 +6,8 @@ import resource
 
 import numpy as np
 
+from idtprior.runtime.worker import run_chunk
 from idtprior.storage import Workspace
-from idtprior.tasks.common import run_chunk
 
 
 def _facts(video_id: str, workspace: str, stage: str, chunk: str, version: str) -> dict:
@@ -62,7 +62,7 @@ def test_the_pipelines_cluster_leaves_this_process_environment_alone(monkeypatch
     from distributed import Client
 
     from idtprior.config import DaskConfig
-    from idtprior.flows.common import dask_cluster
+    from idtprior.runtime.dask import dask_cluster
 
     for k in _thread_env():
         monkeypatch.delenv(k, raising=False)

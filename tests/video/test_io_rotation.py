@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from idtprior.tasks.ingest import probe_one
+from idtprior.stages.ingest import probe_one
 from idtprior.video.io import VideoError, iter_frames, probe_video
 
 

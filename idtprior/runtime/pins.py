@@ -2,8 +2,8 @@
 code it runs. For the developer whose change moved a fingerprint (``tests/tasks/test_behaviour_pins.py`` fails and
 names the stage), the two honest answers:
 
-    python -m idtprior.tasks.pins repin STAGE --reason "why results do not change"   # nothing reruns
-    python -m idtprior.tasks.pins bump STAGE                                         # results change
+    python -m idtprior.runtime.pins repin STAGE --reason "why results do not change"   # nothing reruns
+    python -m idtprior.runtime.pins bump STAGE                                         # results change
 
 ``bump`` wants the stage's ``BEHAVIOUR`` version raised in its task module first (workspaces then recompute that stage
 and what follows); it re-pins the fingerprint at the new version and regenerates the stage's golden outputs
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from idtprior.tasks import codeprint
+from idtprior.runtime import codeprint
 
 REPO = codeprint.PACKAGE_DIR.parent
 GOLDEN_DIR = REPO / "tests" / "golden" / "data"
@@ -79,7 +79,7 @@ def repin(stage: str, reason: str) -> dict:
     declared = codeprint.behaviour_version(stage)
     if declared != pin["version"]:
         raise SystemExit(f"repin {stage}: it declares v{declared} and is pinned at v{pin['version']}: that is a bump "
-                         f"(python -m idtprior.tasks.pins bump {stage})")
+                         f"(python -m idtprior.runtime.pins bump {stage})")
     if golden_digest(stage) not in (None, pin.get("golden")):
         raise SystemExit(f"repin {stage}: its golden outputs changed: results changed; bump its version")
     fingerprint = codeprint.code_fingerprint(stage)
@@ -125,7 +125,7 @@ def provenance(stage: str, records, now: dict[str, str] | None = None) -> list[s
     """What a stage's records say of how they were computed, where it matters today, as lines: records computed by
     code re-pinned since (with the re-pins' reasons: a bad re-pin is undone for exactly these, by bumping the version),
     records made before behaviour versions, and packages whose version differs from this environment's."""
-    from idtprior.tasks.environment import differences, environment
+    from idtprior.runtime.environment import differences, environment
 
     records = [r for r in records if r is not None]
     if not records:
@@ -176,7 +176,7 @@ def invalidate_repinned(ws, stages: list[str]) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m idtprior.tasks.pins", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m idtprior.runtime.pins", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="list the stages whose code, version or golden outputs moved from their pin")
     p = sub.add_parser("repin", help="the change keeps results: pin the code as it is now, with a reason")

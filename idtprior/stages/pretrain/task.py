@@ -27,12 +27,15 @@ from idtprior.models.clustering import knn_accuracy, knn_classify
 from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, checkpoint_problem,
                                        compute_embeddings, load_encoder, train)
 from idtprior.models.resnet3d import ResNet3d
+from idtprior.runtime.keys import stamp
+from idtprior.runtime.progress import epoch_done_callback
+from idtprior.stages.cluster import read_cluster_labels
+from idtprior.stages.common import ALL
+from idtprior.stages.encode import read_sketches
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, check_upstream
-from idtprior.tasks.common import epoch_done_callback, stamp
-from idtprior.tasks.encode import ALL, read_cluster_labels, read_sketches
 
 TEST_SPLIT = "test"
 

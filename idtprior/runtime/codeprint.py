@@ -1,18 +1,19 @@
 """Behaviour versions and code fingerprints of the stages.
 
-A stage's cache key holds its declared BEHAVIOUR VERSION (``BEHAVIOUR`` beside its chunk task, in ``idtprior.tasks``),
+A stage's cache key holds its declared BEHAVIOUR VERSION (``BEHAVIOUR`` beside its chunk task, in its stage's
+module of ``idtprior.stages``),
 never its source text: a comment, a docstring, a rename or a function moved to another module reruns nothing. What
 keeps a version honest is the CODE FINGERPRINT, pinned per stage in ``behaviour_pins.json``: a default test fails
 when the code a stage runs changes and its pin does not, and the two honest answers are ``python -m
-idtprior.tasks.pins bump STAGE`` (results change: bump the version, workspaces recompute that stage and what follows)
-or ``python -m idtprior.tasks.pins repin STAGE --reason ...`` (behaviour preserved: nothing reruns; the reason is kept).
+idtprior.runtime.pins bump STAGE`` (results change: bump the version, workspaces recompute that stage and what follows)
+or ``python -m idtprior.runtime.pins repin STAGE --reason ...`` (behaviour preserved: nothing reruns; the reason is kept).
 
 A stage's code is found statically (``ast`` over the source files: nothing imported, nothing run) from its roots, the
 chunk task the stage runs:
 
-- in the task layer (``idtprior.tasks``), definition by definition: the root, and every function, class or constant
-  of a task module that it names, followed name by name. One task module can serve several stages
-  (``tasks/encode.py`` holds fit_codebook, encode and cluster): each is pinned on the definitions it runs;
+- in the stage layer (``idtprior.stages``), definition by definition: the root, and every function, class or
+  constant of a stage module that it names, followed name by name. A stage module also holds the stage's plan, flow
+  and pictures: a definition the chunk task does not name is not part of the stage's code;
 - in the algorithm cores (``idtprior.video``, ``idtprior.encoding``, ``idtprior.models``, ``idtprior.evaluation``),
   module by module: each core module a task definition names, with every core module it imports anywhere in its
   source, transitively. A C source file a core module names and compiles (``video/idt/kernels.py``: ``"_kernels.c"``
@@ -25,8 +26,9 @@ moved between modules of the closure, leave it unchanged. The C source is hashed
 
 Storage code that shapes results (``SHAPING``: ``storage/frames.py``, where frames are cut off and stored) is followed
 definition by definition as the task layer is. The rest is plumbing and stays out: ``idtprior.config`` (settings are
-in the keys through each stage's config hash), the rest of ``idtprior.storage``, ``idtprior.tasks.common``, the flows,
-and third-party packages (their versions are recorded with each result instead: ``idtprior.tasks.environment``).
+in the keys through each stage's config hash), the rest of ``idtprior.storage``, ``idtprior.runtime`` (the chunk loop, keys,
+records), the launchers (``idtprior.flows``),
+and third-party packages (their versions are recorded with each result instead: ``idtprior.runtime.environment``).
 """
 
 import ast
@@ -43,8 +45,8 @@ from pathlib import Path
 PACKAGE = "idtprior"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CORES = ("idtprior.video", "idtprior.encoding", "idtprior.models", "idtprior.evaluation")
-TASKS = "idtprior.tasks"
-PLUMBING = ("idtprior.tasks.common", "idtprior.tasks.codeprint")
+TASKS = "idtprior.stages"
+PLUMBING: tuple[str, ...] = ()  # modules of the stage layer that are plumbing (none: runtime is outside it)
 SHAPING = ("idtprior.storage.frames",)
 """Storage modules whose definitions shape results (how frames are cut off, stored and read back): followed name by
 name, as the task layer is, wherever a stage's code names them."""
@@ -52,20 +54,20 @@ _C_SOURCE = re.compile(r"""["']([A-Za-z_]\w*)\.c["']""")  # a C file named in a 
 
 # The chunk task each stage runs ("module:name"); the training stages share one task.
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
-    "ingest": ("idtprior.tasks.ingest:ingest_chunk",),
-    "decode": ("idtprior.tasks.decode:decode_chunk",),
-    "decode@jpeg": ("idtprior.tasks.decode:decode_chunk_jpeg",),  # decode.codec: jpeg (as idt@torch below)
-    "detect": ("idtprior.tasks.detect:detect_chunk",),
-    "idt": ("idtprior.tasks.idt:idt_sample_chunk",),
-    "fit_codebook": ("idtprior.tasks.encode:fit_codebook_task",),
-    "encode": ("idtprior.tasks.encode:encode_chunk",),
+    "ingest": ("idtprior.stages.ingest:ingest_chunk",),
+    "decode": ("idtprior.stages.decode:decode_chunk",),
+    "decode@jpeg": ("idtprior.stages.decode:decode_chunk_jpeg",),  # decode.codec: jpeg (as idt@torch below)
+    "detect": ("idtprior.stages.detect:detect_chunk",),
+    "idt": ("idtprior.stages.idt:idt_sample_chunk",),
+    "fit_codebook": ("idtprior.stages.fit_codebook:fit_codebook_task",),
+    "encode": ("idtprior.stages.encode:encode_chunk",),
     # the torch backend of IDT (idt.backend: torch) runs its own chunk tasks, with their own code: an edit of the
     # batched extractor reruns no workspace that extracts with the CPU backend, and the reverse
-    "idt@torch": ("idtprior.tasks.idt:idt_sample_chunk_torch",),
-    "encode@torch": ("idtprior.tasks.encode:encode_chunk_torch",),
-    "cluster": ("idtprior.tasks.encode:cluster_task",),
-    "pretrain": ("idtprior.tasks.pretrain:train_stage_task",),
-    "evaluate": ("idtprior.tasks.evaluate:evaluate_task",),
+    "idt@torch": ("idtprior.stages.idt:idt_sample_chunk_torch",),
+    "encode@torch": ("idtprior.stages.encode:encode_chunk_torch",),
+    "cluster": ("idtprior.stages.cluster:cluster_task",),
+    "pretrain": ("idtprior.stages.pretrain.task:train_stage_task",),
+    "evaluate": ("idtprior.stages.evaluate.task:evaluate_task",),
 }
 STAGE_ALIASES = {"pretrain_ir": "pretrain", "pretrain_la": "pretrain", "tune_joint": "pretrain",
                  "pretrain_la_bank": "pretrain", "supervised": "pretrain"}
@@ -422,7 +424,7 @@ PINS_FILE = PACKAGE_DIR / "behaviour_pins.json"
 def pins() -> dict[str, dict]:
     """The pin file: per stage and variant, its ``version``, the ``fingerprint`` of its code at that version (after
     any behaviour-preserving re-pins, listed in ``repins`` with their reasons) and ``legacy_code``, the source-text
-    fingerprint keys held before behaviour versions (``idtprior.keyscheme``: workspaces made then are re-keyed)."""
+    fingerprint keys held before behaviour versions (``idtprior.runtime.keys``: workspaces made then are re-keyed)."""
     return json.loads(PINS_FILE.read_text(encoding="utf-8"))
 
 

@@ -25,9 +25,10 @@ import yaml
 from prefect import task
 
 from idtprior.config import PipelineConfig
+from idtprior.runtime.errors import TransientError
+from idtprior.runtime.worker import run_logger
 from idtprior.sources import SOURCES
 from idtprior.storage import ChunkRecord, Workspace
-from idtprior.tasks.common import TransientError, run_logger
 
 JOBS_DIR = "jobs"
 """In the workspace, ``jobs/<stage>/<record key>/``: one folder per submitted plan (the config snapshot, the batch

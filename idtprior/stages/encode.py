@@ -1,72 +1,27 @@
 """Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
 (fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
 
-import warnings
-
 import numpy as np
 from prefect import task
 
-from idtprior.config import ClusterConfig, CodebookConfig, EncodeConfig, IDTConfig
-from idtprior.encoding import Codebook, CodebookParams, count_sketch, fisher_vector, kmeans
+from idtprior.config import EncodeConfig, IDTConfig, PipelineConfig
+from idtprior.encoding import Codebook, count_sketch, fisher_vector
 from idtprior.encoding.backend import to_device, to_numpy
-from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
-from idtprior.storage import ChunkRecord, Workspace
+from idtprior.keyscheme import upstream_key
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.keys import stamp
+from idtprior.runtime.records import report_stage
+from idtprior.runtime.runs import missing_stage, stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.runtime.worker import run_chunk
+from idtprior.stages.common import (ALL, SKETCHES, check_idt_backend, check_settings, chunk_plans, idt_code, ok_rows,
+                                    publish_pictures, run_stage, torch_backend)
+from idtprior.stages.detect import chunk_boxes, with_boxes
+from idtprior.stages.fit_codebook import read_codebook
+from idtprior.stages.idt import batch_idt, idt_params, params_key, video_rows, with_text_files
+from idtprior.storage import ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import array_options, reading
-from idtprior.storage.upstream import Upstream, check_upstream, checked_record, checked_records
-from idtprior.tasks.common import run_chunk, stamp
-from idtprior.tasks.detect import chunk_boxes
-from idtprior.tasks.idt import batch_idt, read_sample, video_rows
-
-ALL = "all"  # the chunk name of whole-dataset stages (codebook, cluster)
-
-
-def codebook_params(cfg: CodebookConfig) -> CodebookParams:
-    return CodebookParams(n_components=cfg.gmm_components, pca_mode=cfg.pca_mode, pca_variance=cfg.pca_variance,
-                          gmm_iters=cfg.gmm_iters, seed=cfg.seed, sketch_dim=cfg.sketch_dim, sketch_seed=cfg.seed)
-
-
-def read_codebook(ws: Workspace, key: str | None = None, reader: str = "encode") -> Codebook:
-    """The codebook; ``key``: the key of its record the reader's key was planned from (checked when given)."""
-    rec = checked_record(ws, "fit_codebook", ALL, key, reader)
-    if rec is None:
-        raise KeyError(f"workspace {ws.url} has no codebook: run the fit_codebook stage first")
-    group = ws.open_verified("fit_codebook", rec)
-    with reading("fit_codebook", ALL):
-        return Codebook.from_arrays({name: np.asarray(arr[...]) for name, arr in group.arrays()})
-
-
-@task(name="fit-codebook", task_run_name="fit codebook")
-def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, config: CodebookConfig,
-                      upstream: Upstream | None = None) -> ChunkRecord:
-    """PCA + diagonal GMM on the stored IDT sample; the codebook's arrays go to ``fit_codebook.zarr``. ``upstream``:
-    the sample's records its key was planned from (``storage.upstream``)."""
-    ws = Workspace(workspace)
-    done = ws.read_record(stage, chunk)
-    if done is not None and done.fingerprint == fingerprint:
-        ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
-        return done
-    sample = read_sample(ws, (upstream or {}).get("idt"), stage)
-    if len(sample) < config.gmm_components:
-        raise ValueError(f"codebook: {len(sample)} sample descriptors, need at least gmm_components="
-                         f"{config.gmm_components}; run the idt stage on more videos")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SmallSampleWarning)
-        book, fit = fit_codebook_with_report(sample[:, 10:], codebook_params(config))
-    small = [str(w.message) for w in caught if issubclass(w.category, SmallSampleWarning)]
-    for w in caught:  # the others as they were
-        if not issubclass(w.category, SmallSampleWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    version, group = ws.new_version(stage, chunk)
-    for name, arr in book.to_arrays().items():
-        group.create_array(name, data=np.asarray(arr), overwrite=True, **array_options())
-    info = {"status": "ok", "rows": int(len(sample)), "fv_dim": int(book.fv_dim), "fingerprint": book.fingerprint(),
-            "fit": [block.to_json() for block in fit]}  # PCA variance kept, EM log-likelihood per iteration
-    if small:  # kept in the record: the stage's summary and a rerun that skips the fit still say it
-        info["warning"] = small[0]
-    record = ChunkRecord(stage, chunk, fingerprint, version, {"codebook": info})
-    check_upstream(ws, upstream, stage)  # unchanged while it fitted
-    ws.commit(stamp(record, "fit_codebook"))
-    return record
+from idtprior.storage.upstream import Upstream, checked_records, planned
 
 
 def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
@@ -146,7 +101,7 @@ def _device_arrays(idt: IDTConfig):
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
 # and upgrades"); tests/tasks/test_behaviour_pins.py says when.
-BEHAVIOUR = {"fit_codebook": 1, "encode": 1, "encode@torch": 1, "cluster": 1}
+BEHAVIOUR = {"encode": 1, "encode@torch": 1}
 
 
 @task(name="encode-chunk", task_run_name="encode {chunk}")
@@ -205,9 +160,6 @@ def read_sketches(ws: Workspace, video_ids: list[str], expected: dict[str, str] 
     return x, valid
 
 
-SKETCHES = "sketches"  # the whole-dataset (N, S) array assembled from the encode chunks
-
-
 def assemble_sketches(ws: Workspace, video_ids: list[str], fingerprint: str, rows_per_chunk: int = 1024,
                       expected: dict[str, str] | None = None) -> ChunkRecord:
     """Write ``sketches.zarr/all/<version>/``: ``sketches`` (N, S) float32 rows aligned with ``video_ids`` (the
@@ -243,43 +195,60 @@ def read_assembled_sketches(ws: Workspace) -> tuple[np.ndarray, np.ndarray, list
         return np.asarray(arr[...]), np.asarray(group["valid"][...]), list(arr.attrs["video_ids"])
 
 
-@task(name="cluster", task_run_name="cluster k={config.k}")
-def cluster_task(workspace: str, stage: str, chunk: str, fingerprint: str, video_ids: list[str],
-                 config: ClusterConfig, upstream: Upstream | None = None) -> ChunkRecord:
-    """K-means (m runs) on the valid sketches; labels (m, N) aligned with ``video_ids`` (-1: not encoded).
-    ``upstream``: the encode records its key was planned from (``storage.upstream``)."""
-    ws = Workspace(workspace)
-    done = ws.read_record(stage, chunk)
-    if done is not None and done.fingerprint == fingerprint:
-        ws.remove_orphans(stage, chunk, keep=done.version)  # what a commit killed part-way left
-        return done
-    x, valid = read_sketches(ws, video_ids, (upstream or {}).get("encode"), stage)
-    n_valid = int(valid.sum())
-    if n_valid < config.k:
-        raise ValueError(f"cluster: k={config.k} but only {n_valid} videos have a valid sketch")
-    labels_valid, centroids = kmeans(x[valid], config.k, runs=config.runs, seed=config.seed, iters=config.iters,
-                                     n_init=config.n_init, backend=config.backend)
-    labels = np.full((config.runs, len(video_ids)), -1, np.int64)
-    labels[:, valid] = labels_valid
-    version, group = ws.new_version(stage, chunk)
-    group.create_array("labels", data=labels, overwrite=True, **array_options()).attrs["video_ids"] = list(video_ids)
-    group.create_array("centroids", data=np.asarray(centroids, np.float32), overwrite=True, **array_options())
-    sizes = [np.bincount(run, minlength=config.k) for run in labels_valid]
-    stats = {"status": "ok", "videos": n_valid, "k": config.k,
-             "empty_clusters": [int((s == 0).sum()) for s in sizes], "largest_cluster": [int(s.max()) for s in sizes],
-             "median_cluster": [float(np.median(s)) for s in sizes]}
-    record = ChunkRecord(stage, chunk, fingerprint, version, {"clusters": stats})
-    check_upstream(ws, upstream, stage)  # unchanged while it clustered
-    ws.commit(stamp(record, "cluster"))
-    return record
+def plan_encode(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+    """Encode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
+    rows = ok_rows(ws)
+    book = ws.read_record("fit_codebook", ALL)
+    if book is None:
+        raise missing_stage(ws, "no codebook", "fit_codebook")
+    cfg_hash = hash_json([config.idt.config_hash(), params_key(config.idt), config.encode.config_hash(),
+                          upstream_key(book)])
+    plans = chunk_plans("encode", rows, lambda r: r.path, cfg_hash, code_key(idt_code("encode", config)),
+                         {"idt": config.idt, "config": config.encode})
+    for plan in plans.values():  # the codebook the keys hold, which each task checks it reads
+        plan["upstream"] = {"fit_codebook": {ALL: book.content_key}}
+    if config.encode.idt_text_folder:  # rows read from text files: the files are inputs, the boxes play no part
+        plans = with_text_files(ws, "encode", plans, config.encode.idt_text_folder, remember)
+    else:
+        plans = with_boxes(ws, plans)
+    return with_legacy_keys(ws, "encode", plans, lambda: plan_encode(config, ws, remember=False))
 
 
-def read_cluster_labels(ws: Workspace, key: str | None = None, reader: str = "") -> tuple[np.ndarray, list[str]]:
-    """(m, N) int labels (-1: no valid sketch) and the video ids they align with; ``key``: the key of the cluster
-    record the reader's key was planned from (checked when given)."""
-    rec = checked_record(ws, "cluster", ALL, key, reader)
-    if rec is None:
-        raise KeyError(f"workspace {ws.url} has no clusters: run the cluster stage first")
-    with reading("cluster", ALL):
-        arr = ws.open_verified("cluster", rec)["labels"]
-        return np.asarray(arr[...]), list(arr.attrs["video_ids"])
+def sketches_fingerprint(records: dict, ids: list[str]) -> str:
+    """The key of encode's assembled (N, S) sketches: the encode chunks' keys and the manifest's ok ids, in order."""
+    return hash_json({"encode": {c: upstream_key(r) for c, r in records.items()}, "ids": ids})
+
+
+@stage_flow("encode")
+def encode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Per video: IDT -> Fisher vector -> count sketch, per chunk, rows aligned with the manifest."""
+    check_settings("encode", idt_params, config.idt)
+    check_idt_backend("encode", config)
+    ws = Workspace(config.workspace)
+    plans = plan_encode(config, ws)
+    rows = ok_rows(ws)
+    task = encode_chunk_torch if torch_backend(config) else encode_chunk
+    records = run_stage(task, ws, "encode", plans, config, dask_address, progress)
+    invalid = [{"video_id": v, "error": i.get("note", "")} for r in records.values() for v, i in r.videos.items()
+               if i.get("status") == "ok" and not i.get("valid")]
+    counts = report_stage(ws, "encode", records, invalid)
+    counts["invalid_sketches"] = len(invalid)
+    ids = [r.video_id for r in rows]
+    assemble_sketches(ws, ids, sketches_fingerprint(records, ids), expected=planned(records))
+    publish_pictures(ws, "encode", "encode_markdown")
+    return counts
+
+
+def encode_markdown(ws: Workspace) -> str:
+    """Valid / invalid sketch counts and the histogram of the valid sketches' L2 norms."""
+    from idtprior.stages.pictures import histogram_plot, image_md, table_md
+
+
+    x, valid, ids = read_assembled_sketches(ws)
+    norms = np.linalg.norm(x[valid].astype(np.float64), axis=1)
+    md = "### sketches\n\n" + table_md(["videos", "valid", "invalid", "dim", "norm min", "norm median", "norm max"], [[
+        len(ids), int(valid.sum()), int((~valid).sum()), x.shape[1],
+        *([f"{norms.min():.4f}", f"{np.median(norms):.4f}", f"{norms.max():.4f}"] if len(norms) else ["-"] * 3)]])
+    if len(norms):
+        md += f"\n{image_md('sketch norms', histogram_plot(norms, 'sketch L2 norm'))}\n"
+    return md

@@ -3,7 +3,7 @@ with the IDT clusters) and ``tune_joint`` (LA in the joint [bank | IDT sketch] s
 tables as stages of their own, each with its record, run folder and fingerprint, so one workspace holds them all:
 ``pretrain_la_bank`` (Video LA: LA with the memory bank's clusters) and ``supervised`` (the same network trained on the
 training split's labels, the upper bound). Video IR is ``pretrain_ir``; Scratch is the seeded random init
-(``tasks.pretrain.initial_encoder``), whose kNN every stage without ``init_from`` records as ``knn_init``.
+(``task.initial_encoder``), whose kNN every stage without ``init_from`` records as ``knn_init``.
 
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
@@ -15,17 +15,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from idtprior.config import ConfigError, DecodeConfig, PipelineConfig
-from idtprior.flows.common import EpochProgress, artifact_key, provenance_lines, run_chunks, with_legacy_keys
-from idtprior.flows.runs import how_to_run, missing_stage, stage_flow
-from idtprior.flows.stages import decode_code, plan_decode
 from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
+from idtprior.runtime.artifacts import artifact_key
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.dask import run_chunks
+from idtprior.runtime.keys import chunk_fingerprint
+from idtprior.runtime.progress import EpochProgress
+from idtprior.runtime.records import provenance_lines
+from idtprior.runtime.runs import how_to_run, missing_stage, stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.stages.common import ALL
+from idtprior.stages.decode import decode_code, plan_decode
+from idtprior.stages.pretrain.job import train_stage_job_task
+from idtprior.stages.pretrain.task import (epoch_rows, prepare_stage_run, supervised_labels, train_config_fields,
+                                           train_stage, train_stage_task)
 from idtprior.storage import Workspace, hash_json, read_manifest, sanitize_id
 from idtprior.storage.upstream import planned
-from idtprior.tasks import pretrain as pretrain_tasks
-from idtprior.tasks import train_job
-from idtprior.tasks.codeprint import code_key
-from idtprior.tasks.common import chunk_fingerprint
-from idtprior.tasks.encode import ALL
 
 IGNORED_LABEL_COLUMNS = ("video_id", "path", "split", "group")
 
@@ -132,9 +137,9 @@ def plan_train_stage(stage: str, config: PipelineConfig, progress: bool = True) 
             label_sets.setdefault(name, values)
     label_sets = {k: v for k, v in label_sets.items() if v}
     if stage_cfg.objective == "supervised":  # the labels are what it trains on: a relabelled video retrains it
-        labelled = pretrain_tasks.supervised_labels(stage, label_sets, stage_cfg.label_column, train_ids)[0]
+        labelled = supervised_labels(stage, label_sets, stage_cfg.label_column, train_ids)[0]
         inputs["labels"] = hash_json({v: label_sets[stage_cfg.label_column][v] for v in labelled})
-    train_config = pretrain_tasks.train_config_fields(shared)
+    train_config = train_config_fields(shared)
     train_fp = chunk_fingerprint(stage, ALL, inputs, hash_json([train_config, stage_cfg.model_dump(mode="json")]),
                                  code_key("pretrain"))
     # every training input but the schedule's end: a run set to more epochs continues the shorter run that has this key
@@ -166,9 +171,9 @@ def train_stage_command(config: PipelineConfig, stage: str, fingerprint: str | N
                           f"again")
     ws = Workspace(config.workspace)
     if prepare_only:
-        pretrain_tasks.prepare_stage_run(ws.url, stage, ALL, **plan)
+        prepare_stage_run(ws.url, stage, ALL, **plan)
         return None
-    return pretrain_tasks.train_stage(ws.url, stage, ALL, **plan, launched=True)
+    return train_stage(ws.url, stage, ALL, **plan, launched=True)
 
 
 def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) -> dict:
@@ -177,22 +182,22 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
     if config.pretrain.launcher == "slurm" or config.pretrain.num_nodes > 1:
         # srun starts one process per device on every node, which a task's own process cannot: the stage runs as a
         # batch job of `idtprior train-stage`, and this task waits for it
-        task, kwargs = train_job.train_stage_job_task, {"fingerprint": plan["fingerprint"], "config": config,
+        task, kwargs = train_stage_job_task, {"fingerprint": plan["fingerprint"], "config": config,
                                                         "progress": progress}
     else:
-        task, kwargs = pretrain_tasks.train_stage_task, plan
+        task, kwargs = train_stage_task, plan
     # one display per stage, in epochs: the terminal's, a progress artifact and a table of the epochs, fed live by the
     # task where it trains in this process, and set from the run's logs at the end (a resumed run's earlier epochs too)
     run_dir = Path(ws.path("runs", stage)) / plan["train_fingerprint"][:16]
     display = EpochProgress(ws, stage, getattr(config, stage).epochs, get_run_logger(), progress,
-                            rows=pretrain_tasks.epoch_rows(run_dir))
+                            rows=epoch_rows(run_dir))
     try:
         records = run_chunks(task, ws, stage, {ALL: kwargs}, progress, 1, progress_artifact=False, display=display)
     except BaseException:
         display.close("failed")
         raise
     info = records[ALL].videos["model"]
-    display.complete(pretrain_tasks.epoch_rows(Path(info["run_dir"])))
+    display.complete(epoch_rows(Path(info["run_dir"])))
     display.close(", ".join(f"kNN {name} {acc:.3f}" for name, acc in sorted(info["knn"].items())))
     _report(ws, stage, info)
     counts = {"stage": stage, "chunks": 1, "videos_ok": info["train_videos"], "videos_failed": 0,
@@ -207,7 +212,7 @@ def train_stage_flow_body(stage: str, config: PipelineConfig, progress: bool) ->
 
 
 def _report(ws: Workspace, stage: str, info: dict) -> None:
-    from idtprior.flows.stages import stage_pictures
+    from idtprior.stages.common import stage_pictures
 
     losses = info["loss_per_epoch"]
     objective = info["objective"] + (f" / {info['cluster_source']}" if "cluster_source" in info else "")
@@ -217,7 +222,7 @@ def _report(ws: Workspace, stage: str, info: dict) -> None:
     md = (f"## {stage}\n\n{info['train_videos']} training videos, {info['epochs']} epochs, objective "
           f"{objective}; loss per epoch {losses}\n\nkNN accuracy of the exported embeddings ({info['eval_videos']} "
           f"videos; test split against the rest), and the loss, lr and kNN monitor per epoch:\n\n"
-          + stage_pictures(stage, "training_markdown", ws, stage) + f"\nencoder: `{info['encoder']}`\n"
+          + stage_pictures(stage, training_markdown, ws, stage) + f"\nencoder: `{info['encoder']}`\n"
           + "".join(f"\n- {line}" for line in provenance_lines(ws, stage, [ALL])))
     create_markdown_artifact(key=artifact_key(ws, stage, "summary"), markdown=md)
     get_run_logger().info(f"{stage}: knn {info['knn']}, init {info.get('knn_init')}, loss {losses}")
@@ -255,3 +260,45 @@ def supervised_flow(config: PipelineConfig, dask_address: str | None = None, pro
 
 TRAIN_FLOWS = {"pretrain_ir": pretrain_ir_flow, "pretrain_la": pretrain_la_flow, "tune_joint": tune_joint_flow,
                "pretrain_la_bank": pretrain_la_bank_flow, "supervised": supervised_flow}
+
+
+def knn_table(info: dict) -> str:
+    """The kNN accuracy per label column of a training record's model info: after training, at random init."""
+    from idtprior.stages.pictures import table_md
+
+    sets = sorted(info.get("knn", {}))
+    if not sets:
+        return "_No kNN result._\n"
+    rows = [["after training", *(f"{info['knn'][s]:.3f}" for s in sets)]]
+    if "knn_init" in info:
+        rows.append(["random init", *(f"{info['knn_init'].get(s, float('nan')):.3f}" for s in sets)])
+    return table_md(["network", *sets], rows)
+
+
+def training_images(ws: Workspace, stage: str) -> tuple[dict, dict[str, bytes]]:
+    """A training stage's record info and its curves' PNGs (``training_curves`` of the run's epoch rows)."""
+    from idtprior.evaluation.figures import training_curves
+
+    from idtprior.stages.pretrain.task import epoch_rows
+
+    rec = ws.read_record(stage, "all")
+    if rec is None or "model" not in rec.videos:
+        return {}, {}
+    info = rec.videos["model"]
+    run_dir = Path(info.get("run_dir", ""))
+    return info, training_curves(epoch_rows(run_dir)) if run_dir.is_dir() else {}
+
+
+def training_markdown(ws: Workspace, stage: str) -> str:
+    """Loss, learning-rate and kNN curves per epoch of a training stage (its run's csv logs) and its kNN table."""
+    from idtprior.evaluation.figures import markdown_image
+
+    from idtprior.stages.pictures import IMAGE_BYTES
+
+    info, curves = training_images(ws, stage)
+    if not info:
+        return f"_No record of {stage}._\n"
+    md = f"### {stage}: kNN accuracy\n\n{knn_table(info)}\n"
+    for name, png in curves.items():
+        md += markdown_image(f"{stage} {name}", png, IMAGE_BYTES) + "\n"
+    return md

@@ -2,11 +2,15 @@
 
 from prefect import task
 
-from idtprior.config import DecodeConfig
-from idtprior.storage import ChunkRecord, Workspace, write_frames
-from idtprior.tasks.common import run_chunk
-from idtprior.video import framecodec
-from idtprior.video import io as video_io
+from idtprior.config import DecodeConfig, PipelineConfig
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.records import report_stage
+from idtprior.runtime.runs import stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.runtime.worker import run_chunk
+from idtprior.stages.common import chunk_plans, ok_rows, publish_pictures, run_stage, stage_variant
+from idtprior.storage import ChunkRecord, FrameStore, Workspace, write_frames
+from idtprior.video import framecodec, io as video_io
 
 STAGE = "decode"
 
@@ -52,3 +56,44 @@ def decode_chunk_jpeg(workspace: str, stage: str, chunk: str, fingerprint: str, 
     args = {vid: (path, fps, config.short_side, config.time_chunk, config.max_frames, config.jpeg_quality)
             for vid, (path, fps) in videos.items()}
     return run_chunk(workspace, stage, chunk, fingerprint, args, decode_one_jpeg, dask_address, variant="decode@jpeg")
+
+
+def decode_code(config: PipelineConfig) -> str:
+    """What the decode stage's keys hold of its code for the configured frame codec (``codeprint.code_key``)."""
+    return code_key(stage_variant("decode", config))
+
+
+def plan_decode(config: PipelineConfig, ws: Workspace) -> dict[str, dict]:
+    """Decode's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
+    plans = chunk_plans("decode", ok_rows(ws), lambda r: (r.path, r.fps), config.decode.config_hash(),
+                         decode_code(config), {"config": config.decode})
+    return with_legacy_keys(ws, "decode", plans, lambda: plan_decode(config, ws))
+
+
+@stage_flow("decode")
+def decode_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Decode every ok video of the manifest into the frame store, chunk by chunk."""
+    ws = Workspace(config.workspace)
+    plans = plan_decode(config, ws)
+    task = decode_chunk_jpeg if config.decode.codec == "jpeg" else decode_chunk
+    records = run_stage(task, ws, "decode", plans, config, dask_address, progress)
+    counts = report_stage(ws, "decode", records)
+    publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
+    return counts
+
+
+def decode_markdown(ws: Workspace, seed: int = 0, videos: int = 3, frames: int = 6) -> str:
+    """A frame strip per picked video: ``frames`` stored frames spread over it."""
+    from idtprior.evaluation.figures import montage
+
+    from idtprior.stages.pictures import cell_for, decode_frames, image_md, pick_videos
+
+    store = FrameStore(ws)
+    picked = pick_videos(store.video_ids, videos, seed, "decode")
+    if not picked:
+        return "_No decoded video._\n"
+    rows = [decode_frames(store, v, frames) for v in picked]
+    h, w = rows[0][0].shape[:2]
+    image = montage(rows, cell=cell_for(h, w), row_labels=picked, label_width=120)
+    return (f"### decoded frames\n\n{len(picked)} of {len(store.video_ids)} videos (seeded), {frames} frames each, "
+            f"stored size {w}x{h}\n\n{image_md('decoded frames', image)}\n")

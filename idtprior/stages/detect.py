@@ -6,18 +6,24 @@ The boxes come from a detector (``idtprior.video.detect``) or, with ``detect.bb_
 IDT release (boxes computed elsewhere). The IDT stages read them through ``read_chunk_boxes``.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 
-from idtprior.config import DetectConfig
-from idtprior.storage import ChunkRecord, Workspace
+from idtprior.config import DetectConfig, PipelineConfig
+from idtprior.keyscheme import legacy, upstream_key
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.records import report_stage
+from idtprior.runtime.runs import stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.runtime.worker import run_chunk
+from idtprior.stages.common import chunk_plans, ok_rows, publish_pictures, run_stage, with_imported_files
+from idtprior.storage import ChunkRecord, Workspace, file_fingerprint, hash_json, read_manifest
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import checked_record
-from idtprior.tasks.common import run_chunk
-from idtprior.video import io as video_io
-from idtprior.video import detect as detect_core
+from idtprior.video import detect as detect_core, io as video_io
 from idtprior.video.detect import DetectParams, get_detector, pack_boxes, unpack_boxes
 from idtprior.video.idt.textformat import read_boxes, write_boxes
 
@@ -189,3 +195,88 @@ def export_boxes(ws: Workspace, folder: str | Path, video_ids: list[str] | None 
         missing = sorted(wanted - {p.name[:-3] for p in out})
         raise KeyError(f"no boxes in {ws.url} for {missing}: run the detect stage")
     return out
+
+
+def plan_detect(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+    """Detect's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing (``remember``:
+    store the imported files' stat cache; False in ``idtprior status``, which writes nothing)."""
+    cfg = config.detect
+    cfg_hash = cfg.config_hash()
+    if not legacy():  # the detector's model files by content (legacy keys held the weights' path, in the config)
+        cfg_hash = hash_json([cfg_hash, [model_fingerprint(p) for p in model_files(cfg)]])
+    plans = chunk_plans("detect", ok_rows(ws), lambda r: r.path, cfg_hash, code_key("detect"), {"config": cfg})
+    if cfg.bb_folder:  # the imported files are inputs too
+        plans = with_imported_files(ws, plans, lambda v, p: bb_file(cfg.bb_folder, v, p), "detect-bb",
+                                     remember)
+    return with_legacy_keys(ws, "detect", plans, lambda: plan_detect(config, ws, remember=False))
+
+
+def model_fingerprint(path) -> str:
+    """A model file's content fingerprint (every byte), computed once per (path, size, mtime) in this process."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return "missing"  # the backend check names the file before any chunk runs
+    return _model_fingerprint(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    return file_fingerprint(path, full=True)
+
+
+@stage_flow("detect")
+def detect_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """Person boxes per frame of every ok video (or imported from bb-files with ``detect.bb_folder``)."""
+    ws = Workspace(config.workspace)
+    ok_rows(ws)  # no manifest: say so before checking the backend
+    check_backend(config.detect)
+    plans = plan_detect(config, ws)
+    records = run_stage(detect_chunk, ws, "detect", plans, config, dask_address, progress)
+    counts = report_stage(ws, "detect", records)
+    infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
+    frames = sum(v.get("frames", 0) for v in infos)
+    counts["frames_with_person"] = round(sum(v.get("frames_with_person", 0) for v in infos) / max(frames, 1), 4)
+    publish_pictures(ws, "detect", "detect_markdown", seed=config.idt.seed)
+    return counts
+
+
+def with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
+    """Point each chunk's plan at the chunk's person boxes where the detect stage has run (``boxes_key``: the key of
+    the detect record the task reads, and checks), and make the boxes part of the chunk's fingerprint (new boxes rerun
+    IDT; without a detect stage nothing changes)."""
+    for chunk, plan in plans.items():
+        rec = ws.read_record("detect", chunk)
+        if rec is not None:
+            plan["fingerprint"] = hash_json([plan["fingerprint"], "boxes", upstream_key(rec)])
+            plan["boxes_key"] = rec.content_key
+            plan.setdefault("upstream", {})["detect"] = {chunk: rec.content_key}
+    return plans
+
+
+def detect_markdown(ws: Workspace, seed: int = 0, videos: int = 3, frames: int = 4) -> str:
+    """The stored person boxes of a few picked videos drawn on ``frames`` frames each."""
+    from idtprior.evaluation.figures import montage
+
+    from idtprior.stages.pictures import boxed_frames, cell_for, image_md, pick_videos, table_md
+
+
+    done = sorted(v for rec in ws.records("detect").values() for v, i in rec.videos.items() if i.get("status") == "ok")
+    picked = pick_videos(done, videos, seed, "detect")
+    if not picked:
+        return "_No video with boxes._\n"
+    paths = {r.video_id: r.path for r in read_manifest(ws)}
+    rows, labels, counts = [], [], []
+    for v in picked:
+        boxes = read_video_boxes(ws, v)
+        drawn = boxed_frames(paths[v], boxes, frames)
+        if drawn:
+            rows.append(drawn)
+            labels.append(v)
+            counts.append([v, len(boxes), sum(1 for b in boxes if len(b)), sum(len(b) for b in boxes)])
+    if not rows:
+        return "_No frame with boxes._\n"
+    h, w = rows[0][0].shape[:2]
+    image = montage(rows, cell=cell_for(h, w), row_labels=labels, label_width=120)
+    return ("### person boxes\n\n" + table_md(["video", "frames", "frames with a person", "boxes"], counts)
+            + f"\n{image_md('person boxes', image)}\n")

@@ -1,256 +1,40 @@
-"""What every stage task shares: chunk fingerprints and cache keys, the per-chunk run loop with Dask fan-out, retries
-for transient faults only.
+"""What runs a chunk: the per-chunk loop of every chunk task (``run_chunk``: skip a current chunk, run each video on
+Dask or here, commit the record), the per-video guard that turns a bad video into a failed row, a Dask worker's
+process set-up, and the Prefect options every chunk task gets.
 
 A stage task handles one CHUNK of videos (never one video: Prefect costs ~20 ms to 0.6 s per task run). Inside, each
 video is one call of a plain function, run on a ``dask.distributed`` client when the flow gave a scheduler address,
 else in-process. A video whose processing raises anything but a transient I/O error is recorded as failed with the
 error message; the chunk goes on. The chunk's record is committed only when every video has an outcome. A full disk
 (``ENOSPC``, ``EDQUOT``) is no video's fault: it fails the chunk (``DiskFull``, naming stage and chunk, never
-retried) and commits nothing.
-"""
+retried) and commits nothing."""
 
 import ctypes
 import errno
 import functools
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from idtprior.runtime.errors import (MISSING_RETRY_S, DiskFull, EnvironmentFault, disk_full, environment_fault,
+                                     is_transient, missing_file, retry_transient)
+from idtprior.runtime.keys import cache_key_from_record, stamp
+from idtprior.runtime.progress import no_display, video_done_callback
 from idtprior.sources import StaleCode, check_worker, snapshot
 from idtprior.storage import STATUS_RETRYABLE, ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import IntegrityError
 from idtprior.storage.upstream import Upstream, UpstreamChanged, check_upstream
+from idtprior.testing import fault_kind, maybe_inject_fault, video_fault
 
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
-
-
-class TransientError(OSError):
-    """An I/O fault worth retrying (a flaky network filesystem, a lost worker)."""
-
-
-class InjectedFault(RuntimeError):
-    """The failure ``IDTPRIOR_FAULT`` asks for (tests and drills only); never transient, so never retried."""
-
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class DiskFull(OSError):
-    """The disk (or the quota) filled up while a chunk was written: the chunk fails, no video is marked failed, no
-    record is committed, and it is never retried (a retry seconds later finds the disk as full). ``str()`` is the
-    message, which names the stage, the chunk and the video being written."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(code, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def causes(exc: BaseException | None) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``), each once."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def disk_full(exc: BaseException | None) -> OSError | None:
-    """The ``ENOSPC`` / ``EDQUOT`` error in ``exc`` or its causes (a store may wrap it), or None."""
-    return next((e for e in causes(exc) if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS), None)
-
-
-FAULT_ENV = "IDTPRIOR_FAULT"
-FAULT_KINDS = ("once", "enospc", "kill", "hold")
-"""What ``IDTPRIOR_FAULT="<stage>:<chunk>:<kind>"`` does to that chunk, once per workspace (tests and drills only):
-
-- ``once``: ``InjectedFault`` after the work, before the commit (the worst moment to die: an orphan version);
-- ``enospc``: a disk-full ``OSError`` (``ENOSPC``) once the chunk's last video's files are written;
-- ``kill``: SIGKILL to the process running the chunk's last video (a Dask worker, or the flow's own process without
-  Dask) once that video's files are written;
-- ``hold``: the chunk's last video, its files written, waits until ``faults/<stage>-<chunk>.release`` exists in the
-  workspace (it writes ``faults/<stage>-<chunk>.held`` first): a run paused in the middle of a chunk."""
-HOLD_MAX_S = 600.0
-
-
-def fault_kind(stage: str, chunk: str) -> str | None:
-    """The kind of fault ``IDTPRIOR_FAULT`` asks for this chunk, or None (unset, or another chunk)."""
-    spec = os.environ.get(FAULT_ENV, "").strip()
-    if not spec:
-        return None
-    parts = spec.split(":")
-    if len(parts) != 3 or parts[2] not in FAULT_KINDS or not parts[0] or not parts[1]:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<stage>:<chunk>:<kind>', kind one of {list(FAULT_KINDS)} "
-                         f"(e.g. 'decode:0001-of-0004:once')")
-    return parts[2] if (parts[0], parts[1]) == (stage, chunk) else None
-
-
-def _fire(ws: Workspace, stage: str, chunk: str, kind: str) -> str | None:
-    """The fault's marker ``faults/<stage>-<chunk>`` written, or None when it fired before (once per workspace: a
-    Retry of the run, a new process or another machine sharing the workspace, succeeds)."""
-    marker = ws.path("faults", f"{stage}-{chunk}")
-    if ws.fs.exists(marker):
-        return None
-    ws.write_bytes_atomic(marker, f"{stage}:{chunk}:{kind} fired at {time.time():.3f} in pid {os.getpid()}\n".encode())
-    return marker
-
-
-def maybe_inject_fault(ws: Workspace, stage: str, chunk: str) -> None:
-    """Raise ``InjectedFault`` for the chunk named by ``IDTPRIOR_FAULT="<stage>:<chunk>:once"``; inactive when unset
-    or for another kind (those act on a video: ``_video_fault``)."""
-    if fault_kind(stage, chunk) != "once":
-        return
-    marker = _fire(ws, stage, chunk, "once")
-    if marker is None:
-        return
-    spec = os.environ.get(FAULT_ENV, "").strip()
-    raise InjectedFault(f"{stage} {chunk}: fault injected by {FAULT_ENV}={spec!r} (fires once per workspace; "
-                        f"marker {marker})")
-
-
-def _video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace: str, stage: str, chunk: str,
-                 version: str, *args) -> dict:
-    """``fn`` for one video, then, for the ``target`` video only and once per workspace, the ``kind`` of fault."""
-    out = fn(video_id, workspace, stage, chunk, version, *args)
-    if video_id != target:
-        return out
-    ws = Workspace(workspace)
-    marker = _fire(ws, stage, chunk, kind)
-    if marker is None:
-        return out
-    if kind == "enospc":
-        raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV} after video {video_id}'s "
-                                    f"files were written; marker {marker})", ws.path(f"{stage}.zarr", chunk, version))
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "hold":
-        release = f"{marker}.release"
-        ws.write_bytes_atomic(f"{marker}.held", f"{os.getpid()}\n".encode())
-        deadline = time.monotonic() + HOLD_MAX_S
-        while not ws.fs.exists(release):
-            if time.monotonic() > deadline:
-                raise InjectedFault(f"{stage} {chunk}: held by {FAULT_ENV} for {HOLD_MAX_S:.0f} s; {release} never "
-                                    f"appeared")
-            time.sleep(0.1)
-    return out
-
-
-_UNAVAILABLE_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
-                                 errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
-                                 errno.EAGAIN, errno.EBUSY, errno.ENOLCK})
-_DEVICE_WORDS = ("not compiled with cuda", "no cuda gpus", "cuda error", "cuda driver", "cudnn", "nccl",
-                 "device-side assert", "out of memory", "cublas", "hip error", "mps backend out of memory")
-
-
-def environment_fault(exc: BaseException | None) -> str | None:
-    """What fault of the environment ``exc`` (or an exception it was raised from) is: memory, a device or its
-    driver, storage that is briefly unavailable, or an upstream store deleted while it was read (a concurrent rerun);
-    None when it is none of these. Such a fault is never a video's own: ``_failed``, ``is_transient``."""
-    for e in causes(exc):
-        name = type(e).__name__
-        if isinstance(e, MemoryError) or name == "OutOfMemoryError":  # torch's, CuPy's (cupy.cuda.memory)
-            return "out of memory"
-        if isinstance(e, (RuntimeError, AssertionError)) and any(w in str(e).lower() for w in _DEVICE_WORDS):
-            return "a device or its driver"
-        if name in ("GroupNotFoundError", "ArrayNotFoundError", "NodeNotFoundError"):
-            return "an upstream store deleted while it was read"
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno in _UNAVAILABLE_ERRNOS:
-            return "storage unavailable"
-    return None
-
-
-class EnvironmentFault(TransientError):
-    """A chunk that failed for a fault of the environment (``environment_fault``); ``str()`` names the cause."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Retry only faults that a second try can fix; bad videos, bad settings and a full disk never are."""
-    if disk_full(exc) is not None:
-        return False
-    if environment_fault(exc) is not None:
-        return True
-    if isinstance(exc, (ValueError, TypeError, KeyError, InjectedFault, IntegrityError)):
-        return False  # IntegrityError: stored data is damaged; reading it again gives the same answer
-    if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
-        return True
-    try:
-        from distributed.comm.core import CommClosedError
-
-        if isinstance(exc, CommClosedError):
-            return True
-    except ImportError:
-        pass
-    return isinstance(exc, OSError)
-
-
-def retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry a failed task run only for a transient fault."""
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - we classify whatever the task raised
-        return is_transient(exc)
-    return False
-
-
-def chunk_fingerprint(stage: str, chunk: str, inputs: dict[str, str], config_hash: str, code: str) -> str:
-    """Fingerprint of a chunk's work: its videos' input fingerprints, the stage config and the stage's code
-    behaviour version (``codeprint.code_key``)."""
-    return hash_json({"stage": stage, "chunk": chunk, "inputs": inputs, "config": config_hash, "code": code})
-
-
-def stamp(record: ChunkRecord, variant: str) -> ChunkRecord:
-    """Set what a record says of how it was computed, out of its key: the behaviour version its key holds, the code
-    fingerprint this process loaded for ``variant`` (a stage, or ``decode@jpeg``...) and the package versions."""
-    from idtprior.tasks.codeprint import code_key, loaded_code
-    from idtprior.tasks.environment import environment
-
-    record.behaviour, record.code, record.env = code_key(variant), loaded_code(variant), environment()
-    return record
-
-
-def warm_stamps(stage: str) -> None:
-    """Compute, in the calling thread, what ``stamp`` computes for every code variant of ``stage`` (once per process,
-    tens of milliseconds each), so the chunk tasks' threads never parse sources. CPython 3.11's ``ast.parse`` is not
-    safe in threads ("AST constructor recursion depth mismatch": a chunk's first commit, parsing its stage's code in
-    a task thread while another thread parsed, failed the chunk in the SLURM drill), and ``codeprint``'s lock
-    covers only its own parsing."""
-    from idtprior.tasks.codeprint import STAGE_ROOTS, loaded_code, variant_of
-    from idtprior.tasks.environment import environment
-
-    try:
-        base = variant_of(stage)
-    except KeyError:  # a stage without code roots (no record of its own is stamped here)
-        return
-    for variant in STAGE_ROOTS:
-        if variant.split("@")[0] == base:
-            loaded_code(variant)
-    environment()
-
-
-def cache_key_from_record(context: TaskRunContext, parameters: dict) -> str:
-    """Prefect cache key of a chunk task: its stage, chunk and fingerprint.
-
-    The workspace record stays the single source of truth: the flow submits a chunk whose record is missing or stale
-    with ``refresh_cache=True`` (see ``needs_refresh``), so a cached result never stands in for deleted outputs.
-    """
-    return f"idtprior-{parameters['stage']}-{parameters['chunk']}-{parameters['fingerprint']}"
-
-
-def needs_refresh(ws: Workspace, stage: str, chunk: str, fingerprint: str) -> bool:
-    rec = ws.read_record(stage, chunk)
-    return rec is None or rec.fingerprint != fingerprint
 
 
 def get_client(address: str):
@@ -273,16 +57,6 @@ def close_clients() -> None:
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         _clients.clear()
-
-
-MISSING_RETRY_S = (1.0, 3.0)
-"""After a video's input file is found missing in a stage after ingest (it was there when ingest probed it: a network
-file system's file briefly gone), its work is tried again after these pauses before the video is failed."""
-
-
-def missing_file(exc: BaseException | None) -> bool:
-    """True when ``exc`` or an exception it was raised from is a missing file (``VideoError`` wraps the decoder's)."""
-    return any(isinstance(e, FileNotFoundError) for e in causes(exc))
 
 
 def _guard(fn: Callable, video_id: str, *args, final: bool = True) -> dict:
@@ -366,6 +140,9 @@ def tune_worker_process(threads: int = 1) -> None:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
 def _heap_for_arrays(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
     """glibc's ``mallopt``: allocations below ``mmap_threshold`` from the heap, trimmed above ``trim_threshold``;
     False where the C library is not glibc (nothing changed)."""
@@ -439,10 +216,10 @@ def run_chunk(
     ids = sorted(videos)
     kind = fault_kind(stage, chunk)
     if kind not in (None, "once") and ids and not batch_size:
-        per_video = functools.partial(_video_fault, per_video, kind, ids[-1])
+        per_video = functools.partial(video_fault, per_video, kind, ids[-1])
     units = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)] if batch_size else [[v] for v in ids]
     results: dict[str, dict] = {}
-    tick = video_done_callback(ws.url, stage, chunk) if progress else _no_display
+    tick = video_done_callback(ws.url, stage, chunk) if progress else no_display
     writing = None  # the video whose work (or, after the loop, the chunk step) a full disk interrupts
     try:
         version = ws.new_version(stage, chunk)[0] if needs_version else ""
@@ -513,7 +290,7 @@ def run_chunk(
 
 
 RETRY_REASON = "retry-failed"
-"""How ``flows.common.reopen_failures`` marks a record whose failed videos a run tries again."""
+"""How ``runtime.records.reopen_failures`` marks a record whose failed videos a run tries again."""
 
 
 def retried_outcomes(done: ChunkRecord | None, fingerprint: str, results: dict[str, dict]) -> str:
@@ -535,47 +312,6 @@ def run_logger():
         import logging
 
         return logging.getLogger("idtprior")
-
-
-# The stage flow's progress display (``idtprior.terminal.StageProgress``, ``flows.common.EpochProgress``), per
-# (workspace URL, stage), for the tasks that run in the flow's own process (Prefect's thread runner): one display per
-# stage counts the chunk tasks' videos, or a training task's epochs. A task elsewhere (another process, a batch job)
-# finds none; its chunk still completes the display when its result comes back, and a training stage's epochs are
-# read from its run's logs then.
-_displays: dict[tuple[str, str], object] = {}
-_displays_lock = threading.Lock()
-
-
-@contextmanager
-def showing_progress(workspace_url: str, stage: str, display):
-    """While inside, the stage's tasks in this process report to ``display``: ``display.advance(chunk)`` once per
-    finished video, ``display.epoch_done(row)`` once per finished training epoch (where it has that method)."""
-    with _displays_lock:
-        _displays[(workspace_url, stage)] = display
-    try:
-        yield
-    finally:
-        with _displays_lock:
-            _displays.pop((workspace_url, stage), None)
-
-
-def video_done_callback(workspace_url: str, stage: str, chunk: str) -> Callable[[], None]:
-    """What a chunk task calls per finished video: the stage's display, or nothing where none is shown here."""
-    with _displays_lock:
-        display = _displays.get((workspace_url, stage))
-    return (lambda: display.advance(chunk)) if display is not None else _no_display
-
-
-def epoch_done_callback(workspace_url: str, stage: str) -> Callable[[dict], None] | None:
-    """What a training task calls per finished epoch (``row``: epoch, loss, lr, knn_acc), or None where no display
-    of the stage is shown in this process."""
-    with _displays_lock:
-        display = _displays.get((workspace_url, stage))
-    return getattr(display, "epoch_done", None)
-
-
-def _no_display() -> None:
-    pass
 
 
 RETRY_DELAYS_ENV = "IDTPRIOR_RETRY_DELAYS"

@@ -16,18 +16,19 @@ from prefect.logging import get_run_logger
 from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
 from idtprior.datasets.lists import detect_format
 from idtprior.evaluation.report import evaluation_tables
-from idtprior.flows.common import artifact_key, provenance_lines, run_chunks, with_legacy_keys
-from idtprior.flows.runs import how_to_run, remembered_config, stage_flow
-from idtprior.flows.training import decoded_rows, frames_key, read_label_sets
 from idtprior.keyscheme import upstream_train_key
+from idtprior.runtime.artifacts import artifact_key
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.dask import run_chunks
+from idtprior.runtime.keys import chunk_fingerprint
+from idtprior.runtime.records import provenance_lines
+from idtprior.runtime.runs import how_to_run, remembered_config, stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.stages.common import ALL
+from idtprior.stages.evaluate.task import SCRATCH, STAGE, chunk_name, evaluate_task, release_frames
+from idtprior.stages.pretrain.flow import decoded_rows, frames_key, read_label_sets
 from idtprior.storage import Workspace, hash_json
 from idtprior.storage.upstream import planned
-from idtprior.tasks import evaluate as evaluate_tasks
-from idtprior.tasks.codeprint import code_key
-from idtprior.tasks.common import chunk_fingerprint
-from idtprior.tasks.encode import ALL
-
-STAGE = evaluate_tasks.STAGE
 
 
 def frozen_blocks_for(config: PipelineConfig) -> int:
@@ -65,7 +66,7 @@ def network_inputs(config: PipelineConfig, pre_ws: Workspace, pre_cfg: PipelineC
     default = tuple(cfg.networks) == EVALUATION_NETWORKS
     out = {}
     for network in cfg.networks:
-        if network == evaluate_tasks.SCRATCH:
+        if network == SCRATCH:
             shared = pre_cfg.pretrain
             arch = {"arch": shared.arch, "width": shared.width, "embed_dim": shared.embed_dim, "seed": shared.seed}
             out[network] = {"train_fingerprint": f"scratch:{hash_json(arch)}", "encoder_path": None,
@@ -151,7 +152,7 @@ def plan_evaluate(config: PipelineConfig, ws: Workspace, skipped: list[str] | No
             upstream[network] = {ALL: pre_ws.read_record(network, ALL).content_key}
         for protocol in cfg.protocols:
             for length in cfg.clip_lengths:
-                chunk = evaluate_tasks.chunk_name(network, protocol, length)
+                chunk = chunk_name(network, protocol, length)
                 inputs = {"network": net["train_fingerprint"], "videos": videos, "labels": labels_key[protocol]}
                 fp = chunk_fingerprint(STAGE, chunk, inputs, hash_json({"clip_length": length, **settings[protocol]}),
                                        code)
@@ -176,9 +177,9 @@ def evaluate_flow(config: PipelineConfig, dask_address: str | None = None, progr
     # one at a time: each evaluation fills the device (or every core) by itself; they share the videos' frames in
     # memory (evaluate.frame_cache_mb), freed when they end
     try:
-        records = run_chunks(evaluate_tasks.evaluate_task, ws, STAGE, plans, progress, 1)
+        records = run_chunks(evaluate_task, ws, STAGE, plans, progress, 1)
     finally:
-        evaluate_tasks.release_frames()
+        release_frames()
     results = [records[c].videos["result"] for c in sorted(records)]
     markdown = evaluation_tables(results)
     if skipped:

@@ -1,6 +1,6 @@
 """IDT stage (sample mode): raw IDT descriptors of a seeded sample of videos, R seeded rows each, for the codebook.
 
-The full mode is fused with encoding (``tasks/encode.py``) so raw descriptors of every video are never stored.
+The full mode is fused with encoding (``stages/encode.py``) so raw descriptors of every video are never stored.
 """
 
 import dataclasses
@@ -10,12 +10,19 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from idtprior.config import IDTConfig
-from idtprior.storage import ChunkRecord, Workspace
+from idtprior.config import IDTConfig, PipelineConfig
+from idtprior.runtime.codeprint import code_key
+from idtprior.runtime.errors import TransientError
+from idtprior.runtime.records import report_stage
+from idtprior.runtime.runs import stage_flow
+from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.runtime.worker import run_chunk
+from idtprior.stages.common import (check_idt_backend, check_settings, chunk_plans, idt_code, ok_rows, publish_pictures,
+                                    run_stage, torch_backend, with_imported_files)
+from idtprior.stages.detect import boxes_for_frames, chunk_boxes, imported_file, with_boxes
+from idtprior.storage import ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, checked_records
-from idtprior.tasks.common import TransientError, run_chunk
-from idtprior.tasks.detect import boxes_for_frames, chunk_boxes, imported_file
 from idtprior.video import io as video_io
 from idtprior.video.idt import IDTParams, extract_idt
 from idtprior.video.idt.textformat import read_idt_text
@@ -207,3 +214,77 @@ def read_sample(ws: Workspace, expected: dict[str, str] | None = None, reader: s
             with reading(STAGE, chunk, vid):
                 parts.append(np.asarray(group[vid][:], dtype=np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 436), np.float32)
+
+
+def with_text_files(ws: Workspace, stage: str, plans: dict[str, dict], folder: str,
+                     remember: bool) -> dict[str, dict]:
+    """Each video's imported IDT text file (``encode.idt_text_folder``) in its chunk's fingerprint, by content; the
+    stage keeps its own stat cache (the sample reads a subset of encode's files)."""
+    return with_imported_files(ws, plans, lambda v, p: idt_text_file(folder, v, p), f"idt-text-{stage}",
+                                remember, "idt_text")
+
+
+def plan_idt(config: PipelineConfig, ws: Workspace, remember: bool = True) -> dict[str, dict]:
+    """The IDT sample's chunks: chunk -> the task's arguments, with the chunk's "fingerprint". Runs nothing."""
+    rows = ok_rows(ws)
+    chosen = choose_sample([r.video_id for r in rows], config.idt.sample_videos, config.idt.seed)
+    rows = [r for r in rows if r.video_id in chosen]
+    text_folder = config.encode.idt_text_folder  # imported rows: the sample is drawn from the files encode reads
+    cfg_hash = hash_json([config.idt.config_hash(), params_key(config.idt)])
+    extra = {"config": config.idt} if torch_backend(config) else {"config": config.idt, "text_folder": text_folder}
+    plans = chunk_plans("idt", rows, lambda r: r.path, cfg_hash, code_key(idt_code("idt", config)), extra)
+    plans = with_text_files(ws, "idt", plans, text_folder, remember) if text_folder else with_boxes(ws, plans)
+    return with_legacy_keys(ws, "idt", plans, lambda: plan_idt(config, ws, remember=False))
+
+
+@stage_flow("idt")
+def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: bool = True) -> dict:
+    """IDT of a seeded sample of S videos (R seeded rows each), the codebook's training data."""
+    check_settings("idt", idt_params, config.idt)
+    check_idt_backend("idt", config)
+    ws = Workspace(config.workspace)
+    plans = plan_idt(config, ws)
+    task = idt_sample_chunk_torch if torch_backend(config) else idt_sample_chunk
+    records = run_stage(task, ws, "idt", plans, config, dask_address, progress)
+    counts = report_stage(ws, "idt", records)
+    counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
+    publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
+    return counts
+
+
+def drawing_params(idt_config):
+    """The IDT parameters of the pictures: the stage's, at the original scale only (the tracks drawn on a small cell;
+    the coarser scales' would cost as much again for a few more lines)."""
+
+    return dataclasses.replace(idt_params(idt_config), scale_num=1)
+
+
+def idt_markdown(ws: Workspace, idt_config, seed: int = 0, videos: int = 3) -> str:
+    """The IDT sample's rows per pyramid scale, and trajectories (a window ending at the middle frame) drawn on a few
+    picked sample videos."""
+    from idtprior.evaluation.figures import draw_tracks, montage
+
+    from idtprior.stages.pictures import CELL_SIDE, VideoFrames, cell_for, image_md, pick_videos, scale_counts, table_md, window_tracks
+
+
+    rows = read_sample(ws)
+    counts = scale_counts(rows)
+    md = (f"### IDT sample\n\n{len(rows)} rows; per pyramid scale:\n\n"
+          + table_md(["scale", "rows"], [[f"{s:g}", c] for s, c in counts.items()]))
+    sampled = sorted(v for rec in ws.records("idt").values() for v, i in rec.videos.items()
+                     if i.get("status") == "ok")
+    picked = pick_videos(sampled, videos, seed, "idt")
+    if not picked:
+        return md
+    source = VideoFrames(ws, picked)
+    params = drawing_params(idt_config)
+    drawn, labels = [], []
+    for i, v in enumerate(picked):
+        frame, points = window_tracks(source, i, params)
+        drawn.append(draw_tracks(frame, points))
+        labels.append(f"{v}: {len(points)} tracks")
+    h, w = drawn[0].shape[:2]
+    image = montage([[im] for im in drawn], cell=cell_for(2 * h, 2 * w, 2 * CELL_SIDE), row_labels=labels,
+                    label_width=160)
+    return (md + f"\nTrajectories of the {params.track_length + 1} frames ending at the middle frame (scale 1):"
+            f"\n\n{image_md('IDT trajectories', image)}\n")

@@ -1,7 +1,8 @@
 """The stage registry: every stage's flow and plan by name, in pipeline order, and what needs all of them.
 
-Above the stages' own modules (``flows.stages``: the data stages; ``flows.training``; ``flows.evaluate``) and below
-their launchers (the pipeline, the UI's deployments, ``idtprior status``): the one place that knows every stage.
+Above the stages' own modules (``stages.ingest`` .. ``stages.cluster``, the training stages' ``stages.pretrain``,
+``stages.evaluate``) and below their launchers (the pipeline, the UI's deployments, ``idtprior status``): the one place
+that knows every stage. The order is ``config.STAGES``, the pipeline's.
 
 - ``FLOWS``: stage -> its flow (the training flows and evaluate imported on first use: torch);
 - ``stage_plan``: stage -> its plans, built without running or writing anything; ``expected_fingerprints``, what
@@ -14,26 +15,24 @@ import json
 from collections.abc import Iterator, Mapping
 
 from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig
-from idtprior.flows.common import rekey_legacy, with_legacy_keys
-from idtprior.flows.stages import (
-    STAGE_FLOWS,
-    ok_rows,
-    plan_cluster,
-    plan_decode,
-    plan_detect,
-    plan_encode,
-    plan_fit_codebook,
-    plan_idt,
-    plan_ingest,
-    sketches_fingerprint,
-    stage_variant,
-)
 from idtprior.keyscheme import UPGRADED
+from idtprior.runtime.upgrade import rekey_legacy, with_legacy_keys
+from idtprior.runtime.worker import run_logger
 from idtprior.sources import check_process
+from idtprior.stages.cluster import cluster_flow, plan_cluster
+from idtprior.stages.common import ALL, SKETCHES, ok_rows, stage_variant
+from idtprior.stages.decode import decode_flow, plan_decode
+from idtprior.stages.detect import detect_flow, plan_detect
+from idtprior.stages.encode import encode_flow, plan_encode, sketches_fingerprint
+from idtprior.stages.fit_codebook import fit_codebook_flow, plan_fit_codebook
+from idtprior.stages.idt import idt_flow, plan_idt
+from idtprior.stages.ingest import ingest_flow, plan_ingest
 from idtprior.storage import Workspace
 from idtprior.storage.lock import StageBusy, stage_lock
-from idtprior.tasks import encode as encode_tasks
-from idtprior.tasks.common import run_logger
+
+STAGE_FLOWS = {"ingest": ingest_flow, "decode": decode_flow, "detect": detect_flow, "idt": idt_flow,
+               "fit_codebook": fit_codebook_flow, "encode": encode_flow, "cluster": cluster_flow}
+"""The data stages' flows, imported with the registry (none of them imports torch)."""
 
 
 class StageFlows(Mapping):
@@ -44,11 +43,11 @@ class StageFlows(Mapping):
         if stage in STAGE_FLOWS:
             return STAGE_FLOWS[stage]
         if stage in TRAIN_STAGES:
-            from idtprior.flows.training import TRAIN_FLOWS
+            from idtprior.stages.pretrain.flow import TRAIN_FLOWS
 
             return TRAIN_FLOWS[stage]
         if stage == "evaluate":
-            from idtprior.flows.evaluate import evaluate_flow
+            from idtprior.stages.evaluate.flow import evaluate_flow
 
             return evaluate_flow
         raise KeyError(stage)
@@ -83,18 +82,18 @@ def stage_plan(stage: str, config: PipelineConfig, ws: Workspace) -> dict[str, d
     writing anything; None for a stage planned only inside its flow."""
     if stage in STAGE_PLANS:
         return STAGE_PLANS[stage](config, ws)
-    if stage == encode_tasks.SKETCHES:
+    if stage == SKETCHES:
         ids = [r.video_id for r in ok_rows(ws)]
 
         def assembly():
-            return {encode_tasks.ALL: {"fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}
+            return {ALL: {"fingerprint": sketches_fingerprint(ws.records("encode"), ids)}}
         return with_legacy_keys(ws, stage, assembly(), assembly)
     if stage in TRAIN_STAGES:  # the record key: training + evaluation (an eval change re-evaluates)
-        from idtprior.flows.training import plan_train_stage  # torch and Lightning: only when asked
+        from idtprior.stages.pretrain.flow import plan_train_stage
 
-        return {encode_tasks.ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
+        return {ALL: plan_train_stage(stage, config.model_copy(update={"workspace": ws.url}))}
     if stage == "evaluate":
-        from idtprior.flows.evaluate import plan_evaluate  # it imports torch: only when asked
+        from idtprior.stages.evaluate.flow import plan_evaluate
 
         return plan_evaluate(config, ws)
     return None
@@ -105,7 +104,7 @@ def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, di
     from the workspace's current records without running or writing anything; or, as a string, why it cannot be told.
     ``idtprior status --config`` compares these with the records."""
     out: dict[str, dict[str, str] | str] = {}
-    stages = [*config.stages, *([encode_tasks.SKETCHES] if "encode" in config.stages else [])]
+    stages = [*config.stages, *([SKETCHES] if "encode" in config.stages else [])]
     for stage in stages:  # encode's assembly keyed on the encode records as they are now
         try:
             plans = stage_plan(stage, config, ws)
@@ -119,7 +118,7 @@ def expected_fingerprints(config: PipelineConfig, ws: Workspace) -> dict[str, di
     return out
 
 
-UPGRADE_ORDER = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", encode_tasks.SKETCHES, "cluster",
+UPGRADE_ORDER = ("ingest", "decode", "detect", "idt", "fit_codebook", "encode", SKETCHES, "cluster",
                  *TRAIN_STAGES, "evaluate")
 """Stages in the order their keys feed each other: an upstream record is re-keyed before the records keyed on it."""
 
@@ -140,7 +139,7 @@ def upgrade_keys(config: PipelineConfig, ws: Workspace) -> dict[str, int]:
         try:
             if all(r.behaviour for r in ws.records(stage).values()):
                 continue
-            with stage_lock(ws, "encode" if stage == encode_tasks.SKETCHES else stage):
+            with stage_lock(ws, "encode" if stage == SKETCHES else stage):
                 plans = stage_plan(stage, config, ws)
                 if plans:
                     done[stage] = rekey_legacy(ws, stage, plans, stage_variant(stage, config))
@@ -164,5 +163,3 @@ def _expected(ws: Workspace, stage: str, chunk: str, plan: dict) -> str:
         if rec is not None and not rec.behaviour and rec.fingerprint == old:
             return old
     return plan["fingerprint"]
-
-

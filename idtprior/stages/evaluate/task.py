@@ -26,21 +26,16 @@ from prefect import task
 
 from idtprior.config import EvaluateConfig, PretrainConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
-from idtprior.evaluation.probe import (
-    FEATURES,
-    extract_feature_kinds,
-    few_shot_indices,
-    kmeans_agreement,
-    knn_probe,
-    linear_probe,
-)
+from idtprior.evaluation.probe import (FEATURES, extract_feature_kinds, few_shot_indices, kmeans_agreement, knn_probe,
+                                       linear_probe)
 from idtprior.models.lightning import load_encoder
 from idtprior.models.resnet3d import ResNet3d
+from idtprior.runtime.keys import stamp
+from idtprior.stages.pretrain.task import WorkspaceClipSource, encode_labels, initial_encoder
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore, check_clip
 from idtprior.storage.upstream import Upstream, check_upstream
-from idtprior.tasks.common import maybe_inject_fault, stamp
-from idtprior.tasks.pretrain import WorkspaceClipSource, encode_labels, initial_encoder
+from idtprior.testing import maybe_inject_fault
 
 STAGE = "evaluate"
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys

@@ -4,6 +4,7 @@ Every model forbids unknown keys and bounds its numbers, so a typo or an out-of-
 key path and the offending value in the message. Inside the package, stages take these models (or plain values).
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -57,9 +58,16 @@ class _Section(BaseModel):
         extra = cls.model_fields[name].json_schema_extra
         return extra.get("key", "yes") if isinstance(extra, dict) else "yes"
 
+    def core_params(self, cls):
+        """The core's parameters (the dataclass ``cls``: ``IDTParams``, ``DetectParams``) from this section: every
+        field of ``cls`` that the section declares, by name; the core's defaults for the rest. The one place a
+        setting passes from the config to a core, so each is declared once (here) and checked once (by the core)."""
+        names = {f.name for f in dataclasses.fields(cls)} & set(type(self).model_fields)
+        return cls(**{n: getattr(self, n) for n in sorted(names)})
+
     def unkeyed(self) -> frozenset[str]:
         """The fields ``config_hash`` leaves out with these values, by their key rules; under the legacy key scheme
-        (``idtprior.runtime.keys``) without the settings that legacy keys still hashed."""
+        (``idtprior.keyscheme``) without the settings that legacy keys still hashed."""
         out = set()
         for name, info in type(self).model_fields.items():
             rule = self.key_rule(name)
@@ -178,13 +186,11 @@ class IDTConfig(_Section):
 
     @model_validator(mode="after")
     def _check_layout(self):
-        # What the extractor would refuse for every video, refused here, at load time, with the key and the value.
-        if self.track_length % self.nt_cell:
-            raise ValueError(f"track_length ({self.track_length}) must be a multiple of nt_cell ({self.nt_cell})")
-        if self.patch_size % self.nxy_cell:
-            raise ValueError(f"patch_size ({self.patch_size}) must be a multiple of nxy_cell ({self.nxy_cell})")
-        if self.max_side is not None and self.max_side < self.patch_size:
-            raise ValueError(f"max_side ({self.max_side}) must be at least patch_size ({self.patch_size})")
+        # What the extractor would refuse for every video, refused here, at load time, with the key and the value:
+        # the core's own checks (IDTParams), on the parameters the stages will build.
+        from idtprior.video.idt.params import IDTParams
+
+        self.core_params(IDTParams)
         # The codebook, the Fisher encoding and the reference release's text format all use the release's 426
         # descriptor columns (trajectory 2 x 15, HOG/HOF/MBH over 2 x 2 x 3 cells); another layout would only fail
         # later, in fit_codebook ("420 columns" for track_length 12), after hours of IDT.

@@ -1,4 +1,10 @@
-"""Decode stage: frames resized to a short side, uint8 RGB, streamed into Zarr chunked along time."""
+"""The decode stage: frames resized to a short side, uint8 RGB, streamed into Zarr chunked along time.
+
+Its plan (``plan_decode``: a chunk per ingest chunk, keyed on the videos' content fingerprints and ``decode.*``), its
+chunk tasks (``decode_chunk``; ``decode_chunk_jpeg`` for ``decode.codec: jpeg``, its own code variant), its flow
+(``decode_flow``) and its pictures (``decode_markdown``). The frames are read back by ``storage.frames.FrameStore``."""
+
+from dataclasses import dataclass
 
 from prefect import task
 
@@ -15,27 +21,41 @@ from idtprior.video import framecodec, io as video_io
 STAGE = "decode"
 
 
-def decode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, fps: float,
-               short_side: int, time_chunk: int, max_frames: int | None) -> dict:
-    """Stream one video's frames into ``<stage>.zarr/<chunk>/<version>/<video_id>``; never holds the whole video."""
-    group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
-    frames = video_io.iter_frames(path, short_side=short_side)
-    n, h, w = write_frames(group, video_id, frames, time_chunk=time_chunk, fps=fps, max_frames=max_frames)
-    return {"frames": n, "height": h, "width": w}
-
-
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
 # and upgrades"); tests/tasks/test_behaviour_pins.py says when.
 BEHAVIOUR = {"decode": 1, "decode@jpeg": 1}
 
 
-def decode_one_jpeg(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, fps: float,
-                    short_side: int, time_chunk: int, max_frames: int | None, quality: int) -> dict:
-    """``decode_one`` storing each frame as a JPEG of ``quality`` (``decode.codec: jpeg``)."""
+@dataclass(frozen=True)
+class DecodeJob:
+    """What a worker needs of ``decode.*`` to decode a chunk's videos (each video adds its path and fps)."""
+
+    short_side: int
+    time_chunk: int
+    max_frames: int | None
+    jpeg_quality: int | None = None  # decode.codec jpeg: each frame stored as a JPEG of this quality
+
+    @classmethod
+    def of(cls, cfg: DecodeConfig) -> "DecodeJob":
+        return cls(cfg.short_side, cfg.time_chunk, cfg.max_frames, cfg.jpeg_quality if cfg.codec == "jpeg" else None)
+
+
+def decode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, fps: float,
+               job: DecodeJob) -> dict:
+    """Stream one video's frames into ``<stage>.zarr/<chunk>/<version>/<video_id>``; never holds the whole video."""
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
-    frames = video_io.iter_frames(path, short_side=short_side)
-    n, h, w = write_frames(group, video_id, frames, time_chunk=time_chunk, fps=fps, max_frames=max_frames,
-                           serializer=framecodec.JpegFrames(quality))
+    frames = video_io.iter_frames(path, short_side=job.short_side)
+    n, h, w = write_frames(group, video_id, frames, time_chunk=job.time_chunk, fps=fps, max_frames=job.max_frames)
+    return {"frames": n, "height": h, "width": w}
+
+
+def decode_one_jpeg(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, fps: float,
+                    job: DecodeJob) -> dict:
+    """``decode_one`` storing each frame as a JPEG of ``job.jpeg_quality`` (``decode.codec: jpeg``)."""
+    group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
+    frames = video_io.iter_frames(path, short_side=job.short_side)
+    n, h, w = write_frames(group, video_id, frames, time_chunk=job.time_chunk, fps=fps, max_frames=job.max_frames,
+                           serializer=framecodec.JpegFrames(job.jpeg_quality))
     return {"frames": n, "height": h, "width": w}
 
 
@@ -43,9 +63,9 @@ def decode_one_jpeg(video_id: str, workspace: str, stage: str, chunk: str, versi
 def decode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, tuple[str, float]],
                  config: DecodeConfig, dask_address: str | None = None) -> ChunkRecord:
     """Decode the videos of one chunk (``videos``: id -> (path, fps)); returns the committed record."""
-    args = {vid: (path, fps, config.short_side, config.time_chunk, config.max_frames)
-            for vid, (path, fps) in videos.items()}
-    return run_chunk(workspace, stage, chunk, fingerprint, args, decode_one, dask_address)
+    job = DecodeJob.of(config)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (path, fps, job) for v, (path, fps) in videos.items()},
+                     decode_one, dask_address)
 
 
 @task(name="decode-chunk-jpeg", task_run_name="decode {chunk}")
@@ -53,9 +73,9 @@ def decode_chunk_jpeg(workspace: str, stage: str, chunk: str, fingerprint: str, 
                       config: DecodeConfig, dask_address: str | None = None) -> ChunkRecord:
     """``decode_chunk`` with ``decode.codec: jpeg``: its own task and code roots (``decode@jpeg``), so the JPEG codec's
     code is in the key of the workspaces that store JPEG, and in no other."""
-    args = {vid: (path, fps, config.short_side, config.time_chunk, config.max_frames, config.jpeg_quality)
-            for vid, (path, fps) in videos.items()}
-    return run_chunk(workspace, stage, chunk, fingerprint, args, decode_one_jpeg, dask_address, variant="decode@jpeg")
+    job = DecodeJob.of(config)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (path, fps, job) for v, (path, fps) in videos.items()},
+                     decode_one_jpeg, dask_address, variant="decode@jpeg")
 
 
 def decode_code(config: PipelineConfig) -> str:

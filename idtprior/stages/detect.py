@@ -7,6 +7,7 @@ IDT release (boxes computed elsewhere). The IDT stages read them through ``read_
 """
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,22 @@ BB_SUFFIXES = (".bb.gz", ".bb")  # not .txt: IDT feature files (encode.idt_text_
 
 
 def detect_params(cfg: DetectConfig) -> DetectParams:
-    names = ("backend", "every", "score_threshold", "min_size", "batch_size", "maskrcnn_weights", "maskrcnn_arch",
-             "maskrcnn_input_size", "device")
-    return DetectParams(**{n: getattr(cfg, n) for n in names})
+    """The detector's parameters from ``detect.*`` (every field the two share)."""
+    return cfg.core_params(DetectParams)
+
+
+@dataclass(frozen=True)
+class DetectJob:
+    """What a worker needs of ``detect.*`` for a chunk's videos (each video adds its path): the detector's parameters
+    and the size it detects at, or the folder of bb-files to import the boxes from instead."""
+
+    params: DetectParams
+    max_side: int | None = None
+    bb_folder: str | None = None
+
+    @classmethod
+    def of(cls, cfg: DetectConfig) -> "DetectJob":
+        return cls(detect_params(cfg), cfg.max_side, cfg.bb_folder)
 
 
 def check_backend(cfg: DetectConfig) -> None:
@@ -85,30 +99,31 @@ def rescale_boxes(boxes: list[np.ndarray], src_hw: tuple[int, int], dst_hw: tupl
     return [b * scale for b in boxes]
 
 
-def video_boxes(video_id: str, path: str, cfg: DetectConfig) -> tuple[list[np.ndarray], int, int]:
+def video_boxes(video_id: str, path: str, job: DetectJob) -> tuple[list[np.ndarray], int, int]:
     """Per-frame (K, 5) boxes of one video in its own pixels, and its (height, width).
 
     With ``bb_folder``, a video without a bb-file has no boxes (as in the reference release without --bb_file)."""
     info = video_io.probe_video(path)
     height, width = info.height, info.width
-    if cfg.bb_folder:
-        found = bb_file(cfg.bb_folder, video_id, path)
+    if job.bb_folder:
+        found = bb_file(job.bb_folder, video_id, path)
         by_frame = read_boxes(found) if found is not None else {}
         n = max(info.frame_count or 0, max(by_frame, default=-1) + 1)
         empty = np.zeros((0, 5), np.float32)
         return [by_frame.get(t, empty) for t in range(n)], height, width
-    if cfg.backend == "none":  # nothing to look at: no decoding
+    if job.params.backend == "none":  # nothing to look at: no decoding
         return [np.zeros((0, 5), np.float32)] * (info.frame_count or 0), height, width
-    frames = video_io.iter_frames(path, max_side=cfg.max_side)
-    boxes = list(get_detector(detect_params(cfg)).stream(frames))
-    if cfg.max_side and max(height, width) > cfg.max_side:  # back to the video's pixels
-        boxes = rescale_boxes(boxes, video_io.resized_shape(height, width, None, cfg.max_side), (height, width))
+    frames = video_io.iter_frames(path, max_side=job.max_side)
+    boxes = list(get_detector(job.params).stream(frames))
+    if job.max_side and max(height, width) > job.max_side:  # back to the video's pixels
+        boxes = rescale_boxes(boxes, video_io.resized_shape(height, width, None, job.max_side), (height, width))
     return boxes, height, width
 
 
 def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
-               cfg: DetectConfig) -> dict:
-    boxes, height, width = video_boxes(video_id, path, cfg)
+               job: DetectJob) -> dict:
+    """One video's person boxes, stored ragged under ``<chunk>/<version>/<video_id>``."""
+    boxes, height, width = video_boxes(video_id, path, job)
     offsets, rows = pack_boxes(boxes)
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a").require_group(video_id)
     group.attrs.update({"height": height, "width": width})
@@ -116,8 +131,8 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
     group.create_array("rows", data=rows, overwrite=True, **array_options())
     with_person = sum(1 for b in boxes if len(b))
     out = {"frames": len(boxes), "boxes": int(len(rows)), "frames_with_person": with_person}
-    if cfg.bb_folder and bb_file(cfg.bb_folder, video_id, path) is None:
-        out["note"] = f"no bb-file in {cfg.bb_folder}: no boxes"
+    if job.bb_folder and bb_file(job.bb_folder, video_id, path) is None:
+        out["note"] = f"no bb-file in {job.bb_folder}: no boxes"
     return out
 
 
@@ -130,7 +145,8 @@ BEHAVIOUR = {"detect": 1}
 def detect_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, videos: dict[str, str],
                  config: DetectConfig, dask_address: str | None = None) -> ChunkRecord:
     """Person boxes of the videos of one chunk (``videos``: id -> path)."""
-    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config) for v, p in videos.items()}, detect_one,
+    job = DetectJob.of(config)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, job) for v, p in videos.items()}, detect_one,
                      dask_address)
 
 

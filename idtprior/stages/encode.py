@@ -1,6 +1,8 @@
 """Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
 (fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
 
+from dataclasses import dataclass
+
 import numpy as np
 from prefect import task
 
@@ -18,19 +20,35 @@ from idtprior.stages.common import (ALL, SKETCHES, check_idt_backend, check_sett
                                     publish_pictures, run_stage, torch_backend)
 from idtprior.stages.detect import chunk_boxes, with_boxes
 from idtprior.stages.fit_codebook import read_codebook
-from idtprior.stages.idt import batch_idt, idt_params, params_key, video_rows, with_text_files
+from idtprior.stages.idt import Extraction, batch_idt, idt_params, params_key, video_rows, with_text_files
 from idtprior.storage import ChunkRecord, Workspace, hash_json
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, checked_records, planned
 
 
-def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, idt: IDTConfig,
-               enc: EncodeConfig, codebook: Codebook, boxes_key: str | None = None) -> dict:
+@dataclass(frozen=True)
+class EncodeJob:
+    """What an encode worker needs for a chunk's videos (each adds its path): how to get the rows (``idt.*``, or
+    ``encode.idt_text_folder``), the codebook the chunk's key was planned from, and whether the rows are kept."""
+
+    extraction: Extraction
+    codebook: Codebook | None
+    keep_descriptors: bool = False
+
+    @classmethod
+    def of(cls, idt: IDTConfig, enc: EncodeConfig, codebook: Codebook | None,
+           boxes_key: str | None = None) -> "EncodeJob":
+        return cls(Extraction.of(idt, boxes_key, enc.idt_text_folder), codebook, enc.keep_descriptors)
+
+
+def encode_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
+               job: EncodeJob) -> dict:
     """One video's IDT rows (extracted, or read from its text file) encoded: ``encode_rows``. A video whose detection
     failed runs without boxes, and its record says so (``no_boxes``)."""
-    boxes, why = (None, "") if enc.idt_text_folder else chunk_boxes(workspace, chunk, boxes_key, video_id,
-                                                                    f"{stage} {chunk}")
-    out = encode_rows(video_rows(video_id, path, idt, enc.idt_text_folder, boxes), codebook, enc.keep_descriptors)
+    how = job.extraction
+    boxes, why = (None, "") if how.text_folder else chunk_boxes(workspace, chunk, how.boxes_key, video_id,
+                                                                f"{stage} {chunk}")
+    out = encode_rows(video_rows(video_id, path, how, boxes), job.codebook, job.keep_descriptors)
     return {**out, "no_boxes": why} if why else out
 
 
@@ -64,20 +82,21 @@ def _write_sketches(group, results: dict[str, dict]) -> None:
 
 def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
                  args: list[tuple]) -> dict[str, dict | Exception]:
-    """``encode_one`` for a batch of videos with the torch backend (``args``: each video's path, IDT and encode
-    configs, codebook, boxes key): the batch's IDT in one call of the batched extractor, then each video's Fisher
-    vector and sketch, on the GPU through CuPy where the extractor ran on CUDA and CuPy is installed."""
-    idt, enc, book, boxes_key = args[0][1:]
-    found = {v: chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    """``encode_one`` for a batch of videos with the torch backend (``args``: each video's path and the chunk's
+    ``EncodeJob``): the batch's IDT in one call of the batched extractor, then each video's Fisher vector and sketch,
+    on the GPU through CuPy where the extractor ran on CUDA and CuPy is installed."""
+    job: EncodeJob = args[0][1]
+    how = job.extraction
+    found = {v: chunk_boxes(workspace, chunk, how.boxes_key, v, f"{stage} {chunk}") for v in video_ids}
     boxes = {v: b for v, (b, _) in found.items()}
-    xp = _device_arrays(idt)
+    xp = _device_arrays(how.device)
     out: dict[str, dict | Exception] = {}
-    for vid, rows in batch_idt({v: a[0] for v, a in zip(video_ids, args)}, idt, boxes).items():
+    for vid, rows in batch_idt({v: a[0] for v, a in zip(video_ids, args)}, how, boxes).items():
         if isinstance(rows, Exception):
             out[vid] = rows
             continue
         try:
-            out[vid] = encode_rows(rows, book, enc.keep_descriptors, xp)
+            out[vid] = encode_rows(rows, job.codebook, job.keep_descriptors, xp)
         except Exception as e:  # noqa: BLE001 - the video's failure
             out[vid] = e
             continue
@@ -86,13 +105,13 @@ def encode_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
     return out
 
 
-def _device_arrays(idt: IDTConfig):
+def _device_arrays(device: str | None):
     """The array module of the Fisher encoding after the torch backend: CuPy where the extractor runs on CUDA and
     CuPy sees a device, else NumPy."""
     from idtprior.encoding.backend import cupy_available
     from idtprior.video.idt.torch_extract import resolve_device
 
-    if resolve_device(idt.device).type == "cuda" and cupy_available():
+    if resolve_device(device).type == "cuda" and cupy_available():
         import cupy
 
         return cupy
@@ -111,10 +130,9 @@ def encode_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, video
     """IDT -> Fisher vector -> sketch for each video of a chunk; writes the chunk's (n, sketch_dim) rows + mask.
     ``boxes_key``: the key of the chunk's detect record to read person boxes from (None: no boxes); ``upstream``:
     the records the key was planned from, the codebook's among them (``storage.upstream``)."""
-    book = _planned_codebook(workspace, stage, chunk, fingerprint, upstream)
-    return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, idt, config, book, boxes_key) for v, p in videos.items()}, encode_one, dask_address,
-                     finish=_write_sketches, upstream=upstream)
+    job = EncodeJob.of(idt, config, _planned_codebook(workspace, stage, chunk, fingerprint, upstream), boxes_key)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, job) for v, p in videos.items()}, encode_one,
+                     dask_address, finish=_write_sketches, upstream=upstream)
 
 
 def _planned_codebook(workspace: str, stage: str, chunk: str, fingerprint: str, upstream: Upstream | None):
@@ -133,10 +151,10 @@ def encode_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: str,
     """``encode_chunk`` with the torch backend: the chunk's videos ``idt.batch_videos`` at a time, each batch one call
     of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
     (``encode.idt_text_folder``) go through ``encode_chunk`` whatever the backend."""
-    book = _planned_codebook(workspace, stage, chunk, fingerprint, upstream)
-    return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, idt, config, book, boxes_key) for v, p in videos.items()}, encode_batch, dask_address,
-                     finish=_write_sketches, batch_size=idt.batch_videos, variant="encode@torch", upstream=upstream)
+    job = EncodeJob.of(idt, config, _planned_codebook(workspace, stage, chunk, fingerprint, upstream), boxes_key)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, job) for v, p in videos.items()}, encode_batch,
+                     dask_address, finish=_write_sketches, batch_size=idt.batch_videos, variant="encode@torch",
+                     upstream=upstream)
 
 
 def read_sketches(ws: Workspace, video_ids: list[str], expected: dict[str, str] | None = None,

@@ -5,6 +5,7 @@ The full mode is fused with encoding (``stages/encode.py``) so raw descriptors o
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,42 @@ STAGE = "idt"
 
 
 def idt_params(cfg: IDTConfig) -> IDTParams:
-    """The core's parameters from the stage config (finer flow and pruning settings keep the core's defaults)."""
-    names = ("scale_num", "scale_stride", "init_gap", "track_length", "min_distance", "quality", "patch_size",
-             "nxy_cell", "nt_cell", "max_side", "feature_detector", "use_camera_compensation")
-    return IDTParams(**{n: getattr(cfg, n) for n in names})
+    """The core's parameters from ``idt.*`` (every field the two share; finer flow and pruning settings keep the
+    core's defaults)."""
+    return cfg.core_params(IDTParams)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """How a worker gets a video's IDT rows (the idt and encode stages): extracted with the core's ``params`` (person
+    boxes from the detect record ``boxes_key``; the torch backend on ``device``), or read from the reference
+    release's text files in ``text_folder`` instead."""
+
+    params: IDTParams
+    boxes_key: str | None = None
+    text_folder: str | None = None
+    device: str | None = None  # the torch backend's: its device, homography fit and seed
+    homography: str = "cpu"
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: IDTConfig, boxes_key: str | None = None, text_folder: str | None = None) -> "Extraction":
+        return cls(idt_params(cfg), boxes_key, text_folder or None, cfg.device, cfg.torch_homography, cfg.seed)
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """What an idt worker needs for a chunk's videos (each adds its path): how to get the rows, and which to keep
+    (``rows`` of them, drawn with ``seed``, stored as float16 or float32)."""
+
+    extraction: Extraction
+    rows: int
+    seed: int
+    float16: bool = False
+
+    @classmethod
+    def of(cls, cfg: IDTConfig, boxes_key: str | None = None, text_folder: str | None = None) -> "SampleJob":
+        return cls(Extraction.of(cfg, boxes_key, text_folder), cfg.sample_rows, cfg.seed, cfg.float16)
 
 
 def params_key(cfg: IDTConfig) -> dict:
@@ -43,21 +76,21 @@ def params_key(cfg: IDTConfig) -> dict:
     return dataclasses.asdict(idt_params(cfg))
 
 
-def video_idt(path: str, cfg: IDTConfig, boxes: list[np.ndarray] | None = None) -> np.ndarray:
+def video_idt(path: str, params: IDTParams, boxes: list[np.ndarray] | None = None) -> np.ndarray:
     """(N, 436) float32 IDT rows of one video, frames streamed from the file; (0, 436) when too short or static.
 
     ``boxes``: per-frame person boxes in the video's pixels (the detect stage's), or None; camera motion ignores
     matches inside them."""
-    frames = video_io.iter_frames(path, max_side=cfg.max_side)
-    if boxes is not None and cfg.max_side:
+    frames = video_io.iter_frames(path, max_side=params.max_side)
+    if boxes is not None and params.max_side:
         info = video_io.probe_video(path)
-        boxes = boxes_for_frames(boxes, info.height, info.width, cfg.max_side)
-    return extract_idt(frames, idt_params(cfg), boxes=boxes)
+        boxes = boxes_for_frames(boxes, info.height, info.width, params.max_side)
+    return extract_idt(frames, params, boxes=boxes)
 
 
-def batch_idt(paths: dict[str, str], cfg: IDTConfig, boxes: dict[str, list[np.ndarray] | None]
+def batch_idt(paths: dict[str, str], how: Extraction, boxes: dict[str, list[np.ndarray] | None]
               ) -> dict[str, np.ndarray | Exception]:
-    """The torch backend: (N, 436) IDT rows of a batch of videos (id -> path), extracted together on ``cfg.device``.
+    """The torch backend: (N, 436) IDT rows of a batch of videos (id -> path), extracted together on ``how.device``.
 
     Each video is decoded on its own, so a video that does not decode fails alone (its entry is the exception). When
     the batched extraction raises, each video is extracted alone, so the one that fails it fails alone too; running
@@ -70,21 +103,21 @@ def batch_idt(paths: dict[str, str], cfg: IDTConfig, boxes: dict[str, list[np.nd
     frames, frame_boxes = {}, {}
     for vid, path in paths.items():
         try:
-            frames[vid] = list(video_io.iter_frames(path, max_side=cfg.max_side))
+            frames[vid] = list(video_io.iter_frames(path, max_side=how.params.max_side))
             b = boxes.get(vid)
-            if b is not None and cfg.max_side:
+            if b is not None and how.params.max_side:
                 info = video_io.probe_video(path)
-                b = boxes_for_frames(b, info.height, info.width, cfg.max_side)
+                b = boxes_for_frames(b, info.height, info.width, how.params.max_side)
             frame_boxes[vid] = b
         except Exception as e:  # noqa: BLE001 - the video's failure, reported as its result
             out[vid] = e
 
     def extract(ids: list[str]) -> list[np.ndarray]:
         try:
-            return extract_idt_batch([frames[v] for v in ids], idt_params(cfg), [frame_boxes[v] for v in ids],
-                                     device=cfg.device, homography=cfg.torch_homography, seed=cfg.seed)
+            return extract_idt_batch([frames[v] for v in ids], how.params, [frame_boxes[v] for v in ids],
+                                     device=how.device, homography=how.homography, seed=how.seed)
         except torch.OutOfMemoryError as e:
-            raise TransientError(f"idt: the torch backend ran out of memory on {cfg.device or 'the default device'} "
+            raise TransientError(f"idt: the torch backend ran out of memory on {how.device or 'the default device'} "
                                  f"with {len(ids)} videos ({ids[0]}...): lower idt.batch_videos") from e
 
     ids = [v for v in paths if v in frames]
@@ -111,17 +144,16 @@ def idt_text_file(folder: str, video_id: str, path: str) -> Path | None:
     return imported_file(folder, video_id, path, TEXT_SUFFIXES)
 
 
-def video_rows(video_id: str, path: str, cfg: IDTConfig, text_folder: str | None = None,
-               boxes: list[np.ndarray] | None = None) -> np.ndarray:
-    """A video's (N, 436) IDT rows: read from its reference-release text file when ``text_folder`` is set (the same
-    rows for the codebook sample as for the encoding), else computed."""
-    if text_folder:
-        found = idt_text_file(text_folder, video_id, path)
+def video_rows(video_id: str, path: str, how: Extraction, boxes: list[np.ndarray] | None = None) -> np.ndarray:
+    """A video's (N, 436) IDT rows: read from its reference-release text file when ``how.text_folder`` is set (the
+    same rows for the codebook sample as for the encoding), else computed."""
+    if how.text_folder:
+        found = idt_text_file(how.text_folder, video_id, path)
         if found is None:
             raise FileNotFoundError(f"video {video_id}: no IDT text file {video_id}.txt[.gz] or "
-                                    f"{Path(path).stem}.txt[.gz] in {text_folder}")
+                                    f"{Path(path).stem}.txt[.gz] in {how.text_folder}")
         return read_idt_text(found)
-    return video_idt(path, cfg, boxes)
+    return video_idt(path, how.params, boxes)
 
 
 def sample_rank(video_id: str, seed: int) -> str:
@@ -133,24 +165,25 @@ def choose_sample(video_ids: list[str], count: int, seed: int) -> set[str]:
     return set(sorted(video_ids, key=lambda v: sample_rank(v, seed))[:count])
 
 
-def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str, cfg: IDTConfig,
-               boxes_key: str | None = None, text_folder: str | None = None) -> dict:
+def sample_one(video_id: str, workspace: str, stage: str, chunk: str, version: str, path: str,
+               job: SampleJob) -> dict:
     """One video's IDT rows (extracted, or read from its text file), its seeded R rows stored. A video whose
     detection failed runs without boxes, and its record says so (``no_boxes``)."""
-    boxes, why = (None, "") if text_folder else chunk_boxes(workspace, chunk, boxes_key, video_id, f"{stage} {chunk}")
-    out = keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, cfg, text_folder, boxes),
-                      cfg)
+    how = job.extraction
+    boxes, why = (None, "") if how.text_folder else chunk_boxes(workspace, chunk, how.boxes_key, video_id,
+                                                                f"{stage} {chunk}")
+    out = keep_sample(video_id, workspace, stage, chunk, version, video_rows(video_id, path, how, boxes), job)
     return {**out, "no_boxes": why} if why else out
 
 
 def keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: str, rows: np.ndarray,
-                cfg: IDTConfig) -> dict:
-    """Store ``cfg.sample_rows`` of a video's IDT rows (all of them where it has fewer), drawn with a seed of the
+                job: SampleJob) -> dict:
+    """Store ``job.rows`` of a video's IDT rows (all of them where it has fewer), drawn with a seed of the
     config's and the video's, in their original order; returns the record's facts."""
-    rng = np.random.default_rng([cfg.seed, int(sample_rank(video_id, cfg.seed)[:12], 16)])
-    keep = rows if len(rows) <= cfg.sample_rows else rows[np.sort(rng.choice(len(rows), cfg.sample_rows, False))]
+    rng = np.random.default_rng([job.seed, int(sample_rank(video_id, job.seed)[:12], 16)])
+    keep = rows if len(rows) <= job.rows else rows[np.sort(rng.choice(len(rows), job.rows, False))]
     group = Workspace(workspace).chunk_group(stage, chunk, version, mode="a")
-    group.create_array(video_id, data=keep.astype(np.float16 if cfg.float16 else np.float32), overwrite=True,
+    group.create_array(video_id, data=keep.astype(np.float16 if job.float16 else np.float32), overwrite=True,
                        **array_options())
     note = "" if len(rows) else "no trajectory (video too short or static)"
     return {"trajectories": int(len(rows)), "kept": int(len(keep)), "note": note}
@@ -158,16 +191,16 @@ def keep_sample(video_id: str, workspace: str, stage: str, chunk: str, version: 
 
 def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, version: str,
                  args: list[tuple]) -> dict[str, dict | Exception]:
-    """``sample_one`` for a batch of videos with the torch backend (``args``: each video's path, config, boxes
-    key)."""
+    """``sample_one`` for a batch of videos with the torch backend (``args``: each video's path and the chunk's
+    ``SampleJob``)."""
     paths = {v: a[0] for v, a in zip(video_ids, args)}
-    cfg, boxes_key = args[0][1], args[0][2]
-    found = {v: chunk_boxes(workspace, chunk, boxes_key, v, f"{stage} {chunk}") for v in video_ids}
+    job: SampleJob = args[0][1]
+    found = {v: chunk_boxes(workspace, chunk, job.extraction.boxes_key, v, f"{stage} {chunk}") for v in video_ids}
     boxes = {v: b for v, (b, _) in found.items()}
     out: dict[str, dict | Exception] = {}
-    for vid, rows in batch_idt(paths, cfg, boxes).items():
+    for vid, rows in batch_idt(paths, job.extraction, boxes).items():
         out[vid] = rows if isinstance(rows, Exception) else keep_sample(vid, workspace, stage, chunk, version, rows,
-                                                                        cfg)
+                                                                        job)
         if found[vid][1] and isinstance(out[vid], dict):
             out[vid]["no_boxes"] = found[vid][1]
     return out
@@ -187,9 +220,9 @@ def idt_sample_chunk(workspace: str, stage: str, chunk: str, fingerprint: str, v
     ``boxes_key``: the key of the chunk's detect record to read person boxes from (None: no boxes). ``text_folder``
     (``encode.idt_text_folder``): read the rows from the imported files instead, as the encode stage does.
     ``upstream``: the records the key was planned from (``storage.upstream``)."""
-    return run_chunk(workspace, stage, chunk, fingerprint,
-                     {v: (p, config, boxes_key, text_folder) for v, p in videos.items()}, sample_one, dask_address,
-                     upstream=upstream)
+    job = SampleJob.of(config, boxes_key, text_folder)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, job) for v, p in videos.items()}, sample_one,
+                     dask_address, upstream=upstream)
 
 
 @task(name="idt-sample-chunk-torch", task_run_name="idt {chunk}")
@@ -199,9 +232,9 @@ def idt_sample_chunk_torch(workspace: str, stage: str, chunk: str, fingerprint: 
     """``idt_sample_chunk`` with the torch backend: the chunk's videos ``config.batch_videos`` at a time, each batch
     one call of the batched extractor (on a Dask worker when ``dask_address`` is set). Rows imported from text files
     (``encode.idt_text_folder``) go through ``idt_sample_chunk`` whatever the backend."""
-    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, config, boxes_key) for v, p in videos.items()},
-                     sample_batch, dask_address, batch_size=config.batch_videos, variant="idt@torch",
-                     upstream=upstream)
+    job = SampleJob.of(config, boxes_key)
+    return run_chunk(workspace, stage, chunk, fingerprint, {v: (p, job) for v, p in videos.items()}, sample_batch,
+                     dask_address, batch_size=config.batch_videos, variant="idt@torch", upstream=upstream)
 
 
 def read_sample(ws: Workspace, expected: dict[str, str] | None = None, reader: str = "fit_codebook") -> np.ndarray:

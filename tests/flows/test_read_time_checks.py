@@ -14,7 +14,7 @@ from idtprior.config import load_config
 from idtprior.datasets.synthetic import make_demo_data
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.stages.common import ALL
-from idtprior.stages.encode import encode_one, plan_encode, read_sketches
+from idtprior.stages.encode import EncodeJob, encode_one, plan_encode, read_sketches
 from idtprior.stages.fit_codebook import fit_codebook_task, plan_fit_codebook, read_codebook
 from idtprior.storage import Workspace, read_manifest
 from idtprior.storage.upstream import UpstreamChanged
@@ -83,7 +83,7 @@ def test_a_codebook_committed_while_encode_runs_fails_the_chunks_that_would_read
     # the sketches are the new codebook's: one video encoded again by hand
     row = read_manifest(ws)[0]
     book = read_codebook(ws)
-    want = encode_one(row.video_id, ws.url, "encode", row.chunk, "", row.path, cfg.idt, cfg.encode,
-                                   book)["_sketch"]
+    want = encode_one(row.video_id, ws.url, "encode", row.chunk, "", row.path,
+                      EncodeJob.of(cfg.idt, cfg.encode, book))["_sketch"]
     sketches, valid = read_sketches(ws, [row.video_id])
     np.testing.assert_array_equal(sketches[0], want)

@@ -355,11 +355,11 @@ def sample_selection(n_rows: int, video_id: str, sample_rows: int = 40) -> np.nd
     every value is their index go in, and what it stores comes back."""
     from idtprior.config import IDTConfig
     from idtprior.storage import Workspace
-    from idtprior.stages.idt import keep_sample
+    from idtprior.stages.idt import SampleJob, keep_sample
 
     rows = np.repeat(np.arange(n_rows, dtype=np.float32)[:, None], 436, axis=1)
     with tempfile.TemporaryDirectory() as tmp:
-        keep_sample(video_id, tmp, "idt", "chunk", "v", rows, IDTConfig(sample_rows=sample_rows))
+        keep_sample(video_id, tmp, "idt", "chunk", "v", rows, SampleJob.of(IDTConfig(sample_rows=sample_rows)))
         kept = np.asarray(Workspace(tmp).chunk_group("idt", "chunk", "v")[video_id][...])
     return kept[:, 0].astype(np.int64)
 

@@ -13,9 +13,9 @@ from idtprior.encoding import fit_codebook
 from idtprior.runtime.errors import TransientError
 from idtprior.runtime.worker import run_chunk
 from idtprior.stages import idt as idt_tasks
-from idtprior.stages.encode import _write_sketches, encode_batch, encode_one
+from idtprior.stages.encode import EncodeJob, _write_sketches, encode_batch, encode_one
 from idtprior.stages.fit_codebook import codebook_params
-from idtprior.stages.idt import sample_batch, sample_one, video_idt
+from idtprior.stages.idt import Extraction, SampleJob, idt_params, sample_batch, sample_one, video_idt
 from idtprior.storage import Workspace
 from idtprior.video.io import write_video
 
@@ -73,13 +73,13 @@ def run(ws: Workspace, stage: str, per_video, args: dict, batch_size: int = 0, f
 def test_encode_in_batches_equals_the_cpu_extractor_and_a_bad_video_fails_alone(tmp_path, videos):
     idt = IDTConfig(backend="torch", device="cpu", batch_videos=2)
     good = [v for v in videos if v != "broken"]
-    sample = np.concatenate([video_idt(videos[v], IDTConfig())[:, 10:] for v in good])
+    sample = np.concatenate([video_idt(videos[v], idt_params(IDTConfig()))[:, 10:] for v in good])
     book = fit_codebook(sample, codebook_params(CodebookConfig(gmm_components=4, sketch_dim=64)))
     enc = EncodeConfig()
     cpu_ws, torch_ws = Workspace(str(tmp_path / "cpu")), Workspace(str(tmp_path / "torch"))
-    cpu = run(cpu_ws, "encode", encode_one, {v: (p, IDTConfig(), enc, book, None) for v, p in videos.items()},
+    cpu = run(cpu_ws, "encode", encode_one, {v: (p, EncodeJob.of(IDTConfig(), enc, book)) for v, p in videos.items()},
               finish=_write_sketches)
-    ours = run(torch_ws, "encode", encode_batch, {v: (p, idt, enc, book, None) for v, p in videos.items()},
+    ours = run(torch_ws, "encode", encode_batch, {v: (p, EncodeJob.of(idt, enc, book)) for v, p in videos.items()},
                batch_size=2, finish=_write_sketches)  # batches [broken, pan0], [pan1]
     assert ours.videos["broken"]["status"] == "failed" and cpu.videos["broken"]["status"] == "failed"
     assert ours.videos["broken"]["error"] == cpu.videos["broken"]["error"]  # the same decode error, naming the file
@@ -100,8 +100,8 @@ def test_the_idt_sample_in_batches_keeps_the_cpu_extractors_seeded_rows(tmp_path
     cfg = IDTConfig(backend="torch", device="cpu", batch_videos=2, sample_rows=40)
     good = {v: p for v, p in videos.items() if v != "broken"}
     cpu_ws, torch_ws = Workspace(str(tmp_path / "cpu")), Workspace(str(tmp_path / "torch"))
-    cpu = run(cpu_ws, "idt", sample_one, {v: (p, IDTConfig(sample_rows=40), None, None) for v, p in good.items()})
-    ours = run(torch_ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=2)
+    cpu = run(cpu_ws, "idt", sample_one, {v: (p, SampleJob.of(IDTConfig(sample_rows=40))) for v, p in good.items()})
+    ours = run(torch_ws, "idt", sample_batch, {v: (p, SampleJob.of(cfg)) for v, p in good.items()}, batch_size=2)
     compared = []
     for v in good:
         assert ours.videos[v]["kept"] == cpu.videos[v]["kept"] == 40
@@ -142,14 +142,14 @@ def test_a_video_that_fails_the_batched_call_fails_alone_and_running_out_of_memo
 
     monkeypatch.setattr(idt_tasks.video_io, "iter_frames", frames_of)
     poisoned["error"] = ValueError("pan1: refused")
-    rows = idt_tasks.batch_idt(good, cfg, {})
+    rows = idt_tasks.batch_idt(good, Extraction.of(cfg), {})
     assert isinstance(rows["pan1"], ValueError) and str(rows["pan1"]) == "pan1: refused"
     # the same trajectories as the CPU extractor's, descriptors to float32 rounding (of 498k values, 24 differ by
     # more than 0.005, none by 0.01)
-    np.testing.assert_allclose(rows["pan0"], video_idt(good["pan0"], IDTConfig()), atol=0.02)
+    np.testing.assert_allclose(rows["pan0"], video_idt(good["pan0"], idt_params(IDTConfig())), atol=0.02)
 
     poisoned["error"] = torch.OutOfMemoryError("CUDA out of memory (injected)")
     ws = Workspace(str(tmp_path / "ws"))
     with pytest.raises(TransientError, match=r"ran out of memory on cpu with 2 videos .*lower idt.batch_videos"):
-        run(ws, "idt", sample_batch, {v: (p, cfg, None) for v, p in good.items()}, batch_size=2)
+        run(ws, "idt", sample_batch, {v: (p, SampleJob.of(cfg)) for v, p in good.items()}, batch_size=2)
     assert ws.read_record("idt", "0000-of-0001") is None  # no video marked failed under the chunk's key

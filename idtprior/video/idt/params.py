@@ -75,7 +75,7 @@ class IDTParams:
         if self.patch_size % self.nxy_cell:
             raise ValueError(f"IDTParams.patch_size ({self.patch_size}) must be a multiple of nxy_cell ({self.nxy_cell})")
         if self.max_side is not None and self.max_side < self.patch_size:
-            raise ValueError(f"IDTParams.max_side must be >= patch_size ({self.patch_size}), got {self.max_side!r}")
+            raise ValueError(f"IDTParams.max_side ({self.max_side}) must be at least patch_size ({self.patch_size})")
         if self.median_size not in (1, 3, 5):
             raise ValueError(f"IDTParams.median_size must be 1, 3 or 5, got {self.median_size!r}")
         if self.feature_detector not in ("sift", "orb", "none"):

@@ -2,9 +2,11 @@
 
 Unset (every production run), each hook is one environment lookup that does nothing. The runtime calls the hooks at
 the two moments a drill needs: ``maybe_inject_fault`` after a chunk's work and before its commit, ``video_fault``
-around the chunk's last video."""
+around the chunk's last video. ``IDTPRIOR_FAULT_LOSS`` makes one training batch's loss non-finite
+(``fault_loss_from_env``, passed by the training task to the core's ``train``: the core reads no environment)."""
 
 import errno
+import math
 import os
 import signal
 import time
@@ -90,3 +92,30 @@ def video_fault(fn: Callable, kind: str, target: str, video_id: str, workspace: 
                                     f"appeared")
             time.sleep(0.1)
     return out
+
+
+FAULT_LOSS_ENV = "IDTPRIOR_FAULT_LOSS"
+"""Tests and drills only: ``"<epoch>:<batch>[:<value>[:<rank>]]"`` makes the loss of that batch ``value`` (default
+nan; ``inf``, ``-inf``) on every rank or on global rank ``rank``; epoch and batch count from 1, as
+:class:`idtprior.models.lightning.NonFiniteLossError` names them."""
+
+
+def fault_loss_from_env() -> tuple[int, int, float, int | None] | None:
+    """``(epoch, batch, value, rank)`` of :data:`FAULT_LOSS_ENV`, or None where it is unset: what the training task
+    passes to ``models.training.train`` (``fault_loss``)."""
+    spec = os.environ.get(FAULT_LOSS_ENV, "").strip()
+    if not spec:
+        return None
+    parts = spec.split(":")
+    try:
+        if not 2 <= len(parts) <= 4:
+            raise ValueError(f"{len(parts)} fields")
+        epoch, batch = int(parts[0]), int(parts[1])
+        value = float(parts[2]) if len(parts) > 2 and parts[2] else float("nan")
+        rank = int(parts[3]) if len(parts) > 3 else None
+        if epoch < 1 or batch < 1 or math.isfinite(value):
+            raise ValueError("epoch and batch count from 1; the value must be nan, inf or -inf")
+    except ValueError as e:
+        raise ValueError(f"{FAULT_LOSS_ENV}={spec!r}: expected '<epoch>:<batch>[:<nan|inf|-inf>[:<rank>]]', "
+                         f"epoch and batch counted from 1 (e.g. '2:3'): {e}") from e
+    return epoch, batch, value, rank

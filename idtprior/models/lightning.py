@@ -15,12 +15,7 @@ ever holds poisoned weights; the last two epochs' checkpoints are kept besides `
 
 import dataclasses
 import math
-import os
 import random
-import re
-import shutil
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,18 +24,18 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from idtprior.models.checkpoints import first_line
 from idtprior.models.clustering import cluster_bank, cluster_joint, knn_accuracy
-from idtprior.models.data import AUGMENT_ON, SCALES, ClipDataModule, ClipDataset, ClipSource, collate_clips
+from idtprior.models.data import AUGMENT_ON, SCALES
 from idtprior.models.losses import draw_noise, ir_nce_loss, ir_softmax_loss, la_loss, nce_log_z, supervised_loss
 from idtprior.models.memory_bank import MemoryBank
 from idtprior.models.resnet3d import BLOCKS, ResNet3d
 
 OBJECTIVES = ("ir", "la", "supervised")
+LossFault = tuple[int, int, float, int | None]
+"""``(epoch, batch, value, rank)``: the loss of that batch (counted from 1) made ``value`` (nan, inf, -inf) on global rank
+``rank`` (None: every rank); what the tests' and drills' fault hook asks for (``idtprior.testing.fault_loss_from_env``)."""
 CLUSTER_SOURCES = ("idt", "bank", "joint")
 
 
@@ -156,36 +151,6 @@ class NonFiniteLossError(FloatingPointError):
     ``OSError``: the same data and weights give the same loss again)."""
 
 
-class CorruptCheckpointWarning(UserWarning):
-    """A checkpoint of the run folder cannot be resumed from (unreadable, truncated, or missing keys)."""
-
-
-FAULT_LOSS_ENV = "IDTPRIOR_FAULT_LOSS"
-"""Tests and drills only: ``"<epoch>:<batch>[:<value>[:<rank>]]"`` makes the loss of that batch ``value`` (default
-nan; ``inf``, ``-inf``) on every rank or on global rank ``rank``; epoch and batch count from 1, as
-:class:`NonFiniteLossError` names them."""
-
-
-def fault_loss_from_env() -> tuple[int, int, float, int | None] | None:
-    """``(epoch, batch, value, rank)`` of :data:`FAULT_LOSS_ENV`, or None where it is unset."""
-    spec = os.environ.get(FAULT_LOSS_ENV, "").strip()
-    if not spec:
-        return None
-    parts = spec.split(":")
-    try:
-        if not 2 <= len(parts) <= 4:
-            raise ValueError(f"{len(parts)} fields")
-        epoch, batch = int(parts[0]), int(parts[1])
-        value = float(parts[2]) if len(parts) > 2 and parts[2] else float("nan")
-        rank = int(parts[3]) if len(parts) > 3 else None
-        if epoch < 1 or batch < 1 or math.isfinite(value):
-            raise ValueError("epoch and batch count from 1; the value must be nan, inf or -inf")
-    except ValueError as e:
-        raise ValueError(f"{FAULT_LOSS_ENV}={spec!r}: expected '<epoch>:<batch>[:<nan|inf|-inf>[:<rank>]]', "
-                         f"epoch and batch counted from 1 (e.g. '2:3'): {e}") from e
-    return epoch, batch, value, rank
-
-
 def noise_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the NCE noise one DDP rank draws in one epoch.
 
@@ -225,6 +190,7 @@ class PretrainModule(pl.LightningModule):
         labels_for_eval: np.ndarray | torch.Tensor | None = None,
         idt_valid: np.ndarray | torch.Tensor | None = None,
         class_labels: np.ndarray | torch.Tensor | None = None,
+        fault_loss: LossFault | None = None,
     ) -> None:
         super().__init__()
         self.params = params
@@ -256,7 +222,9 @@ class PretrainModule(pl.LightningModule):
                 raise ValueError(f"labels_for_eval shape {tuple(self.labels_for_eval.shape)} must be ({n_videos},)")
         # reseeded per (seed, epoch, rank) at every epoch start (noise_seed); this seed only serves calls outside fit
         self.noise_generator = torch.Generator().manual_seed(params.seed)
-        self.fault_loss = fault_loss_from_env()  # read here: the module travels to ddp_spawn's processes
+        # tests and drills only (idtprior.testing.fault_loss_from_env): the loss of one batch made non-finite; kept on
+        # the module, which travels to ddp_spawn's processes
+        self.fault_loss = fault_loss
 
     @staticmethod
     def _class_labels(params: PretrainParams, n: int, class_labels: Any) -> torch.Tensor | None:
@@ -347,7 +315,7 @@ class PretrainModule(pl.LightningModule):
 
     def _injected_fault(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # called only when fault_loss is set
-        epoch, batch, value, rank = cast(tuple[int, int, float, int | None], self.fault_loss)
+        epoch, batch, value, rank = cast(LossFault, self.fault_loss)
         if (self.current_epoch + 1, batch_idx + 1) == (epoch, batch) and rank in (None, self.global_rank):
             return loss + value  # stays in the graph, as a real overflow would
         return loss
@@ -447,7 +415,7 @@ class PretrainModule(pl.LightningModule):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, ...: name the file, not the pickle
-            raise ValueError(f"init_from {path}: unreadable checkpoint ({_first_line(e)}); train the stage that "
+            raise ValueError(f"init_from {path}: unreadable checkpoint ({first_line(e)}); train the stage that "
                              f"wrote it again") from e
         if not isinstance(state, dict):
             raise ValueError(f"init_from {path}: holds a {type(state).__name__}, not a checkpoint")
@@ -467,362 +435,3 @@ class PretrainModule(pl.LightningModule):
         self.bank.bank.copy_(bank)
         if "log_z" in state:
             self.log_z.copy_(state["log_z"])
-
-
-# --- export -------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def compute_embeddings(
-    encoder: ResNet3d, source: ClipSource, clip_length: int, crop_size: int, batch_size: int = 32,
-    num_workers: int = 0, device: str | torch.device | None = None, frame_step: int = 1,
-) -> np.ndarray:
-    """Embeddings ``(N, embed_dim)`` float32 of every video's centre clip, in index order."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loader = torch.utils.data.DataLoader(
-        ClipDataset(source, clip_length, crop_size, train=False, frame_step=frame_step), batch_size=batch_size,
-        num_workers=num_workers, collate_fn=collate_clips,
-    )
-    was_training = encoder.training
-    encoder.eval().to(device)
-    out = np.zeros((len(source), encoder.embed_dim), dtype=np.float32)
-    for indices, clips in loader:
-        out[indices.numpy()] = encoder(clips.to(device)).float().cpu().numpy()
-    encoder.train(was_training)
-    return out
-
-
-def export_encoder(
-    module: PretrainModule, out_dir: str | Path, source: ClipSource | None = None, batch_size: int = 32,
-    num_workers: int = 0,
-) -> dict[str, Path]:
-    """Write ``encoder.pt`` (state_dict + arch), ``bank.npy`` ``(N, D)`` and, given a source, ``embeddings.npy``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    p = module.params
-    paths = {"encoder": out_dir / "encoder.pt", "bank": out_dir / "bank.npy"}
-    # each file written whole then renamed: a kill mid-export leaves the earlier file or none, never a torn one
-    _write_atomic(paths["encoder"], lambda f: torch.save({
-        "arch": p.arch, "width": p.width, "embed_dim": p.embed_dim,
-        "state_dict": {k: v.cpu() for k, v in module.encoder.state_dict().items()}}, f))
-    _write_atomic(paths["bank"], lambda f: np.save(f, module.bank.bank.detach().cpu().numpy()))
-    if source is not None:
-        paths["embeddings"] = out_dir / "embeddings.npy"
-        # device=None picks CUDA when present: after fit, Lightning's teardown has moved the module to the CPU
-        emb = compute_embeddings(module.encoder, source, p.clip_length, p.crop_size, batch_size, num_workers,
-                                 frame_step=p.frame_step)
-        _write_atomic(paths["embeddings"], lambda f: np.save(f, emb))
-    return paths
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def load_encoder(path: str | Path) -> ResNet3d:
-    """The :class:`ResNet3d` written by :func:`export_encoder`."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: name it, not the pickle
-        raise ValueError(f"encoder {path}: unreadable ({_first_line(e)})") from e
-    if not isinstance(blob, dict) or not {"arch", "embed_dim", "width", "state_dict"} <= set(blob):
-        raise ValueError(f"encoder {path}: not an encoder written by export_encoder")
-    encoder = ResNet3d(blob["arch"], blob["embed_dim"], blob["width"])
-    encoder.load_state_dict(blob["state_dict"])
-    return encoder
-
-
-# --- entry --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What :func:`train` leaves in ``out_dir``."""
-
-    checkpoint: Path  # last.ckpt
-    encoder: Path
-    bank: Path
-    embeddings: Path | None
-    metrics_csv: Path  # the log of this (re)start; earlier starts are in sibling version_<k> folders
-    epochs_completed: int
-    metrics: dict[str, float]  # last logged values: loss_epoch, lr, knn_acc (when labels were given)
-
-
-EPOCH_METRICS = {"loss_epoch": "loss", "lr": "lr", "knn_acc": "knn_acc"}
-"""What ``EpochReporter`` reports of each epoch (the module's epoch-level metrics), under the names it uses."""
-
-
-class EpochReporter(Logger):
-    """Hands each finished epoch's metrics to ``report(row)``, ``row`` = {"epoch": 1-based, "loss", "lr"[, "knn_acc"]}
-    (loss rounded to 5 digits, as the stage's record keeps it), on global rank zero: progress reports while a long
-    stage runs. A logger, not a callback: Lightning gives loggers an epoch's metrics once they are reduced, after every
-    epoch-end hook has logged its own (lr, the kNN monitor).
-
-    ``report`` stays in the process that made the reporter: a copy sent to ``ddp_spawn``'s processes reports
-    nothing (a closure over a display cannot travel, and those processes have no display)."""
-
-    def __init__(self, report) -> None:
-        super().__init__()
-        self.report = report
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "report": None}
-
-    @property
-    def name(self) -> str:
-        return "epochs"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.report is None or "loss_epoch" not in metrics:  # a step's metrics, not an epoch's
-            return
-        row: dict[str, float] = {"epoch": int(metrics.get("epoch", 0)) + 1}
-        for key, name in EPOCH_METRICS.items():
-            if key in metrics:
-                row[name] = round(float(metrics[key]), 5 if key == "loss_epoch" else 6)
-        self.report(row)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file then renamed: a run killed mid-save leaves the previous checkpoint
-    whole, never a truncated one that a resume would choke on."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-
-
-def _tensorboard(out_dir: Path) -> list:
-    """A TensorBoard log beside the CSV one where ``tensorboard`` (or ``tensorboardX``) is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-        return []
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    return [TensorBoardLogger(save_dir=out_dir, name="tensorboard", version=None)]
-
-
-def epochs_in_checkpoint(path: str | Path) -> int:
-    """Epochs completed by the run that wrote the checkpoint ``path`` (checkpoints are written at epoch ends)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: the weights stay on disk
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except KeyError:
-        return int(ckpt["epoch"]) + 1
-
-
-CHECKPOINT_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
-"""What a resumable training checkpoint holds at least (Lightning's keys)."""
-
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """What makes ``path`` unusable as a training checkpoint (unreadable by ``torch.load``, truncated, not a
-    checkpoint, missing keys), or None when it is whole. Reads every tensor: a torn file fails here, not mid-resume."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, an empty file: all mean "corrupt"
-        return f"unreadable ({_first_line(e)})"
-    if not isinstance(ckpt, dict):
-        return f"holds a {type(ckpt).__name__}, not a checkpoint"
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if not missing and not (isinstance(ckpt["state_dict"], dict) and "bank.bank" in ckpt["state_dict"]):
-        missing = ["state_dict['bank.bank']"]
-    return f"missing keys {missing}" if missing else None
-
-
-def _epoch_checkpoints(checkpoints: Path) -> list[Path]:
-    """The run's per-epoch checkpoints (``epoch<NNNN>.ckpt``), newest first."""
-    found = [(int(m.group(1)), f) for f in checkpoints.glob("epoch*.ckpt")
-             if (m := re.fullmatch(r"epoch(\d+)\.ckpt", f.name))]
-    return [f for _, f in sorted(found, reverse=True)]
-
-
-def resume_checkpoint(checkpoints: str | Path) -> Path | None:
-    """The checkpoint a resumed run starts from: ``last.ckpt`` when it is whole, else the newest whole epoch checkpoint
-    (the run keeps the last two), else None (train from the start). Every checkpoint passed over is named in a
-    :class:`CorruptCheckpointWarning`. Reads only: every rank of a DDP job may call it at once."""
-    checkpoints = Path(checkpoints)
-    last = checkpoints / "last.ckpt"
-    epochs = _epoch_checkpoints(checkpoints) if checkpoints.is_dir() else []
-    if not last.exists() and not epochs:
-        return None
-    bad: list[str] = []
-    for path in ([last] if last.exists() else []) + epochs:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            if bad:
-                warnings.warn(f"run {checkpoints.parent}: {'; '.join(bad)}; resuming from {path.name} "
-                              f"({epochs_in_checkpoint(path)} epochs done)", CorruptCheckpointWarning, stacklevel=2)
-            return path
-        bad.append(f"checkpoint {path} is {problem}")
-    if not last.exists():
-        bad.insert(0, f"no {last}")
-    warnings.warn(f"run {checkpoints.parent}: {'; '.join(bad)}; no checkpoint to resume from, training starts over "
-                  f"from epoch 1", CorruptCheckpointWarning, stacklevel=2)
-    return None
-
-
-def whole_init_checkpoint(path: str | Path) -> Path:
-    """The checkpoint ``init_from`` ``path`` stands for: ``path`` itself when it is whole; for a corrupt ``last.ckpt``
-    of a finished run, the newest epoch checkpoint beside it when that is whole (with a warning): it holds the same
-    weights, written at the same epoch end just before ``last.ckpt``. Else ``path``, whose load then names the fault."""
-    path = Path(path)
-    problem = checkpoint_problem(path) if path.name == "last.ckpt" and path.exists() else None
-    if problem is None:
-        return path
-    newest = _epoch_checkpoints(path.parent)[:1]
-    if newest and checkpoint_problem(newest[0]) is None:
-        warnings.warn(f"init_from {path} is {problem}; starting from {newest[0].name} beside it, the newest epoch "
-                      f"checkpoint of that run ({epochs_in_checkpoint(newest[0])} epochs done)",
-                      CorruptCheckpointWarning, stacklevel=2)
-        return newest[0]
-    return path
-
-
-def _put_in_place(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of ``source`` (a hard link where the file system has them), by rename."""
-    tmp = target.with_name(f".{target.name}.restore-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
-
-
-def _epochs_done(last: Path, fallback: int) -> int:
-    """Epochs in ``last`` (under ddp_spawn the fit ran in other processes and this trainer's counter stayed 0); the
-    trainer's count where it cannot be read (a DDP rank other than 0 while rank 0 puts a whole one in place)."""
-    try:
-        return epochs_in_checkpoint(last)
-    except Exception:  # noqa: BLE001 - only the count is at stake, and rank 0 reports the checkpoint's
-        return fallback
-
-
-def _strategy(params: PretrainParams) -> str:
-    if params.strategy != "auto":
-        return params.strategy
-    return "ddp" if params.devices * params.num_nodes > 1 else "auto"
-
-
-def train(
-    params: PretrainParams,
-    source: ClipSource,
-    *,
-    out_dir: str | Path,
-    labels_for_eval: np.ndarray | None = None,
-    init_from: str | Path | None = None,
-    cluster_labels: np.ndarray | None = None,
-    idt_sketch: np.ndarray | None = None,
-    idt_valid: np.ndarray | None = None,
-    class_labels: np.ndarray | None = None,
-    resume: bool = True,
-    export_embeddings: bool = True,
-    callbacks: Sequence[Callback] = (),
-    loggers: Sequence[Logger] = (),
-) -> TrainResult:
-    """Run (or resume) one pretraining stage and export its encoder, bank and embeddings.
-
-    Args:
-        params: hyper-parameters.
-        source: training videos as a clip source (N = ``len(source)``).
-        out_dir: run folder: ``checkpoints/last.ckpt`` (every epoch), ``csv/version_<k>/metrics.csv`` (one per
-            start or resume), ``encoder.pt``, ``bank.npy``, ``embeddings.npy``.
-        labels_for_eval: ``(N,)`` labels for the kNN monitor, or None.
-        init_from: a checkpoint whose encoder and bank start this run (ignored when resuming from ``last.ckpt``).
-        cluster_labels: ``(m, N)`` labels for ``la`` with ``cluster_source="idt"``.
-        idt_sketch: ``(N, S)`` sketches for ``cluster_source="joint"``.
-        idt_valid: ``(N,)`` bool, False where a video has no sketch (``joint``): a cluster of its own.
-        class_labels: ``(N,)`` int classes (< 0: unlabelled) for ``objective="supervised"``.
-        resume: continue from ``out_dir/checkpoints/last.ckpt`` when present. The checkpoint may come from a run set
-            to fewer epochs with otherwise equal params: nothing a run computes depends on ``epochs``, so it continues
-            as an uninterrupted run of ``params.epochs`` would; a checkpoint past ``params.epochs`` is refused. A
-            corrupt ``last.ckpt`` is passed over for the newest whole epoch checkpoint (the last two are kept), which
-            then takes its place; with none, training starts over (:func:`resume_checkpoint`, with a warning).
-        callbacks: extra Lightning callbacks.
-        loggers: extra Lightning loggers (``EpochReporter`` for progress reports).
-
-    Raises:
-        NonFiniteLossError: a step's loss was NaN or infinite (named with the run folder, epoch, batch and step); the
-            checkpoints on disk are those of the last finished epoch.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(source)
-    module = PretrainModule(params, n, cluster_labels=cluster_labels, idt_sketch=idt_sketch,
-                            labels_for_eval=labels_for_eval, idt_valid=idt_valid, class_labels=class_labels)
-    last = out_dir / "checkpoints" / "last.ckpt"
-    start = resume_checkpoint(last.parent) if resume else None
-    ckpt_path = None if start is None else str(start)
-    if start is not None and (done := epochs_in_checkpoint(start)) > params.epochs:
-        # Lightning would stop at once and hand back the longer run's weights as this run's
-        raise ValueError(f"checkpoint {start}: {done} epochs done, more than this run's epochs {params.epochs}; "
-                         f"train in a new out_dir (or resume=False)")
-    if init_from is not None and ckpt_path is None:
-        module.load_init(whole_init_checkpoint(init_from))
-    data = ClipDataModule(source, params.clip_length, params.crop_size, params.batch_size, params.num_workers,
-                          params.seed, drop_last=params.drop_last, augment=augment_of(params),
-                          frame_step=params.frame_step, augment_on=augment_place(params))
-    # no version counter: a last.ckpt this callback did not write itself (one adopted from a shorter run, whose
-    # folder the restored callback state names) must be replaced, not kept beside a new last-v1.ckpt
-    # the last two epochs' checkpoints besides last.ckpt ("step" only grows, so the top 2 are the newest): a corrupt
-    # last.ckpt leaves the epoch before it to resume from
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}",
-                                 auto_insert_metric_name=False, every_n_epochs=1, monitor="step", mode="max",
-                                 save_top_k=2, save_last=True, enable_version_counter=False)
-    # version=None: every (re)start writes csv/version_<k>/metrics.csv; a fixed version would delete the earlier log
-    logger = CSVLogger(save_dir=out_dir, name="csv", version=None)
-    trainer = pl.Trainer(
-        accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
-        # precision: any str Lightning accepts (it checks the value); its stubs want one of its Literals
-        strategy=_strategy(params), precision=params.precision, max_epochs=params.epochs,  # type: ignore[arg-type]
-        logger=[logger, *_tensorboard(out_dir), *loggers], callbacks=[checkpoint, *callbacks],
-        use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=params.log_every_n_steps, enable_progress_bar=params.progress_bar,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"run {out_dir}: {e}") from e
-    except Exception as e:  # ddp_spawn: a process's exception comes back as the text of its traceback
-        found = re.findall(rf"{NonFiniteLossError.__name__}: (.+)", str(e))
-        if found:
-            raise NonFiniteLossError(f"run {out_dir}: {found[-1].strip()}") from e
-        raise
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    paths: dict[str, Path] = {}
-    if trainer.is_global_zero and start is not None and start != last and checkpoint_problem(last) is not None:
-        # resumed past a corrupt last.ckpt and trained no epoch (the run was done): no save replaced it
-        _put_in_place(start, last)
-    if trainer.is_global_zero:
-        paths = export_encoder(module, out_dir, source if export_embeddings else None,
-                               batch_size=params.batch_size, num_workers=params.num_workers)
-    return TrainResult(
-        checkpoint=last, encoder=out_dir / "encoder.pt", bank=out_dir / "bank.npy",
-        embeddings=paths.get("embeddings"), metrics_csv=Path(logger.log_dir) / "metrics.csv",
-        # from the checkpoint: under ddp_spawn the fit ran in other processes and this trainer's counter stayed 0
-        epochs_completed=_epochs_done(last, trainer.current_epoch), metrics=metrics,
-    )

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
 from idtprior.config import PipelineConfig
 from idtprior.flows.pipeline import pretrain_pipeline
-from idtprior.models.lightning import FAULT_LOSS_ENV, epochs_in_checkpoint
+from idtprior.models.checkpoints import epochs_in_checkpoint
 from idtprior.storage import Workspace
+from idtprior.testing import FAULT_LOSS_ENV
+from idtprior_testutils import write_moving_square_videos
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 

@@ -11,9 +11,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from idtprior.models.lightning import (FAULT_LOSS_ENV, CorruptCheckpointWarning, NonFiniteLossError, PretrainModule,
-                                       checkpoint_problem, epochs_in_checkpoint, fault_loss_from_env, load_encoder,
-                                       train, whole_init_checkpoint)
+from idtprior.models.checkpoints import (CorruptCheckpointWarning, checkpoint_problem, epochs_in_checkpoint,
+                                         load_encoder, whole_init_checkpoint)
+from idtprior.models.lightning import NonFiniteLossError, PretrainModule
+from idtprior.models.training import train
+from idtprior.testing import FAULT_LOSS_ENV, fault_loss_from_env
 
 
 class _EpochEndStates(pl.Callback):
@@ -74,9 +76,10 @@ def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_ch
     source, _ = squares
     out = tmp_path / "run"
     states = _EpochEndStates()
-    monkeypatch.setenv(FAULT_LOSS_ENV, spec)
+    monkeypatch.setenv(FAULT_LOSS_ENV, spec)  # the hook the training task reads and passes on
     with pytest.raises(NonFiniteLossError) as info:
-        train(tiny_params(epochs=3, **overrides), source, out_dir=out, callbacks=[states])
+        train(tiny_params(epochs=3, **overrides), source, out_dir=out, callbacks=[states],
+              fault_loss=fault_loss_from_env())
     assert re.fullmatch(rf"run {re.escape(str(out))}: non-finite {re.escape(message)} \(counted from 1\): training "
                         rf"stopped before this step's update; the checkpoints hold the last good epoch "
                         rf"\({epochs_kept} done\)", str(info.value)), str(info.value)
@@ -228,7 +231,7 @@ def test_under_ddp_a_nan_on_one_rank_stops_every_rank_at_the_same_step(squares, 
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=rf"run {re.escape(str(out))}: non-finite loss per rank 0: "
                                                  rf"[-0-9.e]+, 1: nan at epoch 2 of 2, batch 1 of 2, global step 3 "):
-        train(params, source, out_dir=out)
+        train(params, source, out_dir=out, fault_loss=fault_loss_from_env())
     last = out / "checkpoints" / "last.ckpt"
     assert epochs_in_checkpoint(last) == 1
     _assert_same_state(_state(last), _state(ref.checkpoint), atol=1e-6)

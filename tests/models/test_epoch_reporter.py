@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from idtprior.models import train
-from idtprior.models.lightning import EpochReporter
+from idtprior.models.training import EpochReporter
 from idtprior.stages.pretrain.task import _loss_history, epoch_rows
 from idtprior_testutils import knn_reference
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from idtprior_testutils import knn_reference
 
 from idtprior.models import ClipDataModule, PretrainModule, load_encoder, train
+from idtprior_testutils import knn_reference
 
 CONFIGS = [
     dict(objective="ir"),
@@ -153,7 +153,7 @@ def test_a_run_set_to_more_epochs_continues_and_ends_as_a_straight_run(squares, 
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, equal_nan=True, msg=key)
     assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"] == 0.015
-    from idtprior.models.lightning import epochs_in_checkpoint
+    from idtprior.models.checkpoints import epochs_in_checkpoint
 
     assert epochs_in_checkpoint(grown.checkpoint) == 2
     with pytest.raises(ValueError, match=r"last.ckpt: 2 epochs done, more than this run's epochs 1"):

@@ -79,8 +79,9 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     ("idtprior.stages.idt", "video_rows", {"idt", "encode"}),
     ("idtprior.stages.idt", "idt_params", IDT),
     ("idtprior.stages.detect", "chunk_boxes", IDT),
-    # evaluate loads encoders through models.lightning, which imports the losses
-    ("idtprior.models.losses", "la_loss", {"pretrain", "evaluate"}),
+    # evaluate loads encoders through models.checkpoints, which needs the network and not the training objectives
+    ("idtprior.models.checkpoints", "load_encoder", {"pretrain", "evaluate"}),
+    ("idtprior.models.losses", "la_loss", {"pretrain"}),
     # the evaluation core is evaluate's alone
     ("idtprior.evaluation.finetune", "finetune", {"evaluate"}),
     ("idtprior.evaluation.probe", "few_shot_indices", {"evaluate"}),

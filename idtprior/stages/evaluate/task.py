@@ -28,7 +28,7 @@ from idtprior.config import EvaluateConfig, PretrainConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.probe import (FEATURES, extract_feature_kinds, few_shot_indices, kmeans_agreement, knn_probe,
                                        linear_probe)
-from idtprior.models.lightning import load_encoder
+from idtprior.models.checkpoints import load_encoder
 from idtprior.models.resnet3d import ResNet3d
 from idtprior.runtime.keys import stamp
 from idtprior.stages.pretrain.task import WorkspaceClipSource, encode_labels, initial_encoder

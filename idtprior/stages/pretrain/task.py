@@ -23,10 +23,11 @@ import torch
 from prefect import task
 
 from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
+from idtprior.models.checkpoints import checkpoint_problem, load_encoder
 from idtprior.models.clustering import knn_accuracy, knn_classify
-from idtprior.models.lightning import (EPOCH_METRICS, EpochReporter, PretrainParams, checkpoint_problem,
-                                       compute_embeddings, load_encoder, train)
+from idtprior.models.lightning import PretrainParams
 from idtprior.models.resnet3d import ResNet3d
+from idtprior.models.training import EPOCH_METRICS, EpochReporter, compute_embeddings, train
 from idtprior.runtime.keys import stamp
 from idtprior.runtime.progress import epoch_done_callback
 from idtprior.stages.cluster import read_cluster_labels
@@ -36,6 +37,7 @@ from idtprior.storage import ChunkRecord, Workspace
 from idtprior.storage.frames import FrameStore
 from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, check_upstream
+from idtprior.testing import fault_loss_from_env
 
 TEST_SPLIT = "test"
 
@@ -409,7 +411,8 @@ def _train(ws: Workspace, run_dir: Path, train_fingerprint: str, resume_key: str
     result = train(params, source, out_dir=run_dir, labels_for_eval=monitor, init_from=init_checkpoint,
                    cluster_labels=cluster_labels, idt_sketch=idt_sketch, idt_valid=idt_valid,
                    class_labels=class_labels, resume=True,
-                   export_embeddings=False, loggers=[EpochReporter(on_epoch)] if on_epoch is not None else ())
+                   export_embeddings=False, loggers=[EpochReporter(on_epoch)] if on_epoch is not None else (),
+                   fault_loss=fault_loss_from_env())
     trained = {"train_fingerprint": train_fingerprint, "epochs": result.epochs_completed, "run_dir": str(run_dir),
                "checkpoint": str(result.checkpoint), "encoder": str(result.encoder)}
     if "knn_acc" in result.metrics:

@@ -128,7 +128,8 @@ def serial_stage_overheads(root: Path, cores: int, repeats: int = 2) -> dict[str
     stages run after the earlier ones in one process, as in a user's run: the imports are paid before them)."""
     from idtprior.config import load_config
     from idtprior.datasets.synthetic import textured_pan_video
-    from idtprior.plan import Units, plan
+    from idtprior.units import Units
+    from idtprior.plan import plan
     from idtprior.video.io import write_video
 
     videos = root / "videos-serial"
@@ -212,7 +213,7 @@ def main() -> int:
               flush=True)
     if args.serial_only:
         if args.write_units:
-            from idtprior.plan import Units
+            from idtprior.units import Units
 
             u = Units.load()
             u.stage_overhead_s = serial_fixed
@@ -235,7 +236,8 @@ def main() -> int:
     # a training stage's own cost in the pipeline (records, progress artifacts, the kNN reports, pictures): runs of 1
     # and 4 epochs, less the compute idtprior plan counts for them (its units: training, embedding, loader)
     from idtprior.config import load_config
-    from idtprior.plan import Units, plan
+    from idtprior.units import Units
+    from idtprior.plan import plan
 
     tv = root / "videos-train"
     make_videos(tv, TRAIN["videos"], TRAIN["frames"], TRAIN["size"])
@@ -299,7 +301,7 @@ def main() -> int:
     print(f"manifest rebuild and status at 235,000 videos (linear): {rebuild * 235_000 / len(rows):.1f} s, "
           f"{status_s * 235_000 / len(rows):.1f} s")
     if args.write_units:
-        from idtprior.plan import Units
+        from idtprior.units import Units
 
         u = Units.load()
         u.stage_overhead_s = serial_fixed

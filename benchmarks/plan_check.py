@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from idtprior.config import bundled_config, load_config
-from idtprior.plan import Units, plan, stage_wall_seconds
+from idtprior.plan import plan, stage_wall_seconds
+from idtprior.units import Units
 
 IDTPRIOR = str(Path(sys.executable).with_name("idtprior"))
 

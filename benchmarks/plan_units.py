@@ -11,14 +11,13 @@ size) and written to ``idtprior/plan_units.json`` with the machine's name. The o
 
 import argparse
 import json
-from datetime import date
 import os
 import tempfile
 from dataclasses import asdict, replace
+from datetime import date
 from pathlib import Path
 
-from idtprior.plan import (UNITS_PATH, Units, kmeans_units, measure_decode_units, measure_idt_units,
-                           measure_units)
+from idtprior.units import UNITS_PATH, Units, kmeans_units, measure_decode_units, measure_idt_units, measure_units
 
 
 def kth_frame_ratio(serializer=None) -> float | None:
@@ -68,7 +67,7 @@ def idt_units_against(baseline: Path, units: Units, runs: int) -> dict[str, floa
     import subprocess
     import sys
 
-    from idtprior.plan import _line
+    from idtprior.units import _line
 
     here = Path(__file__).resolve().parents[1]
     best: dict[str, dict[float, float]] = {"baseline": {}, "this": {}}
@@ -182,7 +181,7 @@ def main() -> int:
     if ratio is not None:  # real video compresses less than the generated texture: the stored frames' size from it
         print(f"frame_bytes_ratio: {ratio:.3f} on the KTH clip (real video), {units.frame_bytes_ratio:.3f} generated")
         units.frame_bytes_ratio = ratio
-        from idtprior.plan import JPEG_UNIT_QUALITY
+        from idtprior.units import JPEG_UNIT_QUALITY
         from idtprior.video.framecodec import JpegFrames
 
         jpeg = kth_frame_ratio(JpegFrames(JPEG_UNIT_QUALITY))

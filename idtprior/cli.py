@@ -42,7 +42,7 @@ def _run_pipeline(command: str, cfg, **kwargs) -> dict | None:
     """Run the pipeline in this process; its results are persisted in the workspace. A failed stage prints one line
     (the stage's message; its run in Prefect holds the details) and returns None; a ConfigError (a missing
     prerequisite, a refused setting) is raised for ``main`` to print."""
-    from idtprior.config import ConfigError
+    from idtprior.config.base import ConfigError
     from idtprior.flows.pipeline import in_workspace, pretrain_pipeline
 
     state = in_workspace(pretrain_pipeline, cfg)(cfg, return_state=True, **kwargs)
@@ -233,8 +233,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from idtprior.config import ConfigError, bundled_config, load_config
-    from idtprior.plan import ORCHESTRATION_UNITS, Units, format_plan, measure_units, plan
+    from idtprior.config.base import ConfigError
+    from idtprior.config import bundled_config, load_config
+    from idtprior.units import ORCHESTRATION_UNITS, Units, measure_units
+    from idtprior.plan import format_plan, plan
 
     config = Path(args.config)
     if not config.exists() and "/" not in args.config and not args.config.endswith((".yaml", ".yml")):
@@ -278,7 +280,8 @@ def cmd_export_boxes(args) -> int:
 def _train_stage_config(workspace: str, config: str | None):
     """``--config`` (a YAML file, or a bundled preset's name), else the config ``workspace`` was last run with; its
     workspace set to ``workspace``."""
-    from idtprior.config import ConfigError, bundled_config, load_config
+    from idtprior.config.base import ConfigError
+    from idtprior.config import bundled_config, load_config
 
     if config is None:
         from idtprior.runtime.runs import CONFIG_FILE, remembered_config
@@ -432,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", default=None, help="comma-separated video ids (default: all)")
     p.set_defaults(func=cmd_export_boxes)
 
-    from idtprior.config import TRAIN_STAGES
+    from idtprior.config.training import TRAIN_STAGES
 
     p = sub.add_parser("train-stage", help="train one training stage in this process, as one process of a DDP job "
                        "(under srun on every node, or alone with its devices), and commit the stage's record: what a "
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         from idtprior.terminal import use_terminal_logging
 
         use_terminal_logging()  # before Prefect is imported: it reads its logging settings once, at import
-    from idtprior.config import ConfigError
+    from idtprior.config.base import ConfigError
     from idtprior.datasets.lists import ListFormatError
     from idtprior.sources import StaleCode
 

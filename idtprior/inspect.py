@@ -58,7 +58,7 @@ def _inspect_decode(ws: Workspace, video: str, folder: Path) -> list[Path]:
 @inspector("idt")
 def _inspect_idt(ws: Workspace, video: str, folder: Path) -> list[Path]:
     """Trajectories (default IDT settings) drawn over the source video, as the reference visualiser does."""
-    from idtprior.config import IDTConfig
+    from idtprior.config.stages import IDTConfig
     from idtprior.stages.idt import idt_params
     from idtprior.video.idt import extract_idt
     from idtprior.video.io import iter_frames

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from idtprior.config import ConfigError, PipelineConfig, parse_config
+from idtprior.config import PipelineConfig, parse_config
+from idtprior.config.base import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PRESETS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))

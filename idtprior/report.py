@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from idtprior.config import TRAIN_STAGES
+from idtprior.config.training import TRAIN_STAGES
 from idtprior.storage import Workspace, read_manifest
 
 REPORT_STAGES = ("cluster", *TRAIN_STAGES, "evaluate")
@@ -140,7 +140,7 @@ def training_section(ws: Workspace, out: Path) -> str:
 
 def write_report(workspace: str, out: str | None = None, seed: int = 0, idt_config=None) -> Path:
     """Write ``out/report.md`` (default ``WS/artifacts/report``) and its PNGs; returns the markdown's path."""
-    from idtprior.config import IDTConfig
+    from idtprior.config.stages import IDTConfig
     from idtprior.evaluation.report import evaluation_tables
     from idtprior.stages.evaluate.task import read_evaluation
 

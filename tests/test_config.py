@@ -1,6 +1,7 @@
 import pytest
 
-from idtprior.config import ConfigError, PipelineConfig, bundled_config, load_config, parse_config
+from idtprior.config import PipelineConfig, bundled_config, load_config, parse_config
+from idtprior.config.base import ConfigError
 
 
 def test_bundled_configs_carry_the_paper_settings():
@@ -92,7 +93,7 @@ def test_augmentation_settings_are_checked_and_reach_the_trainer():
 def test_kinetics_config_trains_with_the_papers_global_batch():
     """The paper's batch of 256 is global (at lr 0.03); ``batch_size`` is per device; and the config's stages reach
     the training stages, so ``idtprior run configs/kinetics400.yaml`` trains."""
-    from idtprior.config import TRAIN_STAGES
+    from idtprior.config.training import TRAIN_STAGES
 
     k400 = load_config(bundled_config("kinetics400"))
     p = k400.pretrain
@@ -116,7 +117,8 @@ def test_nce_normaliser_momentum_is_a_setting_and_part_of_the_training_key():
 
 
 def test_every_setting_declares_a_valid_key_rule_and_the_rules_hold():
-    from idtprior.config import KEY_RULES, ClusterConfig, DetectConfig, _Section
+    from idtprior.config.base import KEY_RULES, Section
+    from idtprior.config.stages import ClusterConfig, DetectConfig
     from idtprior.keyscheme import legacy_keys
 
     def sections(cls):
@@ -124,7 +126,7 @@ def test_every_setting_declares_a_valid_key_rule_and_the_rules_hold():
         for sub in cls.__subclasses__():
             yield from sections(sub)
 
-    for cls in sections(_Section):
+    for cls in sections(Section):
         for name in cls.model_fields:
             rule = cls.key_rule(name)
             assert rule in KEY_RULES[:3] or (rule.startswith("if:") and rule[3:].split("=")[0] in cls.model_fields), \
@@ -139,6 +141,6 @@ def test_every_setting_declares_a_valid_key_rule_and_the_rules_hold():
     assert ClusterConfig(backend="numpy").config_hash() == ClusterConfig().config_hash()
     assert ClusterConfig(backend="faiss").config_hash() != ClusterConfig().config_hash()
     with pytest.raises(ValueError, match="key rule 'sometimes'"):
-        from idtprior.config import key
+        from idtprior.config.base import key
 
         key("sometimes")

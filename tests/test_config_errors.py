@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from idtprior.cli import main
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.flows.deployments import resolve_config
 from idtprior.stages.ingest import plan_ingest
 from idtprior.storage import Workspace

@@ -8,8 +8,8 @@ import torch
 
 from idtprior.cli import main
 from idtprior.config import bundled_config, load_config
-from idtprior.plan import (MONTAGE_VIDEOS, ORCHESTRATION_UNITS, Units, kmeans_seconds, network_cost, one_scale_idt_s,
-                           plan)
+from idtprior.plan import MONTAGE_VIDEOS, kmeans_seconds, one_scale_idt_s, plan
+from idtprior.units import ORCHESTRATION_UNITS, Units, network_cost
 from idtprior.video.io import resized_shape
 
 
@@ -122,7 +122,7 @@ def test_plan_command_prints_every_stage_and_refuses_a_bad_size(capsys):
 
 @pytest.mark.slow
 def test_calibration_measures_every_unit_here(capsys):
-    from idtprior.plan import measure_units
+    from idtprior.units import measure_units
 
     units = measure_units(quick=True)
     skip = ("detect_s_per_frame", "decode_s_per_mpix", "idt_s_per_frame", *ORCHESTRATION_UNITS)  # the latter: a run's

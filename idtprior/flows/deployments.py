@@ -23,7 +23,9 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig, load_config
+from idtprior.config import STAGES, PipelineConfig, load_config
+from idtprior.config.base import ConfigError
+from idtprior.config.training import TRAIN_STAGES
 from idtprior.flows.pipeline import pipeline_failed, run_stages, select_stages
 from idtprior.presets import PRESETS, apply_overrides, config_path, demo_inputs, ensure_demo_data, with_inputs
 from idtprior.runtime.records import reopen_failures

@@ -9,7 +9,8 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 
-from idtprior.config import STAGES, ConfigError, PipelineConfig
+from idtprior.config import STAGES, PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.runtime.dask import dask_cluster
 from idtprior.runtime.records import reopen_failures
 from idtprior.runtime.runs import flow_name, remember_config, run_name

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from idtprior.config import ConfigError, DaskConfig, SlurmConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.compute import DaskConfig, SlurmConfig
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.errors import EnvironmentFault, environment_fault
 from idtprior.runtime.keys import needs_refresh, warm_stamps

@@ -6,7 +6,8 @@ from collections import defaultdict
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import STAGES, ConfigError
+from idtprior.config import STAGES
+from idtprior.config.base import ConfigError
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.worker import run_logger
 from idtprior.storage import (STATUS_DUPLICATE, STATUS_FAILED, STATUS_OK, STATUS_RETRYABLE, ChunkRecord, ManifestRow,

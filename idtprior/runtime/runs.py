@@ -11,7 +11,8 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 
-from idtprior.config import ConfigError, PipelineConfig, parse_config
+from idtprior.config import PipelineConfig, parse_config
+from idtprior.config.base import ConfigError
 from idtprior.presets import config_path
 from idtprior.sources import StaleCode, check_process
 from idtprior.storage import Workspace, hash_json

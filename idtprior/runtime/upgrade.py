@@ -2,7 +2,7 @@
 record was made then (``with_legacy_keys``), and such a record is re-keyed in place (``rekey_legacy``) instead of
 recomputed. ``stages.registry.upgrade_keys`` runs it once per workspace, upstream first."""
 
-from idtprior.config import ConfigError
+from idtprior.config.base import ConfigError
 from idtprior.keyscheme import UPGRADED, legacy, legacy_keys
 from idtprior.runtime.worker import run_logger
 from idtprior.storage import Workspace

@@ -6,7 +6,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import ClusterConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import ClusterConfig
 from idtprior.encoding import kmeans
 from idtprior.keyscheme import upstream_key
 from idtprior.runtime.artifacts import artifact_key

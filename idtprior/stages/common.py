@@ -6,7 +6,8 @@ from the encode chunks."""
 
 from prefect.artifacts import create_markdown_artifact
 
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.dask import dask_cluster, run_chunks
 from idtprior.runtime.keys import chunk_fingerprint

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from prefect import task
 
-from idtprior.config import DecodeConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import DecodeConfig
 from idtprior.runtime.codeprint import code_key
 from idtprior.runtime.records import report_stage
 from idtprior.runtime.runs import stage_flow

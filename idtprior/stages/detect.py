@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from idtprior.config import DetectConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import DetectConfig
 from idtprior.keyscheme import legacy, upstream_key
 from idtprior.runtime.codeprint import code_key
 from idtprior.runtime.records import report_stage

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 from prefect import task
 
-from idtprior.config import EncodeConfig, IDTConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import EncodeConfig, IDTConfig
 from idtprior.encoding import Codebook, count_sketch, fisher_vector
 from idtprior.encoding.backend import to_device, to_numpy
 from idtprior.keyscheme import upstream_key

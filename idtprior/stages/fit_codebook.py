@@ -8,7 +8,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import CodebookConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import CodebookConfig
 from idtprior.encoding import Codebook, CodebookParams
 from idtprior.encoding.codebook import SmallSampleWarning, fit_codebook_with_report
 from idtprior.keyscheme import upstream_key

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from idtprior.config import IDTConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import IDTConfig
 from idtprior.runtime.codeprint import code_key
 from idtprior.runtime.errors import TransientError
 from idtprior.runtime.records import report_stage

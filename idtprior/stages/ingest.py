@@ -3,7 +3,9 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from idtprior.config import ConfigError, IngestConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.stages import IngestConfig
 from idtprior.datasets.lists import list_source, printable, read_labels, within_roots
 from idtprior.runtime.codeprint import code_key
 from idtprior.runtime.dask import dask_cluster, run_chunks

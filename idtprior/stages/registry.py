@@ -14,7 +14,9 @@ that knows every stage. The order is ``config.STAGES``, the pipeline's.
 import json
 from collections.abc import Iterator, Mapping
 
-from idtprior.config import STAGES, TRAIN_STAGES, ConfigError, PipelineConfig
+from idtprior.config import STAGES, PipelineConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.training import TRAIN_STAGES
 from idtprior.keyscheme import UPGRADED
 from idtprior.runtime.upgrade import rekey_legacy, with_legacy_keys
 from idtprior.runtime.worker import run_logger

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from idtprior.config import STAGES, ConfigError, PipelineConfig, load_config
+from idtprior.config import STAGES, PipelineConfig, load_config
+from idtprior.config.base import ConfigError
 from idtprior.flows.deployments import STAGE_UI_FLOWS, deployments, pretrain_ui, stage_pool
 from idtprior.presets import PRESETS, apply_overrides
 from idtprior.runtime.artifacts import artifact_key

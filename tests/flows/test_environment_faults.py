@@ -246,7 +246,7 @@ def test_faults_of_the_environment_are_told_from_the_videos(exc, cause):
 
 
 def test_bad_retry_settings_name_the_value(tmp_path, monkeypatch):
-    from idtprior.config import ConfigError
+    from idtprior.config.base import ConfigError
     from idtprior.runtime.records import reopen_failures
 
     for spec in ("2", "a,b", "-1,2"):

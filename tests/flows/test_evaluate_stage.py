@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.training import EVALUATION_NETWORKS
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.metrics import mcnemar_exact
 from idtprior.evaluation.probe import extract_features, few_shot_table

@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior_testutils import write_moving_square_videos
-from idtprior.config import ConfigError, IDTConfig, PipelineConfig, parse_config
+from idtprior.config import PipelineConfig, parse_config
+from idtprior.config.base import ConfigError
+from idtprior.config.stages import IDTConfig
 from idtprior.flows.pipeline import pretrain_pipeline, select_stages
 from idtprior.storage import Workspace, file_fingerprint, read_manifest, statcache
 from idtprior.video.idt.textformat import write_idt_text
+from idtprior_testutils import write_moving_square_videos
 
 STAGES_TO_CLUSTER = ["ingest", "decode", "idt", "fit_codebook", "encode", "cluster"]
 TINY_TRAIN = {"width": 0.125, "embed_dim": 16, "clip_length": 4, "crop_size": 32, "batch_size": 4, "negatives": 8,

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.stages.ingest import ingest_flow
 from idtprior.storage import FrameStore, Workspace, read_manifest

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.flows.pipeline import FLOWS, pretrain_pipeline
 from idtprior.stages.pretrain.flow import plan_train_stage
 from idtprior.storage import Workspace

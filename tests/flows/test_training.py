@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from idtprior.config import ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
 from idtprior.flows.pipeline import pretrain_pipeline
 from idtprior.models import load_encoder
 from idtprior.stages.pretrain.task import read_embeddings

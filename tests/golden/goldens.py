@@ -353,7 +353,7 @@ def sample_selection(n_rows: int, video_id: str, sample_rows: int = 40) -> np.nd
     """The rows the IDT stage keeps of a video's ``n_rows`` (``stages/idt.py``'s ``keep_sample``, shared by both
     backends: ``sample_rows`` drawn with a seed of the config's and the video id's), as their indices: rows whose
     every value is their index go in, and what it stores comes back."""
-    from idtprior.config import IDTConfig
+    from idtprior.config.stages import IDTConfig
     from idtprior.storage import Workspace
     from idtprior.stages.idt import SampleJob, keep_sample
 

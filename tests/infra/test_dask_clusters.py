@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from idtprior.config import ConfigError, DaskConfig, PipelineConfig, parse_config
+from idtprior.config import PipelineConfig, parse_config
+from idtprior.config.base import ConfigError
+from idtprior.config.compute import DaskConfig
 from idtprior.runtime.dask import DASK_ADDRESS_ENV, dask_cluster, slurm_cluster
 
 

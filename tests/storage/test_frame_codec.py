@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from idtprior.config import DecodeConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.stages import DecodeConfig
 from idtprior.datasets.synthetic import textured_pan_video
 from idtprior.storage import FrameStore, Workspace, write_frames
 from idtprior.storage.integrity import IntegrityError

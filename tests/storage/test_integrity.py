@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from idtprior.cli import main
-from idtprior.config import DecodeConfig
+from idtprior.config.stages import DecodeConfig
 from idtprior.stages.decode import decode_chunk
 from idtprior.storage import ChunkRecord, FrameStore, Workspace, write_frames
 from idtprior.storage.integrity import VERIFY_ENV, IntegrityError, array_options, verify_workspace

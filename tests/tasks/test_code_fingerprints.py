@@ -245,7 +245,7 @@ def test_a_function_moved_between_core_modules_moves_no_fingerprint(monkeypatch)
 
 
 def test_the_idt_keys_hold_every_idt_params_field():
-    from idtprior.config import IDTConfig
+    from idtprior.config.stages import IDTConfig
     from idtprior.stages.idt import params_key
     from idtprior.video.idt import IDTParams
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from idtprior.config import CodebookConfig, EncodeConfig, IDTConfig
+from idtprior.config.stages import CodebookConfig, EncodeConfig, IDTConfig
 from idtprior.datasets.synthetic import textured_pan_video
 from idtprior.encoding import fit_codebook
 from idtprior.runtime.errors import TransientError
@@ -35,7 +35,8 @@ def test_the_cache_keys_hold_what_changes_the_rows_and_nothing_else():
 
 
 def test_the_stage_refuses_a_device_the_machine_lacks_before_any_video_runs(caplog):
-    from idtprior.config import ConfigError, PipelineConfig
+    from idtprior.config.base import ConfigError
+    from idtprior.config import PipelineConfig
     from idtprior.stages.common import check_idt_backend
 
     cfg = PipelineConfig.model_validate({"idt": {"backend": "torch", "device": f"cuda:{torch.cuda.device_count()}"}})

@@ -61,7 +61,7 @@ def test_the_pipelines_cluster_leaves_this_process_environment_alone(monkeypatch
     # after the cluster started then trained with one thread whatever the core count
     from distributed import Client
 
-    from idtprior.config import DaskConfig
+    from idtprior.config.compute import DaskConfig
     from idtprior.runtime.dask import dask_cluster
 
     for k in _thread_env():

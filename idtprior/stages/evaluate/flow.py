@@ -13,7 +13,9 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import EVALUATION_NETWORKS, ConfigError, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.training import EVALUATION_NETWORKS
 from idtprior.datasets.lists import detect_format
 from idtprior.evaluation.report import evaluation_tables
 from idtprior.keyscheme import upstream_train_key

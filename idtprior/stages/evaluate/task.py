@@ -24,7 +24,7 @@ import time
 import numpy as np
 from prefect import task
 
-from idtprior.config import EvaluateConfig, PretrainConfig
+from idtprior.config.training import EvaluateConfig, PretrainConfig
 from idtprior.evaluation.finetune import FinetuneParams, finetune
 from idtprior.evaluation.probe import (FEATURES, extract_feature_kinds, few_shot_indices, kmeans_agreement, knn_probe,
                                        linear_probe)

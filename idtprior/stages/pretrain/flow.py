@@ -14,7 +14,9 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from idtprior.config import ConfigError, DecodeConfig, PipelineConfig
+from idtprior.config import PipelineConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.stages import DecodeConfig
 from idtprior.keyscheme import legacy, upstream_key, upstream_train_key
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.codeprint import code_key

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from prefect import task
 
-from idtprior.config import ConfigError, PretrainConfig, TrainStageConfig
+from idtprior.config.base import ConfigError
+from idtprior.config.training import PretrainConfig, TrainStageConfig
 from idtprior.models.checkpoints import checkpoint_problem, load_encoder
 from idtprior.models.clustering import knn_accuracy, knn_classify
 from idtprior.models.lightning import PretrainParams

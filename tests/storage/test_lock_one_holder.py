@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from idtprior import cli
-from idtprior.storage import ChunkRecord, Workspace
-from idtprior.storage import lock as lock_module
+from idtprior.cli import main
+from idtprior.storage import ChunkRecord, Workspace, lock as lock_module
 from idtprior.storage.integrity import IntegrityError, verify_workspace
 from idtprior.storage.lock import StageBusy, WorkspaceLock, lock_path
 
@@ -165,7 +164,7 @@ def test_verify_repair_refuses_beside_a_held_run_and_repairs_once_it_is_gone(tmp
         assert holder.stdout.readline().strip() == "held"
         version, group = ws.new_version("decode", "0000-of-0001")  # the running stage's uncommitted chunk
         group.attrs["frames"] = 3
-        assert cli.main(["verify", ws.url, "--repair"]) == 2
+        assert main(["verify", ws.url, "--repair"]) == 2
         err = capsys.readouterr().err
         assert f"idtprior verify --repair of workspace {ws.url} cannot run while stage decode runs" in err
         assert f"pid {holder.pid} on host {socket.gethostname()}" in err and "nothing was checked or removed" in err
@@ -174,7 +173,7 @@ def test_verify_repair_refuses_beside_a_held_run_and_repairs_once_it_is_gone(tmp
     finally:
         holder.kill()
         holder.wait()
-    assert cli.main(["verify", ws.url, "--repair"]) == 0  # the dead holder's lock taken over: repaired
+    assert main(["verify", ws.url, "--repair"]) == 0  # the dead holder's lock taken over: repaired
     assert "decode 0000-of-0001: orphan" in capsys.readouterr().out
     assert not os.path.exists(ws.version_path("decode", "0000-of-0001", version))
     assert os.listdir(ws.path("locks")) == []

@@ -1,5 +1,5 @@
 """The behaviour pins (``behaviour_pins.json``): per stage and variant, its declared version and the fingerprint of the
-code it runs. For the developer whose change moved a fingerprint (``tests/tasks/test_behaviour_pins.py`` fails and
+code it runs. For the developer whose change moved a fingerprint (``tests/runtime/test_behaviour_pins.py`` fails and
 names the stage), the two honest answers:
 
     python -m idtprior.runtime.pins repin STAGE --reason "why results do not change"   # nothing reruns

@@ -1,5 +1,8 @@
-"""Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
-(fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
+"""The cluster stage: K-means (m seeded runs, k clusters) on the assembled sketches, one chunk (``all``); its summary
+with cluster-size statistics, and NMI / purity / close-pair precision where the manifest has labels.
+
+Its plan, its task (``cluster_task``), its flow, the reader of its labels (``read_cluster_labels``: the training
+stages' LA clusters) and its pictures (the montage of a few clusters' member videos)."""
 
 import numpy as np
 from prefect import task
@@ -25,7 +28,7 @@ from idtprior.storage.integrity import array_options, reading
 from idtprior.storage.upstream import Upstream, check_upstream, checked_record, planned
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"cluster": 1}
 
 

@@ -23,7 +23,7 @@ STAGE = "decode"
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"decode": 1, "decode@jpeg": 1}
 
 

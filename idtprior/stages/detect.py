@@ -3,7 +3,8 @@
 ``detect.zarr/<chunk>/<version>/<video_id>/offsets`` (T + 1,) int64 and ``.../rows`` (N, 5) float32
 ``[x1, y1, x2, y2, score]`` in the video's own pixels; frame t's boxes are ``rows[offsets[t]:offsets[t + 1]]``.
 The boxes come from a detector (``idtprior.video.detect``) or, with ``detect.bb_folder``, from bb-files of the reference
-IDT release (boxes computed elsewhere). The IDT stages read them through ``read_chunk_boxes``.
+IDT release (boxes computed elsewhere). The IDT stages read them through ``read_chunk_boxes`` / ``chunk_boxes``, and
+plan on them with ``with_boxes``. Its plan, task (``detect_chunk``, with its ``DetectJob``), flow and pictures.
 """
 
 import functools
@@ -138,7 +139,7 @@ def detect_one(video_id: str, workspace: str, stage: str, chunk: str, version: s
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"detect": 1}
 
 

@@ -1,5 +1,10 @@
-"""Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
-(fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
+"""The encode stage: per video, IDT -> Fisher vector -> count sketch, fused so raw descriptors are not stored unless
+asked (``encode.keep_descriptors``); each chunk's (n, S) sketches and valid mask, assembled after the last chunk into
+the (N, S) ``sketches`` array aligned with the manifest.
+
+Its plan (keyed on the videos, ``idt.*``, ``encode.*``, the codebook's record and the person boxes), its tasks
+(``encode_chunk``; ``encode_chunk_torch`` for the torch backend) with their ``EncodeJob``, its flow, its readers
+(``read_sketches``, ``read_assembled_sketches``) and its pictures."""
 
 from dataclasses import dataclass
 
@@ -120,7 +125,7 @@ def _device_arrays(device: str | None):
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"encode": 1, "encode@torch": 1}
 
 

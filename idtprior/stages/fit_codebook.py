@@ -1,5 +1,7 @@
-"""Codebook, encode and cluster stages: PCA + GMM on the IDT sample, per-video IDT -> Fisher vector -> count sketch
-(fused, so raw descriptors are not stored unless asked), and K-means on the sketches."""
+"""The fit_codebook stage: PCA + diagonal GMM fitted on the IDT sample (``codebook``'s settings), one chunk (``all``).
+
+Its plan (keyed on the idt sample's records), its task (``fit_codebook_task``), its flow, the reader later stages use
+(``read_codebook``: the codebook, checked against the key the reader planned from) and its pictures."""
 
 import warnings
 
@@ -43,7 +45,7 @@ def read_codebook(ws: Workspace, key: str | None = None, reader: str = "encode")
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"fit_codebook": 1}
 
 

@@ -1,7 +1,10 @@
-"""IDT stage (sample mode): raw IDT descriptors of a seeded sample of videos, R seeded rows each, for the codebook.
-
+"""The idt stage (sample mode): raw IDT descriptors of a seeded sample of videos, R seeded rows each, for the codebook.
 The full mode is fused with encoding (``stages/encode.py``) so raw descriptors of every video are never stored.
-"""
+
+Also what both IDT stages share: the core's parameters from ``idt.*`` (``idt_params``), how a worker gets a video's rows
+(``Extraction``: extracted on the CPU or, batched, with the torch backend; or read from the reference release's text
+files), the plan's text-file inputs (``with_text_files``). Its plan, tasks (``idt_sample_chunk``; ``..._torch``) with
+their ``SampleJob``, flow, reader (``read_sample``, the codebook's input) and pictures."""
 
 import dataclasses
 import hashlib
@@ -208,7 +211,7 @@ def sample_batch(video_ids: list[str], workspace: str, stage: str, chunk: str, v
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"idt": 1, "idt@torch": 1}
 
 

@@ -1,4 +1,7 @@
-"""Ingest stage: probe every listed video with PyAV and record its facts; the manifest is built from these records."""
+"""The ingest stage: list the source, probe every listed video with PyAV and record its facts per chunk; the manifest
+(``storage.manifest``) is rebuilt from these records, duplicates marked. Its plan (keyed on each file's content
+fingerprint, read once per stat change), its task (``ingest_chunk``: a worker gets each video's path, content
+fingerprint and any reason the listing refused it; no settings) and its flow."""
 
 from prefect import task
 from prefect.logging import get_run_logger
@@ -54,7 +57,7 @@ def skipped_report(skipped: list) -> list[dict]:
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"ingest": 1}
 
 

@@ -39,7 +39,7 @@ from idtprior.testing import maybe_inject_fault
 
 STAGE = "evaluate"
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"evaluate": 1}
 PROTOCOLS = ("finetune", "probe", "knn")
 SCRATCH = "scratch"

@@ -261,7 +261,7 @@ def epoch_rows(run_dir: Path) -> list[dict]:
 
 
 # The behaviour version of this module's stage(s), in their cache keys: bump it when results change (README: "Cache keys
-# and upgrades"); tests/tasks/test_behaviour_pins.py says when.
+# and upgrades"); tests/runtime/test_behaviour_pins.py says when.
 BEHAVIOUR = {"pretrain": 1}  # every training stage (pretrain_ir, pretrain_la, ...) runs this task
 
 

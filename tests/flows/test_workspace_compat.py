@@ -1,9 +1,15 @@
 """A workspace made by an earlier commit is current for this one: nothing reruns, no record is rewritten.
 
-The fixture is every stage of a tiny pipeline as commit fca3932 computed it (``make_legacy_workspace.py fca3932``, run
-from a checkout of that commit): the last commit before the import contracts, the stage registry, the presets module
-and the renamed private helpers (issue 31), which moved code across modules and re-pinned, never bumped, the stages'
-fingerprints. A layout change that changes a key, a plan or a record fails here."""
+Each fixture is every stage of a tiny pipeline as a commit computed it (``make_legacy_workspace.py <commit>``, run
+from a checkout of that commit):
+
+- fca3932, the last commit before the import contracts, the stage registry, the presets module and the renamed
+  private helpers (issue 31);
+- cd5b497, the last commit before one module per stage, the runtime layer, typed jobs and the split of
+  ``models/lightning.py``, ``plan.py``, ``config.py`` and ``cli.py`` (issue 32).
+
+Both moved code across modules and re-pinned, never bumped, the stages' fingerprints. A layout change that changes a
+key, a plan or a record fails here."""
 
 import json
 import sys
@@ -22,17 +28,18 @@ sys.path.insert(0, str(FIXTURES))
 from make_legacy_workspace import ROOT, STAGES, config, stage_records, unpacked  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
-ARCHIVE = FIXTURES / "workspace-fca3932.tar.gz"
+COMMITS = ("fca3932", "cd5b497")
 
 
-@pytest.fixture
-def earlier_workspace():
-    yield from unpacked(ARCHIVE)
+@pytest.fixture(params=COMMITS)
+def earlier_workspace(request):
+    for ws in unpacked(FIXTURES / f"workspace-{request.param}.tar.gz"):
+        yield request.param, ws
 
 
-def test_a_workspace_of_commit_fca3932_reruns_nothing(earlier_workspace, capsys):
-    ws = earlier_workspace
-    assert (ROOT / "COMMIT").read_text().strip() == "fca3932"
+def test_a_workspace_of_an_earlier_commit_reruns_nothing(earlier_workspace, capsys):
+    commit, ws = earlier_workspace
+    assert (ROOT / "COMMIT").read_text().strip() == commit
     cfg = PipelineConfig.model_validate(config())
     before = stage_records(ws)
     assert all(before[s] for s in STAGES) and all(r.get("behaviour") for s in STAGES for r in before[s].values())

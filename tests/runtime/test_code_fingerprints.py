@@ -88,7 +88,9 @@ def changed_stages(monkeypatch, module: str, function: str) -> set[str]:
     # the frame store's writer cuts videos off and stores their frames: decode's code (and the readers training's)
     ("idtprior.storage.frames", "write_frames", {"decode", "decode@jpeg"}),
     # plumbing: settings are covered by the config hashes; storage and the chunk loop do not change results
-    ("idtprior.config", "config_hash", set()),
+    ("idtprior.config.base", "config_hash", set()),
+    # how a core's parameters are built from its section: plumbing too (every built field is in the idt keys)
+    ("idtprior.config.base", "core_params", set()),
     ("idtprior.config", "load_config", set()),
     ("idtprior.storage.workspace", "commit", set()),
     ("idtprior.storage.fingerprint", "hash_json", set()),

@@ -168,7 +168,7 @@ def montage(rows: Sequence[Sequence[np.ndarray]], cell: tuple[int, int] | None =
             x = left + pad + c * (w + pad)
             out[y : y + h, x : x + w] = im
         if row_labels is not None:
-            _put_text(out, str(row_labels[r]), (4, y + h // 2 + 4), 0.4, (0, 0, 0), max_width=left - 8)
+            _put_text(out, str(row_labels[r]), (4, y + h // 2 + 4), LABEL_SCALE, (0, 0, 0), max_width=left - 8)
     return out
 
 
@@ -176,12 +176,13 @@ def cluster_montage(
     source: ClipSource, assignments: Sequence[int] | np.ndarray, n_clusters: int = 8, per_cluster: int = 6,
     seed: int = 0, cell: tuple[int, int] = (96, 96),
     tracks: Callable[[int], np.ndarray | Sequence[np.ndarray]] | Mapping[int, np.ndarray] | None = None,
-    track_scale: float = 1.0, labels: Sequence | None = None,
+    track_scale: float = 1.0, labels: Sequence | None = None, label_width: int | None = None,
 ) -> np.ndarray:
     """The paper's Figures 2/3: the largest clusters of ``assignments (N,)`` (indices into ``source``), one row each,
     ``per_cluster`` member videos' middle frames (seeded pick), with their IDT tracks when ``tracks`` gives them per
     video index (``(n, P, 2)`` / list of ``(P, 2)`` points, scaled by ``track_scale``). Rows are labelled with the
-    cluster, its size and, given ``labels (N,)``, its most common label."""
+    cluster, its size and, given ``labels (N,)``, its most common label; ``label_width`` (None: the longest label's,
+    so none is cut)."""
     a = np.asarray(assignments)
     if a.shape != (len(source),):
         raise ValueError(f"cluster assignments shape {a.shape} must be ({len(source)},), one per video")
@@ -201,7 +202,17 @@ def cluster_montage(
             values, counts = np.unique(np.asarray(labels, dtype=object)[a == k].astype(str), return_counts=True)
             name += f" {values[counts.argmax()]}"
         names.append(name)
-    return montage(rows, cell=cell, row_labels=names, label_width=120)
+    if label_width is None:
+        label_width = max(96, max(label_text_width(n) for n in names) + 12)
+    return montage(rows, cell=cell, row_labels=names, label_width=label_width)
+
+
+LABEL_SCALE = 0.4  # the font scale of a montage's row labels
+
+
+def label_text_width(text: str, scale: float = LABEL_SCALE) -> int:
+    """Pixels a row label of ``montage`` takes (OpenCV's Hershey simplex font at ``scale``)."""
+    return int(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0])
 
 
 # --- curves -------------------------------------------------------------------------------------------------------

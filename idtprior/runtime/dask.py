@@ -15,6 +15,7 @@ from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.errors import EnvironmentFault, environment_fault
 from idtprior.runtime.keys import needs_refresh, warm_stamps
 from idtprior.runtime.progress import ProgressArtifactUpdater, showing_progress, stage_counts, video_counts
+from idtprior.runtime.records import report_stage
 from idtprior.runtime.worker import close_clients, task_options
 from idtprior.storage import ChunkRecord, Workspace
 from idtprior.terminal import StageProgress
@@ -142,8 +143,15 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     if own_display:
         display.close(stage_counts(records, errors, display.unit))
     if errors:
+        def why_of(exc: BaseException) -> str:
+            env = environment_fault(exc)
+            return f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)
+
+        try:  # the failed stage's summary and failures table: what finished, what failed and why
+            report_stage(ws, stage, records, failed_chunks={c: why_of(e) for c, e in errors})
+        except Exception as e:  # noqa: BLE001 - the report must not hide the stage's own failure
+            logger.warning(f"{stage}: the failed stage's summary could not be written: {e}")
         chunk, exc = errors[0]
-        env = environment_fault(exc)
-        why = f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)
-        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {why}") from exc
+        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: "
+                           f"{why_of(exc)}") from exc
     return records

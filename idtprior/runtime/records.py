@@ -123,9 +123,12 @@ def provenance_lines(ws: Workspace, stage: str, chunks) -> list[str]:
     return lines
 
 
-def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None) -> dict:
+def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], extra: list[dict] | None = None,
+                 failed_chunks: dict[str, str] | None = None) -> dict:
     """Make the stage's artifacts (a summary and a table of per-video failures, keyed by ``artifact_key``) and return
-    the counts."""
+    the counts. ``failed_chunks`` (chunk -> why), for a stage that failed: the summary says so first, with what
+    finished, and each failed chunk is a row of the failures table (its videos have no outcome: nothing of the chunk
+    was committed)."""
     ok = sum(r.n_ok for r in records.values())
     failed = {vid: info.get("error", "") for r in records.values() for vid, info in r.videos.items()
               if info.get("status") == STATUS_FAILED}
@@ -137,7 +140,10 @@ def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], ext
         counts["videos_retryable"] = len(retryable)
     if no_boxes:
         counts["videos_without_boxes"] = no_boxes
-    table = [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + [
+    failed_chunks = failed_chunks or {}
+    table = [{"video_id": f"(chunk {c}: every video of it)", "error": f"the chunk failed: {why}"[:2000]}
+             for c, why in sorted(failed_chunks.items())]
+    table += [{"video_id": vid, "error": err} for vid, err in sorted(failed.items())] + [
         {"video_id": vid, "error": f"retryable (`idtprior run --retry-failed`): {err}"}
         for vid, err in sorted(retryable.items())] + (extra or [])
     notes = "".join(f"\n- {line}" for line in provenance_lines(ws, stage, records))
@@ -145,15 +151,25 @@ def report_stage(ws: Workspace, stage: str, records: dict[str, ChunkRecord], ext
         notes += (f"\n- {no_boxes} videos ran without person boxes: their detection failed (the failures table of "
                   f"detect says why)")
     more = f", {len(retryable)} retryable" if retryable else ""
+    verdict, head = "", f"## {stage}"
+    if failed_chunks:
+        total = len(records) + len(failed_chunks)
+        first, why = sorted(failed_chunks.items())[0]
+        head = f"## {stage}: FAILED"
+        verdict = (f"**{len(failed_chunks)} of {total} chunks failed** (nothing of them was committed; the failures "
+                   f"table lists them); {len(records)} finished. First: `{first}`: {why.splitlines()[0][:500]}\n\n"
+                   f"Fix the cause and run the stage again: the finished chunks are not computed again.\n\n")
     create_markdown_artifact(
         key=artifact_key(ws, stage, "summary"),
-        markdown=f"## {stage}\n\n| chunks | videos ok | videos failed | retryable (environment) |\n|---|---|---|---|\n"
-                 f"| {len(records)} | {ok} | {len(failed)} | {len(retryable)} |\n" + (
+        markdown=f"{head}\n\n{verdict}| chunks done | videos ok | videos failed | retryable (environment) |\n"
+                 f"|---|---|---|---|\n| {len(records)} | {ok} | {len(failed)} | {len(retryable)} |\n" + (
                      f"\n**How it was computed:**\n{notes}\n" if notes else ""),
-        description=f"{stage}: {ok} ok, {len(failed)} failed{more}")
+        description=(f"{stage}: FAILED, {len(failed_chunks)} of {len(records) + len(failed_chunks)} chunks failed; "
+                     if failed_chunks else f"{stage}: ") + f"{ok} videos ok, {len(failed)} failed{more}")
     if table:
         create_table_artifact(key=artifact_key(ws, stage, "failures"), table=table,
-                              description=f"{stage}: videos that failed")
+                              description=f"{stage}: " + ("chunks and videos that failed" if failed_chunks
+                                                          else "videos that failed"))
     hint = (f" ({len(retryable)} for a fault of the environment: `idtprior run CONFIG --retry-failed` tries them "
             f"again)" if retryable else "")
     get_run_logger().info(f"{stage}: {len(records)} chunks, {ok} videos ok, {len(failed)} failed{more}{hint}")

@@ -177,11 +177,8 @@ def cluster_figure(ws: Workspace, video_ids: list[str], assignments: np.ndarray,
                    n_clusters: int = 6, per_cluster: int = 4, labels: list[str] | None = None) -> np.ndarray:
     """The montage of the ``n_clusters`` largest clusters of ``assignments (N,)`` over ``video_ids``: ``per_cluster``
     members' middle frames each (seeded), with the IDT tracks of a window ending there when ``idt_config`` is given."""
-    from idtprior.evaluation.figures import cluster_montage
-
+    from idtprior.evaluation.figures import cluster_montage, largest_clusters
     from idtprior.stages.pictures import VideoFrames, cell_for, montage_tracks
-
-    from idtprior.evaluation.figures import largest_clusters
 
     source = VideoFrames(ws, video_ids)
     tracks = None
@@ -199,7 +196,6 @@ def cluster_markdown(ws: Workspace, idt_config=None, seed: int = 0, stats: dict 
     """Run 0 of the clustering: the size histogram, the NMI / purity table (``stats``, as the stage computes it) and
     the montage of the largest clusters with their IDT tracks (``idt_config``; None: frames only)."""
     from idtprior.stages.pictures import image_md, size_histogram, table_md
-
 
     labels, ids = read_cluster_labels(ws)
     run = labels[0]

@@ -106,7 +106,6 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
 def decode_markdown(ws: Workspace, seed: int = 0, videos: int = 3, frames: int = 6) -> str:
     """A frame strip per picked video: ``frames`` stored frames spread over it."""
     from idtprior.evaluation.figures import montage
-
     from idtprior.stages.pictures import cell_for, decode_frames, image_md, pick_videos
 
     store = FrameStore(ws)

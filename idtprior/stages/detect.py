@@ -275,9 +275,7 @@ def with_boxes(ws: Workspace, plans: dict[str, dict]) -> dict[str, dict]:
 def detect_markdown(ws: Workspace, seed: int = 0, videos: int = 3, frames: int = 4) -> str:
     """The stored person boxes of a few picked videos drawn on ``frames`` frames each."""
     from idtprior.evaluation.figures import montage
-
     from idtprior.stages.pictures import boxed_frames, cell_for, image_md, pick_videos, table_md
-
 
     done = sorted(v for rec in ws.records("detect").values() for v, i in rec.videos.items() if i.get("status") == "ok")
     picked = pick_videos(done, videos, seed, "detect")

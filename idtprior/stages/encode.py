@@ -267,7 +267,6 @@ def encode_markdown(ws: Workspace) -> str:
     """Valid / invalid sketch counts and the histogram of the valid sketches' L2 norms."""
     from idtprior.stages.pictures import histogram_plot, image_md, table_md
 
-
     x, valid, ids = read_assembled_sketches(ws)
     norms = np.linalg.norm(x[valid].astype(np.float64), axis=1)
     md = "### sketches\n\n" + table_md(["videos", "valid", "invalid", "dim", "norm min", "norm median", "norm max"], [[

@@ -117,7 +117,6 @@ def fit_codebook_flow(config: PipelineConfig, dask_address: str | None = None, p
 def fit_codebook_markdown(ws: Workspace) -> str:
     """PCA variance kept per block and the EM log-likelihood per iteration, from the codebook's record."""
     from idtprior.evaluation.figures import line_plot
-
     from idtprior.stages.pictures import image_md, table_md
 
     rec = ws.read_record("fit_codebook", "all")

@@ -300,9 +300,7 @@ def idt_markdown(ws: Workspace, idt_config, seed: int = 0, videos: int = 3) -> s
     """The IDT sample's rows per pyramid scale, and trajectories (a window ending at the middle frame) drawn on a few
     picked sample videos."""
     from idtprior.evaluation.figures import draw_tracks, montage
-
     from idtprior.stages.pictures import CELL_SIDE, VideoFrames, cell_for, image_md, pick_videos, scale_counts, table_md, window_tracks
-
 
     rows = read_sample(ws)
     counts = scale_counts(rows)

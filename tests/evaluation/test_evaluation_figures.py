@@ -11,6 +11,7 @@ from idtprior.evaluation.figures import (
     decode_png,
     draw_tracks,
     encode_png,
+    label_text_width,
     largest_clusters,
     line_plot,
     markdown_image,
@@ -90,17 +91,33 @@ def test_cluster_montage_rows_are_the_clusters_middle_frames_with_tracks():
     src = ArrayClipSource(videos)
     assert (middle_frame(src, 2) == 42).all()
     assignments = np.array([0, 1, 1, 1, 0, 2])
-    img = cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16))
+    img = cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16), label_width=120)
     pad, left = 2, 120
     assert img.shape == (2 * 18 + 2, left + 3 * 18 + 2, 3)
     for c, i in enumerate([1, 2, 3]):  # cluster 1 first: 3 members
         x = left + pad + c * 18
         assert (img[pad : pad + 16, x : x + 16] == 40 + i).all()
     tracks = {1: [np.array([[1.0, 8.0], [14.0, 8.0]])]}
-    drawn = cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16), tracks=tracks)
+    drawn = cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16), tracks=tracks,
+                            label_width=120)
     cell = drawn[pad : pad + 16, left + pad : left + pad + 16].astype(int)
     assert (cell[8, 2:13, 1] > 41).all() and (cell[:6] == 41).all()  # the track of video 1, the rest untouched
     assert np.array_equal(drawn[:, left + pad + 18 :], img[:, left + pad + 18 :])
+
+
+def test_cluster_montage_labels_are_never_cut():
+    """By default the label column fits the longest row label (cluster, size and most common label) in full."""
+    src = ArrayClipSource([np.zeros((3, 16, 16, 3), np.uint8) for _ in range(6)])
+    assignments = np.array([0, 1, 1, 1, 0, 2])
+    names = ["BackgroundAnimationsOfSomeLength", "Bouncing", "BackgroundAnimationsOfSomeLength", "Bouncing",
+             "BackgroundAnimationsOfSomeLength", "Pan"]
+    img = cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16), labels=names)
+    left = img.shape[1] - (3 * 18 + 2)
+    longest = "#0 n=2 BackgroundAnimationsOfSomeLength"
+    assert left >= label_text_width(longest) + 8  # the text is drawn from x=4 and cut at left - 8
+    ink = (img[:, :left] < 128).any(axis=(0, 2))
+    assert ink[: label_text_width(longest)].sum() > 0.5 * label_text_width(longest)  # drawn across its full width
+    assert cluster_montage(src, assignments, n_clusters=2, per_cluster=3, cell=(16, 16)).shape[1] == 96 + 3 * 18 + 2
 
 
 def _colour_mask(img: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:

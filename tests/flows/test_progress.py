@@ -67,7 +67,8 @@ def test_each_stage_run_leaves_a_progress_artifact_at_100_percent_with_every_chu
 
 def test_a_failed_chunk_is_counted_as_failed_not_done(tmp_path, monkeypatch):
     """A decode chunk that fails (the drills' fault, once): the progress artifact says how many chunks finished, how
-    many failed, and the videos of the committed ones; a failure is never counted as done."""
+    many failed, and the videos of the committed ones; a failure is never counted as done. The failed stage's summary
+    says it failed, what finished and why, and its failures table lists the failed chunk."""
     from idtprior.testing import FAULT_ENV
 
     cfg = tiny_config(tmp_path, n=12)
@@ -88,6 +89,17 @@ def test_a_failed_chunk_is_counted_as_failed_not_done(tmp_path, monkeypatch):
     assert float(art.data) == 100.0  # every chunk ended
     assert art.description.startswith(f"decode: {n - 1} of {n} chunks done, 1 failed; {ok} videos ok, 0 failed; "
                                       "last: "), art.description
+    # the failed stage still has its summary (what finished, what failed and why) and its failures table
+    (summary,) = artifacts(artifact_key(ws, "decode", "summary"))
+    assert summary.description == f"decode: FAILED, 1 of {n} chunks failed; {ok} videos ok, 0 failed"
+    assert summary.data.startswith(f"## decode: FAILED\n\n**1 of {n} chunks failed**"), summary.data
+    assert f"{n - 1} finished. First: `{chunks[0]}`: " in summary.data and "fault injected by IDTPRIOR_FAULT" in \
+        summary.data
+    assert f"| {n - 1} | {ok} | 0 | 0 |" in summary.data
+    (failures,) = artifacts(artifact_key(ws, "decode", "failures"))
+    rows = json.loads(failures.data)
+    assert [r["video_id"] for r in rows] == [f"(chunk {chunks[0]}: every video of it)"]
+    assert rows[0]["error"].startswith(f"the chunk failed: decode {chunks[0]}: fault injected by"), rows
 
     # the rerun computes the failed chunk: all done, nothing failed
     pretrain_pipeline(cfg, stages=["decode"], progress=False)

@@ -280,7 +280,6 @@ def knn_table(info: dict) -> str:
 def training_images(ws: Workspace, stage: str) -> tuple[dict, dict[str, bytes]]:
     """A training stage's record info and its curves' PNGs (``training_curves`` of the run's epoch rows)."""
     from idtprior.evaluation.figures import training_curves
-
     from idtprior.stages.pretrain.task import epoch_rows
 
     rec = ws.read_record(stage, "all")
@@ -294,7 +293,6 @@ def training_images(ws: Workspace, stage: str) -> tuple[dict, dict[str, bytes]]:
 def training_markdown(ws: Workspace, stage: str) -> str:
     """Loss, learning-rate and kNN curves per epoch of a training stage (its run's csv logs) and its kNN table."""
     from idtprior.evaluation.figures import markdown_image
-
     from idtprior.stages.pictures import IMAGE_BYTES
 
     info, curves = training_images(ws, stage)

@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     args = build_parser().parse_args(argv)
     apply_verify(args)
+    if args.command == "serve":
+        from idtprior.terminal import use_serve_logging
+
+        use_serve_logging()  # before Dask is imported here, and inherited by the flow runs serve starts
     if args.command in ("run", "demo") and not args.verbose:
         from idtprior.terminal import use_terminal_logging
 

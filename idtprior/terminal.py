@@ -42,6 +42,19 @@ def terminal_settings() -> dict[str, str]:
     }
 
 
+SERVE_SETTINGS = {"DASK_LOGGING__DISTRIBUTED": "warning"}
+"""What ``idtprior serve`` sets (where the user has not): the flow runs it starts (subprocesses, which inherit it) print
+their stage lines and errors, not the Dask scheduler's and nannies' start, connection and close lines (a third of a
+served demo's terminal). As with ``run`` and ``demo``, those INFO lines are not emitted: they come from the cluster's
+own threads, outside any flow run, so the Prefect logs could not take them either; Dask's warnings still print."""
+
+
+def use_serve_logging() -> None:
+    """Set ``SERVE_SETTINGS`` for ``idtprior serve`` and the flow runs it starts (a setting the user made is kept)."""
+    for key, value in SERVE_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
 def use_terminal_logging() -> bool:
     """Set up the terminal for a CLI run (a setting the user made is kept); returns whether it did.
 

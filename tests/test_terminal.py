@@ -190,3 +190,28 @@ def test_stage_progress_without_a_terminal_says_one_line_per_chunk():
     one.finish("all", "done")
     one.close("")
     assert len(handler.lines) == 1 and handler.lines[0].startswith("fit_codebook: done (")
+
+
+def test_serve_keeps_dasks_start_and_stop_lines_off_the_terminal_of_its_flow_runs():
+    """``idtprior serve`` sets SERVE_SETTINGS in its environment, which the flow runs it starts inherit: a process
+    with it starts and stops a LocalCluster without one INFO line of the scheduler or the nannies; without it, the
+    same process prints them (so the check can fail)."""
+    from idtprior.terminal import SERVE_SETTINGS
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from distributed import Client, LocalCluster\n"
+            "with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c, "
+            "Client(c) as cl:\n    print(cl.submit(sum, [1, 2]).result())\n")
+
+    def stderr_of(env: dict) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "DASK_LOGGING__DISTRIBUTED"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**base, **env})
+        assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr[-2000:]
+        return out.stderr
+
+    dask_info = re.compile(r"INFO\W+distributed\.(scheduler|nanny|worker|core)\b")
+    chatty = stderr_of({})
+    assert len(dask_info.findall(chatty)) >= 5, chatty[-2000:]  # start, connections, close
+    quiet = stderr_of(SERVE_SETTINGS)
+    assert dask_info.findall(quiet) == [], quiet[-2000:]

@@ -12,6 +12,7 @@ Two PCA modes:
 
 import hashlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -352,7 +353,8 @@ def fit_codebook(sample: Any, cfg: CodebookParams = CodebookParams()) -> Codeboo
     return fit_codebook_with_report(sample, cfg)[0]
 
 
-def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
+def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams(),
+                             progress: Callable[[str], None] | None = None,
                              ) -> tuple[Codebook, tuple[BlockFitReport, ...]]:
     """Fit PCA then a diagonal GMM (per block) on a descriptor sample; also say, per block, the PCA variance kept and
     the EM log-likelihood per iteration.
@@ -361,6 +363,8 @@ def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
         sample: (n, 426) float array of IDT descriptors (columns 10:436 of IDT rows), n >= cfg.n_components; NumPy or
             CuPy (the GMM EM then runs on the GPU).
         cfg: the settings.
+        progress: called with a line per step (each block's PCA, its initialisation, each EM iteration with its
+            log-likelihood and seconds), so a long fit is never silent.
     Returns:
         The :class:`Codebook` (host NumPy arrays) and one :class:`BlockFitReport` per block.
     Warns:
@@ -388,9 +392,19 @@ def fit_codebook_with_report(sample: Any, cfg: CodebookParams = CodebookParams()
                               DiagGMM(np.ones(1, np.float32), np.zeros((1, len(comps)), np.float32),
                                       np.ones((1, len(comps)), np.float32)))
         z = project(sample, proto)  # (n, D) float32
+        where = f"block {i + 1} of {len(groups)} (columns {start}:{stop})"
+        if progress is not None:
+            progress(f"{where}: PCA to {len(comps)} dimensions, {float(np.sum(ratio)):.3f} of the variance; EM of "
+                     f"{cfg.n_components} components on {n} rows")
+
+        def iteration(it: int, ll: float, seconds: float, where: str = where) -> None:
+            if progress is not None:
+                progress(f"{where}: EM iteration {it} of at most {cfg.gmm_iters}: log-likelihood {ll:.4f} per row "
+                         f"({seconds:.2f} s)")
+
         fit = fit_gmm(z, cfg.n_components, iters=cfg.gmm_iters, tol=cfg.gmm_tol, seed=cfg.seed + i,
                       init=cfg.gmm_init, init_sample=cfg.gmm_init_sample, init_iters=cfg.gmm_init_iters,
-                      variance_floor=cfg.covariance_floor, chunk_rows=cfg.chunk_rows)
+                      variance_floor=cfg.covariance_floor, chunk_rows=cfg.chunk_rows, on_iteration=iteration)
         del z
         g = fit.gmm
         gmm = DiagGMM(to_numpy(g.weights).astype(np.float32), to_numpy(g.means).astype(np.float32),

@@ -3,6 +3,7 @@
 Its plan (keyed on the idt sample's records), its task (``fit_codebook_task``), its flow, the reader later stages use
 (``read_codebook``: the codebook, checked against the key the reader planned from) and its pictures."""
 
+import time
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ from idtprior.runtime.keys import chunk_fingerprint, stamp
 from idtprior.runtime.records import provenance_lines
 from idtprior.runtime.runs import missing_stage, stage_flow
 from idtprior.runtime.upgrade import with_legacy_keys
+from idtprior.runtime.worker import run_logger
 from idtprior.stages.common import ALL, check_settings, stage_pictures
 from idtprior.stages.idt import read_sample
 from idtprior.storage import ChunkRecord, Workspace
@@ -49,6 +51,22 @@ def read_codebook(ws: Workspace, key: str | None = None, reader: str = "encode")
 BEHAVIOUR = {"fit_codebook": 1}
 
 
+class FitProgress:
+    """The fit's progress in the stage's log: each block's start, then its EM iterations at most every ``every``
+    seconds (a fit is never silent for longer; the demo's 5 blocks x up to 100 iterations are not 500 lines)."""
+
+    def __init__(self, stage: str, every: float = 5.0):
+        self.stage, self.every, self.last = stage, every, -float("inf")
+        self.t0 = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        if "EM iteration" in line and now - self.last < self.every:
+            return
+        self.last = now
+        run_logger().info(f"{self.stage}: {line} [{now - self.t0:.0f} s]")
+
+
 @task(name="fit-codebook", task_run_name="fit codebook")
 def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, config: CodebookConfig,
                       upstream: Upstream | None = None) -> ChunkRecord:
@@ -65,7 +83,7 @@ def fit_codebook_task(workspace: str, stage: str, chunk: str, fingerprint: str, 
                          f"{config.gmm_components}; run the idt stage on more videos")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallSampleWarning)
-        book, fit = fit_codebook_with_report(sample[:, 10:], codebook_params(config))
+        book, fit = fit_codebook_with_report(sample[:, 10:], codebook_params(config), FitProgress(stage))
     small = [str(w.message) for w in caught if issubclass(w.category, SmallSampleWarning)]
     for w in caught:  # the others as they were
         if not issubclass(w.category, SmallSampleWarning):

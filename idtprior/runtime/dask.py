@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 from idtprior.config.base import ConfigError
 from idtprior.config.compute import DaskConfig, SlurmConfig
 from idtprior.runtime.artifacts import artifact_key
-from idtprior.runtime.errors import EnvironmentFault, environment_fault
+from idtprior.runtime.errors import EnvironmentFault, StageFailed, environment_fault
 from idtprior.runtime.keys import needs_refresh, warm_stamps
 from idtprior.runtime.progress import ProgressArtifactUpdater, showing_progress, stage_counts, video_counts
 from idtprior.runtime.records import report_stage
@@ -152,6 +152,6 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
         except Exception as e:  # noqa: BLE001 - the report must not hide the stage's own failure
             logger.warning(f"{stage}: the failed stage's summary could not be written: {e}")
         chunk, exc = errors[0]
-        raise RuntimeError(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: "
-                           f"{why_of(exc)}") from exc
+        raise StageFailed(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: "
+                          f"{why_of(exc)}") from exc
     return records

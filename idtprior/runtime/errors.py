@@ -8,6 +8,12 @@ from idtprior.storage.integrity import IntegrityError
 from idtprior.testing import InjectedFault
 
 
+class StageFailed(RuntimeError):
+    """Chunks of a stage failed (``runtime.dask.run_chunks``, after every chunk ended): the message says how many, the
+    first one and why; each failed chunk's task run holds its details, the stage's summary and failures table list
+    them. A failure the pipeline understood: its flow run ends Failed with this one message, no traceback."""
+
+
 class TransientError(OSError):
     """An I/O fault worth retrying (a flaky network filesystem, a lost worker)."""
 

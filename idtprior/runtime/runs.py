@@ -14,9 +14,12 @@ from prefect.states import Failed
 from idtprior.config import PipelineConfig, parse_config
 from idtprior.config.base import ConfigError
 from idtprior.presets import config_path
+from idtprior.runtime.errors import DiskFull, StageFailed
 from idtprior.sources import StaleCode, check_process
 from idtprior.storage import Workspace, hash_json
+from idtprior.storage.integrity import IntegrityError
 from idtprior.storage.lock import StageBusy, stage_lock
+from idtprior.storage.upstream import UpstreamChanged
 
 FLOW_PREFIX = "idtprior"
 CONFIG_FILE = "config.yaml"
@@ -167,13 +170,22 @@ def unshared(counts: dict) -> dict:
     return {fresh_copy(k): fresh_copy(v) for k, v in counts.items()}
 
 
+UNDERSTOOD = (ConfigError, StageBusy, StaleCode, StageFailed, DiskFull, IntegrityError, UpstreamChanged)
+"""Failures the pipeline understood and says in one line: a missing prerequisite or input, a refused setting, another
+run holding the stage's lock, code changed on disk, chunks that failed (each chunk's task run has its details), a
+full disk, damaged stored data, an upstream record changed during the run. Anything else is a bug: its traceback is
+kept where Prefect puts it."""
+
+
 def stage_failed(stage: str, exc: Exception):
-    """A Failed state for a stage that cannot start (a missing prerequisite, a refused setting, another run of the
-    stage holding its lock): its one-line message, logged once, instead of a traceback in the stage's run and another
-    in the pipeline's. The exception rides in the state, so a Python caller still gets it raised (a ``ConfigError``,
-    a ``StageBusy``)."""
+    """A Failed state for a stage that failed in a way the pipeline understood (``UNDERSTOOD``): its one-line message,
+    logged once, instead of a traceback in the stage's run, another in the pipeline's and the engine's own in the
+    terminal of the process that ran it. The traceback is logged at debug level. The exception rides in the state, so
+    a Python caller still gets it raised (a ``ConfigError``, a ``StageBusy``, a ``StageFailed``)."""
     message = str(exc) if str(exc).startswith(stage) else f"{stage}: {exc}"
-    get_run_logger().error(message)
+    logger = get_run_logger()
+    logger.error(message)
+    logger.debug(f"{stage}: the failure's traceback", exc_info=exc)
     return Failed(message=message, data=exc)
 
 
@@ -194,7 +206,7 @@ def stage_flow(stage: str):
                     remember_config(config, if_missing=True)
                     get_run_logger().info(f"{stage}: config {store_config(config)}")
                     return unshared(body(config, dask_address, progress))
-            except (ConfigError, StageBusy, StaleCode) as e:
+            except UNDERSTOOD as e:
                 return stage_failed(stage, e)
 
         run.__name__, run.__qualname__, run.__module__, run.__doc__ = (

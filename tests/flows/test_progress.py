@@ -28,6 +28,20 @@ def artifacts(key: str) -> list:
     return newest_first[::-1]
 
 
+def flow_run_logs(flow_run_id) -> list[tuple[int, str]]:
+    """(level, message) of a flow run's own log lines (not its task runs'), oldest first (the log handler's queue
+    sent to the server first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [(log.level, log.message) for log in sorted(logs, key=lambda log: log.timestamp)
+            if log.task_run_id is None]
+
+
 def flow_name_of_run(flow_run_id) -> str:
     from prefect.client.orchestration import get_client
 
@@ -100,6 +114,14 @@ def test_a_failed_chunk_is_counted_as_failed_not_done(tmp_path, monkeypatch):
     rows = json.loads(failures.data)
     assert [r["video_id"] for r in rows] == [f"(chunk {chunks[0]}: every video of it)"]
     assert rows[0]["error"].startswith(f"the chunk failed: decode {chunks[0]}: fault injected by"), rows
+    # a failure the pipeline understood: the stage's run ends with its one message and no traceback (the failed chunk's
+    # task run keeps its own details); the traceback is there at debug level only
+    lines = flow_run_logs(summary.flow_run_id)
+    errors = [m for level, m in lines if level >= 40]
+    fault = f"decode {chunks[0]}: fault injected by IDTPRIOR_FAULT='decode:{chunks[0]}:once'"
+    assert len(errors) == 2 and errors[0].startswith(f"decode {chunks[0]} failed: {fault}"), errors  # as it ended
+    assert errors[1].startswith(f"decode: 1 of {n} chunks failed; first: {chunks[0]}: {fault}"), errors  # the end
+    assert not any("Traceback" in m or "Encountered exception" in m for level, m in lines if level > 10), lines
 
     # the rerun computes the failed chunk: all done, nothing failed
     pretrain_pipeline(cfg, stages=["decode"], progress=False)

@@ -46,6 +46,11 @@ StageName = Enum("StageName", {s: s for s in STAGES}, type=str, module=__name__)
 """The stages as an enum, generated from ``STAGES``, so the run form draws a select of exactly the stages that
 exist (a typo cannot be typed)."""
 
+FROM_FIRST = "(the first selected)"
+FromStage = Enum("FromStage", {"first": FROM_FIRST, **{s: s for s in STAGES}}, type=str, module=__name__)
+"""The "From stage" choice: the first selected stage (the default), or a stage; a plain select in the run form, with
+no "StageName | None" toggle."""
+
 
 def pool_name(pool: str) -> str:
     return f"idtprior-{pool}"
@@ -224,7 +229,7 @@ def pretrain_ui(
         source: str = _param("", "Source", SOURCE_HELP),
         video_root: str = _param("", "Video root", VIDEO_ROOT_HELP),
         stages: list[StageName] = _param([], "Stages", STAGES_HELP),
-        from_stage: StageName | None = _param(None, "From stage", FROM_STAGE_HELP),
+        from_stage: FromStage = _param(FromStage.first, "From stage", FROM_STAGE_HELP),
         overrides: dict[str, Any] = _param({}, "Overrides", OVERRIDES_HELP),
         dask_address: str = _param("", "Dask scheduler", DASK_HELP),
         retry_failed: RetryFailed = _param(RetryFailed.no, "Retry failed videos", RETRY_HELP)) -> dict:
@@ -233,6 +238,7 @@ def pretrain_ui(
     retry = None if retry in (None, "", "no") else retry
     chosen = [getattr(s, "value", s) for s in stages] if stages else None
     start = getattr(from_stage, "value", from_stage)
+    start = None if start in (None, "", FROM_FIRST) else start
     try:
         cfg = resolve_config(config, workspace, source, video_root, overrides)
         selected = select_stages(cfg, chosen, start)

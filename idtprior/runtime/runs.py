@@ -61,12 +61,20 @@ def _workspace_of(parameters: dict) -> str:
     return "workspace"
 
 
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")
+"""The names Prefect gives a run nobody named (two random words, ``brave-lion``)."""
+
+
 def run_name(stage: str):
-    """A ``flow_run_name`` callable: ``<workspace folder name>: <stage>``."""
+    """A ``flow_run_name`` callable: ``<workspace folder name>: <stage>``, unless the run was given a name (the Run
+    Name typed in the UI's form is kept; the workspace and stage are in the run's parameters and first log line)."""
 
     def name() -> str:
         from prefect.runtime import flow_run
 
+        given = flow_run.name
+        if given and not GENERATED_NAME.fullmatch(given) and not given.endswith(f": {stage}"):
+            return given
         return f"{workspace_name(_workspace_of(dict(flow_run.parameters)))}: {stage}"
 
     name.__name__ = f"{stage}_run_name"

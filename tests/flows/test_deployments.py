@@ -11,7 +11,7 @@ import yaml
 
 from idtprior.config import STAGES, PipelineConfig, load_config
 from idtprior.config.base import ConfigError
-from idtprior.flows.deployments import STAGE_UI_FLOWS, deployments, pretrain_ui, stage_pool
+from idtprior.flows.deployments import FROM_FIRST, STAGE_UI_FLOWS, deployments, pretrain_ui, stage_pool
 from idtprior.presets import PRESETS, apply_overrides
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.runtime.runs import CONFIG_FILE, remembered_config
@@ -75,7 +75,10 @@ def test_the_pipeline_form_is_small_typed_and_runs_with_its_defaults():
     assert schema["definitions"]["StageName"]["enum"] == list(STAGES)
     ref = {"$ref": "#/definitions/StageName"}
     assert props["stages"]["items"] == ref and props["stages"]["type"] == "array" and props["stages"]["default"] == []
-    assert ref in props["from_stage"]["anyOf"]
+    # "From stage": a plain select (no "StageName | None" toggle), the first selected stage by default
+    assert props["from_stage"]["$ref"] == "#/definitions/FromStage"
+    assert "anyOf" not in props["from_stage"] and props["from_stage"]["default"] == FROM_FIRST
+    assert schema["definitions"]["FromStage"]["enum"] == [FROM_FIRST, *STAGES]
     # text fields are plain strings ("" = the config's): the UI draws a text box, not a str/None toggle
     for name in ("workspace", "source", "video_root", "dask_address"):
         assert props[name]["type"] == "string" and props[name]["default"] == "", (name, props[name])
@@ -315,3 +318,28 @@ def test_a_stored_config_is_read_back_and_an_edited_one_is_refused_naming_it(tmp
     Path(ref).unlink()
     with pytest.raises(ConfigError, match=r"no such file"):
         load_stored_config(ref)
+
+
+@pytest.mark.usefixtures("prefect_engine")
+def test_a_run_name_typed_in_the_form_is_kept_and_a_generated_one_replaced(tmp_path):
+    """The Run Name a user types when starting a deployment run stays the run's name; a run nobody named (Prefect's
+    two random words) is named ``<workspace folder>: <stage>``."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from idtprior.runtime.runs import run_name
+
+    @flow(name="idtprior-probe", flow_run_name=run_name("decode"))
+    def probe(workspace: str = "") -> int:
+        return 1
+
+    params = {"workspace": str(tmp_path / "k400-a")}
+    with get_client(sync_client=True) as client:
+        typed = client.create_flow_run(probe, name="lr sweep 3", parameters=params)
+        unnamed = client.create_flow_run(probe, parameters=params)
+        generated = unnamed.name
+        for run in (typed, unnamed):
+            run_flow(probe, flow_run=run, parameters=params)
+        assert client.read_flow_run(typed.id).name == "lr sweep 3"
+        assert client.read_flow_run(unnamed.id).name == "k400-a: decode" != generated

@@ -43,10 +43,10 @@ def test_deploy_all_registers_every_deployment_on_its_pool(prefect_server, deplo
     props = schema["properties"]
     assert {"config", "workspace", "source", "video_root", "stages", "from_stage", "overrides",
             "dask_address"} <= set(props)
-    # stages: a multi-select of every stage name (an enum generated from STAGES), from_stage: one of them
+    # stages: a multi-select of every stage name (an enum generated from STAGES), from_stage: one of them or the first
     stages = resolve(schema, props["stages"])
     assert stages["type"] == "array" and resolve(schema, stages["items"])["enum"] == list(STAGES)
-    assert resolve(schema, props["from_stage"])["enum"] == list(STAGES)
+    assert resolve(schema, props["from_stage"])["enum"] == ["(the first selected)", *STAGES]
     assert props["config"]["default"] == "demo"
     assert not schema.get("required"), "Quick run needs a default for every parameter"
     for name, prop in props.items():

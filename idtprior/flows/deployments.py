@@ -28,6 +28,7 @@ from idtprior.config.base import ConfigError
 from idtprior.config.training import TRAIN_STAGES
 from idtprior.flows.pipeline import pipeline_failed, run_stages, select_stages
 from idtprior.presets import PRESETS, apply_overrides, config_path, demo_inputs, ensure_demo_data, with_inputs
+from idtprior.runtime.errors import StageFailed
 from idtprior.runtime.records import reopen_failures
 from idtprior.runtime.runs import (CONFIGS_DIR, CONFIG_FILE, flow_name, fresh_copy, is_stored_config,
                                    load_stored_config, remember_config, remembered_config, run_name, stage_failed,
@@ -186,7 +187,7 @@ def run_stages_as_deployments(config: PipelineConfig, stages: list[str], dask_ad
                 f"cannot start deployment {name}: {e} (`idtprior serve`, or `prefect deploy --all` in infra/)"))
         state = run.state
         if state is None or not state.is_completed():
-            return pipeline_failed(stage, RuntimeError(
+            return pipeline_failed(stage, StageFailed(
                 f"its run {run.name!r} ended {state.name if state else 'without a state'}: "
                 f"{state.message if state else ''} (Retry it from its page; then rerun this pipeline, which reuses "
                 "every finished chunk)"))

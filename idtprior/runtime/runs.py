@@ -4,7 +4,10 @@ and how it fails on a missing prerequisite.
 No ``from __future__ import annotations`` here: it breaks pydantic parameters under ``flow.serve()``.
 """
 
+import logging
+import os
 import re
+import sys
 
 import yaml
 from prefect import flow
@@ -185,6 +188,41 @@ full disk, damaged stored data, an upstream record changed during the run. Anyth
 kept where Prefect puts it."""
 
 
+ENGINE_EXIT = "Engine execution exited with unexpected exception"
+"""What Prefect's engine logs (with the traceback) when a flow run it started from an entrypoint (a deployment run of
+``idtprior serve`` or a worker) ends Failed: it re-raises the run's exception after the run has ended."""
+
+
+class UnderstoodFailures(logging.Filter):
+    """Drops the engine's ``ENGINE_EXIT`` line and traceback when the run ended with a failure the pipeline understood
+    (``UNDERSTOOD``): its run has logged that one message already (``stage_failed``) and the traceback at debug
+    level. Any other exception keeps the engine's line: it is a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, UNDERSTOOD) and str(record.msg).startswith(ENGINE_EXIT))
+
+
+def quiet_understood_failures() -> None:
+    """Install ``UnderstoodFailures`` on Prefect's flow run logger (the engine's ``error_logger``), once; and, in a
+    process the engine started for one flow run (``PREFECT__FLOW_RUN_ID`` set: a run of ``idtprior serve`` or of a
+    worker), print such a failure's one line for the exception the engine re-raises at exit, not its traceback."""
+    logger = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, UnderstoodFailures) for f in logger.filters):
+        logger.addFilter(UnderstoodFailures())
+    if os.environ.get("PREFECT__FLOW_RUN_ID") and not getattr(sys.excepthook, "idtprior", False):
+        default = sys.excepthook
+
+        def hook(kind, exc, tb):
+            if isinstance(exc, UNDERSTOOD):
+                print(f"flow run failed: {exc}", file=sys.stderr)
+            else:
+                default(kind, exc, tb)
+
+        hook.idtprior = True  # type: ignore[attr-defined]
+        sys.excepthook = hook
+
+
 def stage_failed(stage: str, exc: Exception):
     """A Failed state for a stage that failed in a way the pipeline understood (``UNDERSTOOD``): its one-line message,
     logged once, instead of a traceback in the stage's run, another in the pipeline's and the engine's own in the
@@ -195,6 +233,9 @@ def stage_failed(stage: str, exc: Exception):
     logger.error(message)
     logger.debug(f"{stage}: the failure's traceback", exc_info=exc)
     return Failed(message=message, data=exc)
+
+
+quiet_understood_failures()  # every process that runs an idtprior flow imports this module first
 
 
 def stage_flow(stage: str):

@@ -343,3 +343,30 @@ def test_a_run_name_typed_in_the_form_is_kept_and_a_generated_one_replaced(tmp_p
             run_flow(probe, flow_run=run, parameters=params)
         assert client.read_flow_run(typed.id).name == "lr sweep 3"
         assert client.read_flow_run(unnamed.id).name == "k400-a: decode" != generated
+
+
+def test_the_engines_exit_traceback_is_dropped_for_understood_failures_only():
+    """A deployment run that ends with a failure the pipeline understood has logged its one line already: Prefect's
+    "Engine execution exited with unexpected exception" and its traceback are dropped for it, kept for anything else
+    (a bug)."""
+    import logging
+    import sys
+
+    from idtprior.runtime.errors import StageFailed
+    from idtprior.runtime.runs import ENGINE_EXIT, UnderstoodFailures
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            info = sys.exc_info()
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, ENGINE_EXIT, (), info)
+
+    keep = UnderstoodFailures().filter
+    assert not keep(record(StageFailed("decode: 1 of 2 chunks failed; first: ...")))
+    assert not keep(record(ConfigError("cluster: no sketches: run the encode stage first")))
+    assert keep(record(TypeError("a bug: 'NoneType' object is not subscriptable")))
+    other = record(StageFailed("x"))
+    other.msg = "Encountered exception during execution: %r"
+    assert keep(other)
+    assert any(isinstance(f, UnderstoodFailures) for f in logging.getLogger("prefect.flow_runs").filters)

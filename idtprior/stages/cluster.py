@@ -178,7 +178,7 @@ def cluster_figure(ws: Workspace, video_ids: list[str], assignments: np.ndarray,
     """The montage of the ``n_clusters`` largest clusters of ``assignments (N,)`` over ``video_ids``: ``per_cluster``
     members' middle frames each (seeded), with the IDT tracks of a window ending there when ``idt_config`` is given."""
     from idtprior.evaluation.figures import cluster_montage, largest_clusters
-    from idtprior.stages.pictures import VideoFrames, cell_for, montage_tracks
+    from idtprior.stages.pictures import MIN_CELL_SIDE, VideoFrames, cell_for, montage_tracks
 
     source = VideoFrames(ws, video_ids)
     tracks = None
@@ -187,8 +187,8 @@ def cluster_figure(ws: Workspace, video_ids: list[str], assignments: np.ndarray,
         tracks = montage_tracks(source, members, drawing_params(idt_config))
     first = int(np.flatnonzero(np.asarray(assignments) >= 0)[0])
     h, w = source.read_clip(first, 0, 1).shape[1:3]
-    return cluster_montage(source, assignments, n_clusters, per_cluster, seed, cell_for(h, w), tracks=tracks,
-                           labels=labels)
+    return cluster_montage(source, assignments, n_clusters, per_cluster, seed, cell_for(h, w, least=MIN_CELL_SIDE),
+                           tracks=tracks, labels=labels)
 
 
 def cluster_markdown(ws: Workspace, idt_config=None, seed: int = 0, stats: dict | None = None,

@@ -81,6 +81,8 @@ def stage_pictures(stage: str, build, *args, **kwargs) -> str:
     (``pictures.stage_pictures``: imported here, not at the top, because the pictures import torch)."""
     from idtprior.stages import pictures
 
+    if not callable(build):  # a programming error, not a picture that could not be drawn: never swallowed
+        raise TypeError(f"{stage}: the picture builder must be a function, got {build!r}")
     return pictures.stage_pictures(stage, build, *args, **kwargs)
 
 

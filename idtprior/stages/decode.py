@@ -99,7 +99,7 @@ def decode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     task = decode_chunk_jpeg if config.decode.codec == "jpeg" else decode_chunk
     records = run_stage(task, ws, "decode", plans, config, dask_address, progress)
     counts = report_stage(ws, "decode", records)
-    publish_pictures(ws, "decode", "decode_markdown", seed=config.idt.seed)
+    publish_pictures(ws, "decode", decode_markdown, seed=config.idt.seed)
     return counts
 
 

@@ -255,7 +255,7 @@ def detect_flow(config: PipelineConfig, dask_address: str | None = None, progres
     infos = [v for r in records.values() for v in r.videos.values() if v.get("status") == "ok"]
     frames = sum(v.get("frames", 0) for v in infos)
     counts["frames_with_person"] = round(sum(v.get("frames_with_person", 0) for v in infos) / max(frames, 1), 4)
-    publish_pictures(ws, "detect", "detect_markdown", seed=config.idt.seed)
+    publish_pictures(ws, "detect", detect_markdown, seed=config.idt.seed)
     return counts
 
 

@@ -259,7 +259,7 @@ def encode_flow(config: PipelineConfig, dask_address: str | None = None, progres
     counts["invalid_sketches"] = len(invalid)
     ids = [r.video_id for r in rows]
     assemble_sketches(ws, ids, sketches_fingerprint(records, ids), expected=planned(records))
-    publish_pictures(ws, "encode", "encode_markdown")
+    publish_pictures(ws, "encode", encode_markdown)
     return counts
 
 

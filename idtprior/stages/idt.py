@@ -285,7 +285,7 @@ def idt_flow(config: PipelineConfig, dask_address: str | None = None, progress: 
     records = run_stage(task, ws, "idt", plans, config, dask_address, progress)
     counts = report_stage(ws, "idt", records)
     counts["sample_rows"] = sum(v.get("kept", 0) for r in records.values() for v in r.videos.values())
-    publish_pictures(ws, "idt", "idt_markdown", config.idt, seed=config.idt.seed)
+    publish_pictures(ws, "idt", idt_markdown, config.idt, seed=config.idt.seed)
     return counts
 
 

@@ -27,13 +27,14 @@ def pick_videos(video_ids: list[str], count: int, seed: int, what: str) -> list[
 
 
 MIN_CELL_SIDE = 96
-"""Shortest side of a montage cell: smaller stored frames (the demo's 64-pixel ones) are shown larger, so a montage of
-6 x 4 of them reads."""
+"""Shortest side of a cluster montage's cell: smaller stored frames are shown larger, so a montage of 6 x 4 of them
+reads (the frame strips of decode and detect show the frames at their stored size)."""
 
 
-def cell_for(height: int, width: int, side: int = CELL_SIDE, least: int = MIN_CELL_SIDE) -> tuple[int, int]:
+def cell_for(height: int, width: int, side: int = CELL_SIDE, least: int = 0) -> tuple[int, int]:
     """The montage cell ``(h, w)`` of a ``height x width`` frame: the frame's own size, scaled down to ``side`` on its
-    longer side, or up to ``least`` on its shorter one (aspect kept; never more than twice ``side`` long)."""
+    longer side, or up to ``least`` on its shorter one (the cluster montage's ``MIN_CELL_SIDE``; aspect kept; never
+    more than twice ``side`` long)."""
     scale = min(1.0, side / max(height, width, 1))
     if min(height, width) * scale < least:
         scale = min(least / max(min(height, width), 1), 2 * side / max(height, width, 1))

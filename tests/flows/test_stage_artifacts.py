@@ -4,6 +4,7 @@ data-URI PNG must decode to the image the drawing core makes from the same store
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,8 +14,8 @@ from idtprior.evaluation.figures import (cluster_montage, data_uri_bytes, decode
 from idtprior.runtime.artifacts import artifact_key
 from idtprior.stages.cluster import cluster_figure
 from idtprior.stages.idt import drawing_params
-from idtprior.stages.pictures import (IMAGE_BYTES, PNG_LEVEL, VideoFrames, draw_boxes, histogram_plot, pick_videos,
-                                      size_histogram)
+from idtprior.stages.pictures import (IMAGE_BYTES, MIN_CELL_SIDE, PNG_LEVEL, VideoFrames, cell_for, draw_boxes,
+                                      histogram_plot, pick_videos, size_histogram)
 from idtprior.stages.pretrain.flow import training_markdown
 from idtprior.storage import ChunkRecord, FrameStore, Workspace, read_manifest
 from idtprior.video.idt.textformat import write_boxes
@@ -182,18 +183,25 @@ def test_cluster_summary_montage_is_the_stored_middle_frames_with_their_window_t
         got, points = extract_idt(iter(clip), params, return_points=True)
         tracks[i] = points[got[:, 0] == params.track_length]
     truth = {r.video_id: r.label for r in read_manifest(ws)}
-    want = cluster_montage(source, labels[0], 6, 4, cfg.cluster.seed, (48, 64), tracks=tracks,
+    # the 48 x 64 stored frames at 96 x 128 a tile (issue 36: labels and tracks legible), the labels in full
+    assert cell_for(48, 64, least=MIN_CELL_SIDE) == (96, 128)
+    want = cluster_montage(source, labels[0], 6, 4, cfg.cluster.seed, (96, 128), tracks=tracks,
                            labels=[truth[v] for v in ids])
     np.testing.assert_array_equal(pics["cluster montage"], published(want))
 
-    # without tracks, every cell is the stored middle frame, exactly (the layout of figures.montage)
+    # without tracks, every cell is the stored middle frame, resized to the tile (the layout of figures.montage)
     plain = cluster_figure(ws, ids, labels[0], None, cfg.cluster.seed)
     from idtprior.evaluation.figures import largest_clusters
 
-    for r, (_, members) in enumerate(largest_clusters(labels[0], 6, 4, cfg.cluster.seed)):
+    rows = largest_clusters(labels[0], 6, 4, cfg.cluster.seed)
+    left = plain.shape[1] - (max(len(m) for _, m in rows) * (128 + 2) + 2)
+    assert left >= 96
+    for r, (_, members) in enumerate(rows):
         for c, i in enumerate(members):
-            y, x = 2 + r * (48 + 2), 120 + 2 + c * (64 + 2)
-            np.testing.assert_array_equal(plain[y:y + 48, x:x + 64], store.read_clip(ids[i], FRAMES // 2, 1)[0])
+            y, x = 2 + r * (96 + 2), left + 2 + c * (128 + 2)
+            frame = store.read_clip(ids[i], FRAMES // 2, 1)[0]
+            np.testing.assert_array_equal(plain[y:y + 96, x:x + 128],
+                                          cv2.resize(frame, (128, 96), interpolation=cv2.INTER_AREA))
 
 
 def test_training_markdown_draws_the_runs_curves_and_the_records_knn_table(tmp_path):

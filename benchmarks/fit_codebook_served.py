@@ -57,6 +57,34 @@ def progress_gaps(logs: str) -> list[float]:
     return list(np.diff([0.0, *marks])) if marks else []
 
 
+def statistics_product(report, k: int, n: int = 4096, repeats: int = 20) -> None:
+    """The E-step's float32 statistics product on one chunk of each block's size, as it was before issue 36 (one
+    product against the (n, 2D) concatenation) and as it is (two (K, n) @ (n, D) products), with the fit's iteration
+    count, at the demo's block size and at a concat codebook's (D = 200)."""
+    rng = np.random.default_rng(0)
+    for d in sorted({report[0].pca_dim, 200}):  # the demo's blocks; a concat codebook's PCA (Kinetics' config)
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        g = rng.random((n, k)).astype(np.float32)
+        g /= g.sum(1, keepdims=True)
+        times = {}
+
+        def before(g=g, x=x):
+            return g.T @ np.concatenate([x, x * x], 1)
+
+        def now(g=g, x=x):
+            return np.concatenate([g.T @ x, g.T @ (x * x)], 1)
+
+        for name, product in (("one product, concatenated (before)", before), ("two products (now)", now)):
+            product()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                product()
+            times[name] = (time.perf_counter() - t0) / repeats
+        was, is_ = times.values()
+        print(f"  the float32 E-step statistics of a {n} x {d} chunk, K={k}: {was * 1e3:.2f} ms before, "
+              f"{is_ * 1e3:.2f} ms now ({was / is_:.1f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos-per-class", type=int, help="demo videos per class (default: the demo preset's)")
@@ -84,9 +112,13 @@ def main() -> None:
         # the baseline: the fit alone, in this process, on the same sample
         sample = read_sample(Workspace(str(ws)))
         t0 = time.perf_counter()
-        book, _ = fit_codebook_with_report(sample[:, 10:], codebook_params(cfg.codebook))
+        book, report = fit_codebook_with_report(sample[:, 10:], codebook_params(cfg.codebook))
         direct = time.perf_counter() - t0
         print(f"sample: {len(sample)} rows; the fit alone, in this process: {direct:.2f} s (1.00x)")
+        iters = sum(len(r.log_likelihood) for r in report)
+        print(f"  {len(report)} blocks, {iters} EM iterations in all ({direct / max(iters, 1) * 1000:.0f} ms each "
+              f"with PCA and the initialisation)")
+        statistics_product(report, cfg.codebook.gmm_components)
 
         # the stage from the CLI: Prefect, the lock, the records
         cli_s = cli(server, ["run", str(config), "--workspace", str(copies["cli"]), "--stages", "fit_codebook"],

@@ -60,9 +60,10 @@ def progress_gaps(logs: str) -> list[float]:
 def statistics_product(report, k: int, n: int = 4096, repeats: int = 20) -> None:
     """The E-step's float32 statistics product on one chunk of each block's size, as it was before issue 36 (one
     product against the (n, 2D) concatenation) and as it is (two (K, n) @ (n, D) products), with the fit's iteration
-    count, at the demo's block size and at a concat codebook's (D = 200)."""
+    count, at the demo's block size and K, at a concat codebook's D (200), and at K = 256."""
     rng = np.random.default_rng(0)
-    for d in sorted({report[0].pca_dim, 200}):  # the demo's blocks; a concat codebook's PCA (Kinetics' config)
+    sizes = sorted({(report[0].pca_dim, k), (200, k), (report[0].pca_dim, 256)})  # the demo's; a concat PCA's; K 256
+    for d, k in sizes:
         x = rng.standard_normal((n, d)).astype(np.float32)
         g = rng.random((n, k)).astype(np.float32)
         g /= g.sum(1, keepdims=True)

@@ -143,15 +143,17 @@ def run_chunks(task, ws: Workspace, stage: str, plans: dict[str, dict], progress
     if own_display:
         display.close(stage_counts(records, errors, display.unit))
     if errors:
-        def why_of(exc: BaseException) -> str:
-            env = environment_fault(exc)
-            return f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)
-
+        why = {c: chunk_failure(e) for c, e in errors}
         try:  # the failed stage's summary and failures table: what finished, what failed and why
-            report_stage(ws, stage, records, failed_chunks={c: why_of(e) for c, e in errors})
+            report_stage(ws, stage, records, failed_chunks=why)
         except Exception as e:  # noqa: BLE001 - the report must not hide the stage's own failure
             logger.warning(f"{stage}: the failed stage's summary could not be written: {e}")
         chunk, exc = errors[0]
-        raise StageFailed(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: "
-                          f"{why_of(exc)}") from exc
+        raise StageFailed(f"{stage}: {len(errors)} of {len(plans)} chunks failed; first: {chunk}: {why[chunk]}") from exc
     return records
+
+
+def chunk_failure(exc: BaseException) -> str:
+    """Why a chunk failed, in one line: the exception's message, named by the fault of the environment behind it."""
+    env = environment_fault(exc)
+    return f"{env}: {type(exc).__name__}: {exc}" if env and not isinstance(exc, EnvironmentFault) else str(exc)

@@ -5,9 +5,7 @@ No ``from __future__ import annotations`` here: it breaks pydantic parameters un
 """
 
 import logging
-import os
 import re
-import sys
 
 import yaml
 from prefect import flow
@@ -204,23 +202,10 @@ class UnderstoodFailures(logging.Filter):
 
 
 def quiet_understood_failures() -> None:
-    """Install ``UnderstoodFailures`` on Prefect's flow run logger (the engine's ``error_logger``), once; and, in a
-    process the engine started for one flow run (``PREFECT__FLOW_RUN_ID`` set: a run of ``idtprior serve`` or of a
-    worker), print such a failure's one line for the exception the engine re-raises at exit, not its traceback."""
+    """Install ``UnderstoodFailures`` on Prefect's flow run logger (the engine's ``error_logger``), once."""
     logger = logging.getLogger("prefect.flow_runs")
     if not any(isinstance(f, UnderstoodFailures) for f in logger.filters):
         logger.addFilter(UnderstoodFailures())
-    if os.environ.get("PREFECT__FLOW_RUN_ID") and not getattr(sys.excepthook, "idtprior", False):
-        default = sys.excepthook
-
-        def hook(kind, exc, tb):
-            if isinstance(exc, UNDERSTOOD):
-                print(f"flow run failed: {exc}", file=sys.stderr)
-            else:
-                default(kind, exc, tb)
-
-        hook.idtprior = True  # type: ignore[attr-defined]
-        sys.excepthook = hook
 
 
 def stage_failed(stage: str, exc: Exception):
